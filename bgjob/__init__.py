@@ -1,0 +1,59 @@
+"""bgjob: background jobs for synchronous Python web apps, on NATS JetStream."""
+
+from .client import Client, QueueStats, connect, default_client, send_job
+from .dlq import DeadLetter, DeadLetters
+from .errors import (
+    BgjobError,
+    ConnectionError,
+    DeadLetterNotFound,
+    HandlerError,
+    InvalidJob,
+    InvalidSchedule,
+    PublishError,
+    ServerNotFound,
+    ServerVersionError,
+)
+from .handler import Mux, SyncHandlerAdapter
+from .job import Job
+from .middleware import Middleware
+from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
+from .retry import RetryPolicy
+from .settings import Settings
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KEEP_ARG",
+    "BgjobError",
+    "ByAfterTime",
+    "ByCron",
+    "Client",
+    "Complete",
+    "ConnectionError",
+    "DeadLetter",
+    "DeadLetterNotFound",
+    "DeadLetters",
+    "HandlerError",
+    "InvalidJob",
+    "InvalidSchedule",
+    "Job",
+    "Middleware",
+    "MoveToDlq",
+    "Mux",
+    "PublishError",
+    "QueueStats",
+    "Reschedule",
+    "Result",
+    "Retry",
+    "RetryPolicy",
+    "Schedule",
+    "ServerNotFound",
+    "ServerVersionError",
+    "Settings",
+    "SyncHandlerAdapter",
+    "Worker",
+    "connect",
+    "default_client",
+    "send_job",
+]

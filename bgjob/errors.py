@@ -1,0 +1,44 @@
+"""Every refusal bgjob makes is one of these named exceptions."""
+
+from __future__ import annotations
+
+import builtins
+
+
+class BgjobError(Exception):
+    """Base class of all bgjob errors."""
+
+
+class InvalidJob(BgjobError, ValueError):
+    """A job was refused before anything was published: bad type name, arg, delay or header."""
+
+
+class ConnectionError(BgjobError, builtins.ConnectionError):  # noqa: A001 - public name from DESIGN.md
+    """NATS could not be reached (or stayed unreachable after bounded retries)."""
+
+
+class PublishError(BgjobError):
+    """A publish was not confirmed by a JetStream PubAck; the job may or may not be stored."""
+
+
+class ServerVersionError(BgjobError):
+    """The NATS server is too old or lacks JetStream."""
+
+
+class ServerNotFound(BgjobError):
+    """No NATS URL is configured and the embedded nats-server binary is not installed."""
+
+
+class HandlerError(BgjobError):
+    """A handler or Mux registration is invalid (duplicate type, not callable, ...)."""
+
+
+class InvalidSchedule(BgjobError, ValueError):
+    """A cron expression, time zone or delay cannot be used for scheduling."""
+
+
+class DeadLetterNotFound(BgjobError, KeyError):
+    """No dead letter with that id exists (it may have been retried, deleted or purged)."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)

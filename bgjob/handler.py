@@ -1,0 +1,67 @@
+"""Handlers and the Mux that routes a job to one by its type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol, runtime_checkable
+
+from .errors import HandlerError
+from .job import Job, validate_type
+from .result import Result
+
+#: A plain function handler.
+HandlerFunc = Callable[[Job], Result]
+
+
+@runtime_checkable
+class SyncHandlerAdapter(Protocol):
+    """A class-based handler."""
+
+    def handle(self, job: Job) -> Result: ...
+
+
+class Mux:
+    """Routes jobs to handlers by job type; a type has exactly one handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, HandlerFunc] = {}
+
+    def handle(self, job_type: str, handler: HandlerFunc | SyncHandlerAdapter) -> None:
+        """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`."""
+        validate_type(job_type)
+        if job_type in self._handlers:
+            raise HandlerError(f"a handler for job type {job_type!r} is already registered")
+        if isinstance(handler, SyncHandlerAdapter) and not isinstance(handler, type):
+            fn: HandlerFunc = handler.handle
+        elif callable(handler) and not isinstance(handler, type):
+            fn = handler
+        else:
+            raise HandlerError(
+                f"handler for {job_type!r} must be a function taking a Job or an object with "
+                f"handle(job); got {handler!r}"
+            )
+        self._handlers[job_type] = fn
+
+    def handler(self, job_type: str) -> Callable[[HandlerFunc], HandlerFunc]:
+        """Decorator form of `handle`."""
+
+        def register(fn: HandlerFunc) -> HandlerFunc:
+            self.handle(job_type, fn)
+            return fn
+
+        return register
+
+    def get(self, job_type: str) -> HandlerFunc | None:
+        return self._handlers.get(job_type)
+
+    def types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, job_type: object) -> bool:
+        return job_type in self._handlers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.types())
+
+    def __len__(self) -> int:
+        return len(self._handlers)

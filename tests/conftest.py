@@ -1,0 +1,112 @@
+"""Shared fixtures: one real nats-server (JetStream, file storage, temp dir, free port) per session,
+and a fresh topology prefix per test so tests never see each other's streams."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import bgjob
+from bgjob.server import EmbeddedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A server of this test alone, for tests that kill or restart it."""
+    server = EmbeddedServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def make_client(nats_server: EmbeddedServer, prefix: str) -> Iterator[Callable[..., bgjob.Client]]:
+    clients: list[bgjob.Client] = []
+
+    def make(**overrides: object) -> bgjob.Client:
+        options = {"url": nats_server.url, "prefix": prefix, "ack_wait": 5.0, "retry_for": 5.0, **overrides}
+        client = bgjob.Client(bgjob.Settings(**options)).connect()  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., bgjob.Client]) -> bgjob.Client:
+    return make_client()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., bgjob.Worker]]:
+    """Start Workers in background threads; they are stopped and joined after the test."""
+    running: list[tuple[bgjob.Worker, object]] = []
+
+    def start(client: bgjob.Client, mux: bgjob.Mux, **options: object) -> bgjob.Worker:
+        options.setdefault("retry_policy", bgjob.RetryPolicy(max_attempts=3, base_delay=0.05, jitter=0))
+        options.setdefault("fetch_timeout", 0.5)
+        worker = bgjob.Worker(client, mux, **options)  # type: ignore[arg-type]
+        running.append((worker, worker.start()))
+        return worker
+
+    yield start
+    for worker, thread in running:
+        worker.stop()
+        thread.join(timeout=30)  # type: ignore[attr-defined]
+        assert not thread.is_alive(), "worker did not stop"  # type: ignore[attr-defined]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, message: str = "condition") -> object:
+    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.05)
+
+
+def drain(q: queue.Queue, count: int, timeout: float = 15.0) -> list:
+    """Take `count` items from `q`, failing the test if they don't arrive in time."""
+    items = []
+    deadline = time.monotonic() + timeout
+    for _ in range(count):
+        remaining = deadline - time.monotonic()
+        try:
+            items.append(q.get(timeout=max(remaining, 0.01)))
+        except queue.Empty:
+            pytest.fail(f"got {len(items)} of {count} items within {timeout}s: {items!r}")
+    return items
+
+
+def python_process(code: str, *args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen:
+    """Start `python -c code args...` with the project importable."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=full_env, **kwargs)  # type: ignore[call-overload]

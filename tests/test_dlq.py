@@ -1,0 +1,107 @@
+"""The dead-letter queue API: list (newest first, filtered, paged), get, retry, delete, purge, count."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+import bgjob
+
+from .conftest import drain, wait_until
+
+
+@pytest.fixture
+def dead(client, start_worker):
+    """A worker whose `fail` handler dead-letters every job; returns a function that fails N jobs."""
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq(f"failed {job.arg}"))
+    mux.handle("other", lambda job: bgjob.MoveToDlq("other"))
+    start_worker(client, mux)
+    start_worker(client, mux, queue="mail")
+
+    total = 0
+
+    def fail(count: int, job_type: str = "fail", queue_name: str = "default") -> list[str]:
+        nonlocal total
+        ids = [client.send_job(job_type, i, queue=queue_name) for i in range(count)]
+        total += count
+        wait_until(lambda: client.dlq.count() == total, message=f"{total} dead letters")
+        return ids
+
+    return fail
+
+
+def test_list_is_newest_first_and_pages_with_before(client, dead) -> None:
+    ids = dead(7)
+    page1 = client.dlq.list(limit=3)
+    assert [e.arg for e in page1] == [6, 5, 4]
+    page2 = client.dlq.list(limit=3, before=page1[-1].seq)
+    page3 = client.dlq.list(limit=3, before=page2[-1].seq)
+    assert [e.arg for e in page2] == [3, 2, 1] and [e.arg for e in page3] == [0]
+    assert {e.id for e in page1 + page2 + page3} == set(ids)
+
+
+def test_list_and_count_filter_by_queue_and_type(client, dead) -> None:
+    dead(3)
+    dead(2, job_type="other")
+    dead(1, queue_name="mail")
+    assert client.dlq.count() == 6
+    assert client.dlq.count(queue="default") == 5
+    assert client.dlq.count(job_type="other") == 2
+    assert client.dlq.count(queue="mail", job_type="fail") == 1
+    assert [e.type for e in client.dlq.list(job_type="other")] == ["other", "other"]
+    assert [e.queue for e in client.dlq.list(queue="mail")] == ["mail"]
+
+
+def test_get_by_job_id_and_not_found(client, dead) -> None:
+    [job_id] = dead(1)
+    entry = client.dlq.get(job_id)
+    assert entry.id == job_id and entry.error == "failed 0" and entry.reason == "handler"
+    assert entry.headers["Bgjob-Type"] == "fail" and entry.enqueued_at is not None
+    with pytest.raises(bgjob.DeadLetterNotFound, match="no dead letter"):
+        client.dlq.get("nope")
+
+
+def test_retry_re_enqueues_to_the_original_queue_and_removes_the_entry(client, start_worker) -> None:
+    runs: queue.Queue = queue.Queue()
+    fixed = False
+    mux = bgjob.Mux()
+
+    @mux.handler("fragile")
+    def fragile(job: bgjob.Job) -> bgjob.Result:
+        runs.put((job.id, job.arg, job.attempt, job.queue))
+        return bgjob.Complete() if fixed else bgjob.MoveToDlq("not yet")
+
+    start_worker(client, mux, queue="mail")
+    job_id = client.send_job("fragile", {"a": 1}, queue="mail")
+    assert drain(runs, 1) == [(job_id, {"a": 1}, 1, "mail")]
+    first = wait_until(lambda: client.dlq.list(), message="dead letter")[0]
+    fixed = True
+    assert client.dlq.retry(job_id) == job_id
+    assert drain(runs, 1) == [(job_id, {"a": 1}, 1, "mail")]
+    assert client.dlq.count() == 0
+    assert first.first_failure_at is not None
+
+
+def test_failed_again_after_retry_keeps_the_first_failure_time(client, dead) -> None:
+    [job_id] = dead(1)
+    first = client.dlq.get(job_id)
+    client.dlq.retry(job_id)
+    again = wait_until(lambda: client.dlq.list(), message="dead letter again")[0]
+    assert again.id == job_id and again.seq > first.seq
+    assert again.first_failure_at == first.first_failure_at
+    assert again.last_failure_at >= first.last_failure_at
+
+
+def test_delete_and_purge(client, dead) -> None:
+    ids = dead(4)
+    dead(2, queue_name="mail")
+    client.dlq.delete(ids[0])
+    with pytest.raises(bgjob.DeadLetterNotFound):
+        client.dlq.get(ids[0])
+    assert client.dlq.count() == 5
+    assert client.dlq.purge(queue="mail") == 2
+    assert client.dlq.count() == 3
+    assert client.dlq.purge() == 3
+    assert client.dlq.list() == []

@@ -1,0 +1,147 @@
+"""Pure-Python behaviour: validation, routing, middleware order, retry policy, schedules."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import bgjob
+from bgjob import job as jobmod
+from bgjob.middleware import chain
+
+
+@pytest.mark.parametrize("name", ["report", "billing.invoice", "a-b_c:d", "x" * 100])
+def test_valid_job_types_are_accepted(name: str) -> None:
+    assert jobmod.validate_type(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "a b", "a.*", "a.>", "a..b", ".a", "a.", "ü", None, 7, "a\n"])
+def test_invalid_job_types_are_refused_with_a_hint(name: object) -> None:
+    with pytest.raises(bgjob.InvalidJob, match="invalid job type"):
+        jobmod.validate_type(name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("arg", [{"set"}, object(), float("nan"), {"a": float("inf")}, {1: {2: {3: b"x"}}}])
+def test_arg_must_be_json_or_bytes(arg: object) -> None:
+    with pytest.raises(bgjob.InvalidJob, match="JSON-serialisable or bytes"):
+        jobmod.encode_arg(arg)
+
+
+def test_bytes_arg_round_trips_as_octet_stream() -> None:
+    body, content_type = jobmod.encode_arg(b"\x00\xff")
+    assert content_type == "application/octet-stream"
+    assert jobmod.decode_arg(body, content_type) == b"\x00\xff"
+
+
+def test_json_arg_round_trips_unicode() -> None:
+    body, content_type = jobmod.encode_arg({"name": "Zoë", "n": [1, 2.5, None, True]})
+    assert jobmod.decode_arg(body, content_type) == {"name": "Zoë", "n": [1, 2.5, None, True]}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Nats-Msg-Id": "x"}, {"Bgjob-Id": "x"}, {"content-type": "x"}, {"ok": "a\nb"}, {"a b": "x"}, {"x": 1}],
+)
+def test_reserved_or_malformed_headers_are_refused(headers: dict) -> None:
+    with pytest.raises(bgjob.InvalidJob):
+        jobmod.validate_headers(headers)
+
+
+def test_mux_refuses_duplicate_registration() -> None:
+    mux = bgjob.Mux()
+    mux.handle("report", lambda job: bgjob.Complete())
+    with pytest.raises(bgjob.HandlerError, match="already registered"):
+        mux.handle("report", lambda job: bgjob.Complete())
+
+
+def test_mux_accepts_functions_decorators_and_adapters() -> None:
+    mux = bgjob.Mux()
+
+    @mux.handler("a")
+    def a(job: bgjob.Job) -> bgjob.Result:
+        return bgjob.Complete("a")
+
+    class B:
+        def handle(self, job: bgjob.Job) -> bgjob.Result:
+            return bgjob.Complete("b")
+
+    mux.handle("b", B())
+    job = bgjob.Job(id="1", type="a", arg=None)
+    assert mux.get("a")(job) == bgjob.Complete("a")  # type: ignore[misc]
+    assert mux.get("b")(job) == bgjob.Complete("b")  # type: ignore[misc]
+    assert mux.types() == ["a", "b"] and "a" in mux and mux.get("c") is None
+    with pytest.raises(bgjob.HandlerError):
+        mux.handle("c", B)  # the class, not an instance
+    with pytest.raises(bgjob.HandlerError):
+        mux.handle("d", "not callable")  # type: ignore[arg-type]
+
+
+def test_first_listed_middleware_runs_outermost() -> None:
+    calls: list[str] = []
+
+    def named(name: str):
+        def middleware(job: bgjob.Job, call_next):
+            calls.append(f"{name}>")
+            result = call_next(job)
+            calls.append(f"<{name}")
+            return result
+
+        return middleware
+
+    def handler(job: bgjob.Job) -> bgjob.Result:
+        calls.append("handler")
+        return bgjob.Complete()
+
+    wrapped = chain([named("outer"), named("inner")], handler)
+    assert wrapped(bgjob.Job(id="1", type="t", arg=None)) == bgjob.Complete()
+    assert calls == ["outer>", "inner>", "handler", "<inner", "<outer"]
+
+
+def test_retry_policy_backs_off_exponentially_up_to_the_cap() -> None:
+    policy = bgjob.RetryPolicy(max_attempts=5, base_delay=1, multiplier=2, max_delay=5, jitter=0)
+    assert [policy.delay_for(a) for a in range(1, 6)] == [1, 2, 4, 5, 5]
+    assert not policy.exhausted(4) and policy.exhausted(5)
+
+
+def test_by_cron_rejects_invalid_expressions_and_zones() -> None:
+    with pytest.raises(bgjob.InvalidSchedule, match="invalid cron"):
+        bgjob.ByCron("61 * * * *")
+    with pytest.raises(bgjob.InvalidSchedule, match="invalid cron"):
+        bgjob.ByCron("every hour")
+    with pytest.raises(bgjob.InvalidSchedule, match="time zone"):
+        bgjob.ByCron("0 * * * *", tz="Mars/Olympus")
+
+
+def test_by_cron_next_run_honours_time_zone() -> None:
+    now = datetime(2026, 11, 25, 14, 30, tzinfo=timezone.utc)  # 15:30 in Berlin
+    assert bgjob.ByCron("0 * * * *").next_run(now) == datetime(2026, 11, 25, 15, 0, tzinfo=timezone.utc)
+    berlin_3am = bgjob.ByCron("0 3 * * *", tz="Europe/Berlin").next_run(now)
+    assert berlin_3am == datetime(2026, 11, 26, 2, 0, tzinfo=timezone.utc)
+    assert bgjob.ByCron("*/10 * * * * *").next_run(now) == now + timedelta(seconds=10)
+    assert bgjob.ByCron("0 * * * *").server_expr() == "0 0 * * * *"
+
+
+def test_reschedule_needs_a_schedule() -> None:
+    with pytest.raises(bgjob.InvalidSchedule):
+        bgjob.Reschedule("0 * * * *")  # type: ignore[arg-type]
+    with pytest.raises(bgjob.InvalidSchedule):
+        bgjob.ByAfterTime(-1)
+
+
+def test_move_to_dlq_keeps_the_traceback_of_an_exception() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        result = bgjob.MoveToDlq(exc)
+    assert result.traceback and "ValueError: boom" in result.traceback
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGJOB_URL", "nats://example:4222")
+    monkeypatch.setenv("BGJOB_PREFIX", "myapp")
+    settings = bgjob.Settings.from_env(ack_wait=10, user="u", password="p")
+    assert settings.url == "nats://example:4222" and settings.prefix == "myapp" and settings.ack_wait == 10
+    assert settings.nats_options == {"user": "u", "password": "p"}
+    with pytest.raises(bgjob.InvalidJob):
+        bgjob.Settings(prefix="Bad Prefix")

@@ -75,6 +75,7 @@ class Core:
         self.js: nats.js.JetStreamContext | None = None
         self._provisioned: set[str] = set()
         self._provision_lock = asyncio.Lock()
+        self._closing = False
 
     async def connect(self) -> None:
         servers = [u.strip() for u in self.url.split(",") if u.strip()]
@@ -114,12 +115,14 @@ class Core:
         log.warning("nats: %s", _describe(exc))
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats: disconnected from %s", _redact(self.url))
+        if not self._closing:
+            log.warning("nats: disconnected from %s", _redact(self.url))
 
     async def _on_reconnected(self) -> None:
         log.info("nats: reconnected to %s", self.nc.connected_url.netloc if self.nc else "?")
 
     async def close(self) -> None:
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), timeout=5)

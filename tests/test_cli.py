@@ -1,0 +1,111 @@
+"""The `bgjob` command against a real nats-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import bgjob
+
+from .conftest import ROOT, wait_until
+
+
+@pytest.fixture
+def cli_env(nats_server, prefix) -> dict[str, str]:
+    return {**os.environ, "BGJOB_URL": nats_server.url, "BGJOB_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+
+
+def bgjob_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bgjob", "--log-level", "WARNING", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_send_prints_the_job_id_and_stores_the_job(cli_env, client) -> None:
+    out = bgjob_cli(cli_env, "send", "report", '{"user": 7}')
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    assert len(job_id) == 32 and client.queue_stats().pending == 1
+
+
+def test_send_refuses_bad_json_and_bad_types_clearly(cli_env, client) -> None:
+    out = bgjob_cli(cli_env, "send", "report", "{user: 7}")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
+    out = bgjob_cli(cli_env, "send", "bad type", "{}")
+    assert out.returncode == 2 and "invalid job type" in out.stderr
+
+
+def test_worker_runs_a_module_mux_and_drains_on_sigterm(cli_env, client, tmp_path) -> None:
+    (tmp_path / "myjobs.py").write_text(textwrap.dedent("""
+        import bgjob
+        mux = bgjob.Mux()
+
+        @mux.handler("report")
+        def report(job):
+            with open("done.txt", "a") as f:
+                f.write(job.id + "\\n")
+            return bgjob.Complete()
+
+        @mux.handler("fail")
+        def fail(job):
+            return bgjob.MoveToDlq("always fails")
+    """))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bgjob", "worker", "myjobs", "--concurrency", "4"], env=cli_env, cwd=tmp_path,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ids = [client.send_job("report", i) for i in range(5)]
+        failed = client.send_job("fail", {"x": 1})
+        done = tmp_path / "done.txt"
+        wait_until(lambda: done.exists() and len(done.read_text().split()) == 5, timeout=30, message="5 jobs")
+        assert sorted(done.read_text().split()) == sorted(ids)
+        wait_until(lambda: client.dlq.count() == 1, message="dead letter")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    assert "draining" in stderr
+
+    listed = bgjob_cli(cli_env, "dlq", "list")
+    assert listed.returncode == 0 and failed in listed.stdout and "always fails" in listed.stdout
+    shown = bgjob_cli(cli_env, "dlq", "show", failed)
+    assert shown.returncode == 0 and '"reason": "handler"' in shown.stdout and '"x": 1' in shown.stdout
+    status = bgjob_cli(cli_env, "status")
+    assert status.returncode == 0
+    assert [line.split() for line in status.stdout.splitlines() if line.startswith("default")] == [
+        ["default", "0", "0", "0", "1"]
+    ]
+    assert bgjob_cli(cli_env, "dlq", "retry", failed).returncode == 0
+    assert client.dlq.count() == 0 and client.queue_stats().pending == 1
+
+
+def test_dlq_purge_asks_for_confirmation(cli_env, client, start_worker) -> None:
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("x"))
+    start_worker(client, mux)
+    client.send_job("fail", None)
+    wait_until(lambda: client.dlq.count() == 1, message="dead letter")
+    out = bgjob_cli(cli_env, "dlq", "purge")
+    assert out.returncode == 1 and "would purge 1" in out.stderr and client.dlq.count() == 1
+    out = bgjob_cli(cli_env, "dlq", "purge", "--yes")
+    assert out.returncode == 0 and "purged 1" in out.stdout and client.dlq.count() == 0
+
+
+def test_dlq_show_unknown_id_is_a_clear_error(cli_env, client) -> None:
+    out = bgjob_cli(cli_env, "dlq", "show", "nope")
+    assert out.returncode == 2 and "no dead letter with id 'nope'" in out.stderr
+
+
+def test_worker_with_a_bad_target_says_what_is_wrong(cli_env, tmp_path) -> None:
+    out = bgjob_cli(cli_env, "worker", "no_such_module", cwd=str(tmp_path))
+    assert out.returncode == 2 and "cannot import 'no_such_module'" in out.stderr
+    (tmp_path / "notamux.py").write_text("mux = 42\n")
+    out = bgjob_cli(cli_env, "worker", "notamux", cwd=str(tmp_path))
+    assert out.returncode == 2 and "is not a bgjob.Mux" in out.stderr

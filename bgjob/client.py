@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_r
 
 from . import job as jobmod
 from .errors import BgjobError, ConnectionError, InvalidJob
+from .publisher import Publisher
 from .runtime import Runtime
 from .settings import Settings
 from .topology import Topology, check_server, provision_dlq, provision_queue
@@ -111,6 +112,10 @@ class Core:
             reraise=True,
         )
 
+    @property
+    def max_payload(self) -> int:
+        return self.nc.max_payload if self.nc is not None else 1024 * 1024
+
     async def _on_error(self, exc: Exception) -> None:
         log.warning("nats: %s", _describe(exc))
 
@@ -156,23 +161,26 @@ class Core:
     async def publish(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None = None) -> Any:
         """Publish and wait for the PubAck; retries reuse the `Nats-Msg-Id`, so they never duplicate."""
         assert self.nc is not None and self.js is not None
-        if len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > self.nc.max_payload:
-            raise InvalidJob(f"job is {len(body)} bytes; the server accepts at most {self.nc.max_payload}")
-        if queue is not None:
+        if queue is not None and queue not in self._provisioned:
             await self.ensure_queue(queue)
-
-        async def once() -> Any:
-            try:
-                return await self.js.publish(subject, body, headers=headers)
-            except nats.js.errors.NoStreamResponseError:
-                if queue is not None:  # the stream may have been deleted behind our back
-                    self._provisioned.discard(queue)
-                    await self.ensure_queue(queue)
+        try:  # the fast path: no retry machinery unless something goes wrong
+            return await self._publish_once(subject, body, headers, queue)
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
-            except nats.errors.MaxPayloadError as exc:
-                raise InvalidJob(f"job is too large for the server: {exc}") from exc
+            log.info("publish to %s failed (%s); retrying", subject, _describe(exc))
+        return await self.retry(self._publish_once, subject, body, headers, queue)
 
-        return await self.retry(once)
+    async def _publish_once(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None) -> Any:
+        try:
+            return await self.js.publish(subject, body, headers=headers)
+        except nats.js.errors.NoStreamResponseError:
+            if queue is not None:  # the stream may have been deleted behind our back
+                self._provisioned.discard(queue)
+                await self.ensure_queue(queue)
+            raise
+        except nats.errors.MaxPayloadError as exc:
+            raise InvalidJob(f"job is too large for the server: {exc}") from exc
 
     async def queue_stats(self, queue: str) -> QueueStats:
         from .dlq import count_dead_letters
@@ -240,6 +248,7 @@ class Client:
         self._closed = False
         self._url: str | None = None
         self._dlq: DeadLetters | None = None
+        self._publisher: Publisher | None = None
         _live_clients.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -261,6 +270,7 @@ class Client:
                 except BaseException:
                     runtime.stop()
                     raise
+                self._publisher = Publisher(core, runtime)
                 self._runtime, self._core = runtime, core
             return self._runtime, self._core  # type: ignore[return-value]
 
@@ -319,7 +329,10 @@ class Client:
             self.settings, job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id,
             request_id=request_id, headers=headers,
         )  # fmt: skip
-        self.run(_publish, subject, body, hdrs, queue)
+        runtime, core = self._ensure()
+        if len(body) + sum(len(k) + len(v) + 4 for k, v in hdrs.items()) > core.max_payload:
+            raise InvalidJob(f"job is {len(body)} bytes; the server accepts at most {core.max_payload}")
+        runtime.wait(self._publisher.submit(subject, body, hdrs, queue))  # type: ignore[union-attr]
         return msg_id
 
     # -- operating ---------------------------------------------------------------------------------
@@ -344,10 +357,6 @@ class Client:
     def queues(self) -> list[str]:
         """Names of the queues that exist on the server."""
         return self.run(Core.queues)
-
-
-async def _publish(core: Core, subject: str, body: bytes, headers: dict[str, str], queue: str) -> Any:
-    return await core.publish(subject, body, headers, queue)
 
 
 def prepare_job(

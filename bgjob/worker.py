@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import json
 import logging
 import os
 import signal
@@ -15,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
@@ -40,13 +41,66 @@ class Failure:
     traceback: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _InFlight:
+    """A delivered job from fetch to settlement; filled in by the pool thread that runs it."""
+
     msg: Msg
-    task: asyncio.Task | None = None
     last_progress: float = field(default_factory=time.monotonic)
     applying: bool = False
     abandoned: bool = False
+    attempt: int = 1
+    job_id: str = ""
+    job_type: str = ""
+    outcome: Result | Failure | None = None
+    reason: str | None = None
+
+
+class _Pull:
+    """Book-keeping for pull requests on the queue's consumer: how many jobs are asked for and not yet here.
+
+    Each request expires server-side after `expires` seconds and the server then says how many of its
+    jobs it did not deliver (408 + Nats-Pending-Messages). A request lost with a connection is
+    forgotten once its expiry has passed without word.
+    """
+
+    def __init__(self, core: Core, stream: str, consumer: str, expires: float) -> None:
+        self._nc = core.nc
+        self._subject = f"{core.js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._expires = expires
+        self.requested = 0
+        self.deadline = 0.0
+        self.consumer_gone = False
+
+    async def request(self, batch: int, inbox: str) -> None:
+        body = json.dumps({"batch": batch, "expires": int(self._expires * 1e9)}).encode()
+        await self._nc.publish(self._subject, body, reply=inbox)
+        self.requested += batch
+        self.deadline = time.monotonic() + self._expires + 1.0
+
+    def time_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic()) if self.requested else self._expires
+
+    def expire_lost(self) -> None:
+        if self.requested and time.monotonic() > self.deadline:
+            self.requested = 0
+
+    def on_status(self, headers: dict[str, str]) -> None:
+        status = headers.get("Status")
+        if status == "100":  # idle heartbeat
+            return
+        pending = headers.get("Nats-Pending-Messages")
+        if pending is not None and pending.isdigit():
+            self.requested = max(0, self.requested - int(pending))
+        elif status != "404":
+            self.requested = 0
+        if status in ("409", "503"):
+            # nats-py keys Description with a str-Enum member, which hashes unlike the plain string.
+            description = next((v for k, v in headers.items() if k == "Description"), "")
+            if status == "503" or "Deleted" in description:
+                self.consumer_gone = True
+            if "Pending-Messages" not in str(headers):
+                log.warning("pull request refused: %s %s", status, description)
 
 
 class Worker:
@@ -89,6 +143,8 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._capacity: asyncio.Event | None = None
         self._pool = ThreadPool(concurrency, name=f"bgjob-{queue}")
+        self._completed: collections.deque[_InFlight] = collections.deque()
+        self._core: Core | None = None
         self._signals = 0
 
     # -- public, blocking --------------------------------------------------------------------------
@@ -152,49 +208,71 @@ class Worker:
         self._capacity = asyncio.Event()
         if self._stop_requested.is_set():
             self._stop_event.set()
+        self._core = core
         await core.ensure_queue(self.queue)
         await core.ensure_dlq()
         stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
-        sub = await core.js.pull_subscribe_bind(consumer, stream=stream)
         ack_wait = (await core.js.consumer_info(stream, consumer)).config.ack_wait or core.settings.ack_wait
+        pull = _Pull(core, stream, consumer, expires=self.fetch_timeout)
+        inbox = core.nc.new_inbox()
+
+        async def on_message(msg: Msg) -> None:
+            await self._on_message(core, pull, msg)
+
+        sub = await core.nc.subscribe(inbox, cb=on_message)
+        runtime = self.client._runtime
+        assert runtime is not None
+        runtime.add_wakeup_hook(self._settle_completed)
         heartbeats = asyncio.create_task(self._heartbeat(ack_wait))
         log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency, self.mux.types())
         self._started.set()
-        backoff = 0.1
+        # Ask for more jobs once this many slots are free, so pulls come in batches under load.
+        threshold = max(1, min(self.concurrency, self.max_batch) // 4)
         try:
             while not self._stop_event.is_set():
-                free = self.concurrency - len(self._inflight)
-                if free <= 0:
-                    self._capacity.clear()
-                    await self._wait_any(self._capacity, self._stop_event)
-                    continue
-                try:
-                    msgs = await sub.fetch(min(free, self.max_batch), timeout=self.fetch_timeout)
-                    backoff = 0.1
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except Exception as exc:  # noqa: BLE001 - server restarting, failing over, consumer gone
-                    log.warning("fetch from %s failed: %r; retrying in %.1fs", stream, exc, backoff)
-                    await self._wait_any(self._stop_event, timeout=backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    core._provisioned.discard(self.queue)
+                pull.expire_lost()
+                free = self.concurrency - len(self._inflight) - pull.requested
+                if free > 0 and (free >= threshold or pull.requested == 0):
                     try:
-                        await core.ensure_queue(self.queue)
-                    except Exception as again:  # noqa: BLE001
-                        log.debug("re-provisioning %s failed: %r", stream, again)
-                    continue
-                for msg in msgs:
-                    if self._stop_event.is_set():
-                        await self._give_back(msg)
-                    else:
-                        self._dispatch(core, msg)
+                        await pull.request(min(free, self.max_batch), inbox)
+                    except Exception as exc:  # noqa: BLE001 - disconnected: nats-py reconnects, we retry
+                        log.warning("pull request on %s failed: %r", stream, exc)
+                        await self._wait_any(self._stop_event, timeout=1.0)
+                        continue
+                self._capacity.clear()
+                await self._wait_any(self._capacity, self._stop_event, timeout=pull.time_left())
+                if pull.consumer_gone:
+                    await self._reprovision(core)
+                    pull.consumer_gone = False
         finally:
-            await self._drain(core)
+            await self._drain(core, pull)
+            runtime.remove_wakeup_hook(self._settle_completed)
             heartbeats.cancel()
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the connection may be gone
                 pass
+
+    async def _reprovision(self, core: Core) -> None:
+        core._provisioned.discard(self.queue)
+        try:
+            await core.ensure_queue(self.queue)
+        except Exception as exc:  # noqa: BLE001 - tried again on the next failure
+            log.warning("re-creating the stream/consumer of queue %r failed: %r", self.queue, exc)
+            await self._wait_any(self._stop_event, timeout=1.0)
+
+    async def _on_message(self, core: Core, pull: _Pull, msg: Msg) -> None:
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            pull.on_status(msg.headers)
+        else:
+            pull.requested = max(0, pull.requested - 1)
+            if self._stop_event.is_set() or len(self._inflight) >= self.concurrency:
+                await self._give_back(msg)
+            else:
+                item = _InFlight(msg)
+                self._inflight[id(msg)] = item
+                self._pool.submit(self._run_job, core, item)
+        self._capacity.set()
 
     @staticmethod
     async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
@@ -204,19 +282,6 @@ class Worker:
         finally:
             for w in waiters:
                 w.cancel()
-
-    def _dispatch(self, core: Core, msg: Msg) -> None:
-        key = id(msg)
-        item = _InFlight(msg)
-        self._inflight[key] = item
-        item.task = asyncio.create_task(self._process(core, item))
-
-        def done(_task: asyncio.Task) -> None:
-            self._inflight.pop(key, None)
-            if self._capacity is not None:
-                self._capacity.set()
-
-        item.task.add_done_callback(done)
 
     async def _heartbeat(self, ack_wait: float) -> None:
         """Tell JetStream that long-running jobs are still being worked on, so they aren't redelivered."""
@@ -232,22 +297,26 @@ class Worker:
                     except Exception as exc:  # noqa: BLE001 - redelivery is the fallback
                         log.debug("in_progress failed: %r", exc)
 
-    async def _drain(self, core: Core) -> None:
-        tasks = [i.task for i in self._inflight.values() if i.task is not None]
-        if tasks:
-            log.info("draining %d in-flight jobs (grace %.0fs)", len(tasks), self.grace_period)
-            await asyncio.wait(tasks, timeout=self.grace_period)
-        finishing = []
+    async def _drain(self, core: Core, pull: _Pull) -> None:
+        if self._inflight:
+            log.info("draining %d in-flight jobs (grace %.0fs)", len(self._inflight), self.grace_period)
+            deadline = time.monotonic() + self.grace_period
+            while self._inflight and time.monotonic() < deadline:
+                self._capacity.clear()
+                await self._wait_any(self._capacity, timeout=deadline - time.monotonic())
         for item in list(self._inflight.values()):
             if item.applying:
-                finishing.append(item.task)
                 continue
             item.abandoned = True
+            self._inflight.pop(id(item.msg), None)
             await self._give_back(item.msg)
             log.warning("job %s did not finish within the grace period; returned to the queue",
                         (item.msg.headers or {}).get(jobmod.HEADER_ID, "?"))  # fmt: skip
-        if finishing:
-            await asyncio.wait(finishing, timeout=10)
+        # Jobs still being settled, and pulls still open (their jobs are given back as they arrive).
+        deadline = time.monotonic() + 10
+        while (self._inflight or pull.requested) and time.monotonic() < deadline and pull.time_left() > 0:
+            self._capacity.clear()
+            await self._wait_any(self._capacity, timeout=min(pull.time_left(), deadline - time.monotonic()))
         try:
             await core.nc.flush(timeout=5)
         except Exception as exc:  # noqa: BLE001 - unacked jobs are redelivered anyway
@@ -260,29 +329,61 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - it is redelivered after ack_wait anyway
             log.debug("nak failed: %r", exc)
 
-    # -- one job -----------------------------------------------------------------------------------
-    async def _process(self, core: Core, item: _InFlight) -> None:
+    # -- one job, in a pool thread -----------------------------------------------------------------
+    def _run_job(self, core: Core, item: _InFlight) -> None:
+        """Decode the job and run its handler, then hand the outcome back to the loop."""
         msg = item.msg
         meta = msg.metadata
-        attempt = meta.num_delivered
+        item.attempt = meta.num_delivered
         headers = msg.headers or {}
-        job_type = core.topology.job_type_of(self.queue, msg.subject)
+        item.job_type = core.topology.job_type_of(self.queue, msg.subject)
         raw_id = headers.get(jobmod.HEADER_ID)
-        job_id = raw_id if jobmod.is_valid_job_id(raw_id) else f"seq-{meta.sequence.stream}"
+        item.job_id = raw_id if jobmod.is_valid_job_id(raw_id) else f"seq-{meta.sequence.stream}"
         try:
-            job = self._decode(msg, job_id, job_type, attempt)
+            job = self._decode(msg, item.job_id, item.job_type, item.attempt)
         except jobmod.DecodeError as exc:
-            await self._settle(core, item, job_id, job_type, attempt, Failure(f"DecodeError: {exc}"), "decode")
+            item.outcome, item.reason = Failure(f"DecodeError: {exc}"), "decode"
+        else:
+            handler = self.mux.get(item.job_type)
+            if handler is None:
+                known = ", ".join(self.mux.types())
+                error = f"no handler for job type {item.job_type!r} on this worker (known: {known})"
+                item.outcome, item.reason = Failure(error), "unknown_handler"
+            else:
+                item.outcome = self._call(handler, job)
+        self._completed.append(item)
+        self.client._runtime.wake()  # type: ignore[union-attr]
+
+    def _settle_completed(self) -> None:
+        """Wake-up hook: settle every job whose handler has returned, in one task."""
+        if not self._completed:
             return
-        handler = self.mux.get(job_type)
-        if handler is None:
-            error = f"no handler for job type {job_type!r} on this worker (known: {', '.join(self.mux.types())})"
-            await self._settle(core, item, job_id, job_type, attempt, Failure(error), "unknown_handler")
-            return
-        outcome = await asyncio.wrap_future(self._pool.submit(self._call, handler, job))
-        if item.abandoned:
-            return
-        await self._settle(core, item, job_id, job_type, attempt, outcome)
+        batch = []
+        while self._completed:
+            item = self._completed.popleft()
+            if not item.abandoned:
+                item.applying = True
+                batch.append(item)
+        if batch:
+            asyncio.get_running_loop().create_task(self._settle_batch(batch))
+
+    async def _settle_batch(self, batch: list[_InFlight]) -> None:
+        core = self._core
+        for item in batch:
+            if isinstance(item.outcome, Complete) and not core.settings.double_ack:
+                try:
+                    await item.msg.ack()  # buffered, no round trip: settle inline
+                except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait; a duplicate, not a loss
+                    log.warning("ack of job %s failed: %r", item.job_id, exc)
+                self._finished(item)
+            else:
+                task = asyncio.get_running_loop().create_task(self._settle(core, item))
+                task.add_done_callback(lambda _t, item=item: self._finished(item))
+
+    def _finished(self, item: _InFlight) -> None:
+        self._inflight.pop(id(item.msg), None)
+        if self._capacity is not None:
+            self._capacity.set()
 
     def _decode(self, msg: Msg, job_id: str, job_type: str, attempt: int) -> jobmod.Job:
         headers = msg.headers or {}
@@ -301,7 +402,7 @@ class Worker:
         )
 
     def _call(self, handler: HandlerFunc, job: jobmod.Job) -> Result | Failure:
-        """Run the middleware chain and handler (in a pool thread); never raises."""
+        """Run the middleware chain and handler; never raises."""
         wrapped = self._chains.get(job.type)
         if wrapped is None:
             wrapped = self._chains[job.type] = chain(self.middleware, handler)
@@ -317,19 +418,10 @@ class Worker:
             )
         return result
 
-    async def _settle(
-        self,
-        core: Core,
-        item: _InFlight,
-        job_id: str,
-        job_type: str,
-        attempt: int,
-        outcome: Result | Failure,
-        reason: str | None = None,
-    ) -> None:
+    async def _settle(self, core: Core, item: _InFlight) -> None:
         """Turn the outcome into exactly one of: ack, nak with delay, DLQ-then-term; or leave it for redelivery."""
-        msg = item.msg
-        item.applying = True
+        msg, outcome, reason, attempt = item.msg, item.outcome, item.reason, item.attempt
+        job_id, job_type = item.job_id, item.job_type
 
         async def dead_letter(why: str, error: str, trace: str | None) -> None:
             await move_to_dlq(core, msg, queue=self.queue, job_id=job_id, job_type=job_type, reason=why,

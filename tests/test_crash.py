@@ -63,7 +63,7 @@ if crash_at == "ack":          # after the handler returned and any publish, bef
 elif crash_at == "term":       # after the DLQ publish, before the term
     Msg.term = crash
 elif crash_at == "settle":     # after the handler returned, before anything is sent
-    Worker._settle = crash
+    Worker._settle_completed = crash
 
 Worker(client, mux, fetch_timeout=0.5).run()
 client.close()

@@ -16,6 +16,7 @@ from .errors import (
 from .handler import Mux, SyncHandlerAdapter
 from .job import Job
 from .middleware import Middleware
+from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
 from .retry import RetryPolicy
 from .settings import Settings
@@ -41,6 +42,7 @@ __all__ = [
     "Middleware",
     "MoveToDlq",
     "Mux",
+    "PeriodicJob",
     "PublishError",
     "QueueStats",
     "Reschedule",

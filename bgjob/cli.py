@@ -73,7 +73,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     try:
         dlq = client.dlq
         if args.action == "list":
-            entries = dlq.list(queue=args.queue, job_type=args.type, limit=args.limit, before=args.before)
+            entries = dlq.list(queue=args.queue, job_type=args.type, reason=args.reason, limit=args.limit,
+                               before=args.before)  # fmt: skip
             if args.json:
                 print(json.dumps([_entry_dict(e) for e in entries], indent=2, default=str))
             else:
@@ -82,7 +83,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
                     print(f"{e.id:34} {e.queue:12} {e.type:20} {e.reason:16} {e.attempts:>8}  {last:20} "
                           f"{e.error.splitlines()[0][:60] if e.error else ''}")  # fmt: skip
-                print(f"({len(entries)} shown of {dlq.count(queue=args.queue, job_type=args.type)})")
+                total = dlq.count(queue=args.queue, job_type=args.type, reason=args.reason)
+                print(f"({len(entries)} shown of {total})")
         elif args.action == "show":
             print(json.dumps(_entry_dict(dlq.get(args.id), full=True), indent=2, default=str))
         elif args.action == "retry":
@@ -95,10 +97,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 print(f"deleted {entry_id}")
         elif args.action == "purge":
             if not args.yes:
-                count = dlq.count(queue=args.queue, job_type=args.type)
+                count = dlq.count(queue=args.queue, job_type=args.type, reason=args.reason)
                 print(f"would purge {count} dead letters; add --yes to do it", file=sys.stderr)
                 return 1
-            print(f"purged {dlq.purge(queue=args.queue, job_type=args.type)} dead letters")
+            print(f"purged {dlq.purge(queue=args.queue, job_type=args.type, reason=args.reason)} dead letters")
     finally:
         client.close()
     return 0
@@ -126,6 +128,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name in client.queues():
             s = client.queue_stats(name)
             print(f"{s.queue:20} {s.pending:>10} {s.in_flight:>10} {s.scheduled:>10} {s.dlq:>8}")
+        periodic = client.schedules()
+        if periodic:
+            print(f"\n{'SCHEDULE':24} {'QUEUE':12} {'TYPE':20} {'CRON':18} {'TZ':16} NEXT RUN (UTC)")
+            for p in periodic:
+                next_run = p.next_run().strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{p.name:24} {p.queue:12} {p.job_type:20} {p.cron:18} {p.tz:16} {next_run}")
     finally:
         client.close()
     return 0
@@ -174,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = dlq.add_parser("list")
     q.add_argument("--queue")
     q.add_argument("--type")
+    q.add_argument("--reason")
     q.add_argument("--limit", type=int, default=50)
     q.add_argument("--before", type=int, help="show entries older than this seq (paging)")
     q.add_argument("--json", action="store_true")
@@ -185,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = dlq.add_parser("purge")
     q.add_argument("--queue")
     q.add_argument("--type")
+    q.add_argument("--reason")
     q.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_dlq)
 

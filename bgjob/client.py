@@ -28,6 +28,7 @@ from .topology import Topology, check_server, provision_dlq, provision_queue
 
 if TYPE_CHECKING:
     from .dlq import DeadLetters
+    from .periodic import PeriodicJob
 
 log = logging.getLogger("bgjob.client")
 
@@ -357,6 +358,44 @@ class Client:
     def queues(self) -> list[str]:
         """Names of the queues that exist on the server."""
         return self.run(Core.queues)
+
+    # -- periodic jobs -----------------------------------------------------------------------------
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        job_type: str,
+        arg: Any = None,
+        *,
+        queue: str = "default",
+        tz: str = "UTC",
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Declare a periodic job: `job_type` with `arg` enqueued at every tick of `cron` (5 fields, or 6
+        with seconds first) in time zone `tz`. The server fires it, once per tick however many processes
+        declare it; declaring it again with other values replaces it. Returns whether anything changed.
+        """
+        from . import periodic
+
+        runtime, core = self._ensure()
+        subject, body, hdrs = periodic.prepare_schedule(core, name, cron, job_type, arg, queue, tz, headers)
+        return runtime.run(periodic.declare(core, subject, body, hdrs, queue))
+
+    def unschedule(self, name: str, *, queue: str = "default") -> bool:
+        """Remove a periodic job; returns whether it existed."""
+        from . import periodic
+
+        periodic.validate_name(name)
+        jobmod.validate_queue(queue)
+        return self.run(periodic.remove, name, queue)
+
+    def schedules(self, queue: str | None = None) -> list[PeriodicJob]:
+        """The periodic jobs declared (on one queue, or all)."""
+        from . import periodic
+
+        if queue is not None:
+            jobmod.validate_queue(queue)
+        return self.run(periodic.list_schedules, queue)
 
 
 def prepare_job(

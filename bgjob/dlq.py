@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from . import job as jobmod
-from .errors import DeadLetterNotFound
+from .errors import DeadLetterNotFound, InvalidJob
 
 if TYPE_CHECKING:
     from .client import Client, Core
@@ -30,6 +31,8 @@ ORIGINAL_SUBJECT = "Bgjob-Dlq-Subject"
 CARRIED_FIRST_FAILURE = "Bgjob-First-Failure"
 _FAILURE_HEADERS = (REASON, ERROR, TRACEBACK, ATTEMPTS, FIRST_FAILURE, LAST_FAILURE, ORIGINAL_SUBJECT)
 MAX_TRACEBACK = 32 * 1024
+
+_REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
 REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "signature")
@@ -100,13 +103,13 @@ async def move_to_dlq(
     headers.pop(CARRIED_FIRST_FAILURE, None)
     if traceback:
         headers[TRACEBACK] = json.dumps(traceback[-MAX_TRACEBACK:])
-    subject = core.topology.dlq_subject(queue, job_id, job_type)
+    subject = core.topology.dlq_subject(queue, reason, job_id, job_type)
     await core.publish(subject, msg.data or b"", headers)
 
 
 def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
     headers = dict(raw.headers or {})
-    queue, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
+    queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
 
     def text(name: str) -> str | None:
         value = headers.get(name)
@@ -117,7 +120,7 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
         seq=raw.seq,
         queue=queue,
         type=headers.get(jobmod.HEADER_TYPE, job_type),
-        reason=headers.get(REASON, "unknown"),
+        reason=headers.get(REASON, reason),
         error=text(ERROR) or "",
         traceback=text(TRACEBACK),
         attempts=int(headers.get(ATTEMPTS) or 0),
@@ -135,13 +138,14 @@ async def _get_next(core: Core, seq: int, subject: str) -> RawStreamMsg | None:
         return None
 
 
-async def _list(core: Core, queue: str | None, job_type: str | None, limit: int, before: int | None) -> list:
+async def _list(core: Core, queue: str | None, job_type: str | None, reason: str | None, limit: int,
+                before: int | None) -> list[DeadLetter]:  # fmt: skip
     """Newest first: scan windows of sequence numbers backwards, each window forwards."""
     await core.ensure_dlq()
     info = await core.js.stream_info(core.topology.dlq_stream)
     first, last = info.state.first_seq, info.state.last_seq
     hi = min(last, before - 1) if before else last
-    subject = core.topology.dlq_filter(queue=queue, job_type=job_type)
+    subject = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
     window = max(limit, 16)
     found: list[DeadLetter] = []
     while hi >= first and len(found) < limit and info.state.messages:
@@ -182,14 +186,16 @@ async def _delete(core: Core, entry_id: str) -> None:
     await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
 
 
-async def count_dead_letters(core: Core, queue: str | None = None, job_type: str | None = None) -> int:
+async def count_dead_letters(
+    core: Core, queue: str | None = None, job_type: str | None = None, reason: str | None = None
+) -> int:
     await core.ensure_dlq()
     stream = core.topology.dlq_stream
-    if queue is None and job_type is None:
+    if queue is None and job_type is None and reason is None:
         return (await core.js.stream_info(stream)).state.messages
     # An unacknowledged pull consumer that never pulls counts matches without touching them.
     config = ConsumerConfig(
-        filter_subject=core.topology.dlq_filter(queue=queue, job_type=job_type),
+        filter_subject=core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         inactive_threshold=30.0,
@@ -203,9 +209,10 @@ async def count_dead_letters(core: Core, queue: str | None = None, job_type: str
         await core.js.delete_consumer(stream, info.name)
 
 
-async def _purge(core: Core, queue: str | None, job_type: str | None) -> int:
-    count = await count_dead_letters(core, queue, job_type)
-    subject = None if queue is None and job_type is None else core.topology.dlq_filter(queue=queue, job_type=job_type)
+async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None) -> int:
+    count = await count_dead_letters(core, queue, job_type, reason)
+    everything = queue is None and job_type is None and reason is None
+    subject = None if everything else core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
     await core.js.purge_stream(core.topology.dlq_stream, subject=subject)
     return count
 
@@ -217,16 +224,18 @@ class DeadLetters:
         self._client = client
 
     def list(
-        self, queue: str | None = None, job_type: str | None = None, limit: int = 50, before: int | None = None
+        self,
+        queue: str | None = None,
+        job_type: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        reason: str | None = None,
     ) -> list[DeadLetter]:
         """Dead letters, newest first; pass the last entry's `seq` as `before` for the next page."""
-        if queue is not None:
-            jobmod.validate_queue(queue)
-        if job_type is not None:
-            jobmod.validate_type(job_type)
+        _validate_filter(queue, job_type, reason)
         if limit < 1:
             return []
-        return self._client.run(_list, queue, job_type, limit, before)
+        return self._client.run(_list, queue, job_type, reason, limit, before)
 
     def get(self, entry_id: str) -> DeadLetter:
         """The dead letter of job `entry_id`; raises DeadLetterNotFound."""
@@ -239,9 +248,27 @@ class DeadLetters:
     def delete(self, entry_id: str) -> None:
         self._client.run(_delete, entry_id)
 
-    def purge(self, queue: str | None = None, job_type: str | None = None) -> int:
-        """Remove all dead letters (of a queue / job type); returns how many there were."""
-        return self._client.run(_purge, queue, job_type)
+    def purge(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
+        """Remove all dead letters (of a queue / job type / reason); returns how many there were."""
+        _validate_filter(queue, job_type, reason)
+        return self._client.run(_purge, queue, job_type, reason)
 
-    def count(self, queue: str | None = None, job_type: str | None = None) -> int:
-        return self._client.run(count_dead_letters, queue, job_type)
+    def count(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
+        _validate_filter(queue, job_type, reason)
+        return self._client.run(count_dead_letters, queue, job_type, reason)
+
+
+def _validate_filter(queue: str | None, job_type: str | None, reason: str | None) -> None:
+    if queue is not None:
+        jobmod.validate_queue(queue)
+    if job_type is not None:
+        jobmod.validate_type(job_type)
+    if reason is not None:
+        validate_reason(reason)
+
+
+def validate_reason(reason: str) -> str:
+    """A DLQ reason is one subject token: letters, digits, '_' and '-'."""
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        raise InvalidJob(f"invalid DLQ reason {reason!r}: use letters, digits, '_' and '-' (max 64)")
+    return reason

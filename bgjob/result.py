@@ -55,6 +55,9 @@ class MoveToDlq(Result):
     traceback: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        from .dlq import validate_reason
+
+        validate_reason(self.reason)
         if self.traceback is None and isinstance(self.error, BaseException) and self.error.__traceback__:
             tb = "".join(_traceback.format_exception(self.error))
             object.__setattr__(self, "traceback", tb)

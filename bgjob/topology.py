@@ -61,18 +61,25 @@ class Topology:
     def dlq_stream(self) -> str:
         return self.stream_prefix + "DLQ"
 
-    def dlq_subject(self, queue: str, job_id: str, job_type: str) -> str:
-        return f"{self.prefix}.dlq.{queue}.{job_id}.{job_type}"
+    def dlq_subject(self, queue: str, reason: str, job_id: str, job_type: str) -> str:
+        return f"{self.prefix}.dlq.{queue}.{reason}.{job_id}.{job_type}"
 
-    def dlq_filter(self, queue: str | None = None, job_type: str | None = None, job_id: str | None = None) -> str:
-        base = f"{self.prefix}.dlq.{queue or '*'}.{job_id or '*'}"
+    def dlq_filter(
+        self,
+        queue: str | None = None,
+        job_type: str | None = None,
+        job_id: str | None = None,
+        reason: str | None = None,
+    ) -> str:
+        """A subject filter for dead letters; every criterion left None matches anything."""
+        base = f"{self.prefix}.dlq.{queue or '*'}.{reason or '*'}.{job_id or '*'}"
         return f"{base}.{job_type}" if job_type else f"{base}.>"
 
-    def parse_dlq_subject(self, subject: str) -> tuple[str, str, str]:
-        """(queue, job_id, job_type) of a dead letter's subject."""
+    def parse_dlq_subject(self, subject: str) -> tuple[str, str, str, str]:
+        """(queue, reason, job_id, job_type) of a dead letter's subject."""
         rest = subject[len(self.prefix) + len(".dlq.") :]
-        queue, job_id, job_type = rest.split(".", 2)
-        return queue, job_id, job_type
+        queue, reason, job_id, job_type = rest.split(".", 3)
+        return queue, reason, job_id, job_type
 
 
 def queue_stream_config(topology: Topology, settings: Settings, queue: str) -> StreamConfig:

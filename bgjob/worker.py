@@ -338,7 +338,10 @@ class Worker:
         headers = msg.headers or {}
         item.job_type = core.topology.job_type_of(self.queue, msg.subject)
         raw_id = headers.get(jobmod.HEADER_ID)
-        item.job_id = raw_id if jobmod.is_valid_job_id(raw_id) else f"seq-{meta.sequence.stream}"
+        if jobmod.is_valid_job_id(raw_id):
+            item.job_id = raw_id
+        else:  # published by a periodic schedule or by hand: the stream sequence makes it unique
+            item.job_id = f"{headers.get('Bgjob-Schedule', 'seq')}-{meta.sequence.stream}"
         try:
             job = self._decode(msg, item.job_id, item.job_type, item.attempt)
         except jobmod.DecodeError as exc:

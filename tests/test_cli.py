@@ -98,6 +98,13 @@ def test_dlq_purge_asks_for_confirmation(cli_env, client, start_worker) -> None:
     assert out.returncode == 0 and "purged 1" in out.stdout and client.dlq.count() == 0
 
 
+def test_status_lists_periodic_jobs(cli_env, client) -> None:
+    client.schedule("nightly-report", "0 3 * * *", "report", tz="Europe/Berlin")
+    out = bgjob_cli(cli_env, "status")
+    assert out.returncode == 0
+    assert "nightly-report" in out.stdout and "0 3 * * *" in out.stdout and "Europe/Berlin" in out.stdout
+
+
 def test_dlq_show_unknown_id_is_a_clear_error(cli_env, client) -> None:
     out = bgjob_cli(cli_env, "dlq", "show", "nope")
     assert out.returncode == 2 and "no dead letter with id 'nope'" in out.stderr

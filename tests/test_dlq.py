@@ -54,6 +54,22 @@ def test_list_and_count_filter_by_queue_and_type(client, dead) -> None:
     assert [e.queue for e in client.dlq.list(queue="mail")] == ["mail"]
 
 
+def test_filter_by_reason(client, start_worker) -> None:
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("x", reason="payment-declined" if job.arg else "handler"))
+    start_worker(client, mux)
+    client.send_job("fail", 1)
+    client.send_job("fail", 0)
+    client.send_job("nobody-handles-this", None)
+    wait_until(lambda: client.dlq.count() == 3, message="3 dead letters")
+    assert client.dlq.count(reason="payment-declined") == 1
+    assert [e.reason for e in client.dlq.list(reason="unknown_handler")] == ["unknown_handler"]
+    assert client.dlq.purge(reason="handler") == 1
+    assert sorted(e.reason for e in client.dlq.list()) == ["payment-declined", "unknown_handler"]
+    with pytest.raises(bgjob.InvalidJob, match="invalid DLQ reason"):
+        client.dlq.list(reason="has space")
+
+
 def test_get_by_job_id_and_not_found(client, dead) -> None:
     [job_id] = dead(1)
     entry = client.dlq.get(job_id)

@@ -1,0 +1,59 @@
+"""Periodic jobs on server-native cron schedules."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+import bgjob
+
+from .conftest import drain
+
+
+def test_schedule_fires_every_tick_with_its_arg_and_distinct_job_ids(client, start_worker) -> None:
+    runs: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+    mux.handle("tick", lambda job: runs.put((job.id, job.arg, job.queue)) or bgjob.Complete())
+    start_worker(client, mux, queue="cron")
+    assert client.schedule("every-second", "* * * * * *", "tick", {"a": 1}, queue="cron") is True
+    got = drain(runs, 3, timeout=10)
+    assert [(arg, q) for _, arg, q in got] == [({"a": 1}, "cron")] * 3
+    ids = [job_id for job_id, _, _ in got]
+    assert len(set(ids)) == 3 and all(i.startswith("every-second-") for i in ids)
+    assert client.unschedule("every-second", queue="cron") is True
+    assert client.schedules() == []
+
+
+def test_declaring_the_same_schedule_again_changes_nothing(client) -> None:
+    assert client.schedule("nightly", "0 3 * * *", "report", {"kind": "daily"}, tz="Europe/Berlin") is True
+    assert client.schedule("nightly", "0 3 * * *", "report", {"kind": "daily"}, tz="Europe/Berlin") is False
+    [periodic] = client.schedules()
+    assert (periodic.name, periodic.queue, periodic.job_type, periodic.cron, periodic.tz, periodic.arg) == (
+        "nightly", "default", "report", "0 3 * * *", "Europe/Berlin", {"kind": "daily"}
+    )  # fmt: skip
+    assert periodic.next_run().minute == 0
+    assert client.schedule("nightly", "30 3 * * *", "report", {"kind": "daily"}, tz="Europe/Berlin") is True
+    assert [p.cron for p in client.schedules()] == ["30 3 * * *"]
+    assert client.queue_stats().scheduled == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"cron": "every day"}, bgjob.InvalidSchedule, "invalid cron"),
+        ({"tz": "Nowhere/City"}, bgjob.InvalidSchedule, "time zone"),
+        ({"name": "has space"}, bgjob.InvalidSchedule, "schedule name"),
+        ({"job_type": "a b"}, bgjob.InvalidJob, "job type"),
+        ({"arg": {1, 2}}, bgjob.InvalidJob, "JSON"),
+    ],
+)
+def test_bad_schedules_are_refused_and_store_nothing(client, kwargs, error, match) -> None:
+    args = {"name": "n", "cron": "0 * * * *", "job_type": "report", "arg": None, "tz": "UTC", **kwargs}
+    with pytest.raises(error, match=match):
+        client.schedule(args.pop("name"), args.pop("cron"), args.pop("job_type"), args.pop("arg"), **args)
+    assert client.schedules() == []
+
+
+def test_unschedule_of_an_unknown_name_says_so(client) -> None:
+    assert client.unschedule("nope") is False

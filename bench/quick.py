@@ -102,6 +102,12 @@ def send_threads(client: bgjob.Client, n: int, threads: int) -> float:
     return per_thread * threads / (time.perf_counter() - start)
 
 
+def send_bulk(client: bgjob.Client, n: int) -> float:
+    start = time.perf_counter()
+    client.send_jobs([("noop", {"i": i}) for i in range(n)], queue="bulk")
+    return n / (time.perf_counter() - start)
+
+
 def process(client: bgjob.Client, n: int, concurrency: int) -> float:
     queue = f"proc{concurrency}"
     client.ensure_queue(queue)
@@ -150,6 +156,8 @@ def main() -> None:
         lat = send_latency(client, n // 4)
         seq_rate = len(lat) / sum(lat)
         rate8 = send_threads(client, n, 8)
+        rate64 = send_threads(client, n, 64)
+        bulk = send_bulk(client, n)
         proc = {c: process(client, n, c) for c in (1, 16, 64)}
         client.close()
     print(f"nats-server {bgjob.server.binary_version(bgjob.server.find_binary())}, {n} jobs")
@@ -157,6 +165,8 @@ def main() -> None:
     print(f"raw nats-py publish pipelined       {raw_pipe:9.0f}/s")
     print(f"send_job 1 thread                   {seq_rate:9.0f}/s  ({seq_rate / raw_seq:.2f}x raw sequential)")
     print(f"send_job 8 threads                  {rate8:9.0f}/s  ({rate8 / raw_pipe:.2f}x raw pipelined)")
+    print(f"send_job 64 threads                 {rate64:9.0f}/s  ({rate64 / raw_pipe:.2f}x raw pipelined)")
+    print(f"send_jobs 1 thread                  {bulk:9.0f}/s  ({bulk / raw_pipe:.2f}x raw pipelined)")
     print(f"send_job latency p50 {statistics.median(lat) * 1e6:.0f} us, p99 {percentile(lat, 99) * 1e6:.0f} us")
     print(f"raw nats-py fetch(256)+ack          {raw_proc:9.0f}/s")
     for c, r in proc.items():

@@ -1,6 +1,6 @@
 """bgjob: background jobs for synchronous Python web apps, on NATS JetStream."""
 
-from .client import Client, QueueStats, connect, default_client, send_job
+from .client import Client, QueueStats, connect, default_client, send_job, send_jobs
 from .dlq import DeadLetter, DeadLetters
 from .errors import (
     BgjobError,
@@ -10,11 +10,12 @@ from .errors import (
     InvalidJob,
     InvalidSchedule,
     PublishError,
+    SendJobsError,
     ServerNotFound,
     ServerVersionError,
 )
 from .handler import Mux, SyncHandlerAdapter
-from .job import Job
+from .job import Job, JobSpec
 from .middleware import Middleware
 from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidJob",
     "InvalidSchedule",
     "Job",
+    "JobSpec",
     "Middleware",
     "MoveToDlq",
     "Mux",
@@ -50,6 +52,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "Schedule",
+    "SendJobsError",
     "ServerNotFound",
     "ServerVersionError",
     "Settings",
@@ -58,4 +61,5 @@ __all__ = [
     "connect",
     "default_client",
     "send_job",
+    "send_jobs",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,9 @@ from nats.js.api import Header
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from . import job as jobmod
-from .errors import BgjobError, ConnectionError, InvalidJob
-from .publisher import Publisher
+from .errors import BgjobError, ConnectionError, InvalidJob, SendJobsError
+from .job import JobSpec
+from .publisher import Outgoing, PublishBatch, Publisher
 from .runtime import Runtime
 from .settings import Settings
 from .topology import Topology, check_server, provision_dlq, provision_queue
@@ -78,6 +80,7 @@ class Core:
         self._provisioned: set[str] = set()
         self._provision_lock = asyncio.Lock()
         self._closing = False
+        self._outage = False
 
     async def connect(self) -> None:
         servers = [u.strip() for u in self.url.split(",") if u.strip()]
@@ -118,14 +121,17 @@ class Core:
         return self.nc.max_payload if self.nc is not None else 1024 * 1024
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats: %s", _describe(exc))
+        # One warning per outage; the reconnect attempts that follow are only worth a debug line.
+        log.log(logging.DEBUG if self._outage else logging.WARNING, "nats: %s", _describe(exc))
 
     async def _on_disconnected(self) -> None:
-        if not self._closing:
-            log.warning("nats: disconnected from %s", _redact(self.url))
+        if not self._closing and not self._outage:
+            log.warning("nats: disconnected from %s; reconnecting", _redact(self.url))
+        self._outage = True
 
     async def _on_reconnected(self) -> None:
-        log.info("nats: reconnected to %s", self.nc.connected_url.netloc if self.nc else "?")
+        self._outage = False
+        log.warning("nats: reconnected to %s", self.nc.connected_url.netloc if self.nc else "?")
 
     async def close(self) -> None:
         self._closing = True
@@ -271,7 +277,9 @@ class Client:
                 except BaseException:
                     runtime.stop()
                     raise
-                self._publisher = Publisher(core, runtime)
+                publisher = Publisher(core, runtime)
+                runtime.run(publisher.start())
+                self._publisher = publisher
                 self._runtime, self._core = runtime, core
             return self._runtime, self._core  # type: ignore[return-value]
 
@@ -331,10 +339,75 @@ class Client:
             request_id=request_id, headers=headers,
         )  # fmt: skip
         runtime, core = self._ensure()
-        if len(body) + sum(len(k) + len(v) + 4 for k, v in hdrs.items()) > core.max_payload:
-            raise InvalidJob(f"job is {len(body)} bytes; the server accepts at most {core.max_payload}")
-        runtime.wait(self._publisher.submit(subject, body, hdrs, queue))  # type: ignore[union-attr]
+        _check_size(core, body, hdrs)
+        batch = self._publisher.submit([Outgoing(subject, body, hdrs, queue)])  # type: ignore[union-attr]
+        runtime.wait_batch(batch)
+        if batch.errors[0] is not None:
+            raise batch.errors[0]
         return msg_id
+
+    def send_jobs(
+        self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
+    ) -> list[str]:
+        """Enqueue many jobs, pipelined; returns their ids (in order) once every one is stored.
+
+        `jobs` holds `(type, arg)` pairs or `JobSpec`s. All are validated before anything is published
+        (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
+        some cannot be confirmed, SendJobsError says which ids were stored and which were not.
+        """
+        runtime, core = self._ensure()
+        prepared = []
+        for index, item in enumerate(jobs):
+            try:
+                spec = item if isinstance(item, JobSpec) else _spec_of(item)
+                job_queue = spec.queue or queue
+                subject, body, hdrs, job_id = prepare_job(
+                    self.settings, spec.type, spec.arg, queue=job_queue, delay=spec.delay, at=spec.at,
+                    job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers,
+                )  # fmt: skip
+                _check_size(core, body, hdrs)
+            except InvalidJob as exc:
+                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
+            prepared.append((job_id, subject, body, hdrs, job_queue))
+        return self._publish_pipelined(runtime, prepared, max(1, window))
+
+    def _publish_pipelined(self, runtime: Runtime, prepared: list[tuple], window: int) -> list[str]:
+        publisher = self._publisher
+        assert publisher is not None
+        stored: set[str] = set()
+        errors: dict[str, BaseException] = {}
+        in_flight: collections.deque[tuple[list[str], PublishBatch]] = collections.deque()
+
+        def settle_oldest_chunk() -> None:
+            ids, batch = in_flight.popleft()
+            runtime.wait_batch(batch)
+            for job_id, error in zip(ids, batch.errors, strict=True):
+                if error is None:
+                    stored.add(job_id)
+                else:
+                    errors.setdefault(job_id, error)
+
+        # Two chunks in flight: the next is on the wire while we wait for the PubAcks of the current.
+        chunk = max(1, window // 2)
+        for start in range(0, len(prepared), chunk):
+            if errors:
+                break
+            part = prepared[start : start + chunk]
+            in_flight.append(([p[0] for p in part], publisher.submit([Outgoing(*p[1:]) for p in part])))
+            if len(in_flight) == 2:
+                settle_oldest_chunk()
+        while in_flight:
+            settle_oldest_chunk()
+        ids = [job_id for job_id, *_ in prepared]
+        if errors or len(stored) < len(set(ids)):
+            not_stored = [i for i in ids if i not in stored]
+            first = next(iter(errors.values()), None)
+            raise SendJobsError(
+                f"{len(stored)} of {len(ids)} jobs stored, {len(not_stored)} not confirmed ({first}); "
+                "sending the not_stored ones again with the same job ids is safe",
+                stored=[i for i in ids if i in stored], not_stored=not_stored, errors=errors,
+            )  # fmt: skip
+        return ids
 
     # -- operating ---------------------------------------------------------------------------------
     @property
@@ -396,6 +469,17 @@ class Client:
         if queue is not None:
             jobmod.validate_queue(queue)
         return self.run(periodic.list_schedules, queue)
+
+
+def _spec_of(item: Any) -> JobSpec:
+    if isinstance(item, tuple) and len(item) == 2:
+        return JobSpec(item[0], item[1])
+    raise InvalidJob(f"expected a (type, arg) pair or a bgjob.JobSpec, got {item!r}")
+
+
+def _check_size(core: Core, body: bytes, headers: dict[str, str]) -> None:
+    if len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > core.max_payload:
+        raise InvalidJob(f"job is {len(body)} bytes; the server accepts at most {core.max_payload}")
 
 
 def prepare_job(
@@ -487,6 +571,22 @@ def default_client() -> Client:
 def send_job(job_type: str, arg: Any = None, **kwargs: Any) -> str:
     """`default_client().send_job(...)`."""
     return default_client().send_job(job_type, arg, **kwargs)
+
+
+def send_jobs(jobs: Iterable[JobSpec | tuple[str, Any]], **kwargs: Any) -> list[str]:
+    """`default_client().send_jobs(...)`."""
+    return default_client().send_jobs(jobs, **kwargs)
+
+
+def _after_fork_in_child() -> None:
+    """Locks held by other threads at fork() would never be released in the child: start afresh."""
+    global _default_lock
+    _default_lock = threading.Lock()
+    for client in list(_live_clients):
+        client._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

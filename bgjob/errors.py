@@ -21,6 +21,20 @@ class PublishError(BgjobError):
     """A publish was not confirmed by a JetStream PubAck; the job may or may not be stored."""
 
 
+class SendJobsError(PublishError):
+    """send_jobs could not confirm every job. `stored` were confirmed (PubAck); `not_stored` were not.
+
+    Sending the `not_stored` ones again with the same job ids is safe: JetStream drops any that did
+    get stored, within the duplicate window.
+    """
+
+    def __init__(self, message: str, stored: list[str], not_stored: list[str], errors: dict[str, BaseException]):
+        super().__init__(message)
+        self.stored = stored
+        self.not_stored = not_stored
+        self.errors = errors
+
+
 class ServerVersionError(BgjobError):
     """The NATS server is too old or lacks JetStream."""
 

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import InvalidJob
@@ -41,6 +41,20 @@ class Job:
     enqueued_at: datetime | None = None
     #: the producer's custom headers.
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job to send with send_jobs; `queue` None means the queue given to send_jobs."""
+
+    type: str
+    arg: Any = None
+    queue: str | None = None
+    delay: timedelta | float | None = None
+    at: datetime | None = None
+    job_id: str | None = None
+    request_id: str | None = None
+    headers: Mapping[str, str] | None = None
 
 
 def new_job_id() -> str:

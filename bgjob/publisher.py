@@ -1,13 +1,17 @@
-"""Pipelined publishing: many threads' jobs in flight at once, each waiting only for its own PubAck."""
+"""Pipelined publishing: many jobs in flight at once, each producer waiting only for its own PubAcks."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
+import itertools
+import json
 import logging
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import nats.js.errors
+from nats.aio.msg import Msg
 
 from .runtime import Runtime
 
@@ -19,37 +23,72 @@ log = logging.getLogger("bgjob.publisher")
 
 @dataclass(slots=True)
 class Outgoing:
-    """One message to publish, and the thread-safe future its producer waits on."""
+    """One message to publish."""
 
     subject: str
     body: bytes
     headers: dict[str, str]
     queue: str | None
-    future: concurrent.futures.Future
+
+
+class PublishBatch:
+    """Messages submitted together; the submitting thread waits until each is confirmed or has failed."""
+
+    def __init__(self, items: list[Outgoing]) -> None:
+        self.items = items
+        #: per item: None once confirmed by a PubAck, else the exception that ended its publishing.
+        self.errors: list[BaseException | None] = [None] * len(items)
+        self._remaining = len(items)
+        self._done = threading.Event()
+        if not items:
+            self._done.set()
+
+    def settle(self, index: int, error: BaseException | None) -> None:
+        """Record the fate of item `index` (called on the runtime loop only)."""
+        self.errors[index] = error
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
 
 
 class Publisher:
-    """Moves messages that any thread submits onto the wire without waiting for earlier PubAcks.
+    """Puts messages from any thread on the wire without waiting for earlier PubAcks.
 
-    The fast path is one `publish_async` per message and a timer; an error or a missing PubAck sends
-    that message down Core.publish's retrying path (same Nats-Msg-Id, so never stored twice).
+    Each message gets a reply subject on one shared inbox; a timer per pump round bounds the wait for
+    PubAcks. An error or a missing PubAck sends that message down Core.publish's retrying path (same
+    Nats-Msg-Id, so a message the server did store is not stored twice).
     """
 
     def __init__(self, core: Core, runtime: Runtime) -> None:
         self._core = core
         self._runtime = runtime
-        self._outbox: collections.deque[Outgoing] = collections.deque()
+        self._outbox: collections.deque[PublishBatch] = collections.deque()
+        self._pending: dict[str, tuple[PublishBatch, int]] = {}
+        self._tokens = itertools.count()
+        self._prefix = ""
         self._pumping = False
         runtime.add_wakeup_hook(self._start_pump)
 
-    def submit(
-        self, subject: str, body: bytes, headers: dict[str, str], queue: str | None
-    ) -> concurrent.futures.Future:
-        """Queue a publish from any thread; the future resolves to the PubAck or the final error."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._outbox.append(Outgoing(subject, body, headers, queue, future))
-        self._runtime.wake()
-        return future
+    async def start(self) -> None:
+        """Subscribe to the inbox that PubAcks come back on."""
+        nc = self._core.nc
+        self._prefix = f"{nc.new_inbox()}."
+
+        async def on_reply(msg: Msg) -> None:
+            self._on_reply(msg)
+
+        await nc.subscribe(self._prefix + "*", cb=on_reply)
+
+    def submit(self, items: list[Outgoing]) -> PublishBatch:
+        """Queue messages from any thread; wait on the returned batch for their PubAcks."""
+        batch = PublishBatch(items)
+        if items:
+            self._outbox.append(batch)
+            self._runtime.wake()
+        return batch
 
     def _start_pump(self) -> None:
         if self._outbox and not self._pumping:
@@ -57,55 +96,67 @@ class Publisher:
             self._runtime.loop.create_task(self._pump())
 
     async def _pump(self) -> None:
-        core, outbox = self._core, self._outbox
+        core, outbox, pending, loop = self._core, self._outbox, self._pending, self._runtime.loop
         try:
             while outbox:
-                item = outbox.popleft()
-                if not item.future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    if item.queue is not None and item.queue not in core._provisioned:
-                        await core.ensure_queue(item.queue)
-                    ack = await core.js.publish_async(item.subject, item.body, headers=item.headers)
-                except Exception as exc:  # noqa: BLE001 - handed to the slow path, which decides
-                    self._slow_path(item, exc)
-                    continue
-                timer = self._runtime.loop.call_later(core.settings.request_timeout, ack.cancel)
-                ack.add_done_callback(lambda f, item=item, timer=timer: self._on_ack(f, item, timer))
+                batch = outbox.popleft()
+                sent = []
+                for index, item in enumerate(batch.items):
+                    token = str(next(self._tokens))
+                    try:
+                        if item.queue is not None and item.queue not in core._provisioned:
+                            await core.ensure_queue(item.queue)
+                        pending[token] = (batch, index)
+                        await core.nc.publish(item.subject, item.body, reply=self._prefix + token, headers=item.headers)
+                        sent.append(token)
+                    except Exception as exc:  # noqa: BLE001 - the retrying path decides
+                        pending.pop(token, None)
+                        self._retry(batch, index, exc)
+                if sent:
+                    loop.call_later(core.settings.request_timeout, self._expire, sent)
         finally:
             self._pumping = False
         if outbox:  # filled while we were finishing
             self._start_pump()
 
-    def _on_ack(self, ack: asyncio.Future, item: Outgoing, timer: asyncio.TimerHandle) -> None:
-        timer.cancel()
-        if ack.cancelled():
-            self._slow_path(item, TimeoutError("no PubAck in time"))
-        elif (exc := ack.exception()) is not None:
-            self._slow_path(item, exc)
+    def _on_reply(self, msg: Msg) -> None:
+        entry = self._pending.pop(msg.subject[len(self._prefix) :], None)
+        if entry is None:
+            return  # already given up on (timer) and retried
+        batch, index = entry
+        if msg.headers and msg.headers.get("Status") == "503":
+            self._retry(batch, index, nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError as exc:
+            self._retry(batch, index, exc)
+            return
+        if "error" in reply:
+            self._retry(batch, index, nats.js.errors.APIError.from_error(reply["error"]))
         else:
-            item.future.set_result(ack.result())
+            batch.settle(index, None)
 
-    def _slow_path(self, item: Outgoing, exc: BaseException) -> None:
+    def _expire(self, tokens: list[str]) -> None:
+        for token in tokens:
+            entry = self._pending.pop(token, None)
+            if entry is not None:
+                self._retry(*entry, TimeoutError("no PubAck in time"))
+
+    def _retry(self, batch: PublishBatch, index: int, exc: BaseException) -> None:
         from .client import is_transient
 
-        if not is_transient(exc) and not _is_missing_stream(exc):
-            item.future.set_exception(exc)
+        if not is_transient(exc) and not isinstance(exc, nats.js.errors.NoStreamResponseError):
+            batch.settle(index, exc)
             return
+        item = batch.items[index]
         task = self._runtime.loop.create_task(self._core.publish(item.subject, item.body, item.headers, item.queue))
-        task.add_done_callback(lambda t: _copy(t, item.future))
+
+        def done(t: Any) -> None:
+            batch.settle(index, None if not t.cancelled() and t.exception() is None else _error_of(t))
+
+        task.add_done_callback(done)
 
 
-def _is_missing_stream(exc: BaseException) -> bool:
-    import nats.js.errors
-
-    return isinstance(exc, nats.js.errors.NoStreamResponseError)
-
-
-def _copy(task: asyncio.Task, future: concurrent.futures.Future) -> None:
-    if task.cancelled():
-        future.cancel()
-    elif (exc := task.exception()) is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(task.result())
+def _error_of(task: Any) -> BaseException:
+    return task.exception() if not task.cancelled() else TimeoutError("publish cancelled")

@@ -101,6 +101,12 @@ class Runtime:
             future.cancel()
             raise
 
+    def wait_batch(self, batch: Any) -> None:
+        """Block until every message of a PublishBatch is settled (each is bounded by the retry budget)."""
+        if self.in_loop_thread():
+            raise RuntimeError("bgjob: blocking call made from the runtime thread itself")
+        batch.wait()
+
     def wait(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
         """Block the calling thread until `future` is done; refused on the loop thread (it would deadlock)."""
         if self.in_loop_thread():

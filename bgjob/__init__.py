@@ -1,6 +1,7 @@
 """bgjob: background jobs for synchronous Python web apps, on NATS JetStream."""
 
 from .client import Client, QueueStats, connect, default_client, send_job, send_jobs
+from .context import JobContextFilter, current_job, current_request_id
 from .dlq import DeadLetter, DeadLetters
 from .errors import (
     BgjobError,
@@ -16,7 +17,7 @@ from .errors import (
 )
 from .handler import Mux, SyncHandlerAdapter
 from .job import Job, JobSpec
-from .middleware import Middleware
+from .middleware import InMemoryMetricStorage, Metrics, MetricStorage, Middleware, Recovery, RequestId
 from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
 from .retry import RetryPolicy
@@ -26,6 +27,14 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "RequestId",
+    "Recovery",
+    "Metrics",
+    "MetricStorage",
+    "InMemoryMetricStorage",
+    "current_request_id",
+    "current_job",
+    "JobContextFilter",
     "KEEP_ARG",
     "BgjobError",
     "ByAfterTime",

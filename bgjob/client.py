@@ -21,6 +21,7 @@ from nats.js.api import Header
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from . import job as jobmod
+from .context import current_request_id
 from .errors import BgjobError, ConnectionError, InvalidJob, SendJobsError
 from .job import JobSpec
 from .publisher import Outgoing, PublishBatch, Publisher
@@ -499,6 +500,8 @@ def prepare_job(
     jobmod.validate_type(job_type)
     jobmod.validate_queue(queue)
     job_id = jobmod.validate_job_id(job_id) if job_id is not None else jobmod.new_job_id()
+    if request_id is None:
+        request_id = current_request_id.get()
     if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()):
         raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
     hdrs = jobmod.validate_headers(headers)

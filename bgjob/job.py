@@ -41,6 +41,8 @@ class Job:
     enqueued_at: datetime | None = None
     #: the producer's custom headers.
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: the worker's retry policy limit: `attempt == max_attempts` is the last try before the DLQ.
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True)

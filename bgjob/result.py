@@ -41,6 +41,7 @@ class Retry(Result):
 
     delay: timedelta | float | None = None
     error: BaseException | str | None = None
+    traceback: str | None = field(default=None, compare=False)
 
     def delay_seconds(self) -> float | None:
         return _seconds(self.delay) if self.delay is not None else None

@@ -22,6 +22,7 @@ from nats.js.api import Header
 
 from . import job as jobmod
 from .client import Client, Core
+from .context import current_job
 from .dlq import move_to_dlq
 from .errors import InvalidJob
 from .handler import HandlerFunc, Mux
@@ -402,6 +403,7 @@ class Worker:
             request_id=headers.get(jobmod.HEADER_REQUEST_ID),
             enqueued_at=jobmod.parse_time(headers.get(jobmod.HEADER_ENQUEUED_AT)),
             headers=jobmod.user_headers(headers),
+            max_attempts=self.retry_policy.max_attempts,
         )
 
     def _call(self, handler: HandlerFunc, job: jobmod.Job) -> Result | Failure:
@@ -409,11 +411,14 @@ class Worker:
         wrapped = self._chains.get(job.type)
         if wrapped is None:
             wrapped = self._chains[job.type] = chain(self.middleware, handler)
+        token = current_job.set(job)
         try:
             result = wrapped(job)
         except BaseException as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
             log.warning("job %s (%s) attempt %d raised %s: %s", job.id, job.type, job.attempt, type(exc).__name__, exc)
             return Failure(f"{type(exc).__name__}: {exc}", "".join(tb.format_exception(exc)))
+        finally:
+            current_job.reset(token)
         if not isinstance(result, Result):
             return Failure(
                 f"handler for {job.type!r} returned {result!r}; return bgjob.Complete(), Retry(...), "
@@ -435,6 +440,7 @@ class Worker:
         try:
             if reason is not None:
                 assert isinstance(outcome, Failure)
+                self._internal_error()
                 await dead_letter(reason, outcome.error, outcome.traceback)
             elif isinstance(outcome, Complete):
                 await (msg.ack_sync(timeout=core.settings.request_timeout) if core.settings.double_ack else msg.ack())
@@ -457,10 +463,17 @@ class Worker:
                 await msg.ack()
         except Exception as exc:  # noqa: BLE001 - whatever failed, the job must not be lost
             log.error("could not settle job %s (%s): %r; it will be redelivered", job_id, job_type, exc)
+            self._internal_error()
             try:
                 await msg.nak(delay=self.retry_policy.delay_for(1))
             except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
                 pass
+
+    def _internal_error(self) -> None:
+        for mw in self.middleware:
+            hook = getattr(mw, "on_internal_error", None)
+            if hook is not None:
+                hook()
 
     async def _reschedule(self, core: Core, msg: Msg, job_id: str, job_type: str, result: Reschedule) -> None:
         """Publish the next run as a server-side `@at` schedule (one per job id: a repeat replaces it)."""
@@ -484,7 +497,7 @@ def _error_of(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:
     if isinstance(outcome, Failure):
         return outcome.error, outcome.traceback
     error = outcome.error
-    trace = outcome.traceback if isinstance(outcome, MoveToDlq) else None
+    trace = outcome.traceback
     if isinstance(error, BaseException):
         if trace is None and error.__traceback__ is not None:
             trace = "".join(tb.format_exception(error))

@@ -6,8 +6,8 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .job import Job
-from .result import Result
+from ..job import Job
+from ..result import Result
 
 Handler = Callable[[Job], Result]
 
@@ -24,3 +24,11 @@ def chain(middleware: Sequence[Middleware], handler: Handler) -> Handler:
     for mw in reversed(middleware):
         wrapped = functools.partial(mw, call_next=wrapped)
     return wrapped
+
+
+from .metrics import InMemoryMetricStorage, Metrics, MetricStorage  # noqa: E402
+from .recovery import Recovery  # noqa: E402
+from .request_id import RequestId  # noqa: E402
+
+__all__ = ["Handler", "InMemoryMetricStorage", "MetricStorage", "Metrics", "Middleware", "Recovery", "RequestId",
+           "chain"]  # fmt: skip

@@ -1,0 +1,90 @@
+"""RequestId, Recovery and Metrics middleware on a real worker."""
+
+from __future__ import annotations
+
+import logging
+import queue
+
+import bgjob
+
+from .conftest import drain, wait_until
+
+
+def test_request_id_is_kept_or_made_and_reaches_handler_logs_and_child_jobs(client, start_worker, caplog) -> None:
+    seen: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+    log = logging.getLogger("test.jobs")
+
+    @mux.handler("parent")
+    def parent(job: bgjob.Job) -> bgjob.Result:
+        seen.put(("parent", job.request_id, bgjob.current_request_id.get(), bgjob.current_job.get().id))
+        log.warning("working on it")
+        client.send_job("child", None)  # no request_id given: inherits the parent's
+        return bgjob.Complete()
+
+    @mux.handler("child")
+    def child(job: bgjob.Job) -> bgjob.Result:
+        seen.put(("child", job.request_id, None, None))
+        return bgjob.Complete()
+
+    caplog.handler.addFilter(bgjob.JobContextFilter())
+    start_worker(client, mux, middleware=[bgjob.RequestId()])
+    parent_id = client.send_job("parent", None, request_id="req-42")
+    got = sorted(drain(seen, 2))
+    assert got == [("child", "req-42", None, None), ("parent", "req-42", "req-42", parent_id)]
+    record = next(r for r in caplog.records if r.getMessage() == "working on it")
+    assert (record.request_id, record.job_id, record.job_type) == ("req-42", parent_id, "parent")
+
+    client.send_job("child", None)
+    [(_, made, _, _)] = drain(seen, 1)
+    assert made and len(made) == 32
+
+
+def test_recovery_turns_exceptions_into_retries_then_a_dead_letter_with_traceback(client, start_worker) -> None:
+    attempts: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    @mux.handler("boom")
+    def boom(job: bgjob.Job) -> bgjob.Result:
+        attempts.put(job.attempt)
+        raise KeyError("missing")
+
+    mux.handle("junk", lambda job: attempts.put("junk") or "not a result")
+    policy = bgjob.RetryPolicy(max_attempts=2, base_delay=0.05, jitter=0)
+    start_worker(client, mux, middleware=[bgjob.Recovery()], retry_policy=policy)
+    boom_id = client.send_job("boom", None)
+    junk_id = client.send_job("junk", None)
+    wait_until(lambda: client.dlq.count() == 2, message="two dead letters")
+    boom_entry, junk_entry = client.dlq.get(boom_id), client.dlq.get(junk_id)
+    assert (boom_entry.reason, boom_entry.attempts, boom_entry.error) == ("max_attempts", 2, "KeyError: 'missing'")
+    assert "raise KeyError" in boom_entry.traceback
+    assert junk_entry.reason == "max_attempts" and "returned 'not a result', not a bgjob.Result" in junk_entry.error
+    assert sorted(map(str, drain(attempts, 4))) == ["1", "2", "junk", "junk"]
+
+
+def test_metrics_counts_each_dispatch_once_with_its_outcome(client, start_worker) -> None:
+    storage = bgjob.InMemoryMetricStorage()
+    mux = bgjob.Mux()
+    mux.handle("ok", lambda job: bgjob.Complete())
+    mux.handle("flaky", lambda job: bgjob.Retry(0.05) if job.attempt == 1 else bgjob.Complete())
+    mux.handle("dead", lambda job: bgjob.MoveToDlq("no"))
+
+    def raises(job: bgjob.Job) -> bgjob.Result:
+        raise RuntimeError("x")
+
+    mux.handle("raises", raises)
+    policy = bgjob.RetryPolicy(max_attempts=2, base_delay=0.05, jitter=0)
+    start_worker(client, mux, middleware=[bgjob.Recovery(), bgjob.Metrics(storage)], retry_policy=policy)
+    for _ in range(3):
+        client.send_job("ok", None)
+    client.send_job("flaky", None)
+    client.send_job("dead", None)
+    client.send_job("raises", None)
+    client.send_job("unknown-type", None)
+    wait_until(lambda: client.dlq.count() == 3, message="three dead letters")
+    wait_until(lambda: storage.success.get(("default", "flaky")) == 1, message="flaky success")
+    assert storage.success == {("default", "ok"): 3, ("default", "flaky"): 1}
+    assert storage.retry == {("default", "flaky"): 1, ("default", "raises"): 1}
+    assert storage.dlq == {("default", "dead"): 1, ("default", "raises"): 1}
+    assert storage.internal_errors == 1  # the unknown type never reached a handler
+    assert sum(len(v) for v in storage.durations.values()) == 3 + 2 + 1 + 2

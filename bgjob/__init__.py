@@ -11,6 +11,7 @@ from .errors import (
     InvalidJob,
     InvalidSchedule,
     PublishError,
+    ResultNotFound,
     SendJobsError,
     ServerNotFound,
     ServerVersionError,
@@ -20,6 +21,7 @@ from .job import Job, JobSpec
 from .middleware import InMemoryMetricStorage, Metrics, MetricStorage, Middleware, Recovery, RequestId
 from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
+from .results import JobError, JobResult, ResultStatus
 from .retry import RetryPolicy
 from .settings import Settings
 from .worker import Worker
@@ -27,6 +29,10 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "ResultStatus",
+    "JobResult",
+    "JobError",
+    "ResultNotFound",
     "RequestId",
     "Recovery",
     "Metrics",

@@ -8,6 +8,7 @@ import collections
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from nats.js.api import Header
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from . import job as jobmod
+from . import results
 from .context import current_request_id
-from .errors import BgjobError, ConnectionError, InvalidJob, SendJobsError
+from .errors import BgjobError, ConnectionError, InvalidJob, ResultNotFound, SendJobsError
 from .job import JobSpec
 from .publisher import Outgoing, PublishBatch, Publisher
+from .results import JobResult
 from .runtime import Runtime
 from .settings import Settings
 from .topology import Topology, check_server, provision_dlq, provision_queue
@@ -82,6 +85,7 @@ class Core:
         self._provision_lock = asyncio.Lock()
         self._closing = False
         self._outage = False
+        self._results_kv: Any = None
 
     async def connect(self) -> None:
         servers = [u.strip() for u in self.url.split(",") if u.strip()]
@@ -329,15 +333,19 @@ class Client:
         job_id: str | None = None,
         request_id: str | None = None,
         headers: Mapping[str, str] | None = None,
+        store_result: bool | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
         `delay`/`at` hand the job to a server-side schedule; `job_id` makes sending idempotent within
-        the duplicate window. Raises InvalidJob (nothing published) or ConnectionError (not confirmed).
+        the duplicate window; `store_result` keeps its status and return value for `result()` (default:
+        whether `queue` is in Settings.result_queues). Raises InvalidJob (nothing published) or
+        ConnectionError (not confirmed).
         """
+        store = self._stores_result(queue, store_result)
         subject, body, hdrs, msg_id = prepare_job(
             self.settings, job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id,
-            request_id=request_id, headers=headers,
+            request_id=request_id, headers=headers, store_result=store,
         )  # fmt: skip
         runtime, core = self._ensure()
         _check_size(core, body, hdrs)
@@ -345,7 +353,28 @@ class Client:
         runtime.wait_batch(batch)
         if batch.errors[0] is not None:
             raise batch.errors[0]
+        if store:
+            runtime.run(results.record_ready(core, msg_id, job_type, queue))
         return msg_id
+
+    def _stores_result(self, queue: str, store_result: bool | None) -> bool:
+        return store_result if store_result is not None else queue in self.settings.result_queues
+
+    def result(self, job_id: str, wait: float | None = None) -> JobResult:
+        """The stored result of a job sent with store_result; with `wait`, block up to that many seconds
+        for it to finish (then return whatever it is). Raises ResultNotFound when nothing is stored."""
+        runtime, core = self._ensure()
+        deadline = time.monotonic() + (wait or 0)
+        pause = 0.01
+        while True:
+            record = runtime.run(results.read_record(core, job_id))
+            if record is None:
+                raise ResultNotFound(f"no stored result for job {job_id!r} (sent without store_result, or expired)")
+            result = JobResult.from_record(record)
+            if result.status.finished or time.monotonic() >= deadline:
+                return result
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
 
     def send_jobs(
         self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
@@ -358,19 +387,26 @@ class Client:
         """
         runtime, core = self._ensure()
         prepared = []
+        with_results: list[tuple[str, str, str]] = []
         for index, item in enumerate(jobs):
             try:
                 spec = item if isinstance(item, JobSpec) else _spec_of(item)
                 job_queue = spec.queue or queue
+                store = self._stores_result(job_queue, spec.store_result)
                 subject, body, hdrs, job_id = prepare_job(
                     self.settings, spec.type, spec.arg, queue=job_queue, delay=spec.delay, at=spec.at,
-                    job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers,
+                    job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers, store_result=store,
                 )  # fmt: skip
                 _check_size(core, body, hdrs)
             except InvalidJob as exc:
                 raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
             prepared.append((job_id, subject, body, hdrs, job_queue))
-        return self._publish_pipelined(runtime, prepared, max(1, window))
+            if store:
+                with_results.append((job_id, spec.type, job_queue))
+        ids = self._publish_pipelined(runtime, prepared, max(1, window))
+        if with_results:
+            runtime.run(_record_ready_all(core, with_results))
+        return ids
 
     def _publish_pipelined(self, runtime: Runtime, prepared: list[tuple], window: int) -> list[str]:
         publisher = self._publisher
@@ -472,6 +508,11 @@ class Client:
         return self.run(periodic.list_schedules, queue)
 
 
+async def _record_ready_all(core: Core, jobs: list[tuple[str, str, str]]) -> None:
+    for job_id, job_type, queue in jobs:
+        await results.record_ready(core, job_id, job_type, queue)
+
+
 def _spec_of(item: Any) -> JobSpec:
     if isinstance(item, tuple) and len(item) == 2:
         return JobSpec(item[0], item[1])
@@ -494,6 +535,7 @@ def prepare_job(
     job_id: str | None = None,
     request_id: str | None = None,
     headers: Mapping[str, str] | None = None,
+    store_result: bool = False,
 ) -> tuple[str, bytes, dict[str, str], str]:
     """Validate a job and build its (subject, body, headers, id); raises InvalidJob."""
     topology = Topology(settings.prefix)
@@ -517,6 +559,8 @@ def prepare_job(
     })  # fmt: skip
     if request_id:
         hdrs[jobmod.HEADER_REQUEST_ID] = request_id
+    if store_result:
+        hdrs[results.HEADER_STORE_RESULT] = "1"
     target = topology.job_subject(queue, job_type)
     if due is None:
         return target, body, hdrs, job_id

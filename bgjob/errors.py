@@ -51,6 +51,13 @@ class InvalidSchedule(BgjobError, ValueError):
     """A cron expression, time zone or delay cannot be used for scheduling."""
 
 
+class ResultNotFound(BgjobError, KeyError):
+    """No result is stored for that job id (sent without store_result, or expired)."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
 class DeadLetterNotFound(BgjobError, KeyError):
     """No dead letter with that id exists (it may have been retried, deleted or purged)."""
 

@@ -57,6 +57,7 @@ class JobSpec:
     job_id: str | None = None
     request_id: str | None = None
     headers: Mapping[str, str] | None = None
+    store_result: bool | None = None
 
 
 def new_job_id() -> str:

@@ -93,7 +93,7 @@ class Publisher:
     def _start_pump(self) -> None:
         if self._outbox and not self._pumping:
             self._pumping = True
-            self._runtime.loop.create_task(self._pump())
+            self._runtime.spawn(self._pump())
 
     async def _pump(self) -> None:
         core, outbox, pending, loop = self._core, self._outbox, self._pending, self._runtime.loop
@@ -150,7 +150,7 @@ class Publisher:
             batch.settle(index, exc)
             return
         item = batch.items[index]
-        task = self._runtime.loop.create_task(self._core.publish(item.subject, item.body, item.headers, item.queue))
+        task = self._runtime.spawn(self._core.publish(item.subject, item.body, item.headers, item.queue))
 
         def done(t: Any) -> None:
             batch.settle(index, None if not t.cancelled() and t.exception() is None else _error_of(t))

@@ -24,6 +24,7 @@ class Runtime:
         self._inbox: collections.deque[tuple[Coroutine[Any, Any, Any], concurrent.futures.Future]] = collections.deque()
         self._wakeup_pending = False
         self._wakeup_hooks: list[Callable[[], None]] = [self._start_submitted]
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self._thread.start()
@@ -61,6 +62,13 @@ class Runtime:
         self.wake()
         return future
 
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Start a task on the loop (call on the loop) and keep it referenced until it is done."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def add_wakeup_hook(self, hook: Callable[[], None]) -> None:
         """Run `hook` on the loop at every wake(): for queues that other threads fill."""
         self._wakeup_hooks.append(hook)
@@ -87,7 +95,7 @@ class Runtime:
             if not future.set_running_or_notify_cancel():
                 coro.close()
                 continue
-            task = self.loop.create_task(coro)
+            task = self.spawn(coro)
             task.add_done_callback(lambda t, f=future: _copy_result(t, f))
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

@@ -35,6 +35,10 @@ class Settings:
     max_ack_pending: int | None = None
     #: seconds dead letters are kept.
     dlq_max_age: float = 30 * 24 * 3600.0
+    #: seconds stored job results are kept.
+    result_ttl: float = 24 * 3600.0
+    #: queues whose jobs store their results by default (send_job's store_result overrides).
+    result_queues: frozenset[str] = frozenset()
     connect_timeout: float = 5.0
     #: seconds one JetStream request (a publish's PubAck) may take.
     request_timeout: float = 5.0
@@ -56,6 +60,7 @@ class Settings:
             raise InvalidJob("replicas must be >= 1")
         if self.ack_wait < 1:
             raise InvalidJob("ack_wait must be at least 1 second")
+        object.__setattr__(self, "result_queues", frozenset(self.result_queues))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

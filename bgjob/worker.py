@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import traceback as tb
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from . import job as jobmod
+from . import results
 from .client import Client, Core
 from .context import current_job
 from .dlq import move_to_dlq
@@ -29,7 +32,9 @@ from .handler import HandlerFunc, Mux
 from .middleware import Handler, Middleware, chain
 from .pool import ThreadPool
 from .result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Result, Retry
+from .results import ResultStatus
 from .retry import RetryPolicy
+from .runtime import Runtime
 
 log = logging.getLogger("bgjob.worker")
 
@@ -55,6 +60,8 @@ class _InFlight:
     job_type: str = ""
     outcome: Result | Failure | None = None
     reason: str | None = None
+    #: the stored result record, for jobs sent with store_result=True.
+    result: dict[str, Any] | None = None
 
 
 class _Pull:
@@ -146,6 +153,8 @@ class Worker:
         self._pool = ThreadPool(concurrency, name=f"bgjob-{queue}")
         self._completed: collections.deque[_InFlight] = collections.deque()
         self._core: Core | None = None
+        self._runtime: Runtime | None = None
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._signals = 0
 
     # -- public, blocking --------------------------------------------------------------------------
@@ -221,7 +230,7 @@ class Worker:
             await self._on_message(core, pull, msg)
 
         sub = await core.nc.subscribe(inbox, cb=on_message)
-        runtime = self.client._runtime
+        runtime = self._runtime = self.client._runtime
         assert runtime is not None
         runtime.add_wakeup_hook(self._settle_completed)
         heartbeats = asyncio.create_task(self._heartbeat(ack_wait))
@@ -272,7 +281,10 @@ class Worker:
             else:
                 item = _InFlight(msg)
                 self._inflight[id(msg)] = item
-                self._pool.submit(self._run_job, core, item)
+                if msg.headers and results.HEADER_STORE_RESULT in msg.headers:
+                    self._runtime.spawn(self._start_with_result(core, item))
+                else:
+                    self._pool.submit(self._run_job, core, item)
         self._capacity.set()
 
     @staticmethod
@@ -330,6 +342,20 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - it is redelivered after ack_wait anyway
             log.debug("nak failed: %r", exc)
 
+    async def _start_with_result(self, core: Core, item: _InFlight) -> None:
+        """Record RUNNING for a job that stores its result, then run it."""
+        msg, headers = item.msg, item.msg.headers or {}
+        meta = msg.metadata
+        job_id = _job_id(headers, meta.sequence.stream)
+        try:
+            item.result = await results.record_running(
+                core, job_id, core.topology.job_type_of(self.queue, msg.subject), self.queue, meta.num_delivered,
+                headers.get(jobmod.HEADER_ENQUEUED_AT), self.id,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - results are a report; the job runs regardless
+            log.warning("could not store the RUNNING result of job %s: %r", job_id, exc)
+        self._pool.submit(self._run_job, core, item)
+
     # -- one job, in a pool thread -----------------------------------------------------------------
     def _run_job(self, core: Core, item: _InFlight) -> None:
         """Decode the job and run its handler, then hand the outcome back to the loop."""
@@ -338,11 +364,7 @@ class Worker:
         item.attempt = meta.num_delivered
         headers = msg.headers or {}
         item.job_type = core.topology.job_type_of(self.queue, msg.subject)
-        raw_id = headers.get(jobmod.HEADER_ID)
-        if jobmod.is_valid_job_id(raw_id):
-            item.job_id = raw_id
-        else:  # published by a periodic schedule or by hand: the stream sequence makes it unique
-            item.job_id = f"{headers.get('Bgjob-Schedule', 'seq')}-{meta.sequence.stream}"
+        item.job_id = _job_id(headers, meta.sequence.stream)
         try:
             job = self._decode(msg, item.job_id, item.job_type, item.attempt)
         except jobmod.DecodeError as exc:
@@ -356,7 +378,7 @@ class Worker:
             else:
                 item.outcome = self._call(handler, job)
         self._completed.append(item)
-        self.client._runtime.wake()  # type: ignore[union-attr]
+        self._runtime.wake()
 
     def _settle_completed(self) -> None:
         """Wake-up hook: settle every job whose handler has returned, in one task."""
@@ -369,19 +391,19 @@ class Worker:
                 item.applying = True
                 batch.append(item)
         if batch:
-            asyncio.get_running_loop().create_task(self._settle_batch(batch))
+            self._runtime.spawn(self._settle_batch(batch))
 
     async def _settle_batch(self, batch: list[_InFlight]) -> None:
         core = self._core
         for item in batch:
-            if isinstance(item.outcome, Complete) and not core.settings.double_ack:
+            if isinstance(item.outcome, Complete) and not core.settings.double_ack and item.result is None:
                 try:
                     await item.msg.ack()  # buffered, no round trip: settle inline
                 except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait; a duplicate, not a loss
                     log.warning("ack of job %s failed: %r", item.job_id, exc)
                 self._finished(item)
             else:
-                task = asyncio.get_running_loop().create_task(self._settle(core, item))
+                task = self._runtime.spawn(self._settle(core, item))
                 task.add_done_callback(lambda _t, item=item: self._finished(item))
 
     def _finished(self, item: _InFlight) -> None:
@@ -432,6 +454,7 @@ class Worker:
         job_id, job_type = item.job_id, item.job_type
 
         async def dead_letter(why: str, error: str, trace: str | None) -> None:
+            await self._store_result(core, item, ResultStatus.FAILED, error=error, trace=trace)
             await move_to_dlq(core, msg, queue=self.queue, job_id=job_id, job_type=job_type, reason=why,
                               error=error, traceback=trace, attempts=attempt)  # fmt: skip
             await msg.term()
@@ -443,12 +466,14 @@ class Worker:
                 self._internal_error()
                 await dead_letter(reason, outcome.error, outcome.traceback)
             elif isinstance(outcome, Complete):
+                await self._store_result(core, item, ResultStatus.SUCCESSFUL, value=outcome.value)
                 await (msg.ack_sync(timeout=core.settings.request_timeout) if core.settings.double_ack else msg.ack())
             elif isinstance(outcome, (Retry, Failure)):
                 error, trace = _error_of(outcome)
                 if self.retry_policy.exhausted(attempt):
                     await dead_letter("max_attempts", error or f"gave up after {attempt} attempts", trace)
                 else:
+                    await self._store_result(core, item, ResultStatus.READY, error=error, trace=trace)
                     delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
                     await msg.nak(delay=self.retry_policy.delay_for(attempt) if delay is None else delay)
             elif isinstance(outcome, MoveToDlq):
@@ -460,6 +485,7 @@ class Worker:
                 except InvalidJob as exc:
                     await dead_letter("handler", f"Reschedule refused: {exc}", None)
                     return
+                await self._store_result(core, item, ResultStatus.READY)
                 await msg.ack()
         except Exception as exc:  # noqa: BLE001 - whatever failed, the job must not be lost
             log.error("could not settle job %s (%s): %r; it will be redelivered", job_id, job_type, exc)
@@ -468,6 +494,23 @@ class Worker:
                 await msg.nak(delay=self.retry_policy.delay_for(1))
             except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
                 pass
+
+    async def _store_result(
+        self,
+        core: Core,
+        item: _InFlight,
+        status: ResultStatus,
+        *,
+        value: Any = None,
+        error: str | None = None,
+        trace: str | None = None,
+    ) -> None:
+        if item.result is None:
+            return
+        try:
+            await results.record_outcome(core, item.result, status, value=value, error=error, traceback=trace)
+        except Exception as exc:  # noqa: BLE001 - a missing report must not hold up the job itself
+            log.warning("could not store the %s result of job %s: %r", status.value, item.job_id, exc)
 
     def _internal_error(self) -> None:
         for mw in self.middleware:
@@ -491,6 +534,14 @@ class Worker:
             "Nats-Msg-Id": f"{job_id}@{jobmod.format_time(due)}",
         })  # fmt: skip
         await core.publish(core.topology.delayed_subject(self.queue, job_id), body, headers, queue=self.queue)
+
+
+def _job_id(headers: dict[str, str], stream_seq: int) -> str:
+    raw_id = headers.get(jobmod.HEADER_ID)
+    if jobmod.is_valid_job_id(raw_id):
+        return raw_id  # type: ignore[return-value]
+    # Published by a periodic schedule or by hand: the stream sequence makes it unique.
+    return f"{headers.get('Bgjob-Schedule', 'seq')}-{stream_seq}"
 
 
 def _error_of(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:

@@ -2,6 +2,7 @@
 
 from .client import Client, QueueStats, connect, default_client, send_job, send_jobs
 from .context import JobContextFilter, current_job, current_request_id
+from .directory import WorkerInfo
 from .dlq import DeadLetter, DeadLetters
 from .errors import (
     BgjobError,
@@ -29,6 +30,7 @@ from .worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "WorkerInfo",
     "ResultStatus",
     "JobResult",
     "JobError",

@@ -33,6 +33,7 @@ from .settings import Settings
 from .topology import Topology, check_server, provision_dlq, provision_queue
 
 if TYPE_CHECKING:
+    from .directory import WorkerInfo
     from .dlq import DeadLetters
     from .periodic import PeriodicJob
 
@@ -86,6 +87,7 @@ class Core:
         self._closing = False
         self._outage = False
         self._results_kv: Any = None
+        self._workers_kv: Any = None
 
     async def connect(self) -> None:
         servers = [u.strip() for u in self.url.split(",") if u.strip()]
@@ -468,6 +470,12 @@ class Client:
     def queues(self) -> list[str]:
         """Names of the queues that exist on the server."""
         return self.run(Core.queues)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Live workers (those whose last heartbeat is younger than Settings.worker_ttl)."""
+        from .directory import list_workers
+
+        return self.run(list_workers)
 
     # -- periodic jobs -----------------------------------------------------------------------------
     def schedule(

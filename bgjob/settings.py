@@ -37,6 +37,8 @@ class Settings:
     dlq_max_age: float = 30 * 24 * 3600.0
     #: seconds stored job results are kept.
     result_ttl: float = 24 * 3600.0
+    #: seconds a worker's directory entry outlives its last heartbeat (it beats every third of this).
+    worker_ttl: float = 15.0
     #: queues whose jobs store their results by default (send_job's store_result overrides).
     result_queues: frozenset[str] = frozenset()
     connect_timeout: float = 5.0

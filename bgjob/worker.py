@@ -8,6 +8,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -22,8 +23,8 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
+from . import directory, results
 from . import job as jobmod
-from . import results
 from .client import Client, Core
 from .context import current_job
 from .dlq import move_to_dlq
@@ -154,7 +155,11 @@ class Worker:
         self._completed: collections.deque[_InFlight] = collections.deque()
         self._core: Core | None = None
         self._runtime: Runtime | None = None
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
+        #: this worker's id in the worker directory and in stored results.
+        self.id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: jobs settled so far.
+        self.processed = 0
         self._signals = 0
 
     # -- public, blocking --------------------------------------------------------------------------
@@ -234,6 +239,7 @@ class Worker:
         assert runtime is not None
         runtime.add_wakeup_hook(self._settle_completed)
         heartbeats = asyncio.create_task(self._heartbeat(ack_wait))
+        announcements = asyncio.create_task(self._announce(core))
         log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency, self.mux.types())
         self._started.set()
         # Ask for more jobs once this many slots are free, so pulls come in batches under load.
@@ -258,6 +264,11 @@ class Worker:
             await self._drain(core, pull)
             runtime.remove_wakeup_hook(self._settle_completed)
             heartbeats.cancel()
+            announcements.cancel()
+            try:
+                await directory.withdraw(core, self.id)
+            except Exception as exc:  # noqa: BLE001 - the entry then expires with its TTL
+                log.debug("could not withdraw from the worker directory: %r", exc)
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - the connection may be gone
@@ -309,6 +320,24 @@ class Worker:
                         await item.msg.in_progress()
                     except Exception as exc:  # noqa: BLE001 - redelivery is the fallback
                         log.debug("in_progress failed: %r", exc)
+
+    async def _announce(self, core: Core) -> None:
+        """Keep this worker's entry in the worker directory fresh."""
+        from . import __version__
+
+        started = jobmod.format_time(datetime.now(timezone.utc))
+        while True:
+            entry = {
+                "id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": [self.queue],
+                "concurrency": self.concurrency, "in_flight": len(self._inflight), "processed": self.processed,
+                "started_at": started, "last_beat": jobmod.format_time(datetime.now(timezone.utc)),
+                "version": __version__,
+            }  # fmt: skip
+            try:
+                await directory.announce(core, entry)
+            except Exception as exc:  # noqa: BLE001 - tried again at the next beat
+                log.debug("worker directory heartbeat failed: %r", exc)
+            await asyncio.sleep(core.settings.worker_ttl / 3)
 
     async def _drain(self, core: Core, pull: _Pull) -> None:
         if self._inflight:
@@ -408,6 +437,7 @@ class Worker:
 
     def _finished(self, item: _InFlight) -> None:
         self._inflight.pop(id(item.msg), None)
+        self.processed += 1
         if self._capacity is not None:
             self._capacity.set()
 

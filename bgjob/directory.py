@@ -1,0 +1,89 @@
+"""The worker directory: live workers announce themselves in the BGJOB_WORKERS bucket, with a TTL."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from . import job as jobmod
+
+if TYPE_CHECKING:
+    from .client import Core
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker as it last reported itself."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    in_flight: int
+    processed: int
+    started_at: datetime | None
+    last_beat: datetime | None
+    version: str
+
+
+async def _bucket(core: Core, create: bool) -> KeyValue | None:
+    kv = core._workers_kv
+    if kv is None:
+        name = core.topology.stream_prefix + "WORKERS"
+        try:
+            kv = await core.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            if not create:
+                return None
+            kv = await core.js.create_key_value(KeyValueConfig(
+                bucket=name, ttl=core.settings.worker_ttl, history=1, storage=StorageType.MEMORY,
+                replicas=core.settings.replicas, direct=False, description="bgjob live workers",
+            ))  # fmt: skip
+        core._workers_kv = kv
+    return kv
+
+
+async def announce(core: Core, entry: dict[str, Any]) -> None:
+    """Store (or refresh) a worker's entry; it expires unless refreshed within Settings.worker_ttl."""
+    kv = await _bucket(core, create=True)
+    assert kv is not None
+    await kv.put(entry["id"], json.dumps(entry).encode())
+
+
+async def withdraw(core: Core, worker_id: str) -> None:
+    kv = await _bucket(core, create=False)
+    if kv is not None:
+        await kv.purge(worker_id)
+
+
+async def list_workers(core: Core) -> list[WorkerInfo]:
+    kv = await _bucket(core, create=False)
+    if kv is None:
+        return []
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    found = []
+    for key in keys:
+        try:
+            entry = json.loads((await kv.get(key)).value or b"null")
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, ValueError):
+            continue  # expired or withdrawn meanwhile
+        if not entry:
+            continue
+        found.append(WorkerInfo(
+            id=entry["id"], host=entry.get("host", "?"), pid=entry.get("pid", 0),
+            queues=tuple(entry.get("queues", ())), concurrency=entry.get("concurrency", 0),
+            in_flight=entry.get("in_flight", 0), processed=entry.get("processed", 0),
+            started_at=jobmod.parse_time(entry.get("started_at")), last_beat=jobmod.parse_time(entry.get("last_beat")),
+            version=entry.get("version", "?"),
+        ))  # fmt: skip
+    return sorted(found, key=lambda w: w.id)

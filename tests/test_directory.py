@@ -1,0 +1,51 @@
+"""The worker directory: live workers are listed, withdrawn on stop, and expire when killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import bgjob
+
+from .conftest import python_process, wait_until
+
+WORKER = r"""
+import sys, bgjob
+url, prefix = sys.argv[1:3]
+client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix, worker_ttl=2.0))
+mux = bgjob.Mux()
+mux.handle("noop", lambda job: bgjob.Complete())
+bgjob.Worker(client, mux, queue="mail", concurrency=3).run()
+"""
+
+
+def test_a_running_worker_is_listed_and_withdrawn_when_it_stops(make_client, start_worker) -> None:
+    client = make_client(worker_ttl=3.0)
+    assert client.workers() == []
+    mux = bgjob.Mux()
+    mux.handle("noop", lambda job: bgjob.Complete())
+    worker = start_worker(client, mux, concurrency=5)
+    [info] = wait_until(client.workers, message="worker listed")
+    assert (info.id, info.pid, info.queues, info.concurrency, info.version) == (
+        worker.id, os.getpid(), ("default",), 5, bgjob.__version__
+    )  # fmt: skip
+    assert info.started_at <= info.last_beat
+    for i in range(10):
+        client.send_job("noop", i)
+    wait_until(lambda: client.workers()[0].processed == 10, timeout=10, message="processed count in a heartbeat")
+    worker.stop()
+    wait_until(lambda: client.workers() == [], timeout=10, message="worker withdrawn")
+
+
+def test_a_killed_worker_disappears_within_the_ttl(nats_server, prefix, make_client) -> None:
+    client = make_client()
+    proc = python_process(WORKER, nats_server.url, prefix)
+    try:
+        [info] = wait_until(client.workers, timeout=20, message="worker listed")
+        assert (info.pid, info.queues, info.concurrency) == (proc.pid, ("mail",), 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: client.workers() == [], timeout=8, message="entry expired after the 2s TTL")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -453,7 +453,8 @@ class Worker:
             queue=self.queue,
             attempt=attempt,
             request_id=headers.get(jobmod.HEADER_REQUEST_ID),
-            enqueued_at=jobmod.parse_time(headers.get(jobmod.HEADER_ENQUEUED_AT)),
+            # Jobs fired by a periodic schedule were enqueued when the server stored them.
+            enqueued_at=jobmod.parse_time(headers.get(jobmod.HEADER_ENQUEUED_AT)) or msg.metadata.timestamp,
             headers=jobmod.user_headers(headers),
             max_attempts=self.retry_policy.max_attempts,
         )

@@ -57,3 +57,45 @@ def test_bad_schedules_are_refused_and_store_nothing(client, kwargs, error, matc
 
 def test_unschedule_of_an_unknown_name_says_so(client) -> None:
     assert client.unschedule("nope") is False
+
+
+WORKER = r"""
+import json, os, sys, bgjob
+url, prefix, log = sys.argv[1:4]
+client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix))
+mux = bgjob.Mux()
+
+@mux.handler("tick")
+def tick(job):
+    with open(log, "a") as f:
+        f.write(json.dumps([job.id, job.enqueued_at.timestamp(), os.getpid()]) + "\n")
+    return bgjob.Complete()
+
+client.schedule("every-second", "* * * * * *", "tick")   # both processes declare it at start-up
+bgjob.Worker(client, mux, concurrency=4).run()
+"""
+
+
+def test_two_worker_processes_run_each_tick_once(nats_server, prefix, tmp_path, make_client) -> None:
+    import itertools
+    import json
+    import signal
+
+    from .conftest import python_process, wait_until
+
+    log = tmp_path / "ticks.jsonl"
+    workers = [python_process(WORKER, nats_server.url, prefix, str(log)) for _ in range(2)]
+    try:
+        wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 5, timeout=30, message="5 ticks")
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            assert proc.wait(20) == 0
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    ids = [job_id for job_id, _, _ in runs]
+    assert len(set(ids)) == len(ids), "a fired job ran twice"
+    fired = sorted(at for _, at, _ in runs)
+    gaps = [b - a for a, b in itertools.pairwise(fired)]
+    assert all(gap > 0.5 for gap in gaps), f"two firings within one tick: {gaps}"
+    assert len(make_client().schedules()) == 1

@@ -28,7 +28,7 @@ from .errors import BgjobError, ConnectionError, InvalidJob, ResultNotFound, Sen
 from .job import JobSpec
 from .publisher import Outgoing, PublishBatch, Publisher
 from .results import JobResult
-from .runtime import Runtime
+from .runtime import Runtime, in_gevent_hub_thread
 from .settings import Settings
 from .topology import Topology, check_server, provision_dlq, provision_queue
 
@@ -263,6 +263,7 @@ class Client:
         self._url: str | None = None
         self._dlq: DeadLetters | None = None
         self._publisher: Publisher | None = None
+        self._green_gate: tuple[int, Any] | None = None
         _live_clients.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ class Client:
         runtime, core = self._runtime, self._core
         if runtime is not None and core is not None and runtime.alive:
             return runtime, core
-        with self._lock:
+        with self._connect_gate():
             if self._closed:
                 raise BgjobError("this bgjob client is closed")
             if self._runtime is None or not self._runtime.alive:
@@ -281,14 +282,26 @@ class Client:
                 core = Core(self.settings, self._url)
                 try:
                     runtime.run(core.connect())
+                    publisher = Publisher(core, runtime)
+                    runtime.run(publisher.start())
                 except BaseException:
                     runtime.stop()
                     raise
-                publisher = Publisher(core, runtime)
-                runtime.run(publisher.start())
                 self._publisher = publisher
                 self._runtime, self._core = runtime, core
             return self._runtime, self._core  # type: ignore[return-value]
+
+    def _connect_gate(self) -> Any:
+        """What serialises connecting: a gevent lock for greenlets (an OS lock held while a greenlet waits
+        for the server would freeze the whole hub), else an OS lock. Greenlets and real threads connecting
+        at the very same moment could each connect; connections made before fork() are never reused."""
+        if in_gevent_hub_thread():
+            if self._green_gate is None or self._green_gate[0] != os.getpid():
+                import gevent.lock
+
+                self._green_gate = (os.getpid(), gevent.lock.Semaphore())
+            return self._green_gate[1]
+        return self._lock
 
     def connect(self) -> Client:
         """Connect now (connecting is otherwise lazy); returns self."""

@@ -6,14 +6,13 @@ import collections
 import itertools
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from .runtime import Runtime
+from .runtime import Runtime, new_waiter
 
 if TYPE_CHECKING:
     from .client import Core
@@ -39,19 +38,19 @@ class PublishBatch:
         #: per item: None once confirmed by a PubAck, else the exception that ended its publishing.
         self.errors: list[BaseException | None] = [None] * len(items)
         self._remaining = len(items)
-        self._done = threading.Event()
+        self._waiter = new_waiter()
         if not items:
-            self._done.set()
+            self._waiter.notify()
 
     def settle(self, index: int, error: BaseException | None) -> None:
         """Record the fate of item `index` (called on the runtime loop only)."""
         self.errors[index] = error
         self._remaining -= 1
         if self._remaining == 0:
-            self._done.set()
+            self._waiter.notify()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        return self._waiter.wait(timeout)
 
 
 class Publisher:

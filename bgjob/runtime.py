@@ -1,12 +1,17 @@
-"""The asyncio loop that runs nats-py, in one real OS thread, and blocking calls into it."""
+"""The asyncio loop that runs nats-py, in one real OS thread, and blocking calls into it.
+
+Blocking callers are OS threads or, in a gevent-patched process, greenlets: a greenlet waits in a way
+that yields to the gevent hub, so a hundred greenlets can each wait for their own PubAck at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import os
+import selectors
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -15,24 +20,156 @@ T = TypeVar("T")
 log = logging.getLogger("bgjob.runtime")
 
 
+def gevent_patched() -> bool:
+    """Whether gevent has monkey-patched threading in this process."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
+def original(module: str, name: str) -> Any:
+    """The stdlib object before gevent's monkey-patching (the object itself when not patched)."""
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original(module, name)
+    return getattr(sys.modules[module] if module in sys.modules else __import__(module), name)
+
+
+class Flag:
+    """A one-way event on a raw OS lock: safe between real threads even in a gevent-patched process
+    (threading.Event would then be built on gevent's locks)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = original("_thread", "allocate_lock")()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()
+            return True
+        return self._set
+
+
+class ThreadWaiter:
+    """Blocks a real OS thread until notified from the runtime thread."""
+
+    __slots__ = ("_flag",)
+
+    def __init__(self) -> None:
+        self._flag = Flag()
+
+    def notify(self) -> None:
+        self._flag.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._flag.wait(timeout)
+
+
+class GreenletWaiter:
+    """Blocks the calling greenlet, not the gevent hub, until notified from the runtime thread."""
+
+    __slots__ = ("_event", "_watcher")
+
+    def __init__(self) -> None:
+        import gevent
+        import gevent.event
+
+        self._event = gevent.event.Event()
+        # An async watcher is the one gevent object another OS thread may poke (send()).
+        self._watcher = gevent.get_hub().loop.async_()
+        self._watcher.start(self._event.set)
+
+    def notify(self) -> None:
+        self._watcher.send()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        try:
+            return self._event.wait(timeout)
+        finally:
+            self._watcher.close()
+
+
+def in_gevent_hub_thread() -> bool:
+    """Whether the caller is a greenlet: gevent is patched in and this OS thread runs (or will run) a hub."""
+    if not gevent_patched():
+        return False
+    from gevent._hub_local import get_hub_if_exists
+
+    in_main_thread = original("_thread", "get_ident")() == threading.main_thread().ident
+    return in_main_thread or get_hub_if_exists() is not None
+
+
+def new_waiter() -> ThreadWaiter | GreenletWaiter:
+    """A waiter suited to the caller: one that yields to the gevent hub for a greenlet."""
+    return GreenletWaiter() if in_gevent_hub_thread() else ThreadWaiter()
+
+
+class Call:
+    """A coroutine submitted from another thread, and its outcome."""
+
+    __slots__ = ("coro", "error", "result", "task", "waiter")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+        self.waiter = new_waiter()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def _finish(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.error = asyncio.CancelledError()
+        elif (exc := task.exception()) is not None:
+            self.error = exc
+        else:
+            self.result = task.result()
+        self.waiter.notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.waiter.wait(timeout)
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class Runtime:
-    """An event loop in a daemon thread; `run()` executes a coroutine there and blocks for its result."""
+    """An event loop in a daemon OS thread; `run()` executes a coroutine there and blocks for its result."""
 
     def __init__(self, name: str = "bgjob-runtime") -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self._inbox: collections.deque[tuple[Coroutine[Any, Any, Any], concurrent.futures.Future]] = collections.deque()
+        self.name = name
+        # Under gevent the loop must not run on gevent's selector: take the stdlib's own.
+        selector_cls = original("selectors", "DefaultSelector") if gevent_patched() else selectors.DefaultSelector
+        self.loop = asyncio.SelectorEventLoop(selector_cls())
+        self._inbox: collections.deque[Call] = collections.deque()
         self._wakeup_pending = False
         self._wakeup_hooks: list[Callable[[], None]] = [self._start_submitted]
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
-        self._thread.start()
+        self._ident: int | None = None
+        self._started = ThreadWaiter()
+        self._stopped = ThreadWaiter()
+        original("_thread", "start_new_thread")(self._run_loop, ())
         self._started.wait()
 
     def _run_loop(self) -> None:
+        self._ident = original("_thread", "get_ident")()
         asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._started.set)
+        self.loop.call_soon(self._started.notify)
         try:
             self.loop.run_forever()
         finally:
@@ -43,24 +180,35 @@ class Runtime:
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
+            self._stopped.notify()
 
     @property
     def alive(self) -> bool:
-        return self.pid == os.getpid() and self._thread.is_alive()
+        return self.pid == os.getpid() and not self.loop.is_closed() and self._ident is not None
 
     def in_loop_thread(self) -> bool:
-        return threading.current_thread() is self._thread
+        return original("_thread", "get_ident")() == self._ident
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule `coro` on the loop; returns a thread-safe future.
+    def start_call(self, coro: Coroutine[Any, Any, T]) -> Call:
+        """Schedule `coro` on the loop from any thread or greenlet; wait on the returned Call.
 
-        Like asyncio.run_coroutine_threadsafe, but many threads submitting at once share one wake-up
-        of the loop instead of one each.
+        Many callers submitting at once share one wake-up of the loop.
         """
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._inbox.append((coro, future))
+        call = Call(coro)
+        self._inbox.append(call)
         self.wake()
-        return future
+        return call
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on the loop and block the caller (thread or greenlet) until it finishes."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("bgjob: blocking call made from the runtime thread itself")
+        call = self.start_call(coro)
+        if not call.wait(timeout):
+            self.loop.call_soon_threadsafe(lambda: call.task.cancel() if call.task else None)
+            raise TimeoutError(f"bgjob: no answer within {timeout}s")
+        return call.value()
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Start a task on the loop (call on the loop) and keep it referenced until it is done."""
@@ -80,7 +228,10 @@ class Runtime:
         """Make the loop run its wake-up hooks soon; one wake-up serves every caller until it runs."""
         if not self._wakeup_pending:
             self._wakeup_pending = True
-            self.loop.call_soon_threadsafe(self._on_wakeup)
+            try:
+                self.loop.call_soon_threadsafe(self._on_wakeup)
+            except RuntimeError:  # the loop is closed: the process is shutting down
+                self._wakeup_pending = False
 
     def _on_wakeup(self) -> None:
         # Reset first: whatever is queued after this point schedules a new wake-up.
@@ -91,23 +242,9 @@ class Runtime:
     def _start_submitted(self) -> None:
         inbox = self._inbox
         while inbox:
-            coro, future = inbox.popleft()
-            if not future.set_running_or_notify_cancel():
-                coro.close()
-                continue
-            task = self.spawn(coro)
-            task.add_done_callback(lambda t, f=future: _copy_result(t, f))
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run `coro` on the loop and block the calling thread until it finishes."""
-        if self.in_loop_thread():
-            coro.close()
-        future = self.submit(coro)
-        try:
-            return self.wait(future, timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
+            call = inbox.popleft()
+            call.task = self.spawn(call.coro)
+            call.task.add_done_callback(call._finish)
 
     def wait_batch(self, batch: Any) -> None:
         """Block until every message of a PublishBatch is settled (each is bounded by the retry budget)."""
@@ -115,30 +252,13 @@ class Runtime:
             raise RuntimeError("bgjob: blocking call made from the runtime thread itself")
         batch.wait()
 
-    def wait(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
-        """Block the calling thread until `future` is done; refused on the loop thread (it would deadlock)."""
-        if self.in_loop_thread():
-            raise RuntimeError("bgjob: blocking call made from the runtime thread itself")
-        return wait(future, timeout)
-
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop (cancelling what still runs) and join the thread."""
-        if not self._thread.is_alive() or self.pid != os.getpid():
+        """Stop the loop (cancelling what still runs) and wait for its thread to finish."""
+        if self.pid != os.getpid() or self.loop.is_closed():
             return
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:
+            return
         if not self.in_loop_thread():
-            self._thread.join(timeout)
-
-
-def _copy_result(task: asyncio.Task, future: concurrent.futures.Future) -> None:
-    if task.cancelled():
-        future.cancel()
-    elif (exc := task.exception()) is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(task.result())
-
-
-def wait(future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
-    """Block the calling thread until `future` is done."""
-    return future.result(timeout)
+            self._stopped.wait(timeout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import json
 import logging
 import os
@@ -31,11 +30,11 @@ from .dlq import move_to_dlq
 from .errors import InvalidJob
 from .handler import HandlerFunc, Mux
 from .middleware import Handler, Middleware, chain
-from .pool import ThreadPool
+from .pool import Pool, make_pool
 from .result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Result, Retry
 from .results import ResultStatus
 from .retry import RetryPolicy
-from .runtime import Runtime
+from .runtime import Flag, Runtime
 
 log = logging.getLogger("bgjob.worker")
 
@@ -131,10 +130,13 @@ class Worker:
         grace_period: float = 30.0,
         fetch_timeout: float = 1.0,
         max_batch: int = 256,
+        pool: str = "threads",
     ) -> None:
         jobmod.validate_queue(queue)
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if pool not in ("threads", "gevent"):
+            raise ValueError(f"unknown pool {pool!r}: use 'threads' or 'gevent'")
         self.client = client
         self.mux = mux
         self.queue = queue
@@ -146,12 +148,14 @@ class Worker:
         self.max_batch = max_batch
         self._chains: dict[str, Handler] = {}
         self._inflight: dict[int, _InFlight] = {}
-        self._stop_requested = threading.Event()
-        self._started = threading.Event()
+        self.pool = pool
+        # Raw-lock flags, not threading.Events: they are set from the runtime thread even under gevent.
+        self._stop_requested = Flag()
+        self._started = Flag()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._capacity: asyncio.Event | None = None
-        self._pool = ThreadPool(concurrency, name=f"bgjob-{queue}")
+        self._pool: Pool | None = None
         self._completed: collections.deque[_InFlight] = collections.deque()
         self._core: Core | None = None
         self._runtime: Runtime | None = None
@@ -166,15 +170,14 @@ class Worker:
     def run(self) -> None:
         """Process jobs until stop() or SIGTERM/SIGINT (handled when run in the main thread)."""
         runtime, core = self.client._ensure()
-        future = runtime.submit(self._serve(core))
+        # Made here: a gevent pool belongs to the hub of the thread that runs the worker.
+        self._pool = make_pool(self.pool, self.concurrency, name=f"bgjob-{self.queue}")
+        call = runtime.start_call(self._serve(core))
         restore = self._install_signal_handlers()
         try:
-            while True:
-                try:
-                    future.result(timeout=0.5)
-                    return
-                except concurrent.futures.TimeoutError:
-                    continue
+            while not call.wait(0.5):
+                pass  # wake up now and then so signal handlers run in the main thread
+            call.value()
         finally:
             restore()
             self._pool.shutdown()
@@ -295,7 +298,7 @@ class Worker:
                 if msg.headers and results.HEADER_STORE_RESULT in msg.headers:
                     self._runtime.spawn(self._start_with_result(core, item))
                 else:
-                    self._pool.submit(self._run_job, core, item)
+                    self._pool.submit(self._run_job, core, item)  # type: ignore[union-attr]
         self._capacity.set()
 
     @staticmethod
@@ -383,7 +386,7 @@ class Worker:
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - results are a report; the job runs regardless
             log.warning("could not store the RUNNING result of job %s: %r", job_id, exc)
-        self._pool.submit(self._run_job, core, item)
+        self._pool.submit(self._run_job, core, item)  # type: ignore[union-attr]
 
     # -- one job, in a pool thread -----------------------------------------------------------------
     def _run_job(self, core: Core, item: _InFlight) -> None:

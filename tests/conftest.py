@@ -106,6 +106,23 @@ def drain(q: queue.Queue, count: int, timeout: float = 15.0) -> list:
     return items
 
 
+def stream_ids(client: bgjob.Client, queue: str = "default") -> list[str]:
+    """Bgjob-Id of every ready job in the queue's stream, in stream order."""
+    import nats.js.errors
+
+    async def read(core) -> list[str]:
+        stream, subject, ids, seq = core.topology.queue_stream(queue), core.topology.job_filter(queue), [], 1
+        while True:
+            try:
+                msg = await core.js.get_msg(stream, seq=seq, next=True, subject=subject)
+            except nats.js.errors.NotFoundError:
+                return ids
+            ids.append(msg.headers["Bgjob-Id"])
+            seq = msg.seq + 1
+
+    return client.run(read)
+
+
 def python_process(code: str, *args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen:
     """Start `python -c code args...` with the project importable."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -10,23 +10,7 @@ import pytest
 import bgjob
 from bgjob.client import Core
 
-from .conftest import wait_until
-
-
-def stream_ids(client: bgjob.Client, queue: str = "default") -> list[str]:
-    """Bgjob-Id of every ready job in stream order."""
-
-    async def read(core: Core) -> list[str]:
-        stream, subject, ids, seq = core.topology.queue_stream(queue), core.topology.job_filter(queue), [], 1
-        while True:
-            try:
-                msg = await core.js.get_msg(stream, seq=seq, next=True, subject=subject)
-            except Exception:  # noqa: BLE001 - NotFound: the end
-                return ids
-            ids.append(msg.headers["Bgjob-Id"])
-            seq = msg.seq + 1
-
-    return client.run(read)
+from .conftest import stream_ids, wait_until
 
 
 def stream_messages(client: bgjob.Client, queue: str = "default") -> int:

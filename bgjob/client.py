@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import logging
 import os
 import threading
@@ -534,6 +535,13 @@ async def _record_ready_all(core: Core, jobs: list[tuple[str, str, str]]) -> Non
         await results.record_ready(core, job_id, job_type, queue)
 
 
+@functools.lru_cache(maxsize=4)
+def signer_for(signing_key: str) -> Any:
+    from .signing import Signer
+
+    return Signer(signing_key)
+
+
 def _spec_of(item: Any) -> JobSpec:
     if isinstance(item, tuple) and len(item) == 2:
         return JobSpec(item[0], item[1])
@@ -582,6 +590,8 @@ def prepare_job(
         hdrs[jobmod.HEADER_REQUEST_ID] = request_id
     if store_result:
         hdrs[results.HEADER_STORE_RESULT] = "1"
+    if settings.signing_key:
+        signer_for(settings.signing_key).sign(queue, hdrs, body)
     target = topology.job_subject(queue, job_type)
     if due is None:
         return target, body, hdrs, job_id

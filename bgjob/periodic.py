@@ -63,6 +63,10 @@ def prepare_schedule(
         Header.SCHEDULE_TARGET.value: core.topology.job_subject(queue, job_type),
         Header.SCHEDULE_TIME_ZONE.value: tz,
     })  # fmt: skip
+    if core.settings.signing_key:
+        from .client import signer_for
+
+        signer_for(core.settings.signing_key).sign(queue, hdrs, body)
     return core.topology.cron_subject(queue, name), body, hdrs
 
 

@@ -48,6 +48,10 @@ class Settings:
     retry_for: float = 15.0
     #: wait for the server to confirm acks (slower; closes the lost-ack duplicate window).
     double_ack: bool = False
+    #: base64 ed25519 key that signs every job sent (see bgjob.signing.generate_keypair).
+    signing_key: str | None = None
+    #: base64 ed25519 public keys; when given, workers dead-letter jobs no key verifies (reason "signature").
+    verify_keys: tuple[str, ...] = ()
     #: embedded server data dir (None: per-user, per-project default).
     data_dir: str | None = None
     #: connection name shown by the server's monitoring.
@@ -63,6 +67,9 @@ class Settings:
         if self.ack_wait < 1:
             raise InvalidJob("ack_wait must be at least 1 second")
         object.__setattr__(self, "result_queues", frozenset(self.result_queues))
+        if isinstance(self.verify_keys, str):
+            object.__setattr__(self, "verify_keys", (self.verify_keys,))
+        object.__setattr__(self, "verify_keys", tuple(self.verify_keys))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

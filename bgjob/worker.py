@@ -24,7 +24,7 @@ from nats.js.api import Header
 
 from . import directory, results
 from . import job as jobmod
-from .client import Client, Core
+from .client import Client, Core, signer_for
 from .context import current_job
 from .dlq import move_to_dlq
 from .errors import InvalidJob
@@ -35,6 +35,7 @@ from .result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Result, Retry
 from .results import ResultStatus
 from .retry import RetryPolicy
 from .runtime import Flag, Runtime
+from .signing import Verifier
 
 log = logging.getLogger("bgjob.worker")
 
@@ -156,6 +157,8 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._capacity: asyncio.Event | None = None
         self._pool: Pool | None = None
+        keys = client.settings.verify_keys
+        self._verifier = Verifier(keys) if keys else None
         self._completed: collections.deque[_InFlight] = collections.deque()
         self._core: Core | None = None
         self._runtime: Runtime | None = None
@@ -397,6 +400,12 @@ class Worker:
         headers = msg.headers or {}
         item.job_type = core.topology.job_type_of(self.queue, msg.subject)
         item.job_id = _job_id(headers, meta.sequence.stream)
+        refusal = self._verifier.check(self.queue, headers, msg.data) if self._verifier else None
+        if refusal is not None:
+            item.outcome, item.reason = Failure(f"signature: {refusal}"), "signature"
+            self._completed.append(item)
+            self._runtime.wake()  # type: ignore[union-attr]
+            return
         try:
             job = self._decode(msg, item.job_id, item.job_type, item.attempt)
         except jobmod.DecodeError as exc:
@@ -567,6 +576,8 @@ class Worker:
             Header.SCHEDULE_TARGET.value: core.topology.job_subject(self.queue, job_type),
             "Nats-Msg-Id": f"{job_id}@{jobmod.format_time(due)}",
         })  # fmt: skip
+        if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
+            signer_for(core.settings.signing_key).sign(self.queue, headers, body)
         await core.publish(core.topology.delayed_subject(self.queue, job_id), body, headers, queue=self.queue)
 
 

@@ -1,0 +1,86 @@
+"""Optional ed25519 job signing: producers sign, workers refuse (dead-letter) what does not verify."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+
+from . import job as jobmod
+from .errors import BgjobError
+
+HEADER_SIGNATURE = "Bgjob-Signature"
+
+
+def _nacl() -> object:
+    try:
+        import nacl.signing
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BgjobError('job signing needs PyNaCl: pip install "bgjob[signing]"') from exc
+    return nacl.signing
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A new (signing_key, verify_key) pair, base64-encoded, for Settings(signing_key=, verify_keys=)."""
+    signing = _nacl().SigningKey.generate()  # type: ignore[attr-defined]
+    return _b64(bytes(signing)), _b64(bytes(signing.verify_key))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _key(text: str, what: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(text.encode())
+    except (ValueError, TypeError) as exc:
+        raise BgjobError(f"{what} is not base64: {exc}") from exc
+    if len(raw) != 32:
+        raise BgjobError(f"{what} must be 32 bytes (base64 of an ed25519 key), got {len(raw)}")
+    return raw
+
+
+def _signed_bytes(queue: str, headers: Mapping[str, str], body: bytes) -> bytes:
+    """What a signature covers: queue, job id, type, content type and body."""
+    fields = (queue, headers.get(jobmod.HEADER_ID, ""), headers.get(jobmod.HEADER_TYPE, ""),
+              headers.get(jobmod.CONTENT_TYPE, ""))  # fmt: skip
+    return b"bgjob-v1\n" + "\n".join(fields).encode() + b"\n" + body
+
+
+class Signer:
+    """Signs outgoing jobs with one ed25519 key."""
+
+    def __init__(self, signing_key: str) -> None:
+        self._key = _nacl().SigningKey(_key(signing_key, "signing_key"))  # type: ignore[attr-defined]
+
+    def sign(self, queue: str, headers: dict[str, str], body: bytes) -> None:
+        headers.pop(HEADER_SIGNATURE, None)
+        signature = self._key.sign(_signed_bytes(queue, headers, body)).signature
+        headers[HEADER_SIGNATURE] = _b64(signature)
+
+
+class Verifier:
+    """Accepts jobs signed by any of the given keys (several, so keys can be rotated)."""
+
+    def __init__(self, verify_keys: Sequence[str]) -> None:
+        signing = _nacl()
+        self._keys = [signing.VerifyKey(_key(k, "verify key")) for k in verify_keys]  # type: ignore[attr-defined]
+
+    def check(self, queue: str, headers: Mapping[str, str], body: bytes) -> str | None:
+        """None if a key verifies the job's signature, else why not."""
+        from nacl.exceptions import BadSignatureError
+
+        signature = headers.get(HEADER_SIGNATURE)
+        if not signature:
+            return "the job is not signed"
+        try:
+            raw = base64.urlsafe_b64decode(signature.encode())
+        except (ValueError, TypeError):
+            return "the signature is not base64"
+        message = _signed_bytes(queue, headers, body)
+        for key in self._keys:
+            try:
+                key.verify(message, raw)
+                return None
+            except (BadSignatureError, ValueError):
+                continue
+        return "the signature does not verify with any configured key (tampered, or signed by an unknown key)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import re
@@ -15,101 +14,26 @@ import time
 import traceback as tb
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.api import Header
 
 from . import directory, results
 from . import job as jobmod
-from .client import Client, Core, signer_for
+from .client import Client, Core
 from .context import current_job
-from .dlq import move_to_dlq
-from .errors import InvalidJob
 from .handler import HandlerFunc, Mux
 from .middleware import Handler, Middleware, chain
 from .pool import Pool, make_pool
-from .result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Result, Retry
-from .results import ResultStatus
+from .pull import PullRequests
+from .result import Complete, Result
 from .retry import RetryPolicy
 from .runtime import Flag, Runtime
+from .settle import Delivery, Failure, Settler
 from .signing import Verifier
 
 log = logging.getLogger("bgjob.worker")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A handler raised, or returned something that is not a Result."""
-
-    error: str
-    traceback: str | None = None
-
-
-@dataclass(eq=False)
-class _InFlight:
-    """A delivered job from fetch to settlement; filled in by the pool thread that runs it."""
-
-    msg: Msg
-    last_progress: float = field(default_factory=time.monotonic)
-    applying: bool = False
-    abandoned: bool = False
-    attempt: int = 1
-    job_id: str = ""
-    job_type: str = ""
-    outcome: Result | Failure | None = None
-    reason: str | None = None
-    #: the stored result record, for jobs sent with store_result=True.
-    result: dict[str, Any] | None = None
-
-
-class _Pull:
-    """Book-keeping for pull requests on the queue's consumer: how many jobs are asked for and not yet here.
-
-    Each request expires server-side after `expires` seconds and the server then says how many of its
-    jobs it did not deliver (408 + Nats-Pending-Messages). A request lost with a connection is
-    forgotten once its expiry has passed without word.
-    """
-
-    def __init__(self, core: Core, stream: str, consumer: str, expires: float) -> None:
-        self._nc = core.nc
-        self._subject = f"{core.js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._expires = expires
-        self.requested = 0
-        self.deadline = 0.0
-        self.consumer_gone = False
-
-    async def request(self, batch: int, inbox: str) -> None:
-        body = json.dumps({"batch": batch, "expires": int(self._expires * 1e9)}).encode()
-        await self._nc.publish(self._subject, body, reply=inbox)
-        self.requested += batch
-        self.deadline = time.monotonic() + self._expires + 1.0
-
-    def time_left(self) -> float:
-        return max(0.0, self.deadline - time.monotonic()) if self.requested else self._expires
-
-    def expire_lost(self) -> None:
-        if self.requested and time.monotonic() > self.deadline:
-            self.requested = 0
-
-    def on_status(self, headers: dict[str, str]) -> None:
-        status = headers.get("Status")
-        if status == "100":  # idle heartbeat
-            return
-        pending = headers.get("Nats-Pending-Messages")
-        if pending is not None and pending.isdigit():
-            self.requested = max(0, self.requested - int(pending))
-        elif status != "404":
-            self.requested = 0
-        if status in ("409", "503"):
-            # nats-py keys Description with a str-Enum member, which hashes unlike the plain string.
-            description = next((v for k, v in headers.items() if k == "Description"), "")
-            if status == "503" or "Deleted" in description:
-                self.consumer_gone = True
-            if "Pending-Messages" not in str(headers):
-                log.warning("pull request refused: %s %s", status, description)
 
 
 class Worker:
@@ -148,7 +72,7 @@ class Worker:
         self.fetch_timeout = fetch_timeout
         self.max_batch = max_batch
         self._chains: dict[str, Handler] = {}
-        self._inflight: dict[int, _InFlight] = {}
+        self._inflight: dict[int, Delivery] = {}
         self.pool = pool
         # Raw-lock flags, not threading.Events: they are set from the runtime thread even under gevent.
         self._stop_requested = Flag()
@@ -159,7 +83,8 @@ class Worker:
         self._pool: Pool | None = None
         keys = client.settings.verify_keys
         self._verifier = Verifier(keys) if keys else None
-        self._completed: collections.deque[_InFlight] = collections.deque()
+        self._settler = Settler(queue, self.retry_policy, self._internal_error)
+        self._completed: collections.deque[Delivery] = collections.deque()
         self._core: Core | None = None
         self._runtime: Runtime | None = None
         host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
@@ -234,7 +159,7 @@ class Worker:
         await core.ensure_dlq()
         stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
         ack_wait = (await core.js.consumer_info(stream, consumer)).config.ack_wait or core.settings.ack_wait
-        pull = _Pull(core, stream, consumer, expires=self.fetch_timeout)
+        pull = PullRequests(core, stream, consumer, expires=self.fetch_timeout)
         inbox = core.nc.new_inbox()
 
         async def on_message(msg: Msg) -> None:
@@ -288,7 +213,7 @@ class Worker:
             log.warning("re-creating the stream/consumer of queue %r failed: %r", self.queue, exc)
             await self._wait_any(self._stop_event, timeout=1.0)
 
-    async def _on_message(self, core: Core, pull: _Pull, msg: Msg) -> None:
+    async def _on_message(self, core: Core, pull: PullRequests, msg: Msg) -> None:
         if not msg.data and msg.headers and "Status" in msg.headers:
             pull.on_status(msg.headers)
         else:
@@ -296,7 +221,7 @@ class Worker:
             if self._stop_event.is_set() or len(self._inflight) >= self.concurrency:
                 await self._give_back(msg)
             else:
-                item = _InFlight(msg)
+                item = Delivery(msg)
                 self._inflight[id(msg)] = item
                 if msg.headers and results.HEADER_STORE_RESULT in msg.headers:
                     self._runtime.spawn(self._start_with_result(core, item))
@@ -345,7 +270,7 @@ class Worker:
                 log.debug("worker directory heartbeat failed: %r", exc)
             await asyncio.sleep(core.settings.worker_ttl / 3)
 
-    async def _drain(self, core: Core, pull: _Pull) -> None:
+    async def _drain(self, core: Core, pull: PullRequests) -> None:
         if self._inflight:
             log.info("draining %d in-flight jobs (grace %.0fs)", len(self._inflight), self.grace_period)
             deadline = time.monotonic() + self.grace_period
@@ -377,7 +302,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - it is redelivered after ack_wait anyway
             log.debug("nak failed: %r", exc)
 
-    async def _start_with_result(self, core: Core, item: _InFlight) -> None:
+    async def _start_with_result(self, core: Core, item: Delivery) -> None:
         """Record RUNNING for a job that stores its result, then run it."""
         msg, headers = item.msg, item.msg.headers or {}
         meta = msg.metadata
@@ -392,7 +317,7 @@ class Worker:
         self._pool.submit(self._run_job, core, item)  # type: ignore[union-attr]
 
     # -- one job, in a pool thread -----------------------------------------------------------------
-    def _run_job(self, core: Core, item: _InFlight) -> None:
+    def _run_job(self, core: Core, item: Delivery) -> None:
         """Decode the job and run its handler, then hand the outcome back to the loop."""
         msg = item.msg
         meta = msg.metadata
@@ -434,7 +359,7 @@ class Worker:
         if batch:
             self._runtime.spawn(self._settle_batch(batch))
 
-    async def _settle_batch(self, batch: list[_InFlight]) -> None:
+    async def _settle_batch(self, batch: list[Delivery]) -> None:
         core = self._core
         for item in batch:
             if isinstance(item.outcome, Complete) and not core.settings.double_ack and item.result is None:
@@ -444,10 +369,10 @@ class Worker:
                     log.warning("ack of job %s failed: %r", item.job_id, exc)
                 self._finished(item)
             else:
-                task = self._runtime.spawn(self._settle(core, item))
+                task = self._runtime.spawn(self._settler.settle(core, item))
                 task.add_done_callback(lambda _t, item=item: self._finished(item))
 
-    def _finished(self, item: _InFlight) -> None:
+    def _finished(self, item: Delivery) -> None:
         self._inflight.pop(id(item.msg), None)
         self.processed += 1
         if self._capacity is not None:
@@ -491,94 +416,11 @@ class Worker:
             )
         return result
 
-    async def _settle(self, core: Core, item: _InFlight) -> None:
-        """Turn the outcome into exactly one of: ack, nak with delay, DLQ-then-term; or leave it for redelivery."""
-        msg, outcome, reason, attempt = item.msg, item.outcome, item.reason, item.attempt
-        job_id, job_type = item.job_id, item.job_type
-
-        async def dead_letter(why: str, error: str, trace: str | None) -> None:
-            await self._store_result(core, item, ResultStatus.FAILED, error=error, trace=trace)
-            await move_to_dlq(core, msg, queue=self.queue, job_id=job_id, job_type=job_type, reason=why,
-                              error=error, traceback=trace, attempts=attempt)  # fmt: skip
-            await msg.term()
-            log.error("job %s (%s) moved to the DLQ after %d attempt(s): %s: %s", job_id, job_type, attempt, why, error)
-
-        try:
-            if reason is not None:
-                assert isinstance(outcome, Failure)
-                self._internal_error()
-                await dead_letter(reason, outcome.error, outcome.traceback)
-            elif isinstance(outcome, Complete):
-                await self._store_result(core, item, ResultStatus.SUCCESSFUL, value=outcome.value)
-                await (msg.ack_sync(timeout=core.settings.request_timeout) if core.settings.double_ack else msg.ack())
-            elif isinstance(outcome, (Retry, Failure)):
-                error, trace = _error_of(outcome)
-                if self.retry_policy.exhausted(attempt):
-                    await dead_letter("max_attempts", error or f"gave up after {attempt} attempts", trace)
-                else:
-                    await self._store_result(core, item, ResultStatus.READY, error=error, trace=trace)
-                    delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
-                    await msg.nak(delay=self.retry_policy.delay_for(attempt) if delay is None else delay)
-            elif isinstance(outcome, MoveToDlq):
-                error, trace = _error_of(outcome)
-                await dead_letter(outcome.reason, error, trace)
-            elif isinstance(outcome, Reschedule):
-                try:
-                    await self._reschedule(core, msg, job_id, job_type, outcome)
-                except InvalidJob as exc:
-                    await dead_letter("handler", f"Reschedule refused: {exc}", None)
-                    return
-                await self._store_result(core, item, ResultStatus.READY)
-                await msg.ack()
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the job must not be lost
-            log.error("could not settle job %s (%s): %r; it will be redelivered", job_id, job_type, exc)
-            self._internal_error()
-            try:
-                await msg.nak(delay=self.retry_policy.delay_for(1))
-            except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
-                pass
-
-    async def _store_result(
-        self,
-        core: Core,
-        item: _InFlight,
-        status: ResultStatus,
-        *,
-        value: Any = None,
-        error: str | None = None,
-        trace: str | None = None,
-    ) -> None:
-        if item.result is None:
-            return
-        try:
-            await results.record_outcome(core, item.result, status, value=value, error=error, traceback=trace)
-        except Exception as exc:  # noqa: BLE001 - a missing report must not hold up the job itself
-            log.warning("could not store the %s result of job %s: %r", status.value, item.job_id, exc)
-
     def _internal_error(self) -> None:
         for mw in self.middleware:
             hook = getattr(mw, "on_internal_error", None)
             if hook is not None:
                 hook()
-
-    async def _reschedule(self, core: Core, msg: Msg, job_id: str, job_type: str, result: Reschedule) -> None:
-        """Publish the next run as a server-side `@at` schedule (one per job id: a repeat replaces it)."""
-        now = datetime.now(timezone.utc)
-        due = result.by.next_run(now)
-        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-        if result.arg is KEEP_ARG:
-            body = msg.data
-        else:
-            body, headers[jobmod.CONTENT_TYPE] = jobmod.encode_arg(result.arg)
-        headers.update({
-            jobmod.HEADER_ENQUEUED_AT: jobmod.format_time(now),
-            Header.SCHEDULE.value: f"@at {jobmod.format_time(due)}",
-            Header.SCHEDULE_TARGET.value: core.topology.job_subject(self.queue, job_type),
-            "Nats-Msg-Id": f"{job_id}@{jobmod.format_time(due)}",
-        })  # fmt: skip
-        if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
-            signer_for(core.settings.signing_key).sign(self.queue, headers, body)
-        await core.publish(core.topology.delayed_subject(self.queue, job_id), body, headers, queue=self.queue)
 
 
 def _job_id(headers: dict[str, str], stream_seq: int) -> str:
@@ -587,15 +429,3 @@ def _job_id(headers: dict[str, str], stream_seq: int) -> str:
         return raw_id  # type: ignore[return-value]
     # Published by a periodic schedule or by hand: the stream sequence makes it unique.
     return f"{headers.get('Bgjob-Schedule', 'seq')}-{stream_seq}"
-
-
-def _error_of(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:
-    if isinstance(outcome, Failure):
-        return outcome.error, outcome.traceback
-    error = outcome.error
-    trace = outcome.traceback
-    if isinstance(error, BaseException):
-        if trace is None and error.__traceback__ is not None:
-            trace = "".join(tb.format_exception(error))
-        return f"{type(error).__name__}: {error}", trace
-    return (error or ""), trace

@@ -36,7 +36,11 @@ class JobContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         job = current_job.get()
-        record.request_id = current_request_id.get() or (job.request_id if job else None) or "-"
-        record.job_id = job.id if job else "-"
-        record.job_type = job.type if job else "-"
+        # Ids given with extra= (log lines written outside the job's thread) win.
+        if getattr(record, "request_id", None) is None:
+            record.request_id = current_request_id.get() or (job.request_id if job else None) or "-"
+        if getattr(record, "job_id", None) is None:
+            record.job_id = job.id if job else "-"
+        if getattr(record, "job_type", None) is None:
+            record.job_type = job.type if job else "-"
         return True

@@ -14,7 +14,7 @@ from nats.js.kv import KeyValue
 from . import job as jobmod
 
 if TYPE_CHECKING:
-    from .client import Core
+    from .core import Core
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from . import job as jobmod
 from .errors import DeadLetterNotFound, InvalidJob
 
 if TYPE_CHECKING:
-    from .client import Client, Core
+    from .client import Client
+    from .core import Core
 
 REASON = "Bgjob-Dlq-Reason"
 ERROR = "Bgjob-Dlq-Error"
@@ -189,10 +190,13 @@ async def _delete(core: Core, entry_id: str) -> None:
 async def count_dead_letters(
     core: Core, queue: str | None = None, job_type: str | None = None, reason: str | None = None
 ) -> int:
-    await core.ensure_dlq()
     stream = core.topology.dlq_stream
+    try:
+        info = await core.js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return 0  # no dead letter yet: nothing to count, nothing to create
     if queue is None and job_type is None and reason is None:
-        return (await core.js.stream_info(stream)).state.messages
+        return info.state.messages
     # An unacknowledged pull consumer that never pulls counts matches without touching them.
     config = ConsumerConfig(
         filter_subject=core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason),
@@ -202,14 +206,15 @@ async def count_dead_letters(
         mem_storage=True,
         num_replicas=1,
     )
-    info = await core.js.add_consumer(stream, config)
+    counter = await core.js.add_consumer(stream, config)
     try:
-        return info.num_pending
+        return counter.num_pending
     finally:
-        await core.js.delete_consumer(stream, info.name)
+        await core.js.delete_consumer(stream, counter.name)
 
 
 async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None) -> int:
+    await core.ensure_dlq()
     count = await count_dead_letters(core, queue, job_type, reason)
     everything = queue is None and job_type is None and reason is None
     subject = None if everything else core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)

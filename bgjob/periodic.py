@@ -16,7 +16,7 @@ from .errors import InvalidSchedule
 from .result import ByCron
 
 if TYPE_CHECKING:
-    from .client import Core
+    from .core import Core
 
 HEADER_SCHEDULE = "Bgjob-Schedule"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -64,7 +64,7 @@ def prepare_schedule(
         Header.SCHEDULE_TIME_ZONE.value: tz,
     })  # fmt: skip
     if core.settings.signing_key:
-        from .client import signer_for
+        from .producer import signer_for
 
         signer_for(core.settings.signing_key).sign(queue, hdrs, body)
     return core.topology.cron_subject(queue, name), body, hdrs

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from .runtime import Runtime, new_waiter
 
 if TYPE_CHECKING:
-    from .client import Core
+    from .core import Core
 
 log = logging.getLogger("bgjob.publisher")
 
@@ -143,7 +143,7 @@ class Publisher:
                 self._retry(*entry, TimeoutError("no PubAck in time"))
 
     def _retry(self, batch: PublishBatch, index: int, exc: BaseException) -> None:
-        from .client import is_transient
+        from .core import is_transient
 
         if not is_transient(exc) and not isinstance(exc, nats.js.errors.NoStreamResponseError):
             batch.settle(index, exc)

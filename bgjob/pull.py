@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .client import Core
+    from .core import Core
 
 log = logging.getLogger("bgjob.worker")
 

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 from . import job as jobmod
 
 if TYPE_CHECKING:
-    from .client import Core
+    from .core import Core
 
 HEADER_STORE_RESULT = "Bgjob-Store-Result"
 _PLAIN_KEY = re.compile(r"[-_=a-zA-Z0-9]+")

@@ -77,6 +77,9 @@ class ThreadWaiter:
     def wait(self, timeout: float | None = None) -> bool:
         return self._flag.wait(timeout)
 
+    def close(self) -> None:
+        pass
+
 
 class GreenletWaiter:
     """Blocks the calling greenlet, not the gevent hub, until notified from the runtime thread."""
@@ -96,10 +99,15 @@ class GreenletWaiter:
         self._watcher.send()
 
     def wait(self, timeout: float | None = None) -> bool:
-        try:
-            return self._event.wait(timeout)
-        finally:
-            self._watcher.close()
+        """Wait for notify(); may be called again after a timeout."""
+        if self._event.wait(timeout):
+            self.close()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Release the watcher (done by a successful wait; call it when giving up)."""
+        self._watcher.close()
 
 
 def in_gevent_hub_thread() -> bool:
@@ -206,6 +214,7 @@ class Runtime:
             raise RuntimeError("bgjob: blocking call made from the runtime thread itself")
         call = self.start_call(coro)
         if not call.wait(timeout):
+            call.waiter.close()
             self.loop.call_soon_threadsafe(lambda: call.task.cancel() if call.task else None)
             raise TimeoutError(f"bgjob: no answer within {timeout}s")
         return call.value()

@@ -19,9 +19,10 @@ from nats.js.api import Header
 
 from . import job as jobmod
 from . import results
-from .client import Core, signer_for
+from .core import Core
 from .dlq import move_to_dlq
 from .errors import InvalidJob
+from .producer import signer_for
 from .result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Result, Retry
 from .results import ResultStatus
 from .retry import RetryPolicy
@@ -66,13 +67,15 @@ class Settler:
         """Turn the outcome into exactly one of: ack, nak with delay, DLQ-then-term; or leave it for redelivery."""
         msg, outcome, reason, attempt = item.msg, item.outcome, item.reason, item.attempt
         job_id, job_type = item.job_id, item.job_type
+        context = log_context(item)
 
         async def dead_letter(why: str, error: str, trace: str | None) -> None:
             await self.store_result(core, item, ResultStatus.FAILED, error=error, trace=trace)
             await move_to_dlq(core, msg, queue=self.queue, job_id=job_id, job_type=job_type, reason=why,
                               error=error, traceback=trace, attempts=attempt)  # fmt: skip
             await msg.term()
-            log.error("job %s (%s) moved to the DLQ after %d attempt(s): %s: %s", job_id, job_type, attempt, why, error)
+            log.error("job %s (%s) moved to the DLQ after %d attempt(s): %s: %s", job_id, job_type, attempt, why, error,
+                      extra={**context, "bgjob_reason": why})  # fmt: skip
 
         try:
             if reason is not None:
@@ -102,7 +105,7 @@ class Settler:
                 await self.store_result(core, item, ResultStatus.READY)
                 await msg.ack()
         except Exception as exc:  # noqa: BLE001 - whatever failed, the job must not be lost
-            log.error("could not settle job %s (%s): %r; it will be redelivered", job_id, job_type, exc)
+            log.error("could not settle job %s (%s): %r; it will be redelivered", job_id, job_type, exc, extra=context)
             self._on_internal_error()
             try:
                 await msg.nak(delay=self.retry_policy.delay_for(1))
@@ -124,7 +127,8 @@ class Settler:
         try:
             await results.record_outcome(core, item.result, status, value=value, error=error, traceback=trace)
         except Exception as exc:  # noqa: BLE001 - a missing report must not hold up the job itself
-            log.warning("could not store the %s result of job %s: %r", status.value, item.job_id, exc)
+            log.warning("could not store the %s result of job %s: %r", status.value, item.job_id, exc,
+                        extra=log_context(item))  # fmt: skip
 
     async def reschedule(self, core: Core, msg: Msg, job_id: str, job_type: str, result: Reschedule) -> None:
         """Publish the next run as a server-side `@at` schedule (one per job id: a repeat replaces it)."""
@@ -144,6 +148,12 @@ class Settler:
         if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
             signer_for(core.settings.signing_key).sign(self.queue, headers, body)
         await core.publish(core.topology.delayed_subject(self.queue, job_id), body, headers, queue=self.queue)
+
+
+def log_context(item: Delivery) -> dict[str, Any]:
+    """Fields for log records written outside the job's own thread (bgjob.logs picks them up)."""
+    headers = item.msg.headers or {}
+    return {"job_id": item.job_id, "job_type": item.job_type, "request_id": headers.get(jobmod.HEADER_REQUEST_ID)}
 
 
 def _error_of(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:

@@ -21,8 +21,9 @@ from nats.aio.msg import Msg
 
 from . import directory, results
 from . import job as jobmod
-from .client import Client, Core
+from .client import Client
 from .context import current_job
+from .core import Core
 from .handler import HandlerFunc, Mux
 from .middleware import Handler, Middleware, chain
 from .pool import Pool, make_pool
@@ -30,7 +31,7 @@ from .pull import PullRequests
 from .result import Complete, Result
 from .retry import RetryPolicy
 from .runtime import Flag, Runtime
-from .settle import Delivery, Failure, Settler
+from .settle import Delivery, Failure, Settler, log_context
 from .signing import Verifier
 
 log = logging.getLogger("bgjob.worker")
@@ -283,8 +284,8 @@ class Worker:
             item.abandoned = True
             self._inflight.pop(id(item.msg), None)
             await self._give_back(item.msg)
-            log.warning("job %s did not finish within the grace period; returned to the queue",
-                        (item.msg.headers or {}).get(jobmod.HEADER_ID, "?"))  # fmt: skip
+            log.warning("job %s did not finish within the grace period; returned to the queue", item.job_id or "?",
+                        extra=log_context(item))  # fmt: skip
         # Jobs still being settled, and pulls still open (their jobs are given back as they arrive).
         deadline = time.monotonic() + 10
         while (self._inflight or pull.requested) and time.monotonic() < deadline and pull.time_left() > 0:
@@ -366,7 +367,7 @@ class Worker:
                 try:
                     await item.msg.ack()  # buffered, no round trip: settle inline
                 except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait; a duplicate, not a loss
-                    log.warning("ack of job %s failed: %r", item.job_id, exc)
+                    log.warning("ack of job %s failed: %r", item.job_id, exc, extra=log_context(item))
                 self._finished(item)
             else:
                 task = self._runtime.spawn(self._settler.settle(core, item))

@@ -14,6 +14,7 @@ from typing import Any
 from .client import Client
 from .errors import BgjobError
 from .handler import Mux
+from .logs import configure_logging
 from .settings import Settings
 
 
@@ -39,20 +40,55 @@ def _client() -> Client:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .logs import LogJobs
+    from .middleware import Metrics, Recovery, RequestId
     from .retry import RetryPolicy
     from .worker import Worker
 
+    if args.pool == "gevent":
+        _patch_gevent()
     mux = load_mux(args.target)
-    if args.pool != "threads":
-        raise BgjobError(f"pool {args.pool!r} is not available in this version; use --pool threads")
     client = _client()
-    worker = Worker(client, mux, queue=args.queue, concurrency=args.concurrency, grace_period=args.grace,
-                    retry_policy=RetryPolicy(max_attempts=args.max_attempts))  # fmt: skip
     try:
+        middleware: list[Any] = [Recovery(), RequestId(), LogJobs()]
+        if args.metrics_port is not None:
+            middleware.append(Metrics(_serve_metrics(client, args.metrics_addr, args.metrics_port)))
+        worker = Worker(client, mux, queue=args.queue, concurrency=args.concurrency, grace_period=args.grace,
+                        middleware=middleware, retry_policy=RetryPolicy(max_attempts=args.max_attempts),
+                        pool=args.pool)  # fmt: skip
         worker.run()
     finally:
         client.close()
     return 0
+
+
+def _patch_gevent() -> None:
+    """Monkey-patch for --pool gevent, before the handlers' module and the client are loaded."""
+    import warnings
+
+    try:
+        from gevent import monkey
+    except ImportError as exc:
+        raise BgjobError(f'--pool gevent needs gevent: pip install "bgjob[gevent]" ({exc})') from exc
+    with warnings.catch_warnings():
+        # bgjob's own imports (ssl via nats-py) came first; its runtime uses the stdlib originals anyway.
+        warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
+        monkey.patch_all()
+
+
+def _serve_metrics(client: Client, addr: str, port: int) -> Any:
+    """Start the /metrics endpoint (job metrics + queue gauges); returns the MetricStorage for Metrics."""
+    try:
+        from .contrib.prometheus import PrometheusMetricStorage, start_metrics_server
+    except ImportError as exc:
+        raise BgjobError(f'--metrics-port needs prometheus-client: pip install "bgjob[prometheus]" ({exc})') from exc
+    storage = PrometheusMetricStorage()
+    try:
+        start_metrics_server(port, addr, client=client)
+    except OSError as exc:
+        raise BgjobError(f"cannot serve metrics on {addr}:{port}: {exc}") from exc
+    logging.getLogger("bgjob.worker").info("Prometheus metrics on http://%s:%d/metrics", addr, port)
+    return storage
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -142,11 +178,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from . import server
 
+    data_dir = args.data_dir or Settings.from_env().data_dir
     if args.stop:
-        stopped = server.stop_embedded_server(args.data_dir)
+        stopped = server.stop_embedded_server(data_dir)
         print("stopped" if stopped else "no embedded server was running")
         return 0
-    return server.run_foreground(args.data_dir, port=args.port)
+    return server.run_foreground(data_dir, port=args.port)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -158,6 +195,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgjob", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("BGJOB_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("BGJOB_LOG_FORMAT", "text"),
+                        help="text (with job and request ids) or json (one object per line)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("worker", help="run the handlers of MODULE[:ATTR] (a bgjob.Mux; ATTR defaults to mux)")
@@ -167,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", choices=["threads", "gevent"], default="threads")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs may finish after SIGTERM")
     p.add_argument("--max-attempts", type=int, default=10)
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (needs prometheus-client)")
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint (default: all "
+                   "interfaces, so Prometheus can scrape it; 127.0.0.1 for this host only)")  # fmt: skip
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("send", help="enqueue a job; prints its id")
@@ -213,9 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        configure_logging(args.log_level, args.log_format)
+    except ValueError as exc:  # an unknown level, or a bad BGJOB_LOG_FORMAT
+        parser.error(str(exc))
     try:
         return args.func(args)
     except BgjobError as exc:

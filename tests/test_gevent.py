@@ -126,3 +126,36 @@ def test_gevent_pool_without_monkey_patching_is_a_clear_error(client) -> None:
     worker = bgjob.Worker(client, bgjob.Mux(), pool="gevent")
     with pytest.raises(ValueError, match=r"monkey\.patch_all"):
         worker.run()
+
+
+def test_cli_worker_with_gevent_pool_runs_jobs_and_drains(nats_server, prefix, client, tmp_path) -> None:
+    import os
+    import signal
+    import sys
+    import textwrap
+
+    from .conftest import ROOT, wait_until
+
+    (tmp_path / "greenjobs.py").write_text(textwrap.dedent("""
+        import time, bgjob
+        mux = bgjob.Mux()
+
+        @mux.handler("nap")
+        def nap(job):
+            time.sleep(0.2)
+            with open("done.txt", "a") as f:
+                f.write(job.id + "\\n")
+            return bgjob.Complete()
+    """))
+    env = {**os.environ, "BGJOB_URL": nats_server.url, "BGJOB_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen([sys.executable, "-m", "bgjob", "worker", "greenjobs", "--pool", "gevent",
+                               "--concurrency", "100"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        ids = client.send_jobs([("nap", i) for i in range(100)])
+        done = tmp_path / "done.txt"
+        wait_until(lambda: done.exists() and len(done.read_text().split()) == 100, timeout=60, message="100 naps")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    assert sorted(done.read_text().split()) == sorted(ids)

@@ -11,6 +11,8 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from .errors import ConnectionError, InvalidJob
@@ -66,8 +68,7 @@ class Core:
         self._provision_lock = asyncio.Lock()
         self._closing = False
         self._outage = False
-        self._results_kv: Any = None
-        self._workers_kv: Any = None
+        self._buckets: dict[str, KeyValue] = {}
 
     async def connect(self) -> None:
         servers = [u.strip() for u in self.url.split(",") if u.strip()]
@@ -175,6 +176,26 @@ class Core:
             raise
         except nats.errors.MaxPayloadError as exc:
             raise InvalidJob(f"job is too large for the server: {exc}") from exc
+
+    async def bucket(
+        self, suffix: str, *, ttl: float, storage: StorageType, description: str, create: bool = True
+    ) -> KeyValue | None:
+        """The key-value bucket `<PREFIX>_<suffix>`, created on first use when `create` (else None if missing)."""
+        kv = self._buckets.get(suffix)
+        if kv is None:
+            name = self.topology.stream_prefix + suffix
+            try:
+                kv = await self.js.key_value(name)
+            except nats.js.errors.BucketNotFoundError:
+                if not create:
+                    return None
+                kv = await self.js.create_key_value(KeyValueConfig(
+                    bucket=name, ttl=ttl, history=1, storage=storage, replicas=self.settings.replicas,
+                    # Direct gets may be served stale by a replica; results are read right after writes.
+                    direct=False, description=description,
+                ))  # fmt: skip
+            self._buckets[suffix] = kv
+        return kv
 
     async def queue_stats(self, queue: str) -> QueueStats:
         from .dlq import count_dead_letters

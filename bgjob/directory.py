@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
 from . import job as jobmod
@@ -34,20 +34,8 @@ class WorkerInfo:
 
 
 async def _bucket(core: Core, create: bool) -> KeyValue | None:
-    kv = core._workers_kv
-    if kv is None:
-        name = core.topology.stream_prefix + "WORKERS"
-        try:
-            kv = await core.js.key_value(name)
-        except nats.js.errors.BucketNotFoundError:
-            if not create:
-                return None
-            kv = await core.js.create_key_value(KeyValueConfig(
-                bucket=name, ttl=core.settings.worker_ttl, history=1, storage=StorageType.MEMORY,
-                replicas=core.settings.replicas, direct=False, description="bgjob live workers",
-            ))  # fmt: skip
-        core._workers_kv = kv
-    return kv
+    return await core.bucket("WORKERS", ttl=core.settings.worker_ttl, storage=StorageType.MEMORY,
+                             description="bgjob live workers", create=create)  # fmt: skip
 
 
 async def announce(core: Core, entry: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
 from . import job as jobmod
@@ -88,20 +88,8 @@ def result_key(job_id: str) -> str:
 
 async def bucket(core: Core, create: bool = True) -> KeyValue | None:
     """The results bucket; created on first write, so jobs without results never cost one."""
-    kv = core._results_kv
-    if kv is None:
-        name = core.topology.stream_prefix + "RESULTS"
-        try:
-            kv = await core.js.key_value(name)
-        except nats.js.errors.BucketNotFoundError:
-            if not create:
-                return None
-            kv = await core.js.create_key_value(KeyValueConfig(
-                bucket=name, ttl=core.settings.result_ttl, history=1, storage=StorageType.FILE,
-                replicas=core.settings.replicas, direct=False, description="bgjob job results",
-            ))  # fmt: skip
-        core._results_kv = kv
-    return kv
+    return await core.bucket("RESULTS", ttl=core.settings.result_ttl, storage=StorageType.FILE,
+                             description="bgjob job results", create=create)  # fmt: skip
 
 
 async def _bucket(core: Core) -> KeyValue:

@@ -39,6 +39,11 @@ def check_size(core: Core, body: bytes, headers: dict[str, str]) -> None:
         raise InvalidJob(f"job is {len(body)} bytes; the server accepts at most {core.max_payload}")
 
 
+@functools.lru_cache(maxsize=16)
+def _topology(prefix: str) -> Topology:
+    return Topology(prefix)
+
+
 def prepare_job(
     settings: Settings,
     job_type: str,
@@ -53,7 +58,7 @@ def prepare_job(
     store_result: bool = False,
 ) -> tuple[str, bytes, dict[str, str], str]:
     """Validate a job and build its (subject, body, headers, id); raises InvalidJob."""
-    topology = Topology(settings.prefix)
+    topology = _topology(settings.prefix)
     jobmod.validate_type(job_type)
     jobmod.validate_queue(queue)
     job_id = jobmod.validate_job_id(job_id) if job_id is not None else jobmod.new_job_id()

@@ -123,9 +123,14 @@ class Worker:
     def stop(self) -> None:
         """Stop fetching and drain in-flight jobs; safe from any thread or a signal handler."""
         self._stop_requested.set()
-        loop, event = self._loop, self._stop_event
-        if loop is not None and event is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(event.set)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_stop)
+
+    def _on_stop(self) -> None:
+        if self._stop_event is not None and self._capacity is not None:
+            self._stop_event.set()
+            self._capacity.set()  # wakes the fetch loop, which waits on this one event
 
     @property
     def in_flight(self) -> int:
@@ -185,10 +190,10 @@ class Worker:
                         await pull.request(min(free, self.max_batch), inbox)
                     except Exception as exc:  # noqa: BLE001 - disconnected: nats-py reconnects, we retry
                         log.warning("pull request on %s failed: %r", stream, exc)
-                        await self._wait_any(self._stop_event, timeout=1.0)
+                        await self._wait(self._stop_event, timeout=1.0)
                         continue
                 self._capacity.clear()
-                await self._wait_any(self._capacity, self._stop_event, timeout=pull.time_left())
+                await self._wait(self._capacity, timeout=pull.time_left())
                 if pull.consumer_gone:
                     await self._reprovision(core)
                     pull.consumer_gone = False
@@ -212,7 +217,7 @@ class Worker:
             await core.ensure_queue(self.queue)
         except Exception as exc:  # noqa: BLE001 - tried again on the next failure
             log.warning("re-creating the stream/consumer of queue %r failed: %r", self.queue, exc)
-            await self._wait_any(self._stop_event, timeout=1.0)
+            await self._wait(self._stop_event, timeout=1.0)
 
     async def _on_message(self, core: Core, pull: PullRequests, msg: Msg) -> None:
         if not msg.data and msg.headers and "Status" in msg.headers:
@@ -231,13 +236,13 @@ class Worker:
         self._capacity.set()
 
     @staticmethod
-    async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
-        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    async def _wait(event: asyncio.Event, timeout: float) -> None:
+        """Until `event` is set or `timeout` seconds passed (no task per wait: this is the hot loop)."""
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
 
     async def _heartbeat(self, ack_wait: float) -> None:
         """Tell JetStream that long-running jobs are still being worked on, so they aren't redelivered."""
@@ -277,7 +282,7 @@ class Worker:
             deadline = time.monotonic() + self.grace_period
             while self._inflight and time.monotonic() < deadline:
                 self._capacity.clear()
-                await self._wait_any(self._capacity, timeout=deadline - time.monotonic())
+                await self._wait(self._capacity, timeout=deadline - time.monotonic())
         for item in list(self._inflight.values()):
             if item.applying:
                 continue
@@ -290,7 +295,7 @@ class Worker:
         deadline = time.monotonic() + 10
         while (self._inflight or pull.requested) and time.monotonic() < deadline and pull.time_left() > 0:
             self._capacity.clear()
-            await self._wait_any(self._capacity, timeout=min(pull.time_left(), deadline - time.monotonic()))
+            await self._wait(self._capacity, timeout=min(pull.time_left(), deadline - time.monotonic()))
         try:
             await core.nc.flush(timeout=5)
         except Exception as exc:  # noqa: BLE001 - unacked jobs are redelivered anyway

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -36,7 +37,7 @@ MAX_TRACEBACK = 32 * 1024
 _REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
-REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "signature")
+REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "signature", "internal_error")
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,22 @@ async def move_to_dlq(
     await core.publish(subject, msg.data or b"", headers)
 
 
+def stored_headers(raw: RawStreamMsg) -> dict[str, str]:
+    """A stored message's headers as str, UTF-8 included (nats-py's get_msg parses them as e-mail headers,
+    which turns non-ASCII values into email.header.Header objects)."""
+    if not raw.hdrs:
+        return {}
+    block = base64.b64decode(raw.hdrs).decode("utf-8", errors="replace")
+    headers: dict[str, str] = {}
+    for line in block.split("\r\n")[1:]:  # the first line is "NATS/1.0"
+        name, sep, value = line.partition(":")
+        if sep and name:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
 def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
-    headers = dict(raw.headers or {})
+    headers = stored_headers(raw)
     queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
 
     def text(name: str) -> str | None:

@@ -102,6 +102,10 @@ def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
             raise InvalidJob(f"header {name!r} is reserved (Nats-*, Bgjob-* and Content-Type are set by bgjob)")
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise InvalidJob(f"header {name!r} needs a single-line str value, got {value!r}")
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidJob(f"header {name!r} has text that UTF-8 cannot encode: {exc}") from exc
         clean[name] = value
     return clean
 
@@ -111,10 +115,11 @@ def encode_arg(arg: Any) -> tuple[bytes, str]:
     if isinstance(arg, (bytes, bytearray, memoryview)):
         return bytes(arg), BYTES
     try:
-        body = json.dumps(arg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(arg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(), JSON
+    except UnicodeEncodeError as exc:  # lone surrogates: no UTF-8 for them
+        raise InvalidJob(f"job arg must be JSON-serialisable or bytes: text that UTF-8 cannot encode ({exc})") from exc
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJob(f"job arg must be JSON-serialisable or bytes: {exc}") from exc
-    return body.encode(), JSON
 
 
 class DecodeError(ValueError):
@@ -130,6 +135,8 @@ def decode_arg(body: bytes, content_type: str | None) -> Any:
         return json.loads(body) if body else None
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise DecodeError("body is JSON nested too deeply to decode") from exc
 
 
 def user_headers(headers: Mapping[str, str] | None) -> dict[str, str]:

@@ -64,7 +64,8 @@ def prepare_job(
     job_id = jobmod.validate_job_id(job_id) if job_id is not None else jobmod.new_job_id()
     if request_id is None:
         request_id = current_request_id.get()
-    if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()):
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()
+                                   or not _encodable(request_id)):  # fmt: skip
         raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
     hdrs = jobmod.validate_headers(headers)
     body, content_type = jobmod.encode_arg(arg)
@@ -91,6 +92,14 @@ def prepare_job(
     return topology.delayed_subject(queue, job_id), body, hdrs, job_id
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _due_time(now: datetime, delay: timedelta | float | None, at: datetime | None) -> datetime | None:
     if delay is not None and at is not None:
         raise InvalidJob("give either delay or at, not both")
@@ -100,9 +109,16 @@ def _due_time(now: datetime, delay: timedelta | float | None, at: datetime | Non
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         if seconds != seconds or seconds < 0:
             raise InvalidJob(f"delay must be >= 0, got {delay!r}")
-        return now + timedelta(seconds=seconds) if seconds > 0 else None
+        try:
+            return now + timedelta(seconds=seconds) if seconds > 0 else None
+        except OverflowError as exc:
+            raise InvalidJob(f"delay {delay!r} reaches beyond the year 9999") from exc
     if at is not None:
         if not isinstance(at, datetime) or at.tzinfo is None:
             raise InvalidJob("at must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + ...)")
+        try:
+            at.astimezone(timezone.utc)
+        except OverflowError as exc:
+            raise InvalidJob(f"at {at!r} is beyond the year 9999 in UTC") from exc
         return at if at > now else None
     return None

@@ -220,8 +220,8 @@ class Worker:
             await self._wait(self._stop_event, timeout=1.0)
 
     async def _on_message(self, core: Core, pull: PullRequests, msg: Msg) -> None:
-        if not msg.data and msg.headers and "Status" in msg.headers:
-            pull.on_status(msg.headers)
+        if not msg.reply:  # pull-request statuses have no ack subject; every delivered job has one
+            pull.on_status(msg.headers or {})
         else:
             pull.requested = max(0, pull.requested - 1)
             if self._stop_event.is_set() or len(self._inflight) >= self.concurrency:
@@ -324,7 +324,17 @@ class Worker:
 
     # -- one job, in a pool thread -----------------------------------------------------------------
     def _run_job(self, core: Core, item: Delivery) -> None:
-        """Decode the job and run its handler, then hand the outcome back to the loop."""
+        """Decode the job and run its handler, then hand the outcome back to the loop (whatever happens)."""
+        try:
+            self._verify_decode_call(core, item)
+        except BaseException as exc:  # a bug of ours: dead-letter the job rather than strand it in flight
+            log.exception("internal error on job %s", item.job_id or "?")
+            item.job_id, item.job_type = item.job_id or "unknown", item.job_type or "unknown"
+            item.outcome, item.reason = Failure(f"internal error: {type(exc).__name__}: {exc}"), "internal_error"
+        self._completed.append(item)
+        self._runtime.wake()  # type: ignore[union-attr]
+
+    def _verify_decode_call(self, core: Core, item: Delivery) -> None:
         msg = item.msg
         meta = msg.metadata
         item.attempt = meta.num_delivered
@@ -334,23 +344,19 @@ class Worker:
         refusal = self._verifier.check(self.queue, headers, msg.data) if self._verifier else None
         if refusal is not None:
             item.outcome, item.reason = Failure(f"signature: {refusal}"), "signature"
-            self._completed.append(item)
-            self._runtime.wake()  # type: ignore[union-attr]
             return
         try:
             job = self._decode(msg, item.job_id, item.job_type, item.attempt)
         except jobmod.DecodeError as exc:
             item.outcome, item.reason = Failure(f"DecodeError: {exc}"), "decode"
+            return
+        handler = self.mux.get(item.job_type)
+        if handler is None:
+            known = ", ".join(self.mux.types())
+            error = f"no handler for job type {item.job_type!r} on this worker (known: {known})"
+            item.outcome, item.reason = Failure(error), "unknown_handler"
         else:
-            handler = self.mux.get(item.job_type)
-            if handler is None:
-                known = ", ".join(self.mux.types())
-                error = f"no handler for job type {item.job_type!r} on this worker (known: {known})"
-                item.outcome, item.reason = Failure(error), "unknown_handler"
-            else:
-                item.outcome = self._call(handler, job)
-        self._completed.append(item)
-        self._runtime.wake()
+            item.outcome = self._call(handler, job)
 
     def _settle_completed(self) -> None:
         """Wake-up hook: settle every job whose handler has returned, in one task."""
@@ -434,4 +440,5 @@ def _job_id(headers: dict[str, str], stream_seq: int) -> str:
     if jobmod.is_valid_job_id(raw_id):
         return raw_id  # type: ignore[return-value]
     # Published by a periodic schedule or by hand: the stream sequence makes it unique.
-    return f"{headers.get('Bgjob-Schedule', 'seq')}-{stream_seq}"
+    schedule = headers.get("Bgjob-Schedule")
+    return f"{schedule if jobmod.is_valid_job_id(schedule) else 'seq'}-{stream_seq}"

@@ -27,7 +27,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
         return True
     if isinstance(exc, nats.js.errors.APIError):
-        return exc.code in (503, 504)
+        return getattr(exc, "code", None) in (503, 504)  # KeyNotFoundError and friends carry no code
     return isinstance(
         exc,
         (

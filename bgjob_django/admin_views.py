@@ -1,0 +1,348 @@
+"""The admin views behind DeadLetterAdmin and QueueAdmin, backed by JetStream through the project's client.
+
+A page of dead letters is one bounded scan of the DLQ stream (`client.dlq.list` with `before` paging) plus
+one count: pages stay fast however many dead letters there are.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import django
+from django.contrib import messages
+from django.contrib.admin import ModelAdmin
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+import bgjob
+from bgjob import job as jobmod
+from bgjob.dlq import REASONS, validate_reason
+
+from .conf import get_client
+from .display import live_workers, pretty_arg
+from .models import DeadLetter
+from .registry import registry
+
+log = logging.getLogger("bgjob_django.admin")
+
+PAGE_SIZE = 50
+FILTERS = (("queue", "queue"), ("type", "job type"), ("reason", "reason"))
+
+
+def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """NATS unreachable or refusing: a clear admin page (503), not a server error."""
+
+    @functools.wraps(view)
+    def wrapper(self: _Views, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(self, request, *args, **kwargs)
+        except (bgjob.ConnectionError, bgjob.ServerVersionError, bgjob.ServerNotFound) as exc:
+            log.warning("admin: bgjob unavailable: %s", exc)
+            context = self.context(request, title="Background jobs are unavailable", here="Unavailable", error=str(exc))
+            return TemplateResponse(request, "bgjob_django/admin/unavailable.html", context, status=503)
+
+    return wrapper
+
+
+class _Views:
+    def __init__(self, model_admin: ModelAdmin) -> None:
+        self.model_admin = model_admin
+        self.opts = model_admin.model._meta
+
+    def context(self, request: HttpRequest, *, here: str | None = None, **extra: Any) -> dict[str, Any]:
+        """The admin's page context, with breadcrumbs ending in `here` (default: this model's list)."""
+        site = self.model_admin.admin_site.name
+        app_url = reverse("admin:app_list", args=[self.opts.app_label], current_app=site)
+        crumbs = [
+            (_("Home"), reverse("admin:index", current_app=site)),
+            (self.opts.app_config.verbose_name, app_url),
+            (capfirst(self.opts.verbose_name_plural), self.url("changelist") if here else None),
+        ]
+        if here:
+            crumbs.append((here, None))
+        return {
+            **self.model_admin.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "has_view_permission": self.model_admin.has_view_permission(request),
+            "crumbs": crumbs,
+            # Django 6 marks breadcrumbs up as a list; 5.2 as a div with separators.
+            "ol_breadcrumbs": django.VERSION >= (6, 0),
+            **extra,
+        }
+
+    def url(self, view: str, *args: Any) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}", args=args,
+                       current_app=self.model_admin.admin_site.name)  # fmt: skip
+
+    def require(self, allowed: bool) -> None:
+        if not allowed:
+            raise PermissionDenied
+
+
+class DeadLetterViews(_Views):
+    """List, detail, retry, delete and purge of dead letters."""
+
+    # -- reading -------------------------------------------------------------------------------------
+    @_unavailable_on_nats_errors
+    def changelist(self, request: HttpRequest) -> HttpResponse:
+        self.require(self.model_admin.has_view_permission(request))
+        if request.method == "POST":
+            return self._action(request)
+        dlq = get_client().dlq
+        filters = self._filters(request)
+        query = request.GET.get("q", "").strip()
+        before = _positive_int(request.GET.get("before"))
+        if query:
+            entries, has_more = self._search(dlq, query, filters), False
+            total = len(entries)
+        else:
+            entries = dlq.list(limit=PAGE_SIZE + 1, before=before, **_api(filters))
+            entries, has_more = entries[:PAGE_SIZE], len(entries) > PAGE_SIZE
+            total = dlq.count(**_api(filters))
+        params = {k: v for k, v in {**filters, "q": query}.items() if v}
+        context = self.context(
+            request,
+            title="Dead letters",
+            subtitle=None,
+            entries=entries,
+            total=total,
+            query=query,
+            filters=filters,
+            filter_specs=self._filter_specs(filters, params),
+            has_filters_active=any(filters.values()),
+            clear_filters_url=_qs({"q": query} if query else {}),
+            newest_url=_qs(params) if before else None,
+            older_url=_qs({**params, "before": entries[-1].seq}) if has_more else None,
+            search_hidden=[(k, v) for k, v in filters.items() if v],
+            purge_url=self.url("purge") + _qs({k: v for k, v in filters.items() if v}),
+            actions=self._actions(request),
+            has_change_permission=self.model_admin.has_change_permission(request),
+            has_delete_permission=self.model_admin.has_delete_permission(request),
+        )
+        return TemplateResponse(request, "bgjob_django/admin/deadletter_list.html", context)
+
+    @_unavailable_on_nats_errors
+    def detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        self.require(self.model_admin.has_view_permission(request))
+        entry = self._get(object_id)
+        context = self.context(
+            request,
+            title=f"Dead letter {entry.id}",
+            here=entry.id,
+            subtitle=None,
+            object=DeadLetter(id=entry.id),
+            entry=entry,
+            payload=pretty_arg(entry),
+            headers=sorted(entry.headers.items()),
+            has_change_permission=self.model_admin.has_change_permission(request),
+            has_delete_permission=self.model_admin.has_delete_permission(request),
+            changelist_url=self.url("changelist") + _qs({"queue": entry.queue}),
+        )
+        return TemplateResponse(request, "bgjob_django/admin/deadletter_detail.html", context)
+
+    # -- changing ------------------------------------------------------------------------------------
+    @_unavailable_on_nats_errors
+    def retry(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return require_POST(self._retry_one)(request, object_id)
+
+    def _retry_one(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        self.require(self.model_admin.has_change_permission(request))
+        try:
+            get_client().dlq.retry(object_id)
+        except bgjob.DeadLetterNotFound:
+            messages.warning(request, f"Dead letter {object_id} is gone (retried, deleted or purged meanwhile).")
+        else:
+            self._log(request, [object_id], CHANGE, "Retried: sent back to its queue.")
+            messages.success(request, f"Dead letter {object_id} was sent back to its queue.")
+        return HttpResponseRedirect(self.url("changelist"))
+
+    @_unavailable_on_nats_errors
+    def delete(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        self.require(self.model_admin.has_delete_permission(request))
+        entry = self._get(object_id)
+        if request.method == "POST":
+            try:
+                get_client().dlq.delete(entry.id)
+            except bgjob.DeadLetterNotFound:
+                pass
+            self._log(request, [entry.id], DELETION, "Deleted from the dead-letter queue.")
+            messages.success(request, f"Dead letter {entry.id} was deleted.")
+            return HttpResponseRedirect(self.url("changelist"))
+        return self._confirm(request, title="Delete dead letter?", object=DeadLetter(id=entry.id), ids=[entry.id],
+                             question=f"Delete the dead letter of job {entry.id} ({entry.type} on {entry.queue})? "
+                             "It cannot be retried afterwards.", action_url=self.url("delete", entry.id))  # fmt: skip
+
+    @_unavailable_on_nats_errors
+    def purge(self, request: HttpRequest) -> HttpResponse:
+        self.require(self.model_admin.has_delete_permission(request))
+        source = request.POST if request.method == "POST" else request.GET
+        filters = self._filters(request, source)
+        dlq = get_client().dlq
+        if request.method == "POST":
+            purged = dlq.purge(**_api(filters))
+            described = _describe(filters)
+            self._log(request, ["*"], DELETION, f"Purged {purged} dead letters ({described}).")
+            messages.success(request, f"Purged {purged} dead letters ({described}).")
+            return HttpResponseRedirect(self.url("changelist"))
+        count = dlq.count(**_api(filters))
+        question = f"Delete all {count} dead letters ({_describe(filters)})? This cannot be undone."
+        hidden = [(k, v) for k, v in filters.items() if v]
+        return self._confirm(request, title="Purge dead letters?", count=count, filters=filters, ids=[],
+                             question=question, action_url=self.url("purge"), hidden=hidden)
+
+    def _action(self, request: HttpRequest) -> HttpResponse:
+        action = request.POST.get("action", "")
+        ids = [i for i in request.POST.getlist("_selected_action") if i]
+        back = self.url("changelist") + _qs({k: v for k, v in self._filters(request).items() if v})
+        if action not in self._actions(request):
+            messages.error(request, "Choose an action you are allowed to take.")
+            return HttpResponseRedirect(back)
+        if not ids:
+            messages.warning(request, "Select dead letters to act on first.")
+            return HttpResponseRedirect(back)
+        dlq = get_client().dlq
+        done, gone = [], 0
+        if action == "delete_selected" and request.POST.get("post") != "yes":
+            return self._confirm(request, title="Delete dead letters?", ids=ids, action_url=self.url("changelist"),
+                                 question=f"Delete these {len(ids)} dead letters? They cannot be retried afterwards.",
+                                 hidden=[("action", action)])  # fmt: skip
+        for entry_id in ids:
+            try:
+                (dlq.retry if action == "retry_selected" else dlq.delete)(entry_id)
+            except bgjob.DeadLetterNotFound:
+                gone += 1
+            else:
+                done.append(entry_id)
+        verb = "Retried" if action == "retry_selected" else "Deleted"
+        self._log(request, done, CHANGE if action == "retry_selected" else DELETION, f"{verb} from the admin.")
+        text = f"{verb} {len(done)} dead letter{'s' if len(done) != 1 else ''}."
+        messages.success(request, text + (f" {gone} were gone already." if gone else ""))
+        return HttpResponseRedirect(back)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _actions(self, request: HttpRequest) -> dict[str, str]:
+        actions = {}
+        if self.model_admin.has_change_permission(request):
+            actions["retry_selected"] = "Retry selected dead letters"
+        if self.model_admin.has_delete_permission(request):
+            actions["delete_selected"] = "Delete selected dead letters"
+        return actions
+
+    def _get(self, object_id: str) -> bgjob.DeadLetter:
+        try:
+            return get_client().dlq.get(object_id)
+        except bgjob.DeadLetterNotFound as exc:
+            raise Http404(f"No dead letter with id {object_id!r} (retried, deleted or purged?)") from exc
+
+    @staticmethod
+    def _search(dlq: bgjob.DeadLetters, query: str, filters: dict[str, str]) -> list[bgjob.DeadLetter]:
+        """The dead letter whose job id is `query`, if it matches the filters too."""
+        try:
+            entry = dlq.get(query)
+        except bgjob.DeadLetterNotFound:
+            return []
+        keep = all(not v or getattr(entry, k) == v for k, v in filters.items())
+        return [entry] if keep else []
+
+    def _filters(self, request: HttpRequest, source: QueryDict | None = None) -> dict[str, str]:
+        """queue / type / reason from the query string; invalid values are dropped with a message."""
+        source = request.GET if source is None else source
+        found = {}
+        for key, what in FILTERS:
+            value = source.get(key, "").strip()
+            if value and not _valid_filter(key, value):
+                messages.error(request, f"Ignored the invalid {what} {value!r}.")
+                value = ""
+            found[key] = value
+        return found
+
+    def _filter_specs(self, filters: dict[str, str], params: dict[str, str]) -> list[dict[str, Any]]:
+        client = get_client()
+        choices = {
+            "queue": client.queues(),
+            "type": registry.types(),
+            "reason": [*REASONS, "task"],
+        }
+        specs = []
+        for key, what in FILTERS:
+            values = list(dict.fromkeys([*choices[key], *([filters[key]] if filters[key] else [])]))
+            rest = {k: v for k, v in params.items() if k != key}
+            specs.append({
+                "title": what,
+                "choices": [{"display": "All", "selected": not filters[key], "query_string": _qs(rest)}] + [
+                    {"display": v, "selected": filters[key] == v, "query_string": _qs({**rest, key: v})}
+                    for v in values
+                ],
+            })  # fmt: skip
+        return specs
+
+    def _confirm(self, request: HttpRequest, **extra: Any) -> HttpResponse:
+        context = self.context(request, subtitle=None, here=extra["title"], cancel_url=self.url("changelist"), **extra)
+        return TemplateResponse(request, "bgjob_django/admin/deadletter_confirm.html", context)
+
+    def _log(self, request: HttpRequest, ids: list[str], flag: int, message: str) -> None:
+        if ids:
+            LogEntry.objects.log_actions(user_id=request.user.pk, queryset=[DeadLetter(id=i) for i in ids],
+                                         action_flag=flag, change_message=message)  # fmt: skip
+
+
+class QueueViews(_Views):
+    """The overview: per-queue counts, periodic jobs, live workers."""
+
+    @_unavailable_on_nats_errors
+    def overview(self, request: HttpRequest) -> HttpResponse:
+        self.require(self.model_admin.has_view_permission(request))
+        client = get_client()
+        stats = [client.queue_stats(name) for name in client.queues()]
+        can_see_dlq = request.user.has_perm(f"{self.opts.app_label}.view_deadletter")
+        dlq_url = reverse(f"admin:{self.opts.app_label}_deadletter_changelist") if can_see_dlq else None
+        context = self.context(
+            request,
+            title="Queues and workers",
+            subtitle=None,
+            server=client.url,
+            queues=[{"stats": s, "dlq_url": dlq_url + _qs({"queue": s.queue}) if dlq_url else None} for s in stats],
+            schedules=client.schedules(),
+            workers=live_workers(client),
+            handlers=registry.types(),
+            dlq_url=dlq_url,
+        )
+        return TemplateResponse(request, "bgjob_django/admin/overview.html", context)
+
+
+def _api(filters: dict[str, str]) -> dict[str, str | None]:
+    return {"queue": filters["queue"] or None, "job_type": filters["type"] or None, "reason": filters["reason"] or None}
+
+
+def _valid_filter(key: str, value: str) -> bool:
+    validate = {"queue": jobmod.validate_queue, "type": jobmod.validate_type, "reason": validate_reason}[key]
+    try:
+        validate(value)
+    except bgjob.InvalidJob:
+        return False
+    return True
+
+
+def _describe(filters: dict[str, str]) -> str:
+    parts = [f"{what} {filters[key]}" for key, what in FILTERS if filters[key]]
+    return ", ".join(parts) if parts else "all queues, types and reasons"
+
+
+def _positive_int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and int(text) > 0 else None
+
+
+def _qs(params: dict[str, Any]) -> str:
+    clean = {k: v for k, v in params.items() if v not in (None, "")}
+    return "?" + urlencode(clean) if clean else "?"

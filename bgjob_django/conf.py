@@ -1,0 +1,338 @@
+"""The one place where Django's `BGJOB` setting is read and turned into bgjob objects.
+
+Every key is optional: with no `BGJOB` setting at all (and no `BGJOB_URL`), the project's embedded
+nats-server is started on first use. `problems()` lists what is wrong (for the system checks);
+`get_config()` raises ImproperlyConfigured on the first problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+import bgjob
+from bgjob import job as jobmod
+from bgjob.periodic import validate_name as validate_schedule_name
+
+#: BGJOB keys that map one-to-one onto bgjob.Settings fields: URL, PREFIX, REPLICAS, ACK_WAIT, RESULT_TTL, ...
+#: (OPTIONS holds the nats.connect keyword arguments).
+CLIENT_KEYS = {f.name.upper(): f.name for f in dataclasses.fields(bgjob.Settings) if f.name != "nats_options"}
+#: Worker and app keys, with their defaults.
+APP_DEFAULTS: dict[str, Any] = {
+    "OPTIONS": {},  # nats.connect keyword arguments: user, password, token, tls, user_credentials, ...
+    "QUEUES": ["default"],  # the queues `manage.py bgjob_worker` serves without --queue
+    "CONCURRENCY": 16,  # handler threads per queue
+    "MIDDLEWARE": [],  # dotted paths of bgjob middleware (callables, or classes instantiated without arguments)
+    "MAX_ATTEMPTS": 10,  # deliveries before a failing job is dead-lettered
+    "GRACE_PERIOD": 30.0,  # seconds in-flight jobs may finish after SIGTERM
+    "SCHEDULES": {},  # name -> {"cron", "job", "arg", "queue", "tz"}: periodic jobs declared at worker start
+    "ON_COMMIT": False,  # send_job() defers publishing to transaction.on_commit unless told otherwise
+    "METRICS_PORT": None,  # Prometheus /metrics port of the worker (--metrics-port overrides)
+}
+#: Keys people reach for that are spelled differently here, and what to use instead.
+INSTEAD = {
+    "SIGNING": "SIGNING_KEY (and VERIFY_KEYS on workers), the bgjob.Settings fields",
+    "METRICS": "METRICS_PORT (or manage.py bgjob_worker --metrics-port)",
+    "SENTRY": "sentry_sdk.init(..., integrations=[bgjob.contrib.sentry.BgjobIntegration()]) in settings.py",
+}
+KNOWN_KEYS = set(CLIENT_KEYS) | set(APP_DEFAULTS)
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A periodic job to declare at worker start."""
+
+    name: str
+    cron: str
+    job_type: str
+    arg: Any = None
+    queue: str = "default"
+    tz: str = "UTC"
+
+
+@dataclass(frozen=True)
+class Config:
+    """`settings.BGJOB`, validated and translated."""
+
+    client: bgjob.Settings
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 16
+    middleware: tuple[str, ...] = ()
+    max_attempts: int = 10
+    grace_period: float = 30.0
+    schedules: tuple[ScheduleSpec, ...] = ()
+    on_commit: bool = False
+    metrics_port: int | None = None
+
+    def retry_policy(self) -> bgjob.RetryPolicy:
+        return bgjob.RetryPolicy(max_attempts=self.max_attempts)
+
+    def load_middleware(self) -> list[bgjob.Middleware]:
+        """The MIDDLEWARE paths imported; classes are instantiated without arguments."""
+        return [_load_middleware(path) for path in self.middleware]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the BGJOB setting, with a hint that names the fix."""
+
+    id: str
+    msg: str
+    hint: str | None = None
+
+
+def raw_setting() -> Any:
+    return getattr(django_settings, "BGJOB", None) or {}
+
+
+def problems(raw: Any = None) -> list[Problem]:
+    """Everything wrong with `raw` (default: settings.BGJOB); empty when it is usable."""
+    return _parse(raw_setting() if raw is None else raw)[1]
+
+
+def parse(raw: Any) -> Config:
+    """Translate a BGJOB mapping into a Config; raises ImproperlyConfigured on the first problem."""
+    config, found = _parse(raw)
+    if found:
+        first = found[0]
+        raise ImproperlyConfigured(f"{first.msg} (HINT: {first.hint})" if first.hint else first.msg)
+    assert config is not None
+    return config
+
+
+def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
+    found: list[Problem] = []
+
+    def problem(id_: str, msg: str, hint: str | None = None) -> None:
+        found.append(Problem(f"bgjob_django.{id_}", msg, hint))
+
+    if not isinstance(raw, Mapping):
+        problem("E001", f"settings.BGJOB must be a dict, got {type(raw).__name__}", 'e.g. BGJOB = {"URL": "nats://..."}')
+        return None, found
+    for key in raw:
+        if key in INSTEAD:
+            problem("E002", f"BGJOB[{key!r}] is not a bgjob_django setting", f"use {INSTEAD[key]}")
+        elif key not in KNOWN_KEYS:
+            problem("E002", f"unknown key BGJOB[{key!r}]", f"known keys: {', '.join(sorted(KNOWN_KEYS))}")
+    values = {**APP_DEFAULTS, **{k: v for k, v in raw.items() if k in APP_DEFAULTS}}
+
+    url, source = raw.get("URL"), "BGJOB['URL']"
+    if url is None and os.environ.get("BGJOB_URL"):
+        url, source = os.environ["BGJOB_URL"], "the BGJOB_URL environment variable"
+    if url is not None:
+        error = _url_error(url)
+        if error:
+            problem("E003", f"{source} {_redact(url)!r} is not a NATS URL: {error}",
+                    "use nats://host:4222 (tls://, ws://, wss:// too); comma-separate a cluster's servers, "
+                    "or leave URL unset for the embedded server")  # fmt: skip
+    client_settings = None
+    options = values["OPTIONS"]
+    if not isinstance(options, Mapping):
+        problem("E004", "BGJOB['OPTIONS'] must be a dict of nats.connect keyword arguments")
+        options = {}
+    overrides = {field: raw[key] for key, field in CLIENT_KEYS.items() if key in raw}
+    try:
+        client_settings = bgjob.Settings.from_env(**overrides, nats_options=dict(options))
+    except (TypeError, ValueError) as exc:
+        problem("E004", f"BGJOB client settings are invalid: {exc}", "see bgjob.Settings for the allowed values")
+
+    queues = values["QUEUES"]
+    if isinstance(queues, str) or not isinstance(queues, (list, tuple)) or not queues:
+        problem("E005", "BGJOB['QUEUES'] must be a non-empty list of queue names", 'e.g. ["default", "mail"]')
+        queues = ["default"]
+    for queue in queues:
+        if not _valid(jobmod.validate_queue, queue):
+            problem("E005", f"BGJOB['QUEUES'] has an invalid queue name {queue!r}",
+                    "use lower-case letters, digits, '_' and '-' (max 64)")  # fmt: skip
+    for key, minimum in (("CONCURRENCY", 1), ("MAX_ATTEMPTS", 1)):
+        if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < minimum:
+            problem("E006", f"BGJOB[{key!r}] must be an integer >= {minimum}, got {values[key]!r}")
+            values[key] = APP_DEFAULTS[key]
+    if not isinstance(values["GRACE_PERIOD"], (int, float)) or values["GRACE_PERIOD"] < 0:
+        problem("E006", f"BGJOB['GRACE_PERIOD'] must be seconds >= 0, got {values['GRACE_PERIOD']!r}")
+        values["GRACE_PERIOD"] = APP_DEFAULTS["GRACE_PERIOD"]
+    port = values["METRICS_PORT"]
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536):
+        problem("E006", f"BGJOB['METRICS_PORT'] must be a TCP port number or None, got {port!r}")
+        values["METRICS_PORT"] = None
+    if not isinstance(values["ON_COMMIT"], bool):
+        problem("E006", f"BGJOB['ON_COMMIT'] must be True or False, got {values['ON_COMMIT']!r}")
+        values["ON_COMMIT"] = False
+
+    middleware = values["MIDDLEWARE"]
+    if isinstance(middleware, str) or not isinstance(middleware, (list, tuple)):
+        problem("E007", "BGJOB['MIDDLEWARE'] must be a list of dotted paths", 'e.g. ["myapp.jobs.timing"]')
+        middleware = []
+    for path in middleware:
+        try:
+            _load_middleware(path)
+        except ImproperlyConfigured as exc:
+            problem("E007", str(exc), "give the dotted path of a callable mw(job, call_next) or of a class whose "
+                    "instances are such callables")  # fmt: skip
+
+    schedules = _parse_schedules(values["SCHEDULES"], problem)
+    if found:
+        return None, found
+    assert client_settings is not None
+    return Config(
+        client=client_settings,
+        queues=tuple(dict.fromkeys(queues)),
+        concurrency=values["CONCURRENCY"],
+        middleware=tuple(middleware),
+        max_attempts=values["MAX_ATTEMPTS"],
+        grace_period=float(values["GRACE_PERIOD"]),
+        schedules=schedules,
+        on_commit=values["ON_COMMIT"],
+        metrics_port=values["METRICS_PORT"],
+    ), found
+
+
+def _parse_schedules(raw: Any, problem: Any) -> tuple[ScheduleSpec, ...]:
+    if not isinstance(raw, Mapping):
+        problem("E008", "BGJOB['SCHEDULES'] must be a dict of name -> {'cron': ..., 'job': ...}")
+        return ()
+    specs = []
+    allowed = {"cron", "job", "arg", "queue", "tz"}
+    example = '{"nightly": {"cron": "0 3 * * *", "job": "report", "arg": {...}, "tz": "Europe/Berlin"}}'
+    for name, entry in raw.items():
+        where = f"BGJOB['SCHEDULES'][{name!r}]"
+        if not isinstance(entry, Mapping) or "cron" not in entry or "job" not in entry:
+            problem("E008", f"{where} needs at least 'cron' and 'job'", f"e.g. {example}")
+            continue
+        unknown = set(entry) - allowed
+        if unknown:
+            problem("E008", f"{where} has unknown keys {sorted(unknown)}", f"allowed: {sorted(allowed)}")
+        spec = ScheduleSpec(name=name, cron=entry["cron"], job_type=entry["job"], arg=entry.get("arg"),
+                            queue=entry.get("queue", "default"), tz=entry.get("tz", "UTC"))  # fmt: skip
+        error = schedule_error(spec)
+        if error:
+            problem("E009", f"{where}: {error}", "cron has 5 fields 'minute hour day month weekday' (e.g. '0 3 * * *') "
+                    "or 6 with seconds first; tz is an IANA name like 'Europe/Berlin'")  # fmt: skip
+        else:
+            specs.append(spec)
+    return tuple(specs)
+
+
+def schedule_error(spec: ScheduleSpec) -> str | None:
+    """Why a periodic job cannot be declared, or None."""
+    try:
+        validate_schedule_name(spec.name)
+        bgjob.ByCron(spec.cron, spec.tz)
+        jobmod.validate_type(spec.job_type)
+        jobmod.validate_queue(spec.queue)
+        jobmod.encode_arg(spec.arg)
+    except (bgjob.InvalidSchedule, bgjob.InvalidJob, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def _url_error(url: Any) -> str | None:
+    if not isinstance(url, str) or not url.strip():
+        return "it must be a non-empty string"
+    for part in url.split(","):
+        part = part.strip()
+        if "://" not in part:
+            part = "nats://" + part
+        try:
+            parsed = urllib.parse.urlsplit(part)
+            port = parsed.port
+        except ValueError as exc:
+            return str(exc)
+        if parsed.scheme not in URL_SCHEMES:
+            return f"scheme {parsed.scheme!r} is not one of {', '.join(URL_SCHEMES)}"
+        if not parsed.hostname:
+            return "no host"
+        if port == 0:
+            return "port 0"
+    return None
+
+
+def _redact(url: Any) -> Any:
+    """The URL without credentials, for messages."""
+    return re.sub(r"//[^/@,]*@", "//***@", url) if isinstance(url, str) else url
+
+
+def _valid(validate: Any, value: Any) -> bool:
+    try:
+        validate(value)
+    except (bgjob.InvalidJob, bgjob.InvalidSchedule):
+        return False
+    return True
+
+
+def _load_middleware(path: Any) -> bgjob.Middleware:
+    if not isinstance(path, str):
+        raise ImproperlyConfigured(f"BGJOB['MIDDLEWARE'] entries must be dotted paths, got {path!r}")
+    try:
+        obj = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"BGJOB['MIDDLEWARE'] entry {path!r} cannot be imported: {exc}") from exc
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise ImproperlyConfigured(f"BGJOB['MIDDLEWARE'] class {path!r} cannot be built without arguments: "
+                                       f"{exc}") from exc
+    if not callable(obj):
+        raise ImproperlyConfigured(f"BGJOB['MIDDLEWARE'] entry {path!r} is not callable")
+    return obj
+
+
+# -- the process-wide config and client ------------------------------------------------------------
+_lock = threading.Lock()
+_config: Config | None = None
+_client: bgjob.Client | None = None
+
+
+def get_config() -> Config:
+    """settings.BGJOB, translated once per process (and again after a settings change in tests)."""
+    global _config
+    config = _config
+    if config is None:
+        with _lock:
+            if _config is None:
+                _config = parse(raw_setting())
+            config = _config
+    return config
+
+
+def get_client() -> bgjob.Client:
+    """The Django project's bgjob client; it connects lazily, on first use, and survives fork()."""
+    global _client
+    client = _client
+    if client is None:
+        config = get_config()
+        with _lock:
+            if _client is None:
+                _client = bgjob.Client(config.client)
+            client = _client
+    return client
+
+
+def reset() -> None:
+    """Forget the config and close the client (settings changed, or a test is done with them)."""
+    global _config, _client
+    with _lock:
+        client, _client, _config = _client, None, None
+    if client is not None:
+        client.close()
+
+
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "BGJOB":
+        reset()
+

@@ -1,0 +1,30 @@
+"""How dead letters, queues and workers are shown, shared by the admin pages and the commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import bgjob
+
+
+def entry_summary(entry: bgjob.DeadLetter) -> dict[str, Any]:
+    """A dead letter's fields, without its body and traceback."""
+    return {
+        "id": entry.id, "seq": entry.seq, "queue": entry.queue, "type": entry.type, "reason": entry.reason,
+        "error": entry.error, "attempts": entry.attempts, "first_failure_at": entry.first_failure_at,
+        "last_failure_at": entry.last_failure_at, "enqueued_at": entry.enqueued_at, "request_id": entry.request_id,
+    }  # fmt: skip
+
+
+def pretty_arg(entry: bgjob.DeadLetter) -> str:
+    """The job's arg as indented JSON; raw bytes as a Python bytes literal (shortened)."""
+    arg = entry.arg
+    if isinstance(arg, bytes):
+        return repr(arg[:4096]) + (f" ... ({len(arg)} bytes)" if len(arg) > 4096 else "")
+    return json.dumps(arg, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def live_workers(client: bgjob.Client) -> list[bgjob.WorkerInfo]:
+    """The workers alive now (bgjob's worker directory), by id."""
+    return client.workers()

@@ -1,0 +1,39 @@
+"""`manage.py bgjob_status`: queues, periodic jobs and workers at a glance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+import bgjob
+from bgjob_django.conf import get_client
+from bgjob_django.display import live_workers
+
+
+class Command(BaseCommand):
+    help = "Per queue: pending, in-flight, scheduled and dead jobs; the periodic jobs; the live workers."
+    requires_system_checks: tuple[str, ...] = ()
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        client = get_client()
+        try:
+            self.stdout.write(f"server: {client.url}")
+            self.stdout.write(f"{'QUEUE':24} {'PENDING':>10} {'IN-FLIGHT':>10} {'SCHEDULED':>10} {'DLQ':>8}")
+            for name in client.queues():
+                s = client.queue_stats(name)
+                self.stdout.write(f"{s.queue:24} {s.pending:>10} {s.in_flight:>10} {s.scheduled:>10} {s.dlq:>8}")
+            periodic = client.schedules()
+            if periodic:
+                self.stdout.write(f"\n{'SCHEDULE':24} {'QUEUE':16} {'TYPE':24} {'CRON':18} {'TZ':16} NEXT RUN (UTC)")
+                for p in periodic:
+                    next_run = p.next_run().strftime("%Y-%m-%d %H:%M:%S")
+                    self.stdout.write(f"{p.name:24} {p.queue:16} {p.job_type:24} {p.cron:18} {p.tz:16} {next_run}")
+            workers = live_workers(client)
+            self.stdout.write(f"\nworkers: {len(workers)}")
+            for w in workers:
+                beat = w.last_beat.strftime("%H:%M:%S") if w.last_beat else "-"
+                self.stdout.write(f"  {w.id:40} queues {','.join(w.queues):24} concurrency {w.concurrency:<4} "
+                                  f"in-flight {w.in_flight:<4} processed {w.processed:<8} beat {beat}")  # fmt: skip
+        except bgjob.BgjobError as exc:
+            raise CommandError(str(exc)) from exc

@@ -1,0 +1,170 @@
+"""Running bgjob Workers for a Django project: one per queue, sharing the project's client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from django.conf import settings
+
+import bgjob
+from bgjob.logs import LogJobs
+
+from .conf import Config, ScheduleSpec
+from .job_middleware import CloseOldConnections
+from .registry import Registry
+
+log = logging.getLogger("bgjob_django.worker")
+
+#: Marks periodic jobs declared by bgjob_django, so ones removed from the project can be removed.
+DECLARED_HEADER = "X-Bgjob-Django-Schedule"
+
+#: The id of the bgjob Worker serving each queue in this process (what the worker directory shows).
+_worker_ids: dict[str, str] = {}
+
+
+def worker_id(queue: str) -> str:
+    """The id of this process's worker for `queue`; host and pid if none serves it here."""
+    return _worker_ids.get(queue) or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def default_queues(config: Config) -> list[str]:
+    """BGJOB["QUEUES"] plus the queues of every configured django.tasks BgjobBackend."""
+    queues = list(config.queues)
+    for backend in _task_backends():
+        queues.extend(backend.bgjob_queues())
+    return list(dict.fromkeys(queues))
+
+
+def _task_backends() -> Iterable[Any]:
+    if not getattr(settings, "TASKS", None):
+        return []
+    try:
+        from django.tasks import task_backends
+
+        from .tasks import BgjobBackend
+    except ImportError:
+        return []
+    return [b for b in task_backends.all() if isinstance(b, BgjobBackend)]
+
+
+def middleware(config: Config, extra: Sequence[bgjob.Middleware] = ()) -> list[bgjob.Middleware]:
+    """The chain around every handler, outermost first: DB-connection hygiene; bgjob's Recovery, RequestId and
+    LogJobs (as `bgjob worker` has them); `extra` (metrics); then BGJOB["MIDDLEWARE"]."""
+    return [CloseOldConnections(), bgjob.Recovery(), bgjob.RequestId(), LogJobs(), *extra, *config.load_middleware()]
+
+
+def declare_schedules(client: bgjob.Client, specs: Sequence[ScheduleSpec], queues: Sequence[str]) -> None:
+    """Declare the project's periodic jobs, and remove those it declared before but declares no more.
+
+    Only schedules on `queues` (the ones this worker serves) are pruned, and only ones bgjob_django
+    declared: schedules made with `bgjob` or `client.schedule()` directly are left alone.
+    """
+    wanted = {(s.queue, s.name) for s in specs}
+    for spec in specs:
+        changed = client.schedule(spec.name, spec.cron, spec.job_type, spec.arg, queue=spec.queue, tz=spec.tz,
+                                  headers={DECLARED_HEADER: "1"})  # fmt: skip
+        if changed:
+            log.info("periodic job %r: %s %r on queue %r (%s)", spec.name, spec.job_type, spec.cron, spec.queue,
+                     spec.tz)  # fmt: skip
+    for queue in queues:
+        for existing in client.schedules(queue):
+            if existing.headers.get(DECLARED_HEADER) and (queue, existing.name) not in wanted:
+                client.unschedule(existing.name, queue=queue)
+                log.info("periodic job %r on queue %r is no longer declared: removed", existing.name, queue)
+
+
+class WorkerGroup:
+    """Workers for several queues in one process, started and drained together."""
+
+    def __init__(self, client: bgjob.Client, mux: Registry, queues: Sequence[str], config: Config,
+                 concurrency: int | None = None, extra_middleware: Sequence[bgjob.Middleware] = (),
+                 **worker_options: Any) -> None:  # fmt: skip
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        chain = middleware(config, extra_middleware)
+        self.workers = [
+            bgjob.Worker(client, mux, queue=queue, concurrency=concurrency or config.concurrency, middleware=chain,
+                         retry_policy=config.retry_policy(), grace_period=config.grace_period, **worker_options)
+            for queue in queues
+        ]
+        _worker_ids.update({worker.queue: worker.id for worker in self.workers})
+        self._threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start every worker; returns once all are fetching."""
+        for worker in self.workers:
+            self._threads.append(worker.start())
+
+    def stop(self) -> None:
+        """Stop fetching everywhere and let in-flight jobs drain; safe from any thread or a signal handler."""
+        self._stopped.set()
+        for worker in self.workers:
+            worker.stop()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for all workers to finish draining; returns whether they did."""
+        for thread in self._threads:
+            thread.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
+
+    def run(self) -> bool:
+        """Start, then block until SIGTERM/SIGINT (a second one exits at once) or stop(); then drain.
+
+        Returns False if a worker died on its own (its error is logged) rather than being stopped.
+        """
+        restore = _install_signal_handlers(self.stop) if threading.current_thread() is threading.main_thread() else None
+        healthy = True
+        try:
+            self.start()
+            while not self._stopped.wait(0.5):
+                if not all(t.is_alive() for t in self._threads):
+                    log.error("a worker stopped by itself; stopping the others")
+                    healthy = False
+                    self.stop()
+            self.join()
+        finally:
+            if restore is not None:
+                restore()
+        return healthy
+
+
+def _install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
+    received = 0
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            log.warning("%s: draining in-flight jobs (send again to exit now)", signal.Signals(signum).name)
+            stop()
+        else:
+            log.warning("second signal: exiting now; unfinished jobs are redelivered after ack_wait")
+            os._exit(1)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def serve_metrics(client: bgjob.Client, port: int, addr: str = "0.0.0.0") -> bgjob.Middleware:
+    """Serve Prometheus metrics (job metrics and queue gauges) on addr:port; returns the Metrics middleware.
+
+    Raises ImportError without prometheus-client, OSError when the port is taken.
+    """
+    from bgjob.contrib.prometheus import PrometheusMetricStorage, start_metrics_server
+
+    storage = PrometheusMetricStorage()
+    start_metrics_server(port, addr, client=client)
+    log.info("Prometheus metrics on http://%s:%d/metrics", addr, port)
+    return bgjob.Metrics(storage)

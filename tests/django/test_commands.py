@@ -1,0 +1,75 @@
+"""`manage.py bgjob_dlq` and `manage.py bgjob_status` against a real nats-server."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from bgjob_django import send_job
+
+from ..conftest import wait_until
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def dead_letters(bgjob_client, run_worker):
+    """Three jobs of type `fail` dead-lettered on queue default, one on queue mail; returns their ids."""
+    run_worker(queues=("default", "mail"))
+    ids = []
+    for n, queue in enumerate(("default", "default", "default", "mail")):
+        ids.append(send_job("fail", n, queue=queue))
+        # one at a time, so the DLQ's order is the order sent
+        wait_until(lambda n=n: bgjob_client.dlq.count() == n + 1, message=f"dead letter {n + 1}")
+    return ids
+
+
+def test_dlq_list_shows_the_newest_first_with_a_total(dead_letters) -> None:
+    out = run("bgjob_dlq", "list", "--limit", "2")
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["SEQ", "ID", "QUEUE", "TYPE"]
+    assert dead_letters[3] in lines[1] and dead_letters[2] in lines[2]
+    assert "(2 shown of 4; next page: --before" in lines[-1]
+    listed = json.loads(run("bgjob_dlq", "list", "--queue", "default", "--json"))
+    assert [e["id"] for e in listed] == dead_letters[2::-1] and listed[0]["reason"] == "handler"
+
+
+def test_dlq_show_prints_arg_headers_and_error(dead_letters) -> None:
+    shown = json.loads(run("bgjob_dlq", "show", dead_letters[1]))
+    assert shown["id"] == dead_letters[1] and shown["arg"] == "1" and shown["error"] == "cannot handle 1"
+    assert shown["headers"]["Bgjob-Type"] == "fail"
+    with pytest.raises(CommandError, match="no dead letter with id 'nope'"):
+        run("bgjob_dlq", "show", "nope")
+
+
+def test_dlq_retry_delete_and_purge(dead_letters, bgjob_client) -> None:
+    assert f"deleted {dead_letters[0]}" in run("bgjob_dlq", "delete", dead_letters[0])
+    assert bgjob_client.dlq.count() == 3
+    with pytest.raises(CommandError, match="would purge 1 dead letters; add --yes"):
+        run("bgjob_dlq", "purge", "--queue", "mail")
+    assert "purged 1 dead letters" in run("bgjob_dlq", "purge", "--queue", "mail", "--yes")
+    assert f"retried {dead_letters[1]}" in run("bgjob_dlq", "retry", dead_letters[1])
+    # the retried job fails again and comes back: retry --all only takes the ones there when it started
+    wait_until(lambda: bgjob_client.dlq.count() == 2, message="the retried job back in the DLQ")
+    assert "retried 2 dead letters" in run("bgjob_dlq", "retry", "--all", "--type", "fail")
+    with pytest.raises(CommandError, match="give dead letter ids, or --all"):
+        run("bgjob_dlq", "retry")
+
+
+def test_status_lists_queues_schedules_and_live_workers(dead_letters, bgjob_client) -> None:
+    bgjob_client.schedule("nightly", "0 3 * * *", "report", {"user": 1}, tz="Europe/Berlin")
+    out = run("bgjob_status")
+    assert f"server: {bgjob_client.url}" in out
+    assert [ln.split() for ln in out.splitlines() if ln.startswith(("default ", "mail "))] == [
+        ["default", "0", "0", "1", "3"],  # the schedule is a stored message: "scheduled"
+        ["mail", "0", "0", "0", "1"],
+    ]
+    assert "nightly" in out and "Europe/Berlin" in out
+    assert "workers: 2" in out and "queues default" in out and "queues mail" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,10 @@ class Core:
                         servers=servers,
                         name=self.settings.name or f"bgjob-{os.getpid()}",
                         connect_timeout=self.settings.connect_timeout,
-                        # Bounded during the first connect (tenacity retries it); unbounded afterwards.
+                        # The first connect fails fast (tenacity retries what is worth retrying): with
+                        # reconnecting allowed, nats-py hides a refused login behind NoServersError and
+                        # never returns from a certificate that doesn't verify. Allowed after it.
+                        allow_reconnect=False,
                         max_reconnect_attempts=1,
                         reconnect_time_wait=0.25,
                         error_cb=self._on_error,
@@ -92,6 +96,7 @@ class Core:
             raise ConnectionError(f"cannot connect to NATS at {redact_url(self.url)}: {_describe(exc)}") from exc
         except OSError as exc:
             raise ConnectionError(f"cannot connect to NATS at {redact_url(self.url)}: {exc}") from exc
+        self.nc.options["allow_reconnect"] = True
         self.nc.options["max_reconnect_attempts"] = -1
         check_server(self.nc)
         self.js = self.nc.jetstream(timeout=self.settings.request_timeout)
@@ -156,6 +161,9 @@ class Core:
     async def publish(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None = None) -> Any:
         """Publish and wait for the PubAck; retries reuse the `Nats-Msg-Id`, so they never duplicate."""
         assert self.nc is not None and self.js is not None
+        size = len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        if size > self.max_payload:  # nats-py would send it and the server would close the connection
+            raise InvalidJob(f"message of {size} bytes exceeds the server's max_payload of {self.max_payload}")
         if queue is not None and queue not in self._provisioned:
             await self.ensure_queue(queue)
         try:  # the fast path: no retry machinery unless something goes wrong
@@ -229,7 +237,10 @@ class Core:
 
 
 def _connect_retryable(exc: BaseException) -> bool:
-    return is_transient(exc) and not isinstance(exc, nats.errors.AuthorizationError)
+    """Worth another connect attempt: not a refused login, nor a TLS failure (certificates don't heal)."""
+    if isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError)) or "authorization" in str(exc).lower():
+        return False
+    return is_transient(exc)
 
 
 def _describe(exc: BaseException) -> str:

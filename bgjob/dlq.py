@@ -105,8 +105,24 @@ async def move_to_dlq(
     headers.pop(CARRIED_FIRST_FAILURE, None)
     if traceback:
         headers[TRACEBACK] = json.dumps(traceback[-MAX_TRACEBACK:])
+    body = msg.data or b""
+    _fit(headers, body, core.max_payload)
     subject = core.topology.dlq_subject(queue, reason, job_id, job_type)
-    await core.publish(subject, msg.data or b"", headers)
+    await core.publish(subject, body, headers)
+
+
+def _fit(headers: dict[str, str], body: bytes, max_payload: int) -> None:
+    """Shorten the traceback, then the error, so the dead letter fits the server's max_payload."""
+
+    def excess() -> int:
+        return len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 256 - max_payload
+
+    for name, keep_end in ((TRACEBACK, True), (ERROR, False)):
+        if name in headers and excess() > 0:
+            text = json.loads(headers[name])
+            room = max(0, len(text) - excess() - 64)
+            text = ("..." + text[len(text) - room :]) if keep_end else (text[:room] + "...")
+            headers[name] = json.dumps(text)
 
 
 def stored_headers(raw: RawStreamMsg) -> dict[str, str]:

@@ -34,9 +34,16 @@ def spec_of(item: Any) -> JobSpec:
     raise InvalidJob(f"expected a (type, arg) pair or a bgjob.JobSpec, got {item!r}")
 
 
+#: bytes kept free below the server's max_payload so a job can always be dead-lettered with its error.
+DLQ_HEADROOM = 8 * 1024
+
+
 def check_size(core: Core, body: bytes, headers: dict[str, str]) -> None:
-    if len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > core.max_payload:
-        raise InvalidJob(f"job is {len(body)} bytes; the server accepts at most {core.max_payload}")
+    size = len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    if size > core.max_payload - DLQ_HEADROOM:
+        raise InvalidJob(f"job is {size} bytes with its headers; the server accepts at most "
+                         f"{core.max_payload - DLQ_HEADROOM} (its max_payload of {core.max_payload} less "
+                         f"{DLQ_HEADROOM} kept for a dead letter's error)")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -19,6 +20,8 @@ from nats.js.api import (
 
 from .errors import ServerVersionError
 from .settings import Settings
+
+log = logging.getLogger("bgjob.topology")
 
 MIN_SERVER_VERSION = (2, 12, 0)
 
@@ -138,13 +141,20 @@ def check_server(nc: NATS) -> None:
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one in line with `config`."""
+    """Create the stream; an existing one keeps its operator-tuned settings (replicas, limits) and only
+    gets what bgjob needs switched on (message schedules)."""
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10058:  # stream name already in use with a different configuration
             raise
-        await js.update_stream(config)
+        existing = (await js.stream_info(config.name)).config
+        if existing.num_replicas != config.num_replicas:
+            log.warning("stream %s has %s replicas, this process's settings ask for %s: left as it is",
+                        config.name, existing.num_replicas, config.num_replicas)  # fmt: skip
+        if config.allow_msg_schedules and not existing.allow_msg_schedules:
+            existing.allow_msg_schedules = True
+            await js.update_stream(existing)
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

@@ -63,12 +63,15 @@ class Client:
     def _ensure(self) -> tuple[Runtime, Core]:
         """The runtime and connection of this process, (re)built on first use or after fork()."""
         runtime, core = self._runtime, self._core
-        if runtime is not None and core is not None and runtime.alive:
+        if runtime is not None and core is not None and runtime.alive and not core.lost:
             return runtime, core
         with self._connect_gate():
             if self._closed:
                 raise BgjobError("this bgjob client is closed")
-            if self._runtime is None or not self._runtime.alive:
+            if self._core is not None and self._core.lost and self._runtime is not None and self._runtime.alive:
+                log.warning("the NATS connection was closed under us; connecting again")
+                self._runtime.stop()
+            if self._runtime is None or not self._runtime.alive or self._core is None or self._core.lost:
                 if self._url is None:
                     self._url = _resolve_url(self.settings)
                 runtime = Runtime()

@@ -110,6 +110,11 @@ class Core:
         )
 
     @property
+    def lost(self) -> bool:
+        """The connection was closed, and not by us (nats-py gives up on some protocol errors)."""
+        return self.nc is not None and self.nc.is_closed and not self._closing
+
+    @property
     def max_payload(self) -> int:
         return self.nc.max_payload if self.nc is not None else 1024 * 1024
 

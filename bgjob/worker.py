@@ -24,6 +24,7 @@ from . import job as jobmod
 from .client import Client
 from .context import current_job
 from .core import Core
+from .errors import ConnectionError
 from .handler import HandlerFunc, Mux
 from .middleware import Handler, Middleware, chain
 from .pool import Pool, make_pool
@@ -188,7 +189,9 @@ class Worker:
                 if free > 0 and (free >= threshold or pull.requested == 0):
                     try:
                         await pull.request(min(free, self.max_batch), inbox)
-                    except Exception as exc:  # noqa: BLE001 - disconnected: nats-py reconnects, we retry
+                    except Exception as exc:
+                        if core.lost:  # closed for good: let run() fail so a supervisor restarts the worker
+                            raise ConnectionError("the NATS connection was closed; the worker stops") from exc
                         log.warning("pull request on %s failed: %r", stream, exc)
                         await self._wait(self._stop_event, timeout=1.0)
                         continue

@@ -1,0 +1,151 @@
+"""Scenario 3: a 3-node nats-server cluster on loopback, replicas=3; the queue stream's leader is
+SIGKILLed mid-run. Producers and workers hold all three URLs and fail over; nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import bgjob
+from bgjob.server import EmbeddedServer, free_port
+
+from ..conftest import wait_until
+from .support import Scenario, consumer_counts, done_ids, nats_call, scale, stream_name, wait_for_completion
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+JOBS = scale(1000, 5000)
+
+
+class Cluster:
+    """Three JetStream nodes routed to each other on loopback ports, each with its own store."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        client_ports = [free_port() for _ in range(size)]
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = []
+        for i in range(size):
+            routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(route_ports) if j != i)
+            args = [
+                "--cluster_name",
+                "bgjob-rel",
+                "--cluster",
+                f"nats://127.0.0.1:{route_ports[i]}",
+                "--routes",
+                routes,
+            ]
+            self.nodes.append(EmbeddedServer(root / f"n{i}", port=client_ports[i], extra_args=args))
+        self.url = ",".join(f"nats://127.0.0.1:{p}" for p in client_ports)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start(timeout=30)
+        # JetStream answers only once the nodes have elected a meta leader.
+        wait_until(self._meta_leader, timeout=60, message="a JetStream meta leader")
+
+    def _meta_leader(self) -> bool:
+        async def ask(_nc: object, js: object) -> None:
+            await js.account_info()  # type: ignore[attr-defined]
+
+        try:
+            nats_call(self.url, ask)
+        except Exception:  # noqa: BLE001 - not yet
+            return False
+        return True
+
+    def node_named(self, name: str) -> EmbeddedServer:
+        return next(node for node in self.nodes if node.name == name)
+
+    def stream_leader(self, stream: str) -> str | None:
+        """The name of the stream's leader; None while there is none (an election is running)."""
+
+        async def ask(_nc: object, js: object) -> str | None:
+            return (await js.stream_info(stream)).cluster.leader or None  # type: ignore[attr-defined]
+
+        try:
+            return nats_call(self.url, ask)
+        except Exception:  # noqa: BLE001 - no leader to answer yet
+            return None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    nodes = Cluster(tmp_path / "cluster")
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.mark.timeout(scale(240, 900))
+def test_killing_the_stream_leader_of_a_replicated_queue_loses_no_job(cluster, prefix, workers) -> None:
+    scenario = Scenario("3 cluster: kill stream leader (R3)")
+    settings = bgjob.Settings(url=cluster.url, prefix=prefix, replicas=3, ack_wait=3.0, retry_for=60.0,
+                              request_timeout=3.0)  # fmt: skip
+    client = bgjob.Client(settings).connect()
+    ids = [f"c-{i}" for i in range(JOBS)]
+    returned: list[str] = []
+    refused: dict[str, str] = {}
+
+    def produce() -> None:
+        for job_id in ids:
+            try:
+                client.send_job("work", {"ms": 2}, job_id=job_id)
+            except bgjob.BgjobError as exc:
+                refused[job_id] = repr(exc)
+            else:
+                returned.append(job_id)
+            time.sleep(0.002)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    try:
+        client.ensure_queue()
+        stream = stream_name(prefix)
+        config = {"url": cluster.url, "prefix": prefix, "replicas": 3, "ack_wait": 3.0, "concurrency": 8,
+                  "retry_for": 60.0}  # fmt: skip
+        worker_procs = [workers.start(**config) for _ in range(2)]
+        producer.start()
+        wait_until(lambda: len(set(done_ids(workers.record))) >= JOBS // 3, timeout=120, message="a third done")
+        leader = wait_until(lambda: cluster.stream_leader(stream), message="the stream leader")
+        sent_at_kill = len(returned)
+        cluster.node_named(leader).kill()
+        wait_until(lambda: cluster.stream_leader(stream) not in (None, leader), timeout=60, message="a new leader")
+        producer.join(scale(180, 600))
+        assert not producer.is_alive(), "the producer hangs"
+        result = wait_for_completion(workers.record, returned, timeout=scale(120, 300))
+        scenario.report(result, note=f"{len(refused)} send errors (allowed); leader killed after {sent_at_kill} sent")
+        assert not result.lost, result.lost_message() + "\n" + workers.log_tail()
+        wait_until(lambda: (c := consumer_counts(cluster.url, prefix)).pending + c.ack_pending == 0,
+                   timeout=60, message="an empty queue")  # fmt: skip
+        assert client.dlq.count() == 0
+        assert all(proc.poll() is None for proc in worker_procs), "a worker died:\n" + workers.log_tail()
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_process_with_default_replicas_does_not_downgrade_a_replicated_queue(cluster, prefix) -> None:
+    """Found here, fixed in b16c3e6: ensure_stream updated an existing stream with this process's config, so a
+    worker started without BGJOB_REPLICAS silently turned the R3 queue into R1 (then one node loss took it)."""
+    replicated = bgjob.Client(bgjob.Settings(url=cluster.url, prefix=prefix, replicas=3)).connect()
+    careless = bgjob.Client(bgjob.Settings(url=cluster.url, prefix=prefix)).connect()  # BGJOB_REPLICAS forgotten
+    try:
+        replicated.ensure_queue()
+        careless.ensure_queue()  # what every worker and producer does on its first use of the queue
+
+        async def replicas(_nc: object, js: object) -> int:
+            return (await js.stream_info(stream_name(prefix))).config.num_replicas  # type: ignore[attr-defined]
+
+        assert nats_call(cluster.url, replicas) == 3
+    finally:
+        careless.close()
+        replicated.close()

@@ -170,6 +170,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             for p in periodic:
                 next_run = p.next_run().strftime("%Y-%m-%d %H:%M:%S")
                 print(f"{p.name:24} {p.queue:12} {p.job_type:20} {p.cron:18} {p.tz:16} {next_run}")
+        workers = client.workers()
+        print(f"\n{len(workers)} live worker(s)")
+        if workers:
+            print(f"{'WORKER':40} {'QUEUES':16} {'CONC':>5} {'IN-FLIGHT':>9} {'PROCESSED':>10}  LAST BEAT (UTC)")
+            for w in workers:
+                beat = w.last_beat.strftime("%H:%M:%S") if w.last_beat else "-"
+                queues = ",".join(w.queues)
+                print(f"{w.id:40} {queues:16} {w.concurrency:>5} {w.in_flight:>9} {w.processed:>10}  {beat}")
     finally:
         client.close()
     return 0

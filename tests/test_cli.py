@@ -98,11 +98,14 @@ def test_dlq_purge_asks_for_confirmation(cli_env, client, start_worker) -> None:
     assert out.returncode == 0 and "purged 1" in out.stdout and client.dlq.count() == 0
 
 
-def test_status_lists_periodic_jobs(cli_env, client) -> None:
+def test_status_lists_periodic_jobs_and_live_workers(cli_env, client, start_worker) -> None:
     client.schedule("nightly-report", "0 3 * * *", "report", tz="Europe/Berlin")
+    worker = start_worker(client, bgjob.Mux())
+    wait_until(client.workers, message="worker listed")
     out = bgjob_cli(cli_env, "status")
     assert out.returncode == 0
     assert "nightly-report" in out.stdout and "0 3 * * *" in out.stdout and "Europe/Berlin" in out.stdout
+    assert "1 live worker(s)" in out.stdout and worker.id in out.stdout
 
 
 def test_dlq_show_unknown_id_is_a_clear_error(cli_env, client) -> None:

@@ -12,6 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 import bgjob
 from bgjob import job as jobmod
 from bgjob.client import prepare_job
+from bgjob.producer import spec_of
 
 from .conf import get_client, get_config
 from .request_id import get_request_id
@@ -70,7 +71,10 @@ def send_jobs(
     request_id = get_request_id()
     specs = []
     for index, item in enumerate(jobs):
-        spec = item if isinstance(item, bgjob.JobSpec) else _spec_of(item, index)
+        try:
+            spec = item if isinstance(item, bgjob.JobSpec) else spec_of(item)
+        except bgjob.InvalidJob as exc:
+            raise bgjob.InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
         specs.append(dataclasses.replace(
             spec,
             job_id=spec.job_id if spec.job_id is not None else jobmod.new_job_id(),
@@ -90,8 +94,3 @@ def send_jobs(
     transaction.on_commit(lambda: get_client().send_jobs(specs, queue=queue), using=using)
     return [spec.job_id for spec in specs]  # type: ignore[misc]
 
-
-def _spec_of(item: Any, index: int) -> bgjob.JobSpec:
-    if isinstance(item, tuple) and len(item) == 2:
-        return bgjob.JobSpec(item[0], item[1])
-    raise bgjob.InvalidJob(f"job {index}: expected a (type, arg) pair or a bgjob.JobSpec, got {item!r}")

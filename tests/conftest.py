@@ -81,6 +81,27 @@ def start_worker() -> Iterator[Callable[..., bgjob.Worker]]:
         assert not thread.is_alive(), "worker did not stop"  # type: ignore[attr-defined]
 
 
+def run_mixed_outcomes(client: bgjob.Client, start_worker: Callable[..., bgjob.Worker], storage: object) -> None:
+    """Run a worker with Recovery + Metrics(storage) over 3 successes, a retry-then-success, a MoveToDlq,
+    an exception that exhausts max_attempts=2 and an unknown type; return once the 3 dead letters are in."""
+    mux = bgjob.Mux()
+    mux.handle("ok", lambda job: bgjob.Complete())
+    mux.handle("flaky", lambda job: bgjob.Retry(0.05) if job.attempt == 1 else bgjob.Complete())
+    mux.handle("dead", lambda job: bgjob.MoveToDlq("no"))
+
+    def raises(job: bgjob.Job) -> bgjob.Result:
+        raise RuntimeError("x")
+
+    mux.handle("raises", raises)
+    policy = bgjob.RetryPolicy(max_attempts=2, base_delay=0.05, jitter=0)
+    start_worker(client, mux, middleware=[bgjob.Recovery(), bgjob.Metrics(storage)], retry_policy=policy)  # type: ignore[arg-type]
+    for _ in range(3):
+        client.send_job("ok", None)
+    for job_type in ("flaky", "dead", "raises", "unknown-type"):
+        client.send_job(job_type, None)
+    wait_until(lambda: client.dlq.count() == 3, message="three dead letters")
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, message: str = "condition") -> object:
     """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -7,7 +7,7 @@ import queue
 
 import bgjob
 
-from .conftest import drain, wait_until
+from .conftest import drain, run_mixed_outcomes, wait_until
 
 
 def test_request_id_is_kept_or_made_and_reaches_handler_logs_and_child_jobs(client, start_worker, caplog) -> None:
@@ -64,24 +64,7 @@ def test_recovery_turns_exceptions_into_retries_then_a_dead_letter_with_tracebac
 
 def test_metrics_counts_each_dispatch_once_with_its_outcome(client, start_worker) -> None:
     storage = bgjob.InMemoryMetricStorage()
-    mux = bgjob.Mux()
-    mux.handle("ok", lambda job: bgjob.Complete())
-    mux.handle("flaky", lambda job: bgjob.Retry(0.05) if job.attempt == 1 else bgjob.Complete())
-    mux.handle("dead", lambda job: bgjob.MoveToDlq("no"))
-
-    def raises(job: bgjob.Job) -> bgjob.Result:
-        raise RuntimeError("x")
-
-    mux.handle("raises", raises)
-    policy = bgjob.RetryPolicy(max_attempts=2, base_delay=0.05, jitter=0)
-    start_worker(client, mux, middleware=[bgjob.Recovery(), bgjob.Metrics(storage)], retry_policy=policy)
-    for _ in range(3):
-        client.send_job("ok", None)
-    client.send_job("flaky", None)
-    client.send_job("dead", None)
-    client.send_job("raises", None)
-    client.send_job("unknown-type", None)
-    wait_until(lambda: client.dlq.count() == 3, message="three dead letters")
+    run_mixed_outcomes(client, start_worker, storage)
     wait_until(lambda: storage.success.get(("default", "flaky")) == 1, message="flaky success")
     assert storage.success == {("default", "ok"): 3, ("default", "flaky"): 1}
     assert storage.retry == {("default", "flaky"): 1, ("default", "raises"): 1}

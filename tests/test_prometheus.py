@@ -16,36 +16,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-import bgjob
 from bgjob.contrib.prometheus import PrometheusMetricStorage, QueueStatsCollector
 
-from .conftest import ROOT, wait_until
+from .conftest import ROOT, run_mixed_outcomes, wait_until
 
 
 def test_job_counters_and_durations_count_every_handler_call_by_outcome(client, start_worker) -> None:
     registry = CollectorRegistry()
     storage = PrometheusMetricStorage(registry=registry)
-    mux = bgjob.Mux()
-    mux.handle("ok", lambda job: bgjob.Complete())
-    mux.handle("flaky", lambda job: bgjob.Retry(0.05) if job.attempt == 1 else bgjob.Complete())
-    mux.handle("dead", lambda job: bgjob.MoveToDlq("no"))
-
-    def raises(job: bgjob.Job) -> bgjob.Result:
-        raise RuntimeError("x")
-
-    mux.handle("raises", raises)
-    policy = bgjob.RetryPolicy(max_attempts=2, base_delay=0.05, jitter=0)
-    start_worker(client, mux, middleware=[bgjob.Recovery(), bgjob.Metrics(storage)], retry_policy=policy)
-    for _ in range(3):
-        client.send_job("ok", None)
-    for job_type in ("flaky", "dead", "raises", "unknown-type"):
-        client.send_job(job_type, None)
+    run_mixed_outcomes(client, start_worker, storage)
 
     def value(name: str, job_type: str | None = None) -> float | None:
         labels = {} if job_type is None else {"queue": "default", "job_type": job_type}
         return registry.get_sample_value(name, labels)
 
-    wait_until(lambda: client.dlq.count() == 3, message="three dead letters")
     wait_until(lambda: value("bgjob_jobs_succeeded_total", "flaky") == 1, message="flaky success")
     counters = {
         (name, job_type): value(f"bgjob_jobs_{name}_total", job_type)

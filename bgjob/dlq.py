@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from . import job as jobmod
-from .errors import DeadLetterNotFound, InvalidJob
+from .errors import DeadLetterNotFound
+from .job import validate_reason
 
 if TYPE_CHECKING:
     from .client import Client
@@ -33,8 +33,6 @@ ORIGINAL_SUBJECT = "Bgjob-Dlq-Subject"
 CARRIED_FIRST_FAILURE = "Bgjob-First-Failure"
 _FAILURE_HEADERS = (REASON, ERROR, TRACEBACK, ATTEMPTS, FIRST_FAILURE, LAST_FAILURE, ORIGINAL_SUBJECT)
 MAX_TRACEBACK = 32 * 1024
-
-_REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
 REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "signature", "internal_error")
@@ -301,10 +299,3 @@ def _validate_filter(queue: str | None, job_type: str | None, reason: str | None
         jobmod.validate_type(job_type)
     if reason is not None:
         validate_reason(reason)
-
-
-def validate_reason(reason: str) -> str:
-    """A DLQ reason is one subject token: letters, digits, '_' and '-'."""
-    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
-        raise InvalidJob(f"invalid DLQ reason {reason!r}: use letters, digits, '_' and '-' (max 64)")
-    return reason

@@ -63,3 +63,7 @@ class DeadLetterNotFound(BgjobError, KeyError):
 
     def __str__(self) -> str:
         return Exception.__str__(self)
+
+
+class InvalidResult(InvalidJob):
+    """A Result, Schedule or RetryPolicy was built with arguments that cannot work."""

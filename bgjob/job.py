@@ -25,6 +25,7 @@ _QUEUE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_:=+-]{1,200}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+^_`|~-]{1,100}$")
 _RESERVED_HEADER = ("nats-", "bgjob-", "content-type")
+_REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ def validate_job_id(job_id: str) -> str:
 
 def is_valid_job_id(job_id: object) -> bool:
     return isinstance(job_id, str) and bool(_JOB_ID.fullmatch(job_id))
+
+
+def validate_reason(reason: str) -> str:
+    """A DLQ reason is one subject token: letters, digits, '_' and '-' (max 64). Raises InvalidJob otherwise."""
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        raise InvalidJob(f"invalid DLQ reason {reason!r}: use letters, digits, '_' and '-' (max 64)")
+    return reason
 
 
 def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:

@@ -13,7 +13,7 @@ from nats.js.api import Header
 
 from . import job as jobmod
 from .errors import InvalidSchedule
-from .result import ByCron
+from .schedule import ByCron
 
 if TYPE_CHECKING:
     from .core import Core

@@ -1,16 +1,28 @@
-"""What a handler returns: the fate of its job."""
+"""What a handler returns: the fate of its job. Every Result checks its arguments when it is built."""
 
 from __future__ import annotations
 
+import reprlib
 import traceback as _traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from .errors import InvalidJob, InvalidResult, InvalidSchedule
+from .job import encode_arg, validate_reason
+from .schedule import ByAfterTime, ByCron, Schedule, seconds_of
 
-from .errors import InvalidSchedule
+__all__ = [
+    "KEEP_ARG",
+    "ByAfterTime",
+    "ByCron",
+    "Complete",
+    "MoveToDlq",
+    "Reschedule",
+    "Result",
+    "Retry",
+    "Schedule",
+]
 
 
 class _Keep:
@@ -30,109 +42,96 @@ class Result:
 
 @dataclass(frozen=True)
 class Complete(Result):
-    """The job is done: it is acknowledged and removed. `value` is kept when results are stored."""
+    """The job is done: it is acknowledged and removed.
+
+    `value` is any value; it is kept only when the job was sent with `store_result` (as JSON, or its repr
+    when it has no JSON form).
+    """
 
     value: Any = None
 
 
 @dataclass(frozen=True)
 class Retry(Result):
-    """Run the job again after `delay` (None: the worker's retry policy decides)."""
+    """Run the job again after `delay`; the worker's retry policy still sends it to the DLQ at max_attempts.
+
+    - `delay`: a timedelta or seconds (int or float, finite, >= 0); None lets the retry policy decide.
+    - `error`: what went wrong, an exception or a str (or None); kept in the result and the dead letter.
+    - `traceback`: a formatted traceback (str) or None.
+
+    Raises InvalidResult when built with anything else (e.g. `Retry("10")`, `Retry(-5)`, `Retry(True)`).
+    """
 
     delay: timedelta | float | None = None
     error: BaseException | str | None = None
     traceback: str | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.delay is not None:
+            seconds_of(self.delay, "Retry delay", InvalidResult)
+        _check_error("Retry", self.error)
+        _check_traceback("Retry", self.traceback)
+
     def delay_seconds(self) -> float | None:
-        return _seconds(self.delay) if self.delay is not None else None
+        """The delay in seconds, or None when the retry policy decides."""
+        return seconds_of(self.delay, "Retry delay", InvalidResult) if self.delay is not None else None
 
 
 @dataclass(frozen=True)
 class MoveToDlq(Result):
-    """Give up: store the job in the dead-letter queue with this error."""
+    """Give up: store the job in the dead-letter queue and remove it from its queue.
 
-    error: BaseException | str = "moved to DLQ by handler"
+    - `error`: an exception or a str (or None); an exception's traceback is kept when `traceback` is None.
+    - `reason`: one subject token, letters, digits, '_' and '-' (at most 64): the DLQ can be filtered by it.
+    - `traceback`: a formatted traceback (str) or None.
+
+    Raises InvalidResult when built with anything else.
+    """
+
+    error: BaseException | str | None = "moved to DLQ by handler"
     reason: str = "handler"
     traceback: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        from .dlq import validate_reason
-
-        validate_reason(self.reason)
+        _check_error("MoveToDlq", self.error)
+        try:
+            validate_reason(self.reason)
+        except InvalidJob as exc:
+            raise InvalidResult(f"MoveToDlq reason: {exc}") from None
+        _check_traceback("MoveToDlq", self.traceback)
         if self.traceback is None and isinstance(self.error, BaseException) and self.error.__traceback__:
             tb = "".join(_traceback.format_exception(self.error))
             object.__setattr__(self, "traceback", tb)
 
 
-class Schedule:
-    """When the next run of a rescheduled job is due."""
-
-    def next_run(self, now: datetime) -> datetime:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class ByCron(Schedule):
-    """The next tick of a 5-field cron expression (6 with seconds first), in time zone `tz`."""
-
-    expr: str
-    tz: str = "UTC"
-
-    def __post_init__(self) -> None:
-        fields = self.expr.split()
-        if len(fields) not in (5, 6) or not croniter.is_valid(self.expr, second_at_beginning=True):
-            raise InvalidSchedule(
-                f"invalid cron expression {self.expr!r}: use 5 fields 'minute hour day month weekday' "
-                "(e.g. '0 * * * *') or 6 with seconds first"
-            )
-        try:
-            ZoneInfo(self.tz)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise InvalidSchedule(f"unknown time zone {self.tz!r} (use an IANA name like 'Europe/Berlin')") from exc
-
-    @property
-    def has_seconds(self) -> bool:
-        return len(self.expr.split()) == 6
-
-    def server_expr(self) -> str:
-        """The expression in the 6-field, seconds-first form nats-server expects."""
-        return self.expr if self.has_seconds else "0 " + self.expr
-
-    def next_run(self, now: datetime) -> datetime:
-        local = now.astimezone(ZoneInfo(self.tz))
-        it = croniter(self.expr, local, second_at_beginning=True)
-        return it.get_next(datetime).astimezone(timezone.utc)
-
-
-@dataclass(frozen=True)
-class ByAfterTime(Schedule):
-    """A fixed delay after the current run finishes."""
-
-    delay: timedelta | float
-
-    def __post_init__(self) -> None:
-        if _seconds(self.delay) < 0:
-            raise InvalidSchedule("ByAfterTime needs a delay >= 0")
-
-    def next_run(self, now: datetime) -> datetime:
-        return now + timedelta(seconds=_seconds(self.delay))
-
-
 @dataclass(frozen=True)
 class Reschedule(Result):
-    """The job is done for now; run it again when `by` says, with `arg` (default: the same arg)."""
+    """The job is done for now; run it again when `by` says, with `arg`.
+
+    - `by`: a Schedule, `ByCron(...)` or `ByAfterTime(...)` (anything else raises InvalidSchedule).
+    - `arg`: the next run's arg, JSON-serialisable or bytes like any job arg; `KEEP_ARG` (the default) keeps
+      the current one. An arg that cannot be encoded raises InvalidResult.
+    """
 
     by: Schedule
     arg: Any = KEEP_ARG
 
     def __post_init__(self) -> None:
         if not isinstance(self.by, Schedule):
-            raise InvalidSchedule("Reschedule needs ByCron(...) or ByAfterTime(...)")
+            raise InvalidSchedule(f"Reschedule needs ByCron(...) or ByAfterTime(...), got {self.by!r}")
+        if self.arg is not KEEP_ARG:
+            try:
+                encode_arg(self.arg)
+            except InvalidJob as exc:
+                raise InvalidResult(f"Reschedule arg: {exc}") from None
 
 
-def _seconds(value: timedelta | float) -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSchedule(f"expected a timedelta or seconds, got {value!r}")
-    return float(value)
+def _check_error(what: str, error: object) -> None:
+    if error is not None and not isinstance(error, (BaseException, str)):
+        kind = type(error).__name__
+        raise InvalidResult(f"{what} error must be an exception, a str or None, got {kind} {reprlib.repr(error)}")
+
+
+def _check_traceback(what: str, trace: object) -> None:
+    if trace is not None and not isinstance(trace, str):
+        raise InvalidResult(f"{what} traceback must be a str or None, got {type(trace).__name__}")

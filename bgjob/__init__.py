@@ -18,6 +18,7 @@ from .errors import (
     ServerVersionError,
 )
 from .handler import Mux, SyncHandlerAdapter
+from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
 from .job import Job, JobSpec
 from .middleware import InMemoryMetricStorage, Metrics, MetricStorage, Middleware, Recovery, RequestId
 from .periodic import PeriodicJob
@@ -31,6 +32,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "WorkerInfo",
+    "WorkerHooks",
+    "Fate",
+    "FateKind",
+    "Failure",
+    "register_hooks",
+    "unregister_hooks",
     "ResultStatus",
     "JobResult",
     "JobError",

@@ -35,6 +35,18 @@ class SendJobsError(PublishError):
         self.errors = errors
 
 
+class DeadLetterRefused(PublishError):
+    """The server refused a dead letter even reduced to its minimum; the job was not stored in the DLQ.
+
+    `description` and `err_code` are what the server said (None when the refusal came before sending).
+    """
+
+    def __init__(self, message: str, description: str | None = None, err_code: int | None = None):
+        super().__init__(message)
+        self.description = description
+        self.err_code = err_code
+
+
 class ServerVersionError(BgjobError):
     """The NATS server is too old or lacks JetStream."""
 
@@ -63,6 +75,19 @@ class DeadLetterNotFound(BgjobError, KeyError):
 
     def __str__(self) -> str:
         return Exception.__str__(self)
+
+
+class ConfigurationError(BgjobError, ValueError):
+    """A setting or a queue configuration cannot be used: a bad value, or one the server refused."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming an error and what the server said (`repr()` of a nats-py error drops the description)."""
+    text = str(exc).strip().removeprefix("nats: ")
+    name = type(exc).__name__
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class InvalidResult(InvalidJob):

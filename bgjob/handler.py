@@ -13,6 +13,13 @@ from .result import Result
 HandlerFunc = Callable[[Job], Result]
 
 
+def not_a_result(job_type: str, value: object) -> HandlerError:
+    """The error for a handler that returned `value`, which is not a bgjob.Result (not raised: a value to keep
+    in the Failure or Retry that reports it)."""
+    return HandlerError(f"handler for {job_type!r} returned {value!r}, not a bgjob.Result: return bgjob.Complete(), "
+                        "Retry(...), MoveToDlq(...) or Reschedule(...)")  # fmt: skip
+
+
 @runtime_checkable
 class SyncHandlerAdapter(Protocol):
     """A class-based handler."""

@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .context import JobContextFilter, current_job, current_request_id
+from .hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, is_unhandled
 from .job import Job
-from .middleware import Handler
-from .result import Complete, Reschedule, Result
+from .result import Result
 
 #: LogRecord attributes that are not `extra=` fields.
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -86,32 +86,48 @@ def configure_logging(level: int | str = "INFO", fmt: str = "text") -> logging.H
     return handler
 
 
-class LogJobs:
-    """Middleware logging each handler call on `bgjob.jobs`: start and finish at DEBUG, an exception at WARNING
-    with its traceback (Recovery, registered outside it, turns it into a retry without logging it).
+class LogJobs(WorkerHooks):
+    """Worker hooks that log each job on `bgjob.jobs`: its start at DEBUG, then its real fate once settled —
+    acked or rescheduled at DEBUG, a retry scheduled or a hand-back at INFO, a dead letter or an exception the
+    handler raised at WARNING (with its traceback) — with the handler's run time.
 
-    Register it after RequestId so its lines carry the request id.
+    Give it to `Worker(hooks=[LogJobs()])` (in `middleware=` it works too: it is skipped as a link of the chain).
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("bgjob.jobs")
+        # Keyed by id(job): the settle step reports the very Job object that dispatch started.
+        self._began: dict[int, float] = {}
+        self._took: dict[int, float] = {}
 
-    def __call__(self, job: Job, call_next: Handler) -> Result:
+    def on_job_start(self, job: Job) -> None:
+        self._began[id(job)] = time.perf_counter()
         self.log.debug("job started: %s %s attempt %d", job.type, job.id, job.attempt)
-        start = time.perf_counter()
-        try:
-            result = call_next(job)
-        except Exception as exc:
-            self.log.warning("job %s %s attempt %d raised %s: %s", job.type, job.id, job.attempt,
-                             type(exc).__name__, exc, exc_info=True)  # fmt: skip
-            raise
-        elapsed_ms = (time.perf_counter() - start) * 1000
-        if isinstance(result, (Complete, Reschedule)):
-            self.log.debug("job finished in %.1f ms: %s %s -> %s", elapsed_ms, job.type, job.id, type(result).__name__)
-        elif isinstance(result, Result):
-            error = getattr(result, "error", None)
-            self.log.info("job finished in %.1f ms: %s %s attempt %d -> %s%s", elapsed_ms, job.type, job.id,
-                          job.attempt, type(result).__name__, f": {error}" if error else "")  # fmt: skip
+
+    def on_job_end(self, job: Job, outcome: Result | Failure) -> None:
+        began = self._began.pop(id(job), None)
+        if began is not None:
+            self._took[id(job)] = time.perf_counter() - began
+
+    def on_settled(self, job: Job, outcome: Result | Failure, fate: Fate) -> None:
+        took = self._took.pop(id(job), None)
+        ran = f" in {took * 1000:.1f} ms" if took is not None else ""
+        extra = {"job_id": job.id, "job_type": job.type, "request_id": job.request_id, "bgjob_fate": fate.kind.value}
+        exc = exception_of(outcome)
+        error = getattr(outcome, "error", None)
+        detail = f": {describe(error)}" if error else ""
+        raised = exc is not None and is_unhandled(exc)
+        if fate.kind in (FateKind.ACKED, FateKind.RESCHEDULED):
+            level = logging.DEBUG
+        elif raised or fate.kind is FateKind.DEAD_LETTERED:
+            level = logging.WARNING
         else:
-            self.log.warning("job %s %s returned %r, not a bgjob.Result", job.type, job.id, result)
-        return result
+            level = logging.INFO
+        exc_info = (type(exc), exc, exc.__traceback__) if raised else None
+        self.log.log(level, "job finished%s: %s %s attempt %d -> %s%s", ran, job.type, job.id, job.attempt, fate,
+                     detail, exc_info=exc_info, extra=extra)  # fmt: skip
+
+
+def describe(error: object) -> str:
+    """An outcome's error as one line."""
+    return f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
 
 import bgjob
 from bgjob.logs import LogJobs
+from bgjob.worker.signals import install_drain_signals
 
 from .conf import Config, ScheduleSpec
 from .job_middleware import CloseOldConnections
@@ -119,7 +119,7 @@ class WorkerGroup:
 
         Returns False if a worker died on its own (its error is logged) rather than being stopped.
         """
-        restore = _install_signal_handlers(self.stop) if threading.current_thread() is threading.main_thread() else None
+        restore = install_drain_signals(self.stop)
         healthy = True
         try:
             self.start()
@@ -130,31 +130,8 @@ class WorkerGroup:
                     self.stop()
             self.join()
         finally:
-            if restore is not None:
-                restore()
+            restore()
         return healthy
-
-
-def _install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:
-    received = 0
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal received
-        received += 1
-        if received == 1:
-            log.warning("%s: draining in-flight jobs (send again to exit now)", signal.Signals(signum).name)
-            stop()
-        else:
-            log.warning("second signal: exiting now; unfinished jobs are redelivered after ack_wait")
-            os._exit(1)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
 
 
 def serve_metrics(client: bgjob.Client, port: int, addr: str = "0.0.0.0") -> bgjob.Middleware:

@@ -20,6 +20,7 @@ import json, os, sys
 import bgjob
 from nats.aio.msg import Msg
 from bgjob.worker import Worker
+from bgjob.worker.loop import FetchLoop
 
 url, prefix, crash_at, log = sys.argv[1:5]
 client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix, ack_wait=2.0))
@@ -63,7 +64,7 @@ if crash_at == "ack":          # after the handler returned and any publish, bef
 elif crash_at == "term":       # after the DLQ publish, before the term
     Msg.term = crash
 elif crash_at == "settle":     # after the handler returned, before anything is sent
-    Worker._settle_completed = crash
+    FetchLoop._settle_completed = crash
 
 Worker(client, mux, fetch_timeout=0.5).run()
 client.close()

@@ -76,27 +76,32 @@ def test_text_lines_show_job_and_request_only_where_there_are_some() -> None:
             current_job.reset(token)
 
 
-def test_log_jobs_logs_start_and_finish_at_debug_and_exceptions_with_traceback(caplog) -> None:
+def test_log_jobs_logs_start_and_the_real_fate_with_the_traceback_of_a_raise(caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="bgjob.jobs")
+    hooks = LogJobs()
     job = bgjob.Job(id="job-1", type="report", arg=None, attempt=2)
-    assert LogJobs()(job, lambda j: bgjob.Complete()) == bgjob.Complete()
-    assert LogJobs()(job, lambda j: bgjob.Retry(1, error="not yet")) == bgjob.Retry(1, error="not yet")
-
-    def raises(j: bgjob.Job) -> bgjob.Result:
-        raise KeyError("x")
-
     try:
-        LogJobs()(job, raises)
-    except KeyError:
-        pass
-    else:
-        raise AssertionError("LogJobs swallowed the exception")
+        raise KeyError("x")
+    except KeyError as exc:
+        raised = bgjob.hooks.mark_unhandled(exc)
+    runs = [
+        (bgjob.Complete(), bgjob.Fate.acked()),
+        (bgjob.Retry(1, error="not yet"), bgjob.Fate.retry_scheduled(1.0)),
+        (bgjob.Failure("KeyError: 'x'", exception=raised), bgjob.Fate.dead_lettered("max_attempts")),
+    ]
+    for outcome, fate in runs:
+        hooks.on_job_start(job)
+        hooks.on_job_end(job, outcome)
+        hooks.on_settled(job, outcome, fate)
     started = ("DEBUG", "job started: report job-1 attempt 2")
     lines = [(r.levelname, r.getMessage().split(" in ")[0]) for r in caplog.records]
     assert lines == [started, ("DEBUG", "job finished"), started, ("INFO", "job finished"),
-                     started, ("WARNING", "job report job-1 attempt 2 raised KeyError: 'x'")]  # fmt: skip
-    assert caplog.records[3].getMessage().endswith("-> Retry: not yet")
-    assert caplog.records[-1].exc_info[0] is KeyError
+                     started, ("WARNING", "job finished")]  # fmt: skip
+    assert caplog.records[1].getMessage().endswith("report job-1 attempt 2 -> acked")
+    assert caplog.records[3].getMessage().endswith("-> retry_scheduled(1s): not yet")
+    assert caplog.records[5].getMessage().endswith("-> dead_lettered(max_attempts): KeyError: 'x'")
+    assert caplog.records[5].exc_info[1] is raised
+    assert caplog.records[5].bgjob_fate == "dead_lettered"
 
 
 def test_worker_command_with_json_logs_names_the_failing_job_and_its_request(nats_server, prefix, client,

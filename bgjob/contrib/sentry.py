@@ -13,38 +13,38 @@ something other than a Result. `capture` decides which attempts report them: `"f
 only, so a job retried ten times is one event), `"last"` (only when the job goes to the DLQ), `"every"`.
 A Retry or MoveToDlq with only a message is the handler's decision, not an error, and is not reported.
 
-The integration observes and never changes what the worker does: Results, retries and dead letters are the
-same with or without Sentry.
+It is a `bgjob.WorkerHooks` registered process-wide when sentry-sdk sets it up: the scope and transaction
+open in `on_job_start` (the handler's thread) and the outcome tag, error events and the transaction's end come
+from `on_settled`, with the fate the worker really applied. It observes and never changes what the worker does:
+Results, retries and dead letters are the same with or without Sentry.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import contextlib
 import logging
-from collections.abc import Callable
-from contextvars import ContextVar
+import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 try:
     import sentry_sdk
-    from sentry_sdk.integrations import DidNotEnable, Integration
-    from sentry_sdk.scope import add_global_event_processor
+    from sentry_sdk.integrations import Integration
+    from sentry_sdk.scope import add_global_event_processor, use_isolation_scope, use_scope
     from sentry_sdk.utils import capture_internal_exceptions, event_from_exception
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError('bgjob.contrib.sentry needs sentry-sdk: pip install "bgjob[sentry]"') from exc
 
-from ..context import current_request_id
+from ..hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, is_unhandled, register_hooks
 from ..job import Job
-from ..result import Complete, MoveToDlq, Reschedule, Result
+from ..result import Result
 
 log = logging.getLogger("bgjob.sentry")
 
 Capture = Literal["first", "last", "every"]
-#: Dead-letter reasons the worker gives to jobs that never reached a handler: not reported by this integration,
-#: so the worker's error log line about them stays an event.
-_WORKER_REASONS = frozenset({"decode", "unknown_handler", "signature"})
+_OUTCOME = {FateKind.ACKED: "success", FateKind.RESCHEDULED: "success", FateKind.RETRY_SCHEDULED: "retry",
+            FateKind.DEAD_LETTERED: "dlq", FateKind.HANDED_BACK: "handed_back"}  # fmt: skip
 
 
 class BgjobIntegration(Integration):
@@ -60,95 +60,109 @@ class BgjobIntegration(Integration):
 
     @staticmethod
     def setup_once() -> None:
-        from ..worker import Worker
-
-        original = getattr(Worker, "_call", None)
-        if original is None:
-            raise DidNotEnable("bgjob.Worker has no _call(handler, job) to instrument in this version")
-        Worker._call = _instrumented(original)  # type: ignore[method-assign]
+        register_hooks(_HOOKS)
         add_global_event_processor(_drop_duplicate_dead_letter_log)
 
-    def _should_capture(self, job: Job, fate: str) -> bool:
+    def _should_capture(self, job: Job, fate: Fate) -> bool:
         if self.capture == "every":
             return True
         if self.capture == "last":
-            return fate == "dlq"
+            return fate.kind is FateKind.DEAD_LETTERED
         return job.attempt == 1
 
 
-@dataclasses.dataclass
-class _Observed:
-    """What the handler itself did in this call, seen from inside the middleware chain."""
+@dataclass
+class _Run:
+    """One job's Sentry state, from its start (handler thread) to its settlement (event-loop thread)."""
 
-    request_id: str | None = None
-    raised: Exception | None = None
-    returned_junk: bool = False
-    junk: Any = None
+    integration: BgjobIntegration
+    scope: Any
+    #: the job's current scope, whose span is the transaction (error events link to it).
+    current: Any
+    transaction: Any
+    context: dict[str, Any]
+    exit_scope: contextlib.ExitStack
 
 
-_observed: ContextVar[_Observed | None] = ContextVar("bgjob_sentry_observed", default=None)
+class SentryHooks(WorkerHooks):
+    """The worker hooks behind BgjobIntegration (registered for every Worker by sentry_sdk.init)."""
 
+    def __init__(self) -> None:
+        self._runs: dict[int, _Run] = {}
+        self._lock = threading.Lock()
 
-def _instrumented(call: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(call)
-    def _call(worker: Any, handler: Callable[[Job], Any], job: Job) -> Any:
+    def on_job_start(self, job: Job) -> None:
         integration = sentry_sdk.get_client().get_integration(BgjobIntegration)
         if integration is None:
-            return call(worker, handler, job)
-        observed = _Observed()
-        token = _observed.set(observed)
-        outcome: Any = _observed  # sentinel: the call has not happened
+            return
+        stack = contextlib.ExitStack()
         try:
-            with sentry_sdk.isolation_scope() as scope:
-                scope.clear_breadcrumbs()
-                context = _describe_job(scope, job)
-                headers = {k.lower(): v for k, v in job.headers.items()}
-                transaction = sentry_sdk.continue_trace(headers, op="queue.process", name=job.type, source="task",
-                                                        origin=BgjobIntegration.origin)  # fmt: skip
-                with sentry_sdk.start_transaction(transaction, custom_sampling_context={"bgjob_job": job}) as span:
-                    _describe_span(span, job)
-                    outcome = call(worker, functools.partial(_observe_handler, handler), job)
-                    with capture_internal_exceptions():
-                        _report(integration, scope, span, job, outcome, observed, context)
-        except Exception:  # Sentry must never change what happens to a job
-            log.debug("sentry instrumentation of job %s failed", job.id, exc_info=True)
-        finally:
-            _observed.reset(token)
-        if outcome is _observed:
-            outcome = call(worker, handler, job)
-        return outcome
+            scope = stack.enter_context(sentry_sdk.isolation_scope())
+            scope.clear_breadcrumbs()
+            context = _describe_job(scope, job)
+            headers = {k.lower(): v for k, v in job.headers.items()}
+            transaction = sentry_sdk.continue_trace(headers, op="queue.process", name=job.type, source="task",
+                                                    origin=BgjobIntegration.origin)  # fmt: skip
+            transaction = sentry_sdk.start_transaction(transaction, custom_sampling_context={"bgjob_job": job})
+            _describe_span(transaction, job)
+            current = sentry_sdk.get_current_scope()
+            current.span = transaction  # the handler's spans nest in it
+        except Exception:
+            stack.close()
+            raise
+        with self._lock:
+            self._runs[id(job)] = _Run(integration, scope, current, transaction, context, stack)
 
-    return _call
+    def on_job_end(self, job: Job, outcome: Result | Failure) -> None:
+        run = self._runs.get(id(job))
+        if run is not None:
+            run.exit_scope.close()  # leave the job's scope in the thread that entered it; it lives on in `run`
+
+    def on_settled(self, job: Job, outcome: Result | Failure, fate: Fate) -> None:
+        with self._lock:
+            run = self._runs.pop(id(job), None)
+        if run is None:
+            return
+        with use_isolation_scope(run.scope), use_scope(run.current), capture_internal_exceptions():
+            run.scope.set_tag("bgjob.outcome", _OUTCOME[fate.kind])
+            succeeded = fate.kind in (FateKind.ACKED, FateKind.RESCHEDULED)
+            run.transaction.set_status("ok" if succeeded else "internal_error")
+            if not succeeded and fate.kind is not FateKind.HANDED_BACK and run.integration._should_capture(job, fate):
+                _report(job, outcome)
+            run.transaction.finish()
 
 
-def _observe_handler(handler: Callable[[Job], Any], job: Job) -> Any:
-    """The innermost link of the chain: notes the handler's own exception (before Recovery turns it into a
-    Retry with only a message) and a return that is not a Result. Inert outside an instrumented call, which
-    matters because the worker caches the chain it was first built into."""
-    observed = _observed.get()
-    if observed is None:
-        return handler(job)
-    observed.request_id = current_request_id.get() or job.request_id
-    try:
-        result = handler(job)
-    except Exception as exc:
-        observed.raised = exc
-        raise
-    if not isinstance(result, Result):
-        observed.returned_junk, observed.junk = True, result
-    return result
+_HOOKS = SentryHooks()
+
+
+def _report(job: Job, outcome: Result | Failure) -> None:
+    """An error event for a failed outcome: its exception, else its message when it is not a plain decision."""
+    client = sentry_sdk.get_client()
+    exc = exception_of(outcome)
+    if exc is not None:
+        mechanism = {"type": BgjobIntegration.identifier, "handled": not is_unhandled(exc)}
+        event, hint = event_from_exception(exc, client_options=client.options, mechanism=mechanism)
+        sentry_sdk.capture_event(event, hint=hint)
+        return
+    trace = getattr(outcome, "traceback", None)
+    if isinstance(outcome, Failure) or trace:  # a raise we did not see, or a return that is not a Result
+        message = outcome.error if isinstance(outcome, Failure) else str(getattr(outcome, "error", outcome))
+        sentry_sdk.capture_event({"level": "error", "message": message,
+                                  "extra": {"traceback": trace} if trace else {}})  # fmt: skip
+    # else: a Retry / MoveToDlq with a message only is the handler's decision, not an error
 
 
 def _describe_job(scope: Any, job: Job) -> dict[str, Any]:
+    # The request id jobs sent outside a web request get from RequestId middleware: the job id.
+    request_id = job.request_id or job.id
     scope.set_tag("bgjob.job_id", job.id)
     scope.set_tag("bgjob.job_type", job.type)
     scope.set_tag("bgjob.queue", job.queue)
     scope.set_tag("bgjob.attempt", str(job.attempt))
-    if job.request_id:
-        scope.set_tag("bgjob.request_id", job.request_id)
+    scope.set_tag("bgjob.request_id", request_id)
     context: dict[str, Any] = {
         "job_id": job.id, "job_type": job.type, "queue": job.queue, "attempt": job.attempt,
-        "max_attempts": job.max_attempts, "request_id": job.request_id,
+        "max_attempts": job.max_attempts, "request_id": request_id,
         "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
     }  # fmt: skip
     if sentry_sdk.get_client().should_send_default_pii():
@@ -167,59 +181,12 @@ def _describe_span(span: Any, job: Job) -> None:
         span.set_data("messaging.message.receive.latency", max(0, int(latency)))
 
 
-def _report(
-    integration: BgjobIntegration, scope: Any, span: Any, job: Job, outcome: Any, seen: _Observed,
-    context: dict[str, Any],
-) -> None:  # fmt: skip
-    if seen.request_id and seen.request_id != job.request_id:  # made up by RequestId middleware
-        scope.set_tag("bgjob.request_id", seen.request_id)
-        scope.set_context("bgjob", {**context, "request_id": seen.request_id})
-    fate = _fate(outcome, job)
-    scope.set_tag("bgjob.outcome", fate)
-    span.set_status("ok" if fate == "success" else "internal_error")
-    if fate == "success" or not integration._should_capture(job, fate):
-        return
-    client = sentry_sdk.get_client()
-    error = getattr(outcome, "error", None)
-    exc = seen.raised or (error if isinstance(error, BaseException) else None)
-    if exc is not None:
-        handled = seen.raised is None  # the handler caught it and returned it in a Result
-        event, hint = event_from_exception(
-            exc, client_options=client.options, mechanism={"type": BgjobIntegration.identifier, "handled": handled}
-        )
-        sentry_sdk.capture_event(event, hint=hint)
-        return
-    trace = getattr(outcome, "traceback", None)
-    if seen.returned_junk:
-        message = f"handler for {job.type!r} returned {seen.junk!r}, not a bgjob.Result"
-    elif trace or not isinstance(outcome, Result):  # a failure made from an exception we did not see
-        message = str(error or outcome)
-    else:  # Retry / MoveToDlq with a message: the handler's decision
-        return
-    sentry_sdk.capture_event({"level": "error", "message": message, "extra": {"traceback": trace} if trace else {}})
-
-
-def _fate(outcome: Any, job: Job) -> str:
-    """success, retry or dlq: what the worker does with this outcome (as bgjob.Metrics counts it)."""
-    if isinstance(outcome, (Complete, Reschedule)):
-        return "success"
-    if isinstance(outcome, MoveToDlq):
-        return "dlq"
-    last = job.max_attempts is not None and job.attempt >= job.max_attempts
-    return "dlq" if last else "retry"
-
-
 def _drop_duplicate_dead_letter_log(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
-    """The worker logs an error when a job goes to the DLQ; with Sentry's logging integration that is a
-    second event for a failure this integration already reported (or chose not to, per `capture`)."""
+    """The worker logs an error when a job goes to the DLQ; with Sentry's logging integration that would be a
+    second event for a failure this integration already reported (or chose not to, per `capture`). The record's
+    `bgjob_handler_ran` field says whether a handler ran; for jobs that never reached one (unknown type,
+    undecodable, bad signature, a process that died running it) the log line is the only report and stays."""
     record = (hint or {}).get("log_record")
-    if record is None or record.name != "bgjob.worker" or sentry_sdk.get_client().get_integration(
-        BgjobIntegration
-    ) is None:  # fmt: skip
+    if record is None or sentry_sdk.get_client().get_integration(BgjobIntegration) is None:
         return event
-    template = record.msg if isinstance(record.msg, str) else ""
-    args = record.args if isinstance(record.args, tuple) else ()
-    if template.startswith("job %s") and "moved to the DLQ" in template and len(args) > 3:
-        if args[3] not in _WORKER_REASONS:
-            return None
-    return event
+    return None if getattr(record, "bgjob_handler_ran", False) is True else event

@@ -19,10 +19,12 @@ class Middleware(Protocol):
 
 
 def chain(middleware: Sequence[Middleware], handler: Handler) -> Handler:
-    """Wrap `handler` so the first middleware listed runs outermost."""
+    """Wrap `handler` so the first middleware listed runs outermost; items that are not callable (hooks-only
+    objects such as bgjob.logs.LogJobs) are skipped."""
     wrapped = handler
     for mw in reversed(middleware):
-        wrapped = functools.partial(mw, call_next=wrapped)
+        if callable(mw):
+            wrapped = functools.partial(mw, call_next=wrapped)
     return wrapped
 
 

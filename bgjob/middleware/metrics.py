@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Protocol, runtime_checkable
 
+from ..hooks import Failure, Fate, FateKind, WorkerHooks
 from ..job import Job
-from ..result import Complete, MoveToDlq, Reschedule, Result, Retry
+from ..result import Result
 from . import Handler
 
 
@@ -21,45 +22,34 @@ class MetricStorage(Protocol):
     def inc_internal_error_count(self) -> None: ...
 
 
-class Metrics:
-    """Times each handler call and counts its outcome: success (Complete, Reschedule), retry or DLQ."""
+class Metrics(WorkerHooks):
+    """Times each handler call (as middleware) and counts each job's real fate (as WorkerHooks): success
+    (acked or rescheduled), retry (a retry scheduled) or DLQ (dead-lettered, whatever the reason); a delivery
+    handed back unsettled counts as nothing. Internal errors (undecodable jobs, failed settlements, lapsed
+    leases) go to `inc_internal_error_count`.
+    """
 
     def __init__(self, storage: MetricStorage) -> None:
         self.storage = storage
 
     def __call__(self, job: Job, call_next: Handler) -> Result:
         start = time.perf_counter()
-        outcome = "failed"
         try:
-            result = call_next(job)
-            outcome = _outcome(result)
-            return result
+            return call_next(job)
         finally:
             self.storage.observe_execute_duration(job.queue, job.type, time.perf_counter() - start)
-            if outcome == "failed":  # raised, or returned junk: the worker retries it per its policy
-                outcome = "dlq" if job.max_attempts is not None and job.attempt >= job.max_attempts else "retry"
-            elif outcome == "retry" and job.max_attempts is not None and job.attempt >= job.max_attempts:
-                outcome = "dlq"
-            if outcome == "success":
-                self.storage.inc_success_count(job.queue, job.type)
-            elif outcome == "retry":
-                self.storage.inc_retry_count(job.queue, job.type)
-            else:
-                self.storage.inc_dlq_count(job.queue, job.type)
 
-    def on_internal_error(self) -> None:
-        """Called by the worker when it cannot decode or settle a job."""
+    def on_settled(self, job: Job, outcome: Result | Failure, fate: Fate) -> None:
+        kind = fate.kind
+        if kind in (FateKind.ACKED, FateKind.RESCHEDULED):
+            self.storage.inc_success_count(job.queue, job.type)
+        elif kind is FateKind.RETRY_SCHEDULED:
+            self.storage.inc_retry_count(job.queue, job.type)
+        elif kind is FateKind.DEAD_LETTERED:
+            self.storage.inc_dlq_count(job.queue, job.type)
+
+    def on_internal_error(self, error: BaseException | str) -> None:
         self.storage.inc_internal_error_count()
-
-
-def _outcome(result: object) -> str:
-    if isinstance(result, (Complete, Reschedule)):
-        return "success"
-    if isinstance(result, Retry):
-        return "retry"
-    if isinstance(result, MoveToDlq):
-        return "dlq"
-    return "failed"
 
 
 class InMemoryMetricStorage:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import traceback
 
+from ..handler import not_a_result
+from ..hooks import mark_unhandled
 from ..job import Job
 from ..result import MoveToDlq, Result, Retry
 from ..retry import RetryPolicy
@@ -14,10 +16,13 @@ log = logging.getLogger("bgjob.worker")
 
 
 class Recovery:
-    """Turn a handler's exception (or a return that isn't a Result) into Retry with the policy's backoff,
-    or MoveToDlq(reason="max_attempts") on the last attempt; the traceback goes into the dead letter.
+    """Turn a handler's exception (or a return that isn't a Result) into a Retry carrying the exception and its
+    traceback, so no failure escapes the chain.
 
-    Without a policy it follows the worker's (`job.max_attempts`). Safe to register outermost.
+    Without a policy (the usual case) the Retry has no delay and the worker's settle step decides: backoff per
+    the worker's RetryPolicy, or the DLQ with reason `max_attempts` on the last attempt. With its own
+    `retry_policy`, Recovery decides itself: that policy's delay, or MoveToDlq(reason="max_attempts") once its
+    max_attempts is reached. Safe to register outermost.
     """
 
     def __init__(self, retry_policy: RetryPolicy | None = None) -> None:
@@ -27,14 +32,16 @@ class Recovery:
         try:
             result = call_next(job)
         except Exception as exc:  # noqa: BLE001 - that is the point
-            return self._failed(job, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+            # The exception itself goes on (error reporters such as Sentry see it), with its traceback.
+            return self._failed(job, mark_unhandled(exc), "".join(traceback.format_exception(exc)))
         if isinstance(result, Result):
             return result
-        return self._failed(job, f"handler for {job.type!r} returned {result!r}, not a bgjob.Result", None)
+        return self._failed(job, mark_unhandled(not_a_result(job.type, result)), None)
 
-    def _failed(self, job: Job, error: str, trace: str | None) -> Result:
-        max_attempts = self.retry_policy.max_attempts if self.retry_policy else job.max_attempts
-        if max_attempts is not None and job.attempt >= max_attempts:
+    def _failed(self, job: Job, error: BaseException | str, trace: str | None) -> Result:
+        policy = self.retry_policy
+        if policy is None:
+            return Retry(None, error=error, traceback=trace)
+        if policy.exhausted(job.attempt):
             return MoveToDlq(error, reason="max_attempts", traceback=trace)
-        delay = self.retry_policy.delay_for(job.attempt) if self.retry_policy else None
-        return Retry(delay, error=error, traceback=trace)
+        return Retry(policy.delay_for(job.attempt), error=error, traceback=trace)

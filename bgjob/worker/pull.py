@@ -1,16 +1,27 @@
-"""Pull requests on a queue's consumer, sized to a worker's free capacity."""
+"""Pull requests on a queue's consumer, sized to a worker's free capacity, and what their statuses mean."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .core import Core
+    from ..core import Core
 
 log = logging.getLogger("bgjob.worker")
+
+
+class PullTrouble(enum.Enum):
+    """Why pull requests stopped working; the fetch loop decides what to do about each."""
+
+    #: 409 Consumer Deleted: the consumer (or its stream) is gone and must be created again.
+    CONSUMER_GONE = "consumer_gone"
+    #: 503 No Responders: nothing answered for the consumer. Either it does not exist, or JetStream is
+    #: unavailable for now (a cluster without quorum, a restarting server); the loop asks which.
+    NO_RESPONDERS = "no_responders"
 
 
 class PullRequests:
@@ -27,7 +38,8 @@ class PullRequests:
         self._expires = expires
         self.requested = 0
         self.deadline = 0.0
-        self.consumer_gone = False
+        #: set by a status that calls for more than another request; the fetch loop clears it.
+        self.trouble: PullTrouble | None = None
 
     async def request(self, batch: int, inbox: str) -> None:
         body = json.dumps({"batch": batch, "expires": int(self._expires * 1e9)}).encode()
@@ -51,10 +63,12 @@ class PullRequests:
             self.requested = max(0, self.requested - int(pending))
         elif status != "404":
             self.requested = 0
-        if status in ("409", "503"):
+        if status == "503":
+            self.trouble = PullTrouble.NO_RESPONDERS
+        elif status == "409":
             # nats-py keys Description with a str-Enum member, which hashes unlike the plain string.
             description = next((v for k, v in headers.items() if k == "Description"), "")
-            if status == "503" or "Deleted" in description:
-                self.consumer_gone = True
-            if "Pending-Messages" not in str(headers):
-                log.warning("pull request refused: %s %s", status, description)
+            if "deleted" in description.lower():
+                self.trouble = PullTrouble.CONSUMER_GONE
+            elif pending is None:  # 409 Leadership Change and friends: the next request goes to the new leader
+                log.warning("pull request ended by the server: 409 %s; asking again", description or "(no reason)")

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .runtime import gevent_patched, original
+from ..runtime import gevent_patched, original
 
 log = logging.getLogger("bgjob.worker")
 

@@ -1,0 +1,142 @@
+"""The Worker: fetches a queue's jobs, runs their handlers in a pool, and settles each one exactly once.
+
+The package, one concern a module: `loop` (pull requests, leases, drain, on the event loop), `dispatch` (decode
+and call the chain, in a pool thread), `settle` (every Result -> JetStream operation, and the hooks),
+`pull` (pull requests and their statuses), `pool` (threads or greenlets), `signals` (SIGTERM/SIGINT).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+
+from .. import job as jobmod
+from ..client import Client
+from ..handler import Mux
+from ..hooks import HookSet, WorkerHooks
+from ..middleware import Middleware
+from ..retry import RetryPolicy
+from ..runtime import Flag
+from ..signing import Verifier
+from .dispatch import Dispatcher
+from .loop import FetchLoop
+from .pool import make_pool
+from .signals import install_drain_signals
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """Runs the handlers of `mux` for the jobs of one queue.
+
+    Parameters:
+        client: the connection (one per process is enough).
+        mux: the handlers by job type.
+        queue: the queue's name.
+        concurrency: at most this many handlers run at once (threads, or greenlets with pool="gevent").
+        middleware: callables `(job, call_next) -> Result` around every handler call, outermost first; those
+            that are also `WorkerHooks` (like `bgjob.Metrics`) get the hook calls too.
+        hooks: `WorkerHooks` told of every job's start, end and real fate (see `bgjob.hooks`).
+        retry_policy: backoff for failures and `Retry()` without a delay, and `max_attempts`: a failure on
+            the last attempt, or a delivery past it (the process died running it), goes to the DLQ.
+        grace_period: seconds `stop()` (or SIGTERM/SIGINT) lets in-flight jobs finish before handing them back.
+        fetch_timeout: seconds one pull request waits for jobs on the server.
+        max_batch: the most jobs one pull request asks for.
+        pool: "threads" (default) or "gevent" (needs a gevent-patched process).
+
+    Raises InvalidJob for a bad queue name and ValueError for a bad concurrency or pool.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        mux: Mux,
+        *,
+        queue: str = "default",
+        concurrency: int = 16,
+        middleware: Sequence[Middleware] = (),
+        hooks: Sequence[WorkerHooks] = (),
+        retry_policy: RetryPolicy | None = None,
+        grace_period: float = 30.0,
+        fetch_timeout: float = 1.0,
+        max_batch: int = 256,
+        pool: str = "threads",
+    ) -> None:
+        jobmod.validate_queue(queue)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if pool not in ("threads", "gevent"):
+            raise ValueError(f"unknown pool {pool!r}: use 'threads' or 'gevent'")
+        for item in hooks:
+            if not isinstance(item, WorkerHooks):
+                raise TypeError(f"hooks must be bgjob.WorkerHooks instances, got {item!r}")
+        self.client = client
+        self.mux = mux
+        self.queue = queue
+        self.concurrency = concurrency
+        self.middleware = list(middleware)
+        self.hooks = HookSet([*self.middleware, *hooks])
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.grace_period = grace_period
+        self.fetch_timeout = fetch_timeout
+        self.max_batch = max_batch
+        self.pool = pool
+        # Raw-lock flags, not threading.Events: they are set from the runtime thread even under gevent.
+        self._stop_requested = Flag()
+        self._started = Flag()
+        self._loop: FetchLoop | None = None
+        host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
+        #: this worker's id in the worker directory and in stored results.
+        self.id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: jobs settled so far.
+        self.processed = 0
+
+    def run(self) -> None:
+        """Process jobs until stop() or SIGTERM/SIGINT (handled when run in the main thread); then drain.
+
+        Raises bgjob.ConnectionError when the connection is closed for good (a supervisor restarts the worker).
+        """
+        runtime, core = self.client._ensure()
+        # Made here: a gevent pool belongs to the hub of the thread that runs the worker.
+        pool = make_pool(self.pool, self.concurrency, name=f"bgjob-{self.queue}")
+        keys = self.client.settings.verify_keys
+        dispatcher = Dispatcher(self.queue, self.mux, self.middleware, self.hooks, self.retry_policy, core.topology,
+                                Verifier(keys) if keys else None)  # fmt: skip
+        loop = self._loop = FetchLoop(self, core, runtime, pool, dispatcher)
+        call = runtime.start_call(loop.serve())
+        if self._stop_requested.is_set():
+            loop.request_stop()
+        restore = install_drain_signals(self.stop, lambda: f"{self.in_flight} in-flight jobs")
+        try:
+            while not call.wait(0.5):
+                pass  # wake up now and then so signal handlers run in the main thread
+            call.value()
+        finally:
+            restore()
+            pool.shutdown()
+
+    def start(self) -> threading.Thread:
+        """Run in a background thread; returns once the worker is fetching. Raises RuntimeError if it fails."""
+        thread = threading.Thread(target=self.run, name=f"bgjob-worker-{self.queue}", daemon=True)
+        thread.start()
+        while not self._started.wait(0.1):
+            if not thread.is_alive():
+                raise RuntimeError("bgjob worker failed to start (see the log)")
+        return thread
+
+    def stop(self) -> None:
+        """Stop fetching and drain in-flight jobs; safe from any thread or a signal handler."""
+        self._stop_requested.set()
+        loop = self._loop
+        if loop is not None and not loop.runtime.loop.is_closed():
+            loop.request_stop()
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs received and not yet settled."""
+        loop = self._loop
+        return len(loop.inflight) if loop is not None else 0

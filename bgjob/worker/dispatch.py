@@ -1,0 +1,169 @@
+"""Dispatch: turn a delivered message into a Job and run it through the middleware chain, in a pool thread.
+
+Nothing here talks to JetStream: the outcome (a Result, or a Failure with the DLQ reason for jobs that never
+reached a handler) is left on the Delivery for the settle module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback as tb
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from .. import job as jobmod
+from ..codec import decode_job, job_id_of
+from ..context import current_job
+from ..handler import Mux, not_a_result
+from ..hooks import Failure, HookSet, mark_unhandled
+from ..job import Job
+from ..middleware import Handler, Middleware, chain
+from ..result import Result
+from ..retry import RetryPolicy
+from ..signing import Verifier
+from ..topology import Topology
+
+log = logging.getLogger("bgjob.worker")
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One delivered message from its arrival to its settlement."""
+
+    msg: Msg
+    last_progress: float = field(default_factory=time.monotonic)
+    #: the handler's thread has taken it (it may be running the handler now).
+    started: bool = False
+    #: the settle module owns it: neither drain nor heartbeats touch it any more.
+    settling: bool = False
+    #: handed back by a drain: its thread's outcome is dropped.
+    abandoned: bool = False
+    #: seconds this delivery went without a heartbeat past its ack_wait (the process was frozen).
+    lease_lapsed: float | None = None
+    attempt: int = 1
+    job: Job | None = None
+    outcome: Result | Failure | None = None
+    #: the DLQ reason for a delivery that never reached a handler (decode, signature, ...).
+    reason: str | None = None
+    #: the stored result record, for jobs sent with store_result=True.
+    result: dict[str, Any] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id if self.job is not None else "?"
+
+    @property
+    def job_type(self) -> str:
+        return self.job.type if self.job is not None else "?"
+
+    def log_context(self) -> dict[str, Any]:
+        """Fields for log lines written outside the job's own thread (bgjob.logs picks them up)."""
+        job = self.job
+        if job is None:
+            return {"job_id": "?", "job_type": "?", "request_id": None}
+        return {"job_id": job.id, "job_type": job.type, "request_id": job.request_id}
+
+
+class Dispatcher:
+    """Runs deliveries of one queue: verify, decode, check the attempt budget, call the chain; never raises."""
+
+    def __init__(
+        self,
+        queue: str,
+        mux: Mux,
+        middleware: Sequence[Middleware],
+        hooks: HookSet,
+        retry_policy: RetryPolicy,
+        topology: Topology,
+        verifier: Verifier | None,
+    ) -> None:
+        self.queue = queue
+        self.mux = mux
+        self.middleware = list(middleware)
+        self.hooks = hooks
+        self.retry_policy = retry_policy
+        self.topology = topology
+        self.verifier = verifier
+        self._chains: dict[str, Handler] = {}
+
+    def run(self, item: Delivery) -> None:
+        """Fill in `item.job` and `item.outcome` (and `item.reason` when no handler ran)."""
+        try:
+            self._dispatch(item)
+        except BaseException as exc:  # a bug of ours: dead-letter the job rather than strand it in flight
+            log.exception("internal error on job %s", item.job_id)
+            if item.job is None:
+                item.job = self._bare_job(item, job_id_of(item.msg), "unknown")
+            item.outcome = Failure(f"internal error: {type(exc).__name__}: {exc}", exception=exc)
+            item.reason = "internal_error"
+
+    def _dispatch(self, item: Delivery) -> None:
+        msg = item.msg
+        headers = msg.headers or {}
+        job_type = self.topology.job_type_of(self.queue, msg.subject)
+        job_id = job_id_of(msg)
+        limit = self.retry_policy.max_attempts
+        if item.attempt > limit:
+            # Earlier deliveries never settled: the process running them died (killed, out of memory, crashed).
+            item.job = self._bare_job(item, job_id, job_type)
+            item.outcome = Failure(
+                f"delivered {item.attempt} times, more than max_attempts={limit}: earlier attempts never finished "
+                "(the worker process running the job most likely died: killed, out of memory or crashed)"
+            )
+            item.reason = "max_attempts"
+            return
+        refusal = self.verifier.check(self.queue, headers, msg.data) if self.verifier else None
+        if refusal is not None:
+            item.job = self._bare_job(item, job_id, job_type)
+            item.outcome, item.reason = Failure(f"signature: {refusal}"), "signature"
+            return
+        try:
+            item.job = decode_job(msg, self.queue, job_type, job_id, item.attempt, limit)
+        except jobmod.DecodeError as exc:
+            item.job = self._bare_job(item, job_id, job_type)
+            item.outcome, item.reason = Failure(f"DecodeError: {exc}"), "decode"
+            return
+        handler = self.mux.get(job_type)
+        if handler is None:
+            known = ", ".join(self.mux.types())
+            error = f"no handler for job type {job_type!r} on this worker (known: {known})"
+            item.outcome, item.reason = Failure(error), "unknown_handler"
+            return
+        item.outcome = self.call(handler, item.job)
+
+    def _bare_job(self, item: Delivery, job_id: str, job_type: str) -> Job:
+        """A Job for hooks and logs when the message could not be decoded: its arg is the raw body."""
+        headers = item.msg.headers or {}
+        return Job(id=job_id, type=job_type, arg=item.msg.data, queue=self.queue, attempt=item.attempt,
+                   request_id=headers.get(jobmod.HEADER_REQUEST_ID), headers=jobmod.user_headers(headers),
+                   max_attempts=self.retry_policy.max_attempts)  # fmt: skip
+
+    def call(self, handler: Handler, job: Job) -> Result | Failure:
+        """Run the hooks, middleware chain and handler for `job`; never raises."""
+        wrapped = self._chains.get(job.type)
+        if wrapped is None:
+            wrapped = self._chains[job.type] = chain(self.middleware, handler)
+        token = current_job.set(job)
+        try:
+            self.hooks.call("on_job_start", job)
+            try:
+                result = wrapped(job)
+            except BaseException as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
+                log.warning("job %s (%s) attempt %d raised %s: %s", job.id, job.type, job.attempt,
+                            type(exc).__name__, exc)  # fmt: skip
+                trace = "".join(tb.format_exception(exc))
+                outcome: Result | Failure = Failure(f"{type(exc).__name__}: {exc}", trace, mark_unhandled(exc))
+            else:
+                if isinstance(result, Result):
+                    outcome = result
+                else:
+                    error = mark_unhandled(not_a_result(job.type, result))
+                    outcome = Failure(f"{type(error).__name__}: {error}", exception=error)
+            self.hooks.call("on_job_end", job, outcome)
+            return outcome
+        finally:
+            current_job.reset(token)

@@ -1,0 +1,314 @@
+"""The fetch loop of one worker, on the runtime's event loop: pull requests sized to free capacity, handing
+deliveries to the pool, leases (heartbeats), settling finished jobs, the worker directory, and the drain."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import nats.js.errors
+from nats.aio.msg import Msg
+
+from .. import directory, results
+from .. import job as jobmod
+from ..codec import attempts_used, job_id_of
+from ..core import Core
+from ..errors import ConnectionError, describe_error
+from ..runtime import Runtime
+from .dispatch import Delivery, Dispatcher
+from .pool import Pool
+from .pull import PullRequests, PullTrouble
+from .settle import Settler
+
+if TYPE_CHECKING:
+    from . import Worker
+
+log = logging.getLogger("bgjob.worker")
+
+
+class FetchLoop:
+    """Everything a running Worker does on the event loop; made by Worker.run() for one run."""
+
+    def __init__(self, worker: Worker, core: Core, runtime: Runtime, pool: Pool, dispatcher: Dispatcher) -> None:
+        self.worker = worker
+        self.queue = worker.queue
+        self.concurrency = worker.concurrency
+        self.core = core
+        self.runtime = runtime
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.settler = Settler(core, worker.queue, worker.retry_policy, dispatcher.hooks)
+        self.inflight: dict[int, Delivery] = {}
+        self.ack_wait = core.settings.ack_wait
+        self._completed: collections.deque[Delivery] = collections.deque()
+        #: guards the started/abandoned hand-over between a pool thread and a drain.
+        self._handover = threading.Lock()
+        self._stop = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._grace_deadline: float | None = None
+        self._unavailable_since: float | None = None
+
+    # -- called from other threads ------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Begin the drain (any thread)."""
+        self.runtime.loop.call_soon_threadsafe(self._on_stop)
+
+    def _on_stop(self) -> None:
+        self._stop.set()
+        self._capacity.set()  # wakes the fetch loop, which waits on this one event
+
+    def _run_job(self, item: Delivery) -> None:
+        """In a pool thread: run the job unless a drain gave it back first, then queue it for settling."""
+        with self._handover:
+            if item.abandoned:
+                return
+            item.started = True
+        self.dispatcher.run(item)
+        self._completed.append(item)
+        self.runtime.wake()
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        core, worker = self.core, self.worker
+        await core.ensure_queue(self.queue)
+        await core.ensure_dlq()
+        config = await core.ensure_consumer(self.queue)
+        self.ack_wait = config.ack_wait or core.settings.ack_wait
+        stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
+        pull = PullRequests(core, stream, consumer, expires=worker.fetch_timeout)
+        inbox = core.nc.new_inbox()
+
+        async def on_message(msg: Msg) -> None:
+            self._on_message(pull, msg)
+
+        sub = await core.nc.subscribe(inbox, cb=on_message)
+        self.runtime.add_wakeup_hook(self._settle_completed)
+        leases = asyncio.create_task(self._keep_leases())
+        announcements = asyncio.create_task(self._announce())
+        log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency, worker.mux.types())
+        worker._started.set()
+        # Ask for more jobs once this many slots are free, so pulls come in batches under load.
+        threshold = max(1, min(self.concurrency, worker.max_batch) // 4)
+        try:
+            while not self._stop.is_set():
+                pull.expire_lost()
+                free = self.concurrency - len(self.inflight) - pull.requested
+                if free > 0 and (free >= threshold or pull.requested == 0):
+                    try:
+                        await pull.request(min(free, worker.max_batch), inbox)
+                    except Exception as exc:
+                        if core.lost:  # closed for good: let run() fail so a supervisor restarts the worker
+                            raise ConnectionError("the NATS connection was closed; the worker stops") from exc
+                        log.warning("pull request on %s failed: %s", stream, describe_error(exc))
+                        await _wait(self._stop, timeout=1.0)
+                        continue
+                self._capacity.clear()
+                await _wait(self._capacity, timeout=pull.time_left())
+                if pull.trouble is not None:
+                    trouble, pull.trouble = pull.trouble, None
+                    await self._recover(trouble, stream, consumer)
+        finally:
+            await self._drain(pull)
+            self.runtime.remove_wakeup_hook(self._settle_completed)
+            leases.cancel()
+            announcements.cancel()
+            try:
+                await directory.withdraw(core, worker.id)
+            except Exception as exc:  # noqa: BLE001 - the entry then expires with its TTL
+                log.debug("could not withdraw from the worker directory: %r", exc)
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone
+                pass
+
+    async def _recover(self, trouble: PullTrouble, stream: str, consumer: str) -> None:
+        """A pull status said the consumer is gone, or nothing answered: find out which, then act."""
+        missing = trouble is PullTrouble.CONSUMER_GONE
+        if not missing:
+            try:
+                await self.core.js.consumer_info(stream, consumer)
+            except nats.js.errors.NotFoundError:
+                missing = True
+            except Exception as exc:  # noqa: BLE001 - JetStream itself is not answering: wait, don't re-create
+                self._unavailable(exc)
+                return
+        if missing:
+            log.warning("queue %r: the consumer %s is gone (deleted with its stream?); creating it again", self.queue,
+                        consumer)  # fmt: skip
+            try:
+                await self.core.reprovision(self.queue)
+            except Exception as exc:  # noqa: BLE001 - tried again on the next failure
+                log.warning("re-creating the stream/consumer of queue %r failed: %s", self.queue, describe_error(exc))
+                await _wait(self._stop, timeout=1.0)
+        elif self._unavailable_since is not None:
+            self._recovered()
+
+    def _unavailable(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        first = self._unavailable_since is None
+        if first:
+            self._unavailable_since = now
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "queue %r: JetStream is not answering pull requests (503 no responders; %s): a cluster without "
+                "quorum or a restarting server; waiting, the consumer is left as it is", self.queue,
+                describe_error(exc))  # fmt: skip
+
+    def _on_message(self, pull: PullRequests, msg: Msg) -> None:
+        if not msg.reply:  # pull-request statuses have no ack subject; every delivered job has one
+            pull.on_status(msg.headers or {})
+        else:
+            pull.requested = max(0, pull.requested - 1)
+            item = Delivery(msg, attempt=attempts_used(msg.headers or {}) + msg.metadata.num_delivered)
+            self.inflight[id(msg)] = item
+            if self._unavailable_since is not None:
+                self._recovered()
+            late = self._grace_deadline is not None and time.monotonic() >= self._grace_deadline
+            if late or len(self.inflight) > self.concurrency:
+                self.inflight.pop(id(msg), None)
+                self.runtime.spawn(self.settler.hand_back(item, "drain"))
+            elif msg.headers and results.HEADER_STORE_RESULT in msg.headers:
+                self.runtime.spawn(self._start_with_result(item))
+            else:
+                self.pool.submit(self._run_job, item)
+        self._capacity.set()
+
+    def _recovered(self) -> None:
+        log.warning("queue %r: JetStream answers again after %.1fs", self.queue,
+                    time.monotonic() - (self._unavailable_since or time.monotonic()))  # fmt: skip
+        self._unavailable_since = None
+
+    async def _start_with_result(self, item: Delivery) -> None:
+        """Record RUNNING for a job that stores its result, then run it."""
+        msg, headers = item.msg, item.msg.headers or {}
+        job_id = job_id_of(msg)
+        try:
+            item.result = await results.record_running(
+                self.core, job_id, self.core.topology.job_type_of(self.queue, msg.subject), self.queue, item.attempt,
+                headers.get(jobmod.HEADER_ENQUEUED_AT), self.worker.id,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - results are a report; the job runs regardless
+            log.warning("could not store the RUNNING result of job %s: %s", job_id, describe_error(exc))
+        self.pool.submit(self._run_job, item)
+
+    # -- settling ---------------------------------------------------------------------------------------------
+    def _settle_completed(self) -> None:
+        """Wake-up hook: settle every job whose handler has returned, in one task."""
+        if not self._completed:
+            return
+        batch = []
+        now = time.monotonic()
+        while self._completed:
+            item = self._completed.popleft()
+            if not item.abandoned:
+                item.settling = True
+                self._check_lease(item, now)
+                batch.append(item)
+        if batch:
+            self.runtime.spawn(self._settle_batch(batch))
+
+    async def _settle_batch(self, batch: list[Delivery]) -> None:
+        settler = self.settler
+        for item in batch:
+            if settler.can_ack_inline(item):
+                await settler.ack_inline(item)
+                self._finished(item)
+            else:
+                task = self.runtime.spawn(settler.settle(item))
+                task.add_done_callback(lambda _t, item=item: self._finished(item))
+
+    def _finished(self, item: Delivery) -> None:
+        self.inflight.pop(id(item.msg), None)
+        self.worker.processed += 1
+        self._capacity.set()
+
+    # -- leases -----------------------------------------------------------------------------------------------
+    def _check_lease(self, item: Delivery, now: float) -> None:
+        gap = now - item.last_progress
+        if gap > self.ack_wait and item.lease_lapsed is None:
+            item.lease_lapsed = gap
+
+    async def _keep_leases(self) -> None:
+        """Tell JetStream that running jobs are still being worked on, so they aren't redelivered; notice when
+        the whole process was frozen past ack_wait (then they probably were)."""
+        interval = max(0.5, self.ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for item in list(self.inflight.values()):
+                if item.abandoned or item.settling or now - item.last_progress < interval:
+                    continue
+                self._check_lease(item, now)
+                item.last_progress = now
+                try:
+                    await item.msg.in_progress()
+                except Exception as exc:  # noqa: BLE001 - redelivery is the fallback
+                    log.debug("in_progress failed: %r", exc)
+
+    # -- the worker directory ---------------------------------------------------------------------------------
+    async def _announce(self) -> None:
+        """Keep this worker's entry in the worker directory fresh."""
+        from .. import __version__
+
+        worker = self.worker
+        started = jobmod.format_time(datetime.now(timezone.utc))
+        while True:
+            entry = {
+                "id": worker.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": [self.queue],
+                "concurrency": self.concurrency, "in_flight": len(self.inflight), "processed": worker.processed,
+                "started_at": started, "last_beat": jobmod.format_time(datetime.now(timezone.utc)),
+                "version": __version__,
+            }  # fmt: skip
+            try:
+                await directory.announce(self.core, entry)
+            except Exception as exc:  # noqa: BLE001 - tried again at the next beat
+                log.debug("worker directory heartbeat failed: %r", exc)
+            await asyncio.sleep(self.core.settings.worker_ttl / 3)
+
+    # -- the drain --------------------------------------------------------------------------------------------
+    async def _drain(self, pull: PullRequests) -> None:
+        """No more pull requests. Jobs already received run within the grace period (those that arrive from a
+        pull still open run too); whatever has not started by then is handed back without using an attempt,
+        and what is still running is handed back for redelivery."""
+        grace = self.worker.grace_period
+        self._grace_deadline = deadline = time.monotonic() + grace
+        if self.inflight or pull.requested:
+            log.info("draining %d in-flight jobs (grace %.0fs)", len(self.inflight), grace)
+        while (self.inflight or (pull.requested and pull.time_left() > 0)) and time.monotonic() < deadline:
+            self._capacity.clear()
+            await _wait(self._capacity, timeout=deadline - time.monotonic())
+        self._settle_completed()  # jobs that finished just now are settled, not handed back
+        for item in list(self.inflight.values()):
+            with self._handover:
+                if item.settling:
+                    continue
+                item.abandoned = True
+            self.inflight.pop(id(item.msg), None)
+            await self.settler.hand_back(item, "grace_period" if item.started else "drain")
+            if item.started:
+                log.warning("job %s did not finish within the grace period; returned to the queue", item.job_id,
+                            extra=item.log_context())  # fmt: skip
+        # Jobs still being settled, and pulls still open (their jobs are handed back as they arrive).
+        until = time.monotonic() + 10
+        while (self.inflight or pull.requested) and time.monotonic() < until and pull.time_left() > 0:
+            self._capacity.clear()
+            await _wait(self._capacity, timeout=min(pull.time_left(), until - time.monotonic()))
+        try:
+            await self.core.nc.flush(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - unacked jobs are redelivered anyway
+            log.debug("flush after drain failed: %r", exc)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` seconds passed (no task per wait: this is the hot loop)."""
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+    except TimeoutError:
+        pass

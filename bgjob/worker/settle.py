@@ -1,0 +1,219 @@
+"""Settling a delivery: its outcome becomes exactly one JetStream operation, and hooks hear the real fate.
+
+| outcome                                 | operation                                            | fate            |
+|-----------------------------------------|------------------------------------------------------|-----------------|
+| Complete                                | ack (ack_sync with double_ack)                       | acked           |
+| Retry / Failure, attempts left, <= 1 s  | nak with delay                                       | retry_scheduled |
+| Retry / Failure, attempts left, longer  | `@at` retry schedule (attempts carried), then ack    | retry_scheduled |
+| Retry / Failure, last attempt           | DLQ publish (PubAck), then term                      | dead_lettered   |
+| MoveToDlq, or no handler ran (reason)   | DLQ publish (PubAck), then term                      | dead_lettered   |
+| Reschedule                              | `@at` schedule of the next run, then ack             | rescheduled     |
+| any step above fails                    | nak (or nothing: redelivered after ack_wait)         | handed_back     |
+
+A crash between two steps yields a duplicate, never a loss: every publish made on a delivery's behalf carries
+a `Nats-Msg-Id` derived from the stored message, so doing it again after a redelivery stores nothing new.
+Long retry delays go through schedules so that a job backing off holds no ack-pending slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .. import results
+from ..codec import handed_back_message, next_run_message
+from ..core import Core
+from ..dlq import move_to_dlq
+from ..errors import InvalidJob, describe_error
+from ..hooks import Failure, Fate, HookSet
+from ..producer import signer_for
+from ..result import Complete, MoveToDlq, Reschedule, Retry
+from ..results import ResultStatus
+from ..retry import RetryPolicy
+from .dispatch import Delivery
+
+log = logging.getLogger("bgjob.worker")
+
+#: Retry delays up to this many seconds are a nak with delay (no publish); longer ones a server-side schedule,
+#: so that jobs backing off do not hold the consumer's ack-pending slots (max_ack_pending).
+NAK_DELAY_LIMIT = 1.0
+#: DLQ reasons of deliveries that never reached a handler because of what was sent (counted as internal errors).
+_REFUSED = frozenset({"decode", "signature", "unknown_handler", "internal_error"})
+
+
+class Settler:
+    """Applies outcomes for one queue's worker and reports each fate to the hooks."""
+
+    def __init__(self, core: Core, queue: str, retry_policy: RetryPolicy, hooks: HookSet) -> None:
+        self.core = core
+        self.queue = queue
+        self.retry_policy = retry_policy
+        self.hooks = hooks
+
+    # -- the fast path: Complete without results or double-ack needs no round trip -----------------------------
+    def can_ack_inline(self, item: Delivery) -> bool:
+        return (isinstance(item.outcome, Complete) and item.result is None and not self.core.settings.double_ack
+                and item.lease_lapsed is None)  # fmt: skip
+
+    async def ack_inline(self, item: Delivery) -> None:
+        """Ack a Complete (buffered by nats-py: no round trip) and report it."""
+        try:
+            await item.msg.ack()
+        except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: a duplicate, not a loss
+            self._settle_failed(item, exc)
+            return
+        self._report(item, Fate.acked())
+
+    # -- every outcome -------------------------------------------------------------------------------------------
+    async def settle(self, item: Delivery) -> Fate:
+        """Perform the one JetStream operation `item.outcome` calls for; returns (and reports) the fate."""
+        try:
+            fate = await self._apply(item)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the job must not be lost
+            return await self._hand_back_after_failure(item, exc)
+        if item.lease_lapsed is not None:
+            self._lease_lost(item)
+        self._report(item, fate)
+        return fate
+
+    async def _apply(self, item: Delivery) -> Fate:
+        outcome, attempt = item.outcome, item.attempt
+        if item.reason is not None:
+            assert isinstance(outcome, Failure)
+            if item.reason in _REFUSED:
+                self.hooks.call("on_internal_error", outcome.error)
+            return await self._dead_letter(item, item.reason, outcome.error, outcome.traceback)
+        if isinstance(outcome, Complete):
+            await self._store_result(item, ResultStatus.SUCCESSFUL, value=outcome.value)
+            msg = item.msg
+            await (msg.ack_sync(timeout=self.core.settings.request_timeout) if self.core.settings.double_ack
+                   else msg.ack())  # fmt: skip
+            return Fate.acked()
+        if isinstance(outcome, (Retry, Failure)):
+            error, trace = error_text(outcome)
+            if self.retry_policy.exhausted(attempt):
+                return await self._dead_letter(item, "max_attempts", error or f"gave up after {attempt} attempts",
+                                               trace)  # fmt: skip
+            await self._store_result(item, ResultStatus.READY, error=error, trace=trace)
+            delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
+            return await self._retry(item, self.retry_policy.delay_for(attempt) if delay is None else delay)
+        if isinstance(outcome, MoveToDlq):
+            error, trace = error_text(outcome)
+            return await self._dead_letter(item, outcome.reason, error, trace)
+        if isinstance(outcome, Reschedule):
+            try:
+                due = outcome.by.next_run(datetime.now(timezone.utc))
+                await self._publish_next_run(item, "next", due, attempts=0, arg=outcome.arg)
+            except InvalidJob as exc:
+                return await self._dead_letter(item, "handler", f"Reschedule refused: {exc}", None)
+            await self._store_result(item, ResultStatus.READY)
+            await item.msg.ack()
+            return Fate.rescheduled(due)
+        raise TypeError(f"no settlement for outcome {outcome!r}")  # dispatch only leaves Results and Failures
+
+    async def _retry(self, item: Delivery, delay: float) -> Fate:
+        if delay <= NAK_DELAY_LIMIT:
+            await item.msg.nak(delay=delay)
+            return Fate.retry_scheduled(delay)
+        due = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        await self._publish_next_run(item, "retry", due, attempts=item.attempt)
+        await item.msg.ack()
+        return Fate.retry_scheduled(delay, at=due)
+
+    async def _publish_next_run(self, item: Delivery, kind: str, due: datetime, *, attempts: int,
+                                arg: Any = None) -> None:  # fmt: skip
+        """Publish the job's next run as a server-side `@at` schedule (one per job id and kind: a repeat
+        after a crash replaces it)."""
+        core, job = self.core, item.job
+        assert job is not None
+        topology = core.topology
+        options = {} if arg is None else {"arg": arg}
+        body, headers = next_run_message(item.msg, kind=kind, job_id=job.id, due=due, attempts=attempts,
+                                         target=topology.job_subject(self.queue, job.type), **options)  # fmt: skip
+        if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
+            signer_for(core.settings.signing_key).sign(self.queue, headers, body)
+        subject = topology.retry_subject(self.queue, job.id) if kind == "retry" else topology.delayed_subject(
+            self.queue, job.id)  # fmt: skip
+        await core.publish(subject, body, headers, queue=self.queue)
+
+    async def _dead_letter(self, item: Delivery, reason: str, error: str, trace: str | None) -> Fate:
+        job = item.job
+        assert job is not None
+        await self._store_result(item, ResultStatus.FAILED, error=error, trace=trace)
+        await move_to_dlq(self.core, item.msg, queue=self.queue, job_id=job.id, job_type=job.type, reason=reason,
+                          error=error, traceback=trace, attempts=item.attempt)  # fmt: skip
+        await item.msg.term()
+        context = {**item.log_context(), "bgjob_reason": reason, "bgjob_fate": "dead_lettered",
+                   "bgjob_handler_ran": item.reason is None}  # fmt: skip
+        log.error("job %s (%s) moved to the DLQ after %d attempt(s): %s: %s", job.id, job.type, item.attempt, reason,
+                  error, extra=context)  # fmt: skip
+        return Fate.dead_lettered(reason, error)
+
+    async def _store_result(self, item: Delivery, status: ResultStatus, *, value: Any = None,
+                            error: str | None = None, trace: str | None = None) -> None:  # fmt: skip
+        if item.result is None:
+            return
+        try:
+            await results.record_outcome(self.core, item.result, status, value=value, error=error, traceback=trace)
+        except Exception as exc:  # noqa: BLE001 - a missing report must not hold up the job itself
+            log.warning("could not store the %s result of job %s: %s", status.value, item.job_id, describe_error(exc),
+                        extra=item.log_context())  # fmt: skip
+
+    # -- handing back ------------------------------------------------------------------------------------------
+    async def hand_back(self, item: Delivery, reason: str) -> None:
+        """Give a delivery back to JetStream. One whose handler never started costs no attempt: it is stored
+        again with its attempt count carried (then acked); one that ran is nak'ed (that attempt counts)."""
+        msg = item.msg
+        try:
+            if item.started:
+                await msg.nak()
+            else:
+                body, headers = handed_back_message(msg, attempts=item.attempt - 1)
+                await self.core.publish(msg.subject, body, headers, queue=self.queue)
+                await msg.ack()
+        except Exception as exc:  # noqa: BLE001 - then it is redelivered after ack_wait anyway
+            log.warning("could not hand back job %s: %s; it is redelivered after ack_wait", item.job_id,
+                        describe_error(exc), extra=item.log_context())  # fmt: skip
+        self._report(item, Fate.handed_back(reason))
+
+    async def _hand_back_after_failure(self, item: Delivery, exc: BaseException) -> Fate:
+        self._settle_failed(item, exc)
+        try:
+            await item.msg.nak(delay=self.retry_policy.delay_for(1))
+        except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
+            pass
+        return Fate.handed_back("settle_failed", describe_error(exc))
+
+    def _settle_failed(self, item: Delivery, exc: BaseException) -> None:
+        description = describe_error(exc)
+        log.error("could not settle job %s (%s): %s; it will be redelivered", item.job_id, item.job_type, description,
+                  extra=item.log_context())  # fmt: skip
+        self.hooks.call("on_internal_error", exc)
+        self._report(item, Fate.handed_back("settle_failed", description))
+
+    def _lease_lost(self, item: Delivery) -> None:
+        """The process was frozen (SIGSTOP, a long GC pause, a stalled VM) past ack_wait while running this job:
+        JetStream has most likely redelivered it, so another worker may have run it too."""
+        log.warning("job %s (%s) attempt %d: this worker went %.1fs without a heartbeat, longer than ack_wait; the "
+                    "job was probably redelivered and run elsewhere too (this run's settlement may be a duplicate)",
+                    item.job_id, item.job_type, item.attempt, item.lease_lapsed,
+                    extra=item.log_context())  # fmt: skip
+        self.hooks.call("on_internal_error", f"lease of job {item.job_id} lapsed ({item.lease_lapsed:.1f}s)")
+
+    def _report(self, item: Delivery, fate: Fate) -> None:
+        if item.job is not None and item.outcome is not None:
+            self.hooks.call("on_settled", item.job, item.outcome, fate)
+
+
+def error_text(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:
+    """The one-line error and the traceback of a failed outcome."""
+    if isinstance(outcome, Failure):
+        return outcome.error, outcome.traceback
+    error, trace = outcome.error, outcome.traceback
+    if isinstance(error, BaseException):
+        if trace is None and error.__traceback__ is not None:
+            trace = "".join(tb.format_exception(error))
+        return f"{type(error).__name__}: {error}", trace
+    return (error or ""), trace

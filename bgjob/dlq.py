@@ -4,35 +4,65 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from . import job as jobmod
-from .errors import DeadLetterNotFound
+from .errors import DeadLetterNotFound, DeadLetterRefused, InvalidJob
+from .headers import (
+    ATTEMPTS_USED,
+    CARRIED_FIRST_FAILURE,
+    CONTENT_TYPE,
+    DLQ_ATTEMPTS,
+    DLQ_ERROR,
+    DLQ_FAILURE_HEADERS,
+    DLQ_FIRST_FAILURE,
+    DLQ_LAST_FAILURE,
+    DLQ_ORIGINAL_SUBJECT,
+    DLQ_REASON,
+    DLQ_TRACEBACK,
+    HEADER_ENQUEUED_AT,
+    HEADER_ID,
+    HEADER_NAME,
+    HEADER_REQUEST_ID,
+    HEADER_TYPE,
+    MSG_ID,
+    SIGNATURE,
+    STORE_RESULT,
+    cut_text,
+    derived_msg_id,
+    entry_size,
+    header_room,
+)
 from .job import validate_reason
 
 if TYPE_CHECKING:
     from .client import Client
     from .core import Core
 
-REASON = "Bgjob-Dlq-Reason"
-ERROR = "Bgjob-Dlq-Error"
-TRACEBACK = "Bgjob-Dlq-Traceback"
-ATTEMPTS = "Bgjob-Dlq-Attempts"
-FIRST_FAILURE = "Bgjob-Dlq-First-Failure"
-LAST_FAILURE = "Bgjob-Dlq-Last-Failure"
-ORIGINAL_SUBJECT = "Bgjob-Dlq-Subject"
-#: carried by a job retried from the DLQ, so a second failure keeps the first failure's time.
-CARRIED_FIRST_FAILURE = "Bgjob-First-Failure"
-_FAILURE_HEADERS = (REASON, ERROR, TRACEBACK, ATTEMPTS, FIRST_FAILURE, LAST_FAILURE, ORIGINAL_SUBJECT)
-MAX_TRACEBACK = 32 * 1024
+log = logging.getLogger("bgjob.worker")
+
+#: the most bytes (as sent, JSON-encoded) a dead letter's error and traceback take; longer ones are cut.
+MAX_ERROR_BYTES = 16 * 1024
+MAX_TRACEBACK_BYTES = 32 * 1024
+#: below this much room for its error, a dead letter drops the job's custom headers (see `_minimal`).
+LEAST_ERROR_BYTES = 128
+#: the error of a minimal dead letter, and the largest job header value it keeps, in bytes as sent.
+MINIMAL_ERROR_BYTES = 1024
+MINIMAL_VALUE_BYTES = 512
+#: what a minimal dead letter keeps of the job's headers: enough to show it, decode it and retry it.
+_MINIMAL_KEEP = (HEADER_ID, HEADER_TYPE, CONTENT_TYPE, HEADER_ENQUEUED_AT, HEADER_REQUEST_ID, STORE_RESULT, SIGNATURE)
+#: a server refusal that a smaller dead letter may get past (anything else is raised as it is).
+_REFUSALS = (nats.js.errors.APIError, nats.errors.BadHeaderError, InvalidJob)
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
 REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "signature", "internal_error")
@@ -60,17 +90,17 @@ class DeadLetter:
     def arg(self) -> Any:
         """The decoded arg; the raw body when it does not decode."""
         try:
-            return jobmod.decode_arg(self.body, self.headers.get(jobmod.CONTENT_TYPE))
+            return jobmod.decode_arg(self.body, self.headers.get(CONTENT_TYPE))
         except jobmod.DecodeError:
             return self.body
 
     @property
     def request_id(self) -> str | None:
-        return self.headers.get(jobmod.HEADER_REQUEST_ID)
+        return self.headers.get(HEADER_REQUEST_ID)
 
     @property
     def enqueued_at(self) -> datetime | None:
-        return jobmod.parse_time(self.headers.get(jobmod.HEADER_ENQUEUED_AT))
+        return jobmod.parse_time(self.headers.get(HEADER_ENQUEUED_AT))
 
 
 async def move_to_dlq(
@@ -85,42 +115,118 @@ async def move_to_dlq(
     traceback: str | None,
     attempts: int,
 ) -> None:
-    """Store a failed delivery in the DLQ and wait for the PubAck (the caller then terms it)."""
+    """Store a failed delivery in the DLQ and wait for the PubAck (the caller then terms it).
+
+    Arguments: `msg` the delivery, as a JetStream consumer delivered it; `queue`, `job_id`, `job_type` the
+    job's (they name the dead letter's subject); `reason` a validated DLQ reason; `error` and `traceback` any
+    text (cut to at most MAX_ERROR_BYTES and MAX_TRACEBACK_BYTES as sent, and to whatever room the job's own
+    headers leave under JetStream's 64 KiB header limit and the server's max_payload); `attempts` the
+    deliveries so far.
+
+    The dead letter is the job's body and headers plus the failure headers (bgjob.headers.DLQ_*). When the
+    job's headers leave too little room, or the server refuses it anyway, a minimal dead letter is stored
+    instead: the job's id, type, content type, enqueue time, request id and signature, the reason, a short
+    error saying why it is minimal, and the body. Its Nats-Msg-Id is derived from the stored message
+    (`derived_msg_id`), so moving one delivery twice (a crash before the term) stores one dead letter.
+
+    Raises DeadLetterRefused (with the server's description and err_code) when even the minimal dead letter
+    is refused, bgjob.ConnectionError when the server does not answer within retry_for.
+    """
     await core.ensure_dlq()
-    now = jobmod.format_time(datetime.now(timezone.utc))
-    original = dict(msg.headers or {})
-    headers = {k: v for k, v in original.items() if not k.lower().startswith("nats-")}
-    headers.update({
-        REASON: reason,
-        ERROR: json.dumps(error[:MAX_TRACEBACK]),
-        ATTEMPTS: str(attempts),
-        FIRST_FAILURE: original.get(CARRIED_FIRST_FAILURE, now),
-        LAST_FAILURE: now,
-        ORIGINAL_SUBJECT: msg.subject,
-        # One DLQ entry per stored message, even if a crash makes us move it twice.
-        "Nats-Msg-Id": f"dlq:{queue}:{msg.metadata.sequence.stream}",
-    })  # fmt: skip
-    headers.pop(CARRIED_FIRST_FAILURE, None)
-    if traceback:
-        headers[TRACEBACK] = json.dumps(traceback[-MAX_TRACEBACK:])
-    body = msg.data or b""
-    _fit(headers, body, core.max_payload)
     subject = core.topology.dlq_subject(queue, reason, job_id, job_type)
-    await core.publish(subject, body, headers)
+    body = msg.data or b""
+    error = error if isinstance(error, str) else ("" if error is None else str(error))
+    now = jobmod.format_time(datetime.now(timezone.utc))
+    job_headers = {k: v for k, v in (msg.headers or {}).items() if _kept(k)}
+    carried = (msg.headers or {}).get(CARRIED_FIRST_FAILURE)
+    failure = {
+        DLQ_REASON: reason,
+        DLQ_ATTEMPTS: str(attempts),
+        DLQ_FIRST_FAILURE: carried if carried and len(carried) <= 64 and jobmod.parse_time(carried) else now,
+        DLQ_LAST_FAILURE: now,
+        DLQ_ORIGINAL_SUBJECT: msg.subject,
+        MSG_ID: derived_msg_id("dlq", job_id, msg),
+    }
+    headers = {**job_headers, **failure}
+    if _fit(headers, error, traceback, len(body), core.max_payload):
+        try:
+            await core.publish(subject, body, headers)
+            return
+        except _REFUSALS as exc:
+            description, err_code = _refusal(exc)
+            why = f"the server refused the full one: {description}" + (f" (err_code {err_code})" if err_code else "")
+    else:
+        why = f"the job's own headers leave no room for the error ({_size_of(job_headers)} bytes)"
+    log.warning("dead letter of job %s (%s): %s; storing a minimal one", job_id, job_type, why)
+    minimal = _minimal(job_headers, failure, job_id, job_type, error, why)
+    try:
+        await core.publish(subject, body, minimal)
+    except _REFUSALS as exc:
+        description, err_code = _refusal(exc)
+        raise DeadLetterRefused(
+            f"the DLQ refused even a minimal dead letter of job {job_id} ({job_type}, {len(body)} bytes of body): "
+            f"{description}" + (f" (err_code {err_code})" if err_code else ""),
+            description=description,
+            err_code=err_code,
+        ) from exc
 
 
-def _fit(headers: dict[str, str], body: bytes, max_payload: int) -> None:
-    """Shorten the traceback, then the error, so the dead letter fits the server's max_payload."""
+def _kept(name: str) -> bool:
+    """Whether a delivered job's header goes into its dead letter: not NATS's own, not stale failure headers,
+    not the attempts carried by a retry (a job retried from the DLQ starts again at attempt 1)."""
+    return (
+        not name.lower().startswith("nats-")
+        and name not in DLQ_FAILURE_HEADERS
+        and name not in (CARRIED_FIRST_FAILURE, ATTEMPTS_USED)
+        and bool(HEADER_NAME.fullmatch(name))
+    )
 
-    def excess() -> int:
-        return len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 256 - max_payload
 
-    for name, keep_end in ((TRACEBACK, True), (ERROR, False)):
-        if name in headers and excess() > 0:
-            text = json.loads(headers[name])
-            room = max(0, len(text) - excess() - 64)
-            text = ("..." + text[len(text) - room :]) if keep_end else (text[:room] + "...")
-            headers[name] = json.dumps(text)
+def _fit(headers: dict[str, str], error: str, traceback: str | None, body_size: int, max_payload: int) -> bool:
+    """Add the error and traceback headers, cut to the room left under the header limit and max_payload.
+
+    The error keeps its start and gets up to MAX_ERROR_BYTES, but leaves the traceback at least half the room;
+    the traceback keeps its end and gets what is left, up to MAX_TRACEBACK_BYTES (none if under
+    LEAST_ERROR_BYTES). Returns False, adding nothing, when the room is under LEAST_ERROR_BYTES.
+    """
+    room = header_room(headers, body_size=body_size, max_payload=max_payload) - entry_size(DLQ_ERROR, "")
+    if room < LEAST_ERROR_BYTES:
+        return False
+    wanted = 0
+    if traceback:
+        wanted = entry_size(DLQ_TRACEBACK, "") + min(MAX_TRACEBACK_BYTES, len(json.dumps(traceback)))
+    headers[DLQ_ERROR] = cut_text(error, min(MAX_ERROR_BYTES, max(room - wanted, room // 2)), as_json=True)
+    if traceback:
+        left = room - len(headers[DLQ_ERROR]) - entry_size(DLQ_TRACEBACK, "")
+        if left >= LEAST_ERROR_BYTES:
+            headers[DLQ_TRACEBACK] = cut_text(traceback, min(MAX_TRACEBACK_BYTES, left), keep="end", as_json=True)
+    return True
+
+
+def _minimal(job_headers: Mapping[str, str], failure: Mapping[str, str], job_id: str, job_type: str, error: str,
+             why: str) -> dict[str, str]:  # fmt: skip
+    """The smallest useful dead letter: see `move_to_dlq`."""
+    headers = {HEADER_ID: job_id, HEADER_TYPE: job_type}
+    for name in _MINIMAL_KEEP:
+        value = job_headers.get(name)
+        if value is not None and entry_size(name, value) <= MINIMAL_VALUE_BYTES:
+            headers[name] = value
+    headers.update((k, v) for k, v in failure.items() if entry_size(k, v) <= MINIMAL_VALUE_BYTES)
+    note = json.loads(cut_text(f" [minimal dead letter: {why}]", MINIMAL_ERROR_BYTES // 2, as_json=True))
+    start = json.loads(cut_text(error, MINIMAL_ERROR_BYTES - (len(json.dumps(note)) - 2), as_json=True))
+    headers[DLQ_ERROR] = json.dumps(start + note)
+    return headers
+
+
+def _refusal(exc: BaseException) -> tuple[str, int | None]:
+    """What the server (or the size check before sending) said: (description, err_code)."""
+    if isinstance(exc, nats.js.errors.APIError):
+        return (exc.description or type(exc).__name__), exc.err_code
+    return (str(exc) or type(exc).__name__), None
+
+
+def _size_of(headers: Mapping[str, str]) -> int:
+    return sum(entry_size(k, v) for k, v in headers.items())
 
 
 def stored_headers(raw: RawStreamMsg) -> dict[str, str]:
@@ -142,22 +248,29 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
     queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
 
     def text(name: str) -> str | None:
+        """A JSON-encoded text header (bgjob writes them so); a value written otherwise as it is."""
         value = headers.get(name)
-        return json.loads(value) if value else None
+        if not value:
+            return None
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
 
     return DeadLetter(
-        id=headers.get(jobmod.HEADER_ID, job_id),
+        id=headers.get(HEADER_ID, job_id),
         seq=raw.seq,
         queue=queue,
-        type=headers.get(jobmod.HEADER_TYPE, job_type),
-        reason=headers.get(REASON, reason),
-        error=text(ERROR) or "",
-        traceback=text(TRACEBACK),
-        attempts=int(headers.get(ATTEMPTS) or 0),
-        first_failure_at=jobmod.parse_time(headers.get(FIRST_FAILURE)),
-        last_failure_at=jobmod.parse_time(headers.get(LAST_FAILURE)),
+        type=headers.get(HEADER_TYPE, job_type),
+        reason=headers.get(DLQ_REASON, reason),
+        error=text(DLQ_ERROR) or "",
+        traceback=text(DLQ_TRACEBACK),
+        attempts=int(headers.get(DLQ_ATTEMPTS) or 0),
+        first_failure_at=jobmod.parse_time(headers.get(DLQ_FIRST_FAILURE)),
+        last_failure_at=jobmod.parse_time(headers.get(DLQ_LAST_FAILURE)),
         body=raw.data or b"",
-        headers={k: v for k, v in headers.items() if k not in _FAILURE_HEADERS and not k.startswith("Nats-")},
+        headers={k: v for k, v in headers.items() if k not in DLQ_FAILURE_HEADERS and not k.startswith("Nats-")},
     )
 
 
@@ -204,7 +317,7 @@ async def _retry(core: Core, entry_id: str) -> str:
     headers = dict(entry.headers)
     headers[CARRIED_FIRST_FAILURE] = jobmod.format_time(entry.first_failure_at or datetime.now(timezone.utc))
     # The original Nats-Msg-Id may still be inside the duplicate window: use a fresh one.
-    headers["Nats-Msg-Id"] = f"{entry.id}:retry:{uuid.uuid4().hex[:12]}"
+    headers[MSG_ID] = f"{entry.id}:retry:{uuid.uuid4().hex[:12]}"
     subject = core.topology.job_subject(entry.queue, entry.type)
     await core.publish(subject, entry.body, headers, queue=entry.queue)
     await core.js.delete_msg(core.topology.dlq_stream, entry.seq)

@@ -11,12 +11,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import InvalidJob
+from .headers import CONTENT_TYPE, HEADER_ENQUEUED_AT, HEADER_ID, HEADER_REQUEST_ID, HEADER_TYPE  # noqa: F401
 
-HEADER_ID = "Bgjob-Id"
-HEADER_TYPE = "Bgjob-Type"
-HEADER_REQUEST_ID = "Bgjob-Request-Id"
-HEADER_ENQUEUED_AT = "Bgjob-Enqueued-At"
-CONTENT_TYPE = "Content-Type"
 JSON = "application/json"
 BYTES = "application/octet-stream"
 

@@ -13,6 +13,7 @@ from . import job as jobmod
 from . import results
 from .context import current_request_id
 from .errors import InvalidJob
+from .headers import MAX_HEADER_BYTES, header_block_size
 from .job import JobSpec
 from .settings import Settings
 from .topology import Topology
@@ -34,12 +35,20 @@ def spec_of(item: Any) -> JobSpec:
     raise InvalidJob(f"expected a (type, arg) pair or a bgjob.JobSpec, got {item!r}")
 
 
-#: bytes kept free below the server's max_payload so a job can always be dead-lettered with its error.
+#: bytes kept free below the server's max_payload, and below JetStream's 64 KiB header limit, so a job can
+#: always be dead-lettered with its error.
 DLQ_HEADROOM = 8 * 1024
 
 
 def check_size(core: Core, body: bytes, headers: dict[str, str]) -> None:
-    size = len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    """Refuse (InvalidJob) a job whose header block or whole message, in bytes as sent, leaves less than
+    DLQ_HEADROOM free under JetStream's header limit or the server's max_payload."""
+    block = header_block_size(headers)
+    if block > MAX_HEADER_BYTES - 1 - DLQ_HEADROOM:
+        raise InvalidJob(f"job headers are {block} bytes as sent; JetStream refuses {MAX_HEADER_BYTES} or more and "
+                         f"bgjob keeps {DLQ_HEADROOM} for a dead letter's error: use at most "
+                         f"{MAX_HEADER_BYTES - 1 - DLQ_HEADROOM} (put large data in the arg)")  # fmt: skip
+    size = len(body) + block
     if size > core.max_payload - DLQ_HEADROOM:
         raise InvalidJob(f"job is {size} bytes with its headers; the server accepts at most "
                          f"{core.max_payload - DLQ_HEADROOM} (its max_payload of {core.max_payload} less "

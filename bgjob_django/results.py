@@ -3,6 +3,10 @@
 bgjob's own stored results (`send_job(..., store_result=True)`, bucket `<PREFIX>_RESULTS`) keep neither
 the call's arguments nor one worker id per attempt nor exception classes, all of which a Django
 TaskResult has; this is the one place that reads and writes the tasks' records.
+
+Records are bounded as bgjob's own are (`bgjob.results.encode_record`): at most the last 10 errors, long
+tracebacks cut, and a return value that does not fit in one message of the server refused with
+`bgjob.results.ResultTooLarge` ("return value too large (N bytes; the limit is M)").
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from nats.js.kv import KeyValue
 
 import bgjob
 from bgjob import job as jobmod
+from bgjob.results import encode_record
 
 if TYPE_CHECKING:
     from bgjob.core import Core
@@ -41,7 +46,14 @@ class ResultStore:
         return self.client.run(self._get, result_id)
 
     def put(self, result_id: str, record: dict[str, Any]) -> None:
-        self.client.run(self._put, result_id, json.dumps(record, separators=(",", ":")).encode())
+        """Store `record` (a JSON object with `errors` and `return_value`) under `result_id`.
+
+        The record is bounded first (in place; see the module's docstring). Raises
+        bgjob.results.ResultTooLarge, before anything is written, when it cannot fit in one message of
+        the server (`what` says whether the return value is what does not fit), and bgjob.ConnectionError
+        when NATS stays unreachable for Settings.retry_for.
+        """
+        self.client.run(self._put, result_id, record)
 
     def delete(self, result_id: str) -> None:
         self.client.run(self._delete, result_id)
@@ -77,8 +89,9 @@ class ResultStore:
         value = await core.retry(read)
         return json.loads(value) if value else None
 
-    async def _put(self, core: Core, result_id: str, value: bytes) -> None:
-        kv = await self._bucket(core)
+    async def _put(self, core: Core, result_id: str, record: dict[str, Any]) -> None:
+        value = encode_record(record, core.max_payload, value_key="return_value")
+        kv = await core.retry(self._bucket, core)
         await core.retry(kv.put, result_id, value)
 
     async def _delete(self, core: Core, result_id: str) -> None:

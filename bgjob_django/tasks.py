@@ -42,6 +42,8 @@ from django.utils.module_loading import import_string
 
 import bgjob
 from bgjob import job as jobmod
+from bgjob.errors import describe_error
+from bgjob.results import ResultTooLarge
 
 from .conf import get_client, raw_setting
 from .producer import send_job
@@ -274,21 +276,56 @@ def run_task(job: bgjob.Job) -> bgjob.Result:
             value = task.call(*result.args, **result.kwargs)
         value = normalize_json(value)
     except Exception as exc:  # noqa: BLE001 - the task's failure goes into its result, then a retry or the DLQ
-        kind = type(exc)
-        result.errors.append(TaskError(exception_class_path=f"{kind.__module__}.{kind.__qualname__}",
+        result.errors.append(TaskError(exception_class_path=_class_path(type(exc)),
                                        traceback="".join(traceback.format_exception(exc))))  # fmt: skip
         if job.attempt < min(backend.max_attempts, job.max_attempts or backend.max_attempts):
             _set(result, status=TaskResultStatus.READY)
-            store.put(job.id, _record(result))
+            _save(store, job, result)
             return bgjob.Retry(error=exc, traceback=result.errors[-1].traceback)
         _set(result, status=TaskResultStatus.FAILED, finished_at=timezone.now())
-        store.put(job.id, _record(result))
+        _save(store, job, result)
         task_finished.send(sender, task_result=result)  # inside the except: Django logs it with the traceback
         return bgjob.MoveToDlq(exc, reason=DLQ_REASON)
     _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=timezone.now(), _return_value=value)
-    store.put(job.id, _record(result, value))
+    refused = _save(store, job, result, value)
+    if refused is not None:
+        # The task ran: its value is refused here, never by running it again (nor by a dead letter that
+        # would invite a retry repeating its side effects only to be refused again).
+        result.errors.append(TaskError(exception_class_path=_class_path(ResultTooLarge),
+                                       traceback="".join(traceback.format_exception_only(refused))))  # fmt: skip
+        _set(result, status=TaskResultStatus.FAILED, _return_value=None)
+        _save(store, job, result)
+        log.error("task %s (result %s) returned a value that cannot be stored: %s; the result is FAILED",
+                  task.module_path, job.id, refused)  # fmt: skip
+        task_finished.send(sender, task_result=result)
+        return bgjob.Complete()
     task_finished.send(sender, task_result=result)
     return bgjob.Complete(value)
+
+
+def _save(store: ResultStore, job: bgjob.Job, result: TaskResult, value: Any = None) -> ResultTooLarge | None:
+    """Store the result of an attempt that has run; never raises, so a failed write never runs the task again.
+
+    Returns the ResultTooLarge refusing `value` (the caller records the failure instead); any other
+    failure to write is logged with the task, the result id and the reason, and the job goes on.
+    """
+    try:
+        store.put(job.id, _record(result, value))
+    except ResultTooLarge as exc:
+        if exc.what == "return value" and value is not None:
+            return exc
+        reason: BaseException = exc
+    except Exception as exc:  # noqa: BLE001 - the task ran; its side effects must not be repeated
+        reason = exc
+    else:
+        return None
+    log.error("could not store the %s result %s of task %s: %s", result.status, job.id, result.task.module_path,
+              describe_error(reason))  # fmt: skip
+    return None
+
+
+def _class_path(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _stored_or_new(job: bgjob.Job, payload: Mapping[str, Any]) -> dict[str, Any]:

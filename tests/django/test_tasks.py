@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import django
@@ -12,14 +13,25 @@ from ..conftest import wait_until
 pytestmark = pytest.mark.skipif(django.VERSION < (6, 0), reason="django.tasks exists from Django 6.0 on")
 
 if django.VERSION >= (6, 0):
-    from django.tasks import TaskResultStatus, default_task_backend, task_backends
+    from django.tasks import TaskResultStatus, default_task_backend, task, task_backends
     from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
     from django.tasks.signals import task_enqueued, task_finished, task_started
     from django.utils import timezone
 
+    from bgjob.results import MAX_ERRORS, MAX_TRACEBACK_BYTES, ResultTooLarge
     from bgjob_django.tasks import BgjobBackend
 
     from .testapp import tasks
+
+#: attempts of returns_two_mib, as it ran in this process's workers.
+TWO_MIB_RUNS: list[int] = []
+
+if django.VERSION >= (6, 0):
+
+    @task(takes_context=True)
+    def returns_two_mib(context) -> str:
+        TWO_MIB_RUNS.append(context.attempt)
+        return "x" * 2 * 1024 * 1024
 
 
 def finished(result_id: str, task=None):
@@ -167,3 +179,39 @@ def test_a_misconfigured_backend_is_a_check_error(settings) -> None:
         call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
     assert "bgjob_django.E020" in str(info.value) and "band 'urgent' overlaps another band" in str(info.value)
     assert "bgjob_django.E022" in str(info.value) and "raise BGJOB['MAX_ATTEMPTS']" in str(info.value)
+
+
+def test_a_task_returning_a_value_too_large_to_store_runs_once_and_fails_with_a_clear_error(
+    bgjob_client, run_worker, signals
+) -> None:
+    """The value is refused where it is stored: the result FAILED, the job acked, nothing dead-lettered
+    (a dead letter would only invite a retry that repeats the task's side effects and is refused again)."""
+    TWO_MIB_RUNS.clear()
+    run_worker()
+    result = returns_two_mib.enqueue()
+    done = finished(result.id)
+    assert done.status == TaskResultStatus.FAILED and done.finished_at is not None
+    [error] = done.errors
+    assert error.exception_class is ResultTooLarge
+    assert re.search(r"return value too large \(2097154 bytes; the limit is \d+\)", error.traceback)
+    with pytest.raises(ValueError, match="Task failed"):
+        _ = done.return_value
+    wait_until(lambda: (s := bgjob_client.queue_stats()).pending == 0 and s.in_flight == 0, message="the job acked")
+    assert TWO_MIB_RUNS == [1] and done.attempts == 1 and bgjob_client.dlq.count() == 0
+    assert signals[-1] == ("finished", TaskResultStatus.FAILED)
+
+
+def test_task_result_records_are_bounded_like_bgjob_results(bgjob_client) -> None:
+    result = tasks.add.enqueue(1, 2)  # no worker: the READY record is all there is
+    store = default_task_backend.store()
+    record = store.get(result.id)
+    record["errors"] = [{"exception_class_path": "builtins.ValueError", "traceback": f"{n} " + "t" * 300_000}
+                        for n in range(MAX_ERRORS + 5)]  # fmt: skip
+    store.put(result.id, record)  # 4.5 MB unbounded
+    stored = default_task_backend.get_result(result.id)
+    assert len(stored.errors) == MAX_ERRORS
+    assert all(len(e.traceback.encode()) <= MAX_TRACEBACK_BYTES and e.traceback.startswith("[... ")
+               for e in stored.errors)  # fmt: skip
+    with pytest.raises(ResultTooLarge, match=r"return value too large \(2097154 bytes; the limit is \d+\)"):
+        store.put(result.id, {**store.get(result.id), "return_value": "x" * 2 * 1024 * 1024})
+    assert default_task_backend.get_result(result.id).status == TaskResultStatus.READY  # nothing was written

@@ -1,4 +1,4 @@
-"""The `bgjob` command: worker, send, dlq, status, server, demo."""
+"""The `bgjob` command: worker, send, dlq, status, queue, server, demo."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .client import Client
-from .errors import BgjobError
+from .core import QueueConfig
+from .errors import BgjobError, ConfigurationError
 from .handler import Mux
 from .logs import configure_logging
+from .provisioning import QUEUE_OPTIONS, show_value
 from .settings import Settings
 
 
@@ -156,14 +158,21 @@ def _entry_dict(entry: Any, full: bool = False) -> dict[str, Any]:
     return data
 
 
+def queue_table(client: Client) -> list[str]:
+    """Per queue: pending, in-flight, retrying, scheduled and dead jobs, as lines (a header first). Shared by
+    `bgjob status` and `manage.py bgjob_status`."""
+    lines = [f"{'QUEUE':24} {'PENDING':>10} {'IN-FLIGHT':>10} {'RETRYING':>10} {'SCHEDULED':>10} {'DLQ':>8}"]
+    for name in client.queues():
+        s = client.queue_stats(name)
+        lines.append(f"{s.queue:24} {s.pending:>10} {s.in_flight:>10} {s.retrying:>10} {s.scheduled:>10} {s.dlq:>8}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client()
     try:
         print(f"server: {client.url}")
-        print(f"{'QUEUE':20} {'PENDING':>10} {'IN-FLIGHT':>10} {'SCHEDULED':>10} {'DLQ':>8}")
-        for name in client.queues():
-            s = client.queue_stats(name)
-            print(f"{s.queue:20} {s.pending:>10} {s.in_flight:>10} {s.scheduled:>10} {s.dlq:>8}")
+        print("\n".join(queue_table(client)))
         periodic = client.schedules()
         if periodic:
             print(f"\n{'SCHEDULE':24} {'QUEUE':12} {'TYPE':20} {'CRON':18} {'TZ':16} NEXT RUN (UTC)")
@@ -178,6 +187,78 @@ def cmd_status(args: argparse.Namespace) -> int:
                 beat = w.last_beat.strftime("%H:%M:%S") if w.last_beat else "-"
                 queues = ",".join(w.queues)
                 print(f"{w.id:40} {queues:16} {w.concurrency:>5} {w.in_flight:>9} {w.processed:>10}  {beat}")
+    finally:
+        client.close()
+    return 0
+
+
+# -- bgjob queue show|configure (also manage.py bgjob_queue) -------------------------------------------------------
+def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `show [QUEUE]` and `configure QUEUE --ack-wait S ...` sub-commands to `parser` (the `bgjob queue`
+    parser, or manage.py bgjob_queue's); run them with `queue_command`."""
+    sub = parser.add_subparsers(dest="action", required=True, metavar="show|configure")
+    p = sub.add_parser("show", help="a queue's configuration as the server has it (no QUEUE: every queue)")
+    p.add_argument("queue", nargs="?")
+    p = sub.add_parser("configure", help="change a queue's consumer (ack wait, max ack pending) or stream settings",
+                       description="Change a queue's configuration on the server. Workers pick a new ack wait up "
+                       "at their next start: restart them after lowering it.")  # fmt: skip
+    p.add_argument("queue")
+    p.add_argument("--ack-wait", type=float, metavar="SECONDS", help="seconds a delivered job may go unacknowledged "
+                   "before it is redelivered (workers send heartbeats every third of it)")  # fmt: skip
+    p.add_argument("--max-ack-pending", type=int, metavar="N", help="jobs delivered and unsettled at once, "
+                   "across all workers of the queue")  # fmt: skip
+    p.add_argument("--replicas", type=int, metavar="N", help="copies of the queue's stream in a cluster (1-5)")
+    p.add_argument("--duplicate-window", type=float, metavar="SECONDS", help="seconds within which a repeated job "
+                   "id is dropped")  # fmt: skip
+    p.add_argument("--allow-msg-schedules", action="store_true", default=None,
+                   help="switch message schedules on (delayed, retried and periodic jobs need them)")  # fmt: skip
+
+
+def queue_command(client: Client, options: Mapping[str, Any]) -> list[str]:
+    """Run `show` or `configure` with the options `add_queue_arguments` parsed (argparse's namespace as a dict,
+    or Django's options); returns the lines to print. Raises BgjobError (ConfigurationError, InvalidJob) with a
+    message for the user."""
+    if options["action"] == "show":
+        queues = [options["queue"]] if options.get("queue") else client.queues()
+        if not queues:
+            return ["no queues yet: they are created when the first job is sent or a worker starts"]
+        lines: list[str] = []
+        for queue in queues:
+            config = client.queue_config(queue)
+            if config is None:
+                raise BgjobError(f"queue {queue!r} does not exist yet: it is created when the first job is sent "
+                                 "or a worker starts")  # fmt: skip
+            lines.extend(_queue_lines(config))
+        return lines
+    changes = {name: options.get(name) for name in QUEUE_OPTIONS}
+    if all(value is None for value in changes.values()):
+        flags = ", ".join(flag for flag, _ in QUEUE_OPTIONS.values())
+        raise ConfigurationError(f"nothing to configure: give at least one of {flags}")
+    changed = client.configure_queue(options["queue"], **changes)
+    if not changed:
+        return [f"queue {options['queue']}: nothing changed (the server already has these values)"]
+    return [f"queue {options['queue']}: {name} {show_value(old)} -> {show_value(new)}"
+            for name, (old, new) in changed.items()]  # fmt: skip
+
+
+def _queue_lines(config: QueueConfig) -> list[str]:
+    consumer = config.consumer or "not created yet (the first worker creates it from its settings)"
+    return [
+        f"queue {config.queue}",
+        f"  {'stream':20} {config.stream}",
+        f"  {'consumer':20} {consumer}",
+        f"  {'ack_wait':20} {show_value(config.ack_wait) if config.consumer else '-'}",
+        f"  {'max_ack_pending':20} {show_value(config.max_ack_pending) if config.consumer else '-'}",
+        f"  {'replicas':20} {config.replicas}",
+        f"  {'duplicate_window':20} {show_value(config.duplicate_window)}",
+        f"  {'allow_msg_schedules':20} {show_value(config.allow_msg_schedules)}",
+    ]
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    client = _client()
+    try:
+        print("\n".join(queue_command(client, vars(args))))
     finally:
         client.close()
     return 0
@@ -248,8 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_dlq)
 
-    p = sub.add_parser("status", help="queues: pending, in-flight, scheduled, dead letters")
+    p = sub.add_parser("status", help="queues: pending, in-flight, retrying, scheduled, dead letters")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("queue", help="show or change a queue's configuration (ack wait, max ack pending, replicas)")
+    add_queue_arguments(p)
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("server", help="run the embedded nats-server in the foreground")
     p.add_argument("--port", type=int)

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
 from . import results
-from .core import Core, QueueStats, is_transient
+from .core import Core, QueueConfig, QueueStats, is_transient
 from .errors import BgjobError, InvalidJob, ResultNotFound, SendJobsError
 from .job import JobSpec
 from .producer import check_size, prepare_job, signer_for, spec_of
+from .provisioning import validate_queue_changes
 from .publisher import Outgoing, PublishBatch, Publisher
 from .results import JobResult
 from .runtime import Runtime, in_gevent_hub_thread
@@ -268,9 +269,42 @@ class Client:
         return self._dlq
 
     def ensure_queue(self, queue: str = "default") -> None:
-        """Create the queue's stream and consumer if missing."""
+        """Create the queue's stream if missing (never its consumer: the first worker creates that)."""
         jobmod.validate_queue(queue)
         self.run(Core.ensure_queue, queue)
+
+    def configure_queue(
+        self,
+        queue: str = "default",
+        *,
+        ack_wait: float | timedelta | None = None,
+        max_ack_pending: int | None = None,
+        replicas: int | None = None,
+        duplicate_window: float | timedelta | None = None,
+        allow_msg_schedules: bool | None = None,
+    ) -> dict[str, tuple[Any, Any]]:
+        """Change a queue's configuration on the server: the explicit act, since provisioning never changes
+        what exists. Arguments left None are kept as they are.
+
+        `ack_wait` (seconds or timedelta, >= 1) and `max_ack_pending` (jobs delivered and unsettled, queue-wide)
+        belong to the queue's consumer; `replicas` (1-5), `duplicate_window` (seconds or timedelta) and
+        `allow_msg_schedules` (True only) to its stream. A missing stream is created from Settings; a missing
+        consumer only when one of its fields is given. Running workers pick a new ack_wait up at their next
+        start (they pace heartbeats to the value they read then): restart them after lowering it.
+        Returns {field: (old, new)} for what changed (old None: the consumer was created). Raises
+        ConfigurationError for a bad value or one the server refuses, naming it.
+        """
+        jobmod.validate_queue(queue)
+        changes = validate_queue_changes(
+            ack_wait=ack_wait, max_ack_pending=max_ack_pending, replicas=replicas,
+            duplicate_window=duplicate_window, allow_msg_schedules=allow_msg_schedules,
+        )  # fmt: skip
+        return self.run(Core.configure_queue, queue, changes) if changes else {}
+
+    def queue_config(self, queue: str = "default") -> QueueConfig | None:
+        """The queue's configuration as the server has it (None when the queue does not exist); creates nothing."""
+        jobmod.validate_queue(queue)
+        return self.run(Core.queue_config, queue)
 
     def queue_stats(self, queue: str = "default") -> QueueStats:
         jobmod.validate_queue(queue)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -12,13 +13,24 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from .errors import ConnectionError, InvalidJob
+from .provisioning import (
+    CONSUMER_FIELDS,
+    STREAM_FIELDS,
+    configure_queue,
+    differences,
+    ensure_consumer,
+    how_to_change,
+    provision_dlq,
+    provision_queue,
+    show_value,
+)
 from .settings import Settings
-from .topology import Topology, check_server, provision_dlq, provision_queue
+from .topology import Topology, check_server, dlq_stream_config, queue_consumer_config, queue_stream_config
 
 log = logging.getLogger("bgjob.client")
 
@@ -47,13 +59,37 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """A queue's counts as JetStream reports them."""
+    """A queue's counts as JetStream reports them (read when asked; they move while you look)."""
 
     queue: str
+    #: jobs ready to run, not yet delivered to a worker.
     pending: int
+    #: jobs delivered to a worker and not yet settled.
     in_flight: int
+    #: delayed and rescheduled jobs and periodic schedules, waiting for their time (not the retrying ones).
     scheduled: int
+    #: dead letters of the queue.
     dlq: int
+    #: jobs waiting for a retry schedule to fire (`<prefix>.<queue>.retry.<job id>`); they hold no worker slot.
+    retrying: int = 0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A queue's configuration as the server has it (what workers run with), for `bgjob queue show`."""
+
+    queue: str
+    stream: str
+    #: the durable consumer's name; None when no worker has created it yet.
+    consumer: str | None
+    replicas: int
+    #: seconds.
+    duplicate_window: float
+    allow_msg_schedules: bool
+    #: seconds; None while the consumer does not exist.
+    ack_wait: float | None
+    #: None while the consumer does not exist.
+    max_ack_pending: int | None
 
 
 class Core:
@@ -140,17 +176,103 @@ class Core:
                 await self.nc.close()
 
     async def ensure_queue(self, queue: str) -> None:
+        """Make sure the queue's stream exists (created from Settings when missing), once per connection.
+
+        Used by publishing, periodic declarations and stats: it never creates or touches the consumer, and an
+        existing stream is never changed (a warning names what differs from this process's Settings).
+        """
         if queue in self._provisioned:
             return
         async with self._provision_lock:
             if queue not in self._provisioned:
-                await self.retry(provision_queue, self.js, self.topology, self.settings, queue)
+                actual = await self.retry(provision_queue, self.js, self.topology, self.settings, queue)
+                self._warn_stream(queue, actual, queue_stream_config(self.topology, self.settings, queue))
                 self._provisioned.add(queue)
 
+    async def ensure_consumer(self, queue: str) -> ConsumerConfig:
+        """Make sure the queue's stream and durable consumer exist; return the consumer's config as the server
+        has it. For workers, at start and when their consumer was deleted.
+
+        A missing consumer is created from Settings (ack_wait, max_ack_pending). An existing one is never
+        changed: if it differs from this process's Settings, one warning names each field with both values and
+        how to change it (`bgjob queue configure` / `client.configure_queue`), and the server's values are
+        returned, to run with (pace heartbeats to the returned `ack_wait`, in seconds).
+        Raises bgjob.ConnectionError when the server does not answer.
+        """
+        wanted = queue_consumer_config(self.topology, self.settings, queue)
+        stream = self.topology.queue_stream(queue)
+        await self.ensure_queue(queue)
+        try:
+            actual = await self.retry(ensure_consumer, self.nc, stream, wanted, self.settings.request_timeout)
+        except nats.js.errors.NotFoundError:  # the stream was deleted behind our back: create it again
+            self._provisioned.discard(queue)
+            await self.ensure_queue(queue)
+            actual = await self.retry(ensure_consumer, self.nc, stream, wanted, self.settings.request_timeout)
+        found = differences(actual, wanted, CONSUMER_FIELDS)
+        if found:
+            what = f"the consumer {wanted.durable_name}"
+            log.warning("queue %r: its consumer %s on the server differs from this process's settings: %s. "
+                        "Running with the server's values.%s", queue, wanted.durable_name,
+                        ", ".join(map(str, found)), how_to_change(queue, found, what))  # fmt: skip
+        return actual
+
+    async def reprovision(self, queue: str) -> ConsumerConfig:
+        """`ensure_consumer` after the consumer (or its stream) was deleted: forgets that the stream was seen."""
+        self._provisioned.discard(queue)
+        return await self.ensure_consumer(queue)
+
+    def _warn_stream(self, queue: str, actual: StreamConfig, wanted: StreamConfig) -> None:
+        found = differences(actual, wanted, STREAM_FIELDS)
+        if found:
+            log.warning("queue %r: its stream %s on the server differs from this process's settings: %s; left as "
+                        "it is.%s", queue, wanted.name, ", ".join(map(str, found)),
+                        how_to_change(queue, found, f"the stream {wanted.name}"))  # fmt: skip
+
     async def ensure_dlq(self) -> None:
+        """Make sure the DLQ stream exists; an existing one is never changed (a warning names what differs)."""
         if "\0dlq" not in self._provisioned:
-            await self.retry(provision_dlq, self.js, self.topology, self.settings)
+            actual = await self.retry(provision_dlq, self.js, self.topology, self.settings)
+            wanted = dlq_stream_config(self.topology, self.settings)
+            found = differences(actual, wanted, STREAM_FIELDS)
+            if found:
+                log.warning("the DLQ stream %s on the server differs from this process's settings: %s; left as it "
+                            "is (change it with `nats stream edit %s`)", wanted.name, ", ".join(map(str, found)),
+                            wanted.name)  # fmt: skip
             self._provisioned.add("\0dlq")
+
+    async def queue_config(self, queue: str) -> QueueConfig | None:
+        """The queue's configuration as the server has it; None when its stream does not exist. Read-only."""
+        stream = self.topology.queue_stream(queue)
+        try:
+            config = (await self.retry(self.js.stream_info, stream)).config
+        except nats.js.errors.NotFoundError:
+            return None
+        consumer = await self._consumer_config(queue)
+        return QueueConfig(
+            queue=queue, stream=stream, consumer=consumer.durable_name if consumer else None,
+            replicas=config.num_replicas or 1, duplicate_window=config.duplicate_window or 0.0,
+            allow_msg_schedules=bool(config.allow_msg_schedules),
+            ack_wait=consumer.ack_wait if consumer else None,
+            max_ack_pending=consumer.max_ack_pending if consumer else None,
+        )  # fmt: skip
+
+    async def _consumer_config(self, queue: str) -> ConsumerConfig | None:
+        stream, name = self.topology.queue_stream(queue), self.topology.consumer(queue)
+        try:
+            return (await self.retry(self.js.consumer_info, stream, name)).config
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def configure_queue(self, queue: str, changes: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Apply `changes` (from provisioning.validate_queue_changes) to the queue's stream and consumer; returns
+        {field: (old, new)} for what changed. See Client.configure_queue; raises ConfigurationError."""
+        changed = await configure_queue(self.js, self.nc, self.topology, self.settings, queue, changes,
+                                        retry=self.retry)  # fmt: skip
+        self._provisioned.add(queue)
+        if changed:
+            text = ", ".join(f"{k} {show_value(old)} -> {show_value(new)}" for k, (old, new) in changed.items())
+            log.info("queue %r configured: %s", queue, text)
+        return changed
 
     async def retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Call `await fn(...)`, retrying transient errors, then raise bgjob.ConnectionError."""
@@ -211,23 +333,69 @@ class Core:
         return kv
 
     async def queue_stats(self, queue: str) -> QueueStats:
+        """The queue's counts, read from the server; creates nothing (a missing queue is empty).
+
+        Before any worker ran (no consumer yet), `pending` is the number of ready job messages stored.
+        """
         from .dlq import count_dead_letters
 
-        # Read-only: a queue that doesn't exist (yet, or any more) is empty, not created.
         name = self.topology.queue_stream(queue)
         try:
             stream = await self.js.stream_info(name)
-            consumer = await self.js.consumer_info(name, self.topology.consumer(queue))
         except nats.js.errors.NotFoundError:
             return QueueStats(queue, 0, 0, 0, await count_dead_letters(self, queue=queue))
-        ready = consumer.num_pending + consumer.num_ack_pending
+        try:
+            consumer = await self.js.consumer_info(name, self.topology.consumer(queue))
+            pending, in_flight = consumer.num_pending, consumer.num_ack_pending
+        except nats.js.errors.NotFoundError:  # jobs sent before any worker ran: they wait in the stream
+            pending, in_flight = await self._count_ready(queue), 0
+        others = stream.state.messages - pending - in_flight
+        retrying = await self._count_retrying(queue) if others > 0 else 0
         return QueueStats(
             queue=queue,
-            pending=consumer.num_pending,
-            in_flight=consumer.num_ack_pending,
-            scheduled=max(0, stream.state.messages - ready),
+            pending=pending,
+            in_flight=in_flight,
+            scheduled=max(0, others - retrying),
             dlq=await count_dead_letters(self, queue=queue),
+            retrying=retrying,
         )
+
+    async def _count_ready(self, queue: str) -> int:
+        """Ready job messages in the stream: one subject per job type, so the per-subject totals stay small."""
+        filtered = await self.js.stream_info(
+            self.topology.queue_stream(queue), subjects_filter=self.topology.job_filter(queue)
+        )
+        return sum((filtered.state.subjects or {}).values())
+
+    async def _count_retrying(self, queue: str) -> int:
+        """Retry schedules in the stream, counted by the server: an ephemeral consumer that never pulls reports
+        the matches (one subject per job, so per-subject totals would not scale). A work-queue stream allows one
+        consumer per filter: when another process is counting at the same moment, wait for it and try again."""
+        config = ConsumerConfig(
+            filter_subject=self.topology.retry_filter(queue),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=5.0,  # removed by the server even if we cannot delete it
+            mem_storage=True,
+            num_replicas=1,
+        )
+        stream = self.topology.queue_stream(queue)
+        deadline = asyncio.get_running_loop().time() + self.settings.retry_for
+        while True:
+            try:
+                counter = await self.js.add_consumer(stream, config)
+                break
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != 10100 or asyncio.get_running_loop().time() > deadline:
+                    raise  # 10100: "filtered consumer not unique on workqueue stream"
+                await asyncio.sleep(random.uniform(0.01, 0.1))
+        try:
+            return counter.num_pending
+        finally:
+            try:
+                await self.js.delete_consumer(stream, counter.name)
+            except Exception as exc:  # noqa: BLE001 - it expires after its inactive threshold
+                log.debug("could not delete the retry counter %s: %r", counter.name, exc)
 
     async def queues(self) -> list[str]:
         prefix = self.topology.stream_prefix

@@ -1,13 +1,10 @@
-"""Stream, consumer and subject names, their configs, provisioning and the server version check."""
+"""Stream, consumer and subject names, the configs bgjob creates them with, and the server version check."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -20,8 +17,6 @@ from nats.js.api import (
 
 from .errors import ServerVersionError
 from .settings import Settings
-
-log = logging.getLogger("bgjob.topology")
 
 MIN_SERVER_VERSION = (2, 12, 0)
 
@@ -50,6 +45,14 @@ class Topology:
 
     def delayed_subject(self, queue: str, job_id: str) -> str:
         return f"{self.prefix}.{queue}.at.{job_id}"
+
+    def retry_subject(self, queue: str, job_id: str) -> str:
+        """Where a job waiting for its retry is held by a server-side `@at` schedule."""
+        return f"{self.prefix}.{queue}.retry.{job_id}"
+
+    def retry_filter(self, queue: str) -> str:
+        """Every job of `queue` waiting for a retry schedule to fire."""
+        return f"{self.prefix}.{queue}.retry.>"
 
     def cron_subject(self, queue: str, name: str) -> str:
         return f"{self.prefix}.{queue}.cron.{name}"
@@ -92,7 +95,7 @@ def queue_stream_config(topology: Topology, settings: Settings, queue: str) -> S
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
-        duplicate_window=settings.duplicate_window,
+        duplicate_window=float(settings.duplicate_window),
         allow_msg_schedules=True,
         description=f"bgjob queue {queue!r}: ready, delayed and periodic jobs",
     )
@@ -104,7 +107,7 @@ def queue_consumer_config(topology: Topology, settings: Settings, queue: str) ->
         filter_subject=topology.job_filter(queue),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=settings.ack_wait,
+        ack_wait=float(settings.ack_wait),
         # The worker's retry policy decides when a job has failed for good, never the server.
         max_deliver=-1,
         max_ack_pending=settings.max_ack_pending,
@@ -120,8 +123,8 @@ def dlq_stream_config(topology: Topology, settings: Settings) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
-        max_age=settings.dlq_max_age,
-        duplicate_window=settings.duplicate_window,
+        max_age=float(settings.dlq_max_age),
+        duplicate_window=float(settings.duplicate_window),
         description="bgjob dead letters",
     )
 
@@ -138,43 +141,3 @@ def check_server(nc: NATS) -> None:
         )
     if not nc._server_info.get("jetstream"):
         raise ServerVersionError("the NATS server has JetStream disabled: start it with -js (or `jetstream {}`)")
-
-
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream; an existing one keeps its operator-tuned settings (replicas, limits) and only
-    gets what bgjob needs switched on (message schedules)."""
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # stream name already in use with a different configuration
-            raise
-        existing = (await js.stream_info(config.name)).config
-        if existing.num_replicas != config.num_replicas:
-            log.warning("stream %s has %s replicas, this process's settings ask for %s: left as it is",
-                        config.name, existing.num_replicas, config.num_replicas)  # fmt: skip
-        if config.allow_msg_schedules and not existing.allow_msg_schedules:
-            existing.allow_msg_schedules = True
-            await js.update_stream(existing)
-
-
-async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
-    try:
-        await js.add_consumer(stream, config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10148:  # consumer already exists with a different configuration
-            raise
-        info = await js.consumer_info(stream, config.durable_name)
-        updated = ConsumerConfig.from_response(info.config.as_dict())
-        updated.ack_wait = config.ack_wait
-        updated.max_ack_pending = config.max_ack_pending
-        updated.description = config.description
-        await js.add_consumer(stream, updated)
-
-
-async def provision_queue(js: JetStreamContext, topology: Topology, settings: Settings, queue: str) -> None:
-    await ensure_stream(js, queue_stream_config(topology, settings, queue))
-    await ensure_consumer(js, topology.queue_stream(queue), queue_consumer_config(topology, settings, queue))
-
-
-async def provision_dlq(js: JetStreamContext, topology: Topology, settings: Settings) -> None:
-    await ensure_stream(js, dlq_stream_config(topology, settings))

@@ -298,7 +298,7 @@ class DeadLetterViews(_Views):
 
 
 class QueueViews(_Views):
-    """The overview: per-queue counts, periodic jobs, live workers."""
+    """The overview: per-queue counts (pending, in flight, retrying, scheduled, dead), periodic jobs, live workers."""
 
     @_unavailable_on_nats_errors
     def overview(self, request: HttpRequest) -> HttpResponse:

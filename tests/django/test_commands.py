@@ -1,4 +1,4 @@
-"""`manage.py bgjob_dlq` and `manage.py bgjob_status` against a real nats-server."""
+"""`manage.py bgjob_dlq`, `bgjob_status` and `bgjob_queue` against a real nats-server."""
 
 from __future__ import annotations
 
@@ -68,8 +68,22 @@ def test_status_lists_queues_schedules_and_live_workers(dead_letters, bgjob_clie
     out = run("bgjob_status")
     assert f"server: {bgjob_client.url}" in out
     assert [ln.split() for ln in out.splitlines() if ln.startswith(("default ", "mail "))] == [
-        ["default", "0", "0", "1", "3"],  # the schedule is a stored message: "scheduled"
-        ["mail", "0", "0", "0", "1"],
+        ["default", "0", "0", "0", "1", "3"],  # the schedule is a stored message: "scheduled"
+        ["mail", "0", "0", "0", "0", "1"],
     ]
     assert "nightly" in out and "Europe/Berlin" in out
     assert "workers: 2" in out and "queues default" in out and "queues mail" in out
+
+
+def test_queue_shows_and_configures_a_queue_like_bgjob_queue(bgjob_client) -> None:
+    send_job("report", {"user": 1})  # sent before any worker ran: the stream exists, the consumer not yet
+    out = run("bgjob_queue", "show", "default")
+    assert "consumer             not created yet" in out
+    out = run("bgjob_queue", "configure", "default", "--ack-wait", "7", "--max-ack-pending", "50")
+    assert out.splitlines() == ["queue default: ack_wait unset -> 7s", "queue default: max_ack_pending unset -> 50"]
+    assert bgjob_client.queue_config().ack_wait == 7.0
+    assert "ack_wait             7s" in run("bgjob_queue", "show")
+    with pytest.raises(CommandError, match="nothing to configure: give at least one of --ack-wait"):
+        run("bgjob_queue", "configure", "default")
+    with pytest.raises(CommandError, match="queue 'nosuch' does not exist yet"):
+        run("bgjob_queue", "show", "nosuch")

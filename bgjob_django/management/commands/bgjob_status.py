@@ -7,22 +7,21 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 import bgjob
+from bgjob.cli import queue_table
 from bgjob_django.conf import get_client
 from bgjob_django.display import live_workers
 
 
 class Command(BaseCommand):
-    help = "Per queue: pending, in-flight, scheduled and dead jobs; the periodic jobs; the live workers."
+    help = "Per queue: pending, in-flight, retrying, scheduled and dead jobs; the periodic jobs; the live workers."
     requires_system_checks: tuple[str, ...] = ()
 
     def handle(self, *args: Any, **options: Any) -> None:
         client = get_client()
         try:
             self.stdout.write(f"server: {client.url}")
-            self.stdout.write(f"{'QUEUE':24} {'PENDING':>10} {'IN-FLIGHT':>10} {'SCHEDULED':>10} {'DLQ':>8}")
-            for name in client.queues():
-                s = client.queue_stats(name)
-                self.stdout.write(f"{s.queue:24} {s.pending:>10} {s.in_flight:>10} {s.scheduled:>10} {s.dlq:>8}")
+            for line in queue_table(client):
+                self.stdout.write(line)
             periodic = client.schedules()
             if periodic:
                 self.stdout.write(f"\n{'SCHEDULE':24} {'QUEUE':16} {'TYPE':24} {'CRON':18} {'TZ':16} NEXT RUN (UTC)")

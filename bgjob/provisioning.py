@@ -1,0 +1,295 @@
+"""Who owns a queue's configuration: create-only provisioning, what differs from this process's Settings, and
+the one explicit way to change a queue's stream and consumer (`configure_queue`).
+
+Provisioning creates a stream or consumer when it is missing and never changes an existing one: another
+process's Settings must not rewrite the deadline of jobs running elsewhere. Callers compare what exists with
+their Settings (`differences`) and say so (`how_to_change`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, ConsumerInfo, StreamConfig
+
+from .errors import ConfigurationError
+from .settings import Settings
+from .topology import Topology, dlq_stream_config, queue_consumer_config, queue_stream_config
+
+#: Settings-facing name -> StreamConfig field compared with an existing stream.
+STREAM_FIELDS = {
+    "replicas": "num_replicas",
+    "duplicate_window": "duplicate_window",
+    "allow_msg_schedules": "allow_msg_schedules",
+    "dlq_max_age": "max_age",
+    "subjects": "subjects",
+    "retention": "retention",
+}
+#: Settings-facing name -> ConsumerConfig field compared with an existing consumer.
+CONSUMER_FIELDS = {
+    "ack_wait": "ack_wait",
+    "max_ack_pending": "max_ack_pending",
+    "max_deliver": "max_deliver",
+    "filter_subject": "filter_subject",
+    "ack_policy": "ack_policy",
+}
+#: What configure_queue can change: keyword -> (`bgjob queue configure` option, whether it is the stream's).
+QUEUE_OPTIONS = {
+    "ack_wait": ("--ack-wait", False),
+    "max_ack_pending": ("--max-ack-pending", False),
+    "replicas": ("--replicas", True),
+    "duplicate_window": ("--duplicate-window", True),
+    "allow_msg_schedules": ("--allow-msg-schedules", True),
+}
+
+Retry = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One setting on which the server's stream or consumer differs from what this process would create.
+
+    `name` is the Settings-facing name (`ack_wait`, `replicas`, ...); `actual` is the server's value (what runs),
+    `wanted` this process's; seconds are floats.
+    """
+
+    name: str
+    actual: Any
+    wanted: Any
+
+    def __str__(self) -> str:
+        return f"{self.name} {show_value(self.actual)} (this process: {show_value(self.wanted)})"
+
+
+def differences(actual: Any, wanted: Any, fields: dict[str, str]) -> list[Difference]:
+    """Where the server's `actual` StreamConfig/ConsumerConfig differs from `wanted`, over `fields`
+    (STREAM_FIELDS or CONSUMER_FIELDS); a field `wanted` leaves None is the server's to choose."""
+    found = []
+    for name, attr in fields.items():
+        want, have = getattr(wanted, attr), getattr(actual, attr)
+        if want is None:
+            continue
+        if isinstance(want, bool):  # the server leaves a flag that is off out of its config
+            have = bool(have)
+        if isinstance(want, float) and isinstance(have, (int, float)):
+            same = math.isclose(want, have, rel_tol=1e-9, abs_tol=1e-6)
+        else:
+            same = want == have
+        if not same:
+            found.append(Difference(name, have, want))
+    return found
+
+
+def how_to_change(queue: str, found: list[Difference], what: str) -> str:
+    """The sentences telling how to change what differs (`what`: "the stream X"), with this process's values."""
+    text = ""
+    configurable = [d for d in found if d.name in QUEUE_OPTIONS]
+    if configurable:
+        flags = " ".join(
+            QUEUE_OPTIONS[d.name][0] + ("" if d.wanted is True else f" {d.wanted:g}") for d in configurable
+        )
+        kwargs = ", ".join(f"{d.name}={d.wanted!r}" for d in configurable)
+        text += f" To change it: `bgjob queue configure {queue} {flags}`"
+        text += f" (or client.configure_queue({queue!r}, {kwargs}))"
+        text += "; workers pick a new ack_wait up at their next start." if "ack_wait" in kwargs else "."
+    fixed = [d.name for d in found if d.name not in QUEUE_OPTIONS]
+    if fixed:
+        text += f" {', '.join(fixed)} cannot be changed in place: delete {what} and let bgjob re-create it."
+    return text
+
+
+def show_value(value: Any) -> str:
+    """A config value as people read it: seconds (floats) as `30s`, flags as on/off, None as `unset`."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}s"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
+
+
+# -- create-only provisioning ----------------------------------------------------------------------------------------
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamConfig:
+    """Create the stream when it is missing and return the server's config of it.
+
+    An existing stream is never changed, whatever `config` says: its replicas, limits and flags belong to whoever
+    created or configured it (compare with `differences(actual, config, STREAM_FIELDS)`).
+    """
+    try:
+        return (await js.add_stream(config)).config  # the same config again is accepted as it is
+    except (nats.js.errors.BadRequestError, nats.js.errors.ServerError) as exc:
+        # 10058: the name is in use with another configuration; the server may also refuse the config itself
+        # (10074: replicas > 1 on a single server) before noticing that the stream exists.
+        try:
+            return (await js.stream_info(config.name)).config
+        except nats.js.errors.NotFoundError:
+            raise exc from None
+
+
+async def consumer_request(
+    nc: NATS, stream: str, config: ConsumerConfig, action: str, timeout: float
+) -> ConsumerConfig:
+    """Create (`action="create"`: refused with err_code 10148 if it exists with another config) or update
+    (`action="update"`: refused if missing) a durable consumer; returns the server's config of it.
+
+    nats-py's add_consumer always creates-or-updates, which silently rewrites an existing consumer.
+    Raises nats.js.errors.APIError subclasses carrying the server's description.
+    """
+    request = {"stream_name": stream, "config": config.as_dict(), "action": action}
+    subject = f"{DEFAULT_PREFIX}.CONSUMER.CREATE.{stream}.{config.durable_name}"
+    if config.filter_subject and config.filter_subject != ">":
+        subject += f".{config.filter_subject}"
+    try:
+        msg = await nc.request(subject, json.dumps(request).encode(), timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise nats.js.errors.ServiceUnavailableError from exc
+    response = json.loads(msg.data)
+    if "error" in response:
+        nats.js.errors.APIError.from_error(response["error"])  # raises
+    return ConsumerInfo.from_response(response).config
+
+
+async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig, timeout: float) -> ConsumerConfig:
+    """Create the durable consumer when it is missing and return the server's config of it.
+
+    An existing consumer is never changed (compare with `differences(actual, config, CONSUMER_FIELDS)`).
+    Raises nats.js.errors.NotFoundError when the stream does not exist.
+    """
+    try:
+        return await consumer_request(nc, stream, config, "create", timeout)  # the same config: accepted as is
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10148:  # consumer already exists (with another configuration)
+            raise
+    return (await nc.jetstream(timeout=timeout).consumer_info(stream, config.durable_name)).config
+
+
+async def provision_queue(js: JetStreamContext, topology: Topology, settings: Settings, queue: str) -> StreamConfig:
+    """Create the queue's stream when missing (never its consumer: that is the workers' business)."""
+    return await ensure_stream(js, queue_stream_config(topology, settings, queue))
+
+
+async def provision_dlq(js: JetStreamContext, topology: Topology, settings: Settings) -> StreamConfig:
+    """Create the DLQ stream when missing; returns the server's config of it."""
+    return await ensure_stream(js, dlq_stream_config(topology, settings))
+
+
+# -- the explicit change --------------------------------------------------------------------------------------------
+def validate_queue_changes(
+    *,
+    ack_wait: float | timedelta | None = None,
+    max_ack_pending: int | None = None,
+    replicas: int | None = None,
+    duplicate_window: float | timedelta | None = None,
+    allow_msg_schedules: bool | None = None,
+) -> dict[str, Any]:
+    """The requested changes of a queue's configuration, checked and normalised (seconds as float); the
+    arguments left None are not in the result. Raises ConfigurationError naming the bad argument."""
+    changes: dict[str, Any] = {}
+    if ack_wait is not None:
+        changes["ack_wait"] = _seconds("ack_wait", ack_wait, minimum=1.0)
+    if max_ack_pending is not None:
+        changes["max_ack_pending"] = _count("max_ack_pending", max_ack_pending, 1, 10_000_000)
+    if replicas is not None:
+        changes["replicas"] = _count("replicas", replicas, 1, 5)
+    if duplicate_window is not None:
+        changes["duplicate_window"] = _seconds("duplicate_window", duplicate_window, minimum=0.1)
+    if allow_msg_schedules is not None:
+        if allow_msg_schedules is not True:
+            raise ConfigurationError(
+                "allow_msg_schedules can only be switched on (True): delayed, retried and "
+                "periodic jobs need message schedules, and the server cannot switch them off"
+            )
+        changes["allow_msg_schedules"] = True
+    return changes
+
+
+def _seconds(name: str, value: Any, minimum: float) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError(f"{name} must be seconds (a number or a timedelta), not {value!r}")
+    if not math.isfinite(seconds) or seconds < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum:g} seconds, not {value!r}")
+    return seconds
+
+
+def _count(name: str, value: Any, minimum: int, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(f"{name} must be between {minimum} and {maximum}, not {value}")
+    return value
+
+
+async def configure_queue(
+    js: JetStreamContext,
+    nc: NATS,
+    topology: Topology,
+    settings: Settings,
+    queue: str,
+    changes: dict[str, Any],
+    *,
+    retry: Retry,
+) -> dict[str, tuple[Any, Any]]:
+    """Apply `changes` (from validate_queue_changes) to the queue's stream and consumer; returns
+    {field: (old, new)} for what changed (old None: the consumer was created with it).
+
+    The stream is created from `settings` first when missing. A consumer that does not exist yet is created
+    (from `settings` plus `changes`) only when a consumer field is asked for. `retry(fn, *args)` calls with the
+    caller's retries of transient errors. Raises ConfigurationError with the server's description when it refuses
+    a change (e.g. replicas > 1 on a single server).
+    """
+    stream = topology.queue_stream(queue)
+    timeout = settings.request_timeout
+    changed: dict[str, tuple[Any, Any]] = {}
+    current = await retry(provision_queue, js, topology, settings, queue)
+
+    wanted = {k: v for k, v in changes.items() if QUEUE_OPTIONS[k][1]}
+    old: dict[str, Any] = {k: getattr(current, STREAM_FIELDS[k]) for k in wanted}
+    old.update({k: bool(old[k]) for k, v in wanted.items() if isinstance(v, bool)})  # a flag that is off: absent
+    if any(old[k] != v for k, v in wanted.items()):
+        updated = current.evolve(**{STREAM_FIELDS[k]: v for k, v in wanted.items()})
+        try:
+            await retry(js.update_stream, updated)
+        except nats.js.errors.APIError as exc:
+            raise ConfigurationError(f"the server refused to change stream {stream}: {_server_says(exc)}") from exc
+        changed.update({k: (old[k], v) for k, v in wanted.items() if old[k] != v})
+
+    wanted = {k: v for k, v in changes.items() if not QUEUE_OPTIONS[k][1]}
+    if wanted:
+        try:
+            existing = (await retry(js.consumer_info, stream, topology.consumer(queue))).config
+        except nats.js.errors.NotFoundError:
+            request, action = queue_consumer_config(topology, settings, queue).evolve(**wanted), "create"
+            old = dict.fromkeys(wanted)
+        else:
+            request, action = ConsumerConfig.from_response(existing.as_dict()).evolve(**wanted), "update"
+            old = {k: getattr(existing, CONSUMER_FIELDS[k]) for k in wanted}
+        if any(old[k] != v for k, v in wanted.items()):
+            try:
+                await retry(consumer_request, nc, stream, request, action, timeout)
+            except nats.js.errors.APIError as exc:  # what `retry` gave up on is a bgjob.ConnectionError
+                raise ConfigurationError(
+                    f"the server refused to change consumer {request.durable_name}: {_server_says(exc)}"
+                ) from exc
+            changed.update({k: (old[k], v) for k, v in wanted.items() if old[k] != v})
+    return changed
+
+
+def _server_says(exc: nats.js.errors.APIError) -> str:
+    return exc.description or f"{type(exc).__name__} (code {exc.code}, err_code {exc.err_code})"

@@ -14,19 +14,17 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from . import job as jobmod
+from .headers import ATTEMPTS_USED, MSG_ID, SCHEDULE_NAME, SIGNATURE, derived_msg_id
 from .job import Job
 from .result import KEEP_ARG
 
-#: attempts this job used in earlier messages (a retry that went through a schedule carries them forward).
-HEADER_ATTEMPTS_USED = "Bgjob-Attempts-Used"
 #: the attempts a header may claim: a hand-written message cannot make a job immortal or pre-exhausted.
 _MAX_CARRIED = 1_000_000
-_SCHEDULE_HEADERS = (Header.SCHEDULE.value, Header.SCHEDULE_TARGET.value, Header.SCHEDULE_TIME_ZONE.value)
 
 
 def attempts_used(headers: dict[str, str]) -> int:
     """Attempts used before this message was stored (0 for a job's first message)."""
-    text = headers.get(HEADER_ATTEMPTS_USED)
+    text = headers.get(ATTEMPTS_USED)
     if not text or not text.isdigit():
         return 0
     return min(int(text), _MAX_CARRIED)
@@ -39,28 +37,8 @@ def job_id_of(msg: Msg) -> str:
     raw_id = headers.get(jobmod.HEADER_ID)
     if jobmod.is_valid_job_id(raw_id):
         return raw_id  # type: ignore[return-value]
-    schedule = headers.get("Bgjob-Schedule")
+    schedule = headers.get(SCHEDULE_NAME)
     return f"{schedule if jobmod.is_valid_job_id(schedule) else 'seq'}-{msg.metadata.sequence.stream}"
-
-
-def stored_at_ns(msg: Msg) -> str:
-    """The time the server stored this message, in nanoseconds as the ack subject carries it: with the stream
-    sequence it names one stored message for ever (a re-created stream reuses sequences, never both)."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return tokens[7]
-    if len(tokens) >= 11:  # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>...
-        return tokens[9]
-    return "0"
-
-
-def derived_msg_id(kind: str, job_id: str, msg: Msg) -> str:
-    """A `Nats-Msg-Id` for a message published on behalf of delivery `msg` (kind: retry, next, dlq).
-
-    Unique for ever, yet the same when the same stored message is delivered again after a crash, so the
-    server's duplicate window drops the second copy.
-    """
-    return f"{job_id}:{kind}:{msg.metadata.sequence.stream}:{stored_at_ns(msg)}"
 
 
 def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, max_attempts: int | None) -> Job:
@@ -106,15 +84,15 @@ def next_run_message(
     else:
         body, headers[jobmod.CONTENT_TYPE] = jobmod.encode_arg(arg)
     if attempts > 0:
-        headers[HEADER_ATTEMPTS_USED] = str(attempts)
+        headers[ATTEMPTS_USED] = str(attempts)
     else:
-        headers.pop(HEADER_ATTEMPTS_USED, None)
+        headers.pop(ATTEMPTS_USED, None)
     if kind == "next":
         headers[jobmod.HEADER_ENQUEUED_AT] = jobmod.format_time(datetime.now(timezone.utc))
     headers.update({
         Header.SCHEDULE.value: f"@at {jobmod.format_time(due)}",
         Header.SCHEDULE_TARGET.value: target,
-        Header.MSG_ID.value: derived_msg_id(kind, job_id, msg),
+        MSG_ID: derived_msg_id(kind, job_id, msg),
     })  # fmt: skip
     return body, headers
 
@@ -123,17 +101,17 @@ def handed_back_message(msg: Msg, attempts: int) -> tuple[bytes, dict[str, str]]
     """The same job again, to be stored afresh with `attempts` carried (a drain giving back an unrun job)."""
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
     if attempts > 0:
-        headers[HEADER_ATTEMPTS_USED] = str(attempts)
+        headers[ATTEMPTS_USED] = str(attempts)
     else:
-        headers.pop(HEADER_ATTEMPTS_USED, None)
+        headers.pop(ATTEMPTS_USED, None)
     job_id = job_id_of(msg)
     _keep_id(headers, job_id)
-    headers[Header.MSG_ID.value] = derived_msg_id("back", job_id, msg)
+    headers[MSG_ID] = derived_msg_id("back", job_id, msg)
     return msg.data or b"", headers
 
 
 def _keep_id(headers: dict[str, str], job_id: str) -> None:
     """Carry the job id (a periodic firing's comes from its sequence number, which the next message changes),
     unless that would break a signature made without it (the settle module re-signs when it has a key)."""
-    if jobmod.HEADER_ID not in headers and "Bgjob-Signature" not in headers:
+    if jobmod.HEADER_ID not in headers and SIGNATURE not in headers:
         headers[jobmod.HEADER_ID] = job_id

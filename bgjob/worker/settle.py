@@ -26,7 +26,7 @@ from .. import results
 from ..codec import handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
-from ..errors import InvalidJob, describe_error
+from ..errors import InvalidJob, InvalidSchedule, describe_error
 from ..hooks import Failure, Fate, HookSet
 from ..producer import signer_for
 from ..result import Complete, MoveToDlq, Reschedule, Retry
@@ -106,7 +106,7 @@ class Settler:
             try:
                 due = outcome.by.next_run(datetime.now(timezone.utc))
                 await self._publish_next_run(item, "next", due, attempts=0, arg=outcome.arg)
-            except InvalidJob as exc:
+            except (InvalidJob, InvalidSchedule) as exc:  # a new arg that does not encode; no run left
                 return await self._dead_letter(item, "handler", f"Reschedule refused: {exc}", None)
             await self._store_result(item, ResultStatus.READY)
             await item.msg.ack()
@@ -203,8 +203,12 @@ class Settler:
         self.hooks.call("on_internal_error", f"lease of job {item.job_id} lapsed ({item.lease_lapsed:.1f}s)")
 
     def _report(self, item: Delivery, fate: Fate) -> None:
-        if item.job is not None and item.outcome is not None:
-            self.hooks.call("on_settled", item.job, item.outcome, fate)
+        """Tell the hooks; a delivery handed back before dispatch made a Job of it is not reported (hooks never
+        heard of it), and one handed back mid-run is reported with a Failure saying so."""
+        if item.job is None:
+            return
+        outcome = item.outcome or Failure(f"handed back before it finished ({fate.reason})")
+        self.hooks.call("on_settled", item.job, outcome, fate)
 
 
 def error_text(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:

@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
 from . import results
-from .core import Core, QueueConfig, QueueStats, is_transient
+from .codec import check_size, periodic_message, prepare_job, spec_of
+from .core import Core, QueueConfig, is_transient
 from .errors import BgjobError, InvalidJob, ResultNotFound, SendJobsError
 from .job import JobSpec
-from .producer import check_size, prepare_job, signer_for, spec_of
 from .provisioning import validate_queue_changes
 from .publisher import Outgoing, PublishBatch, Publisher
 from .results import JobResult
 from .runtime import Runtime, in_gevent_hub_thread
 from .settings import Settings
+from .signing import signer_for
+from .stats import QueueStats, list_queues, queue_stats
 
 if TYPE_CHECKING:
     from .directory import WorkerInfo
@@ -308,11 +310,11 @@ class Client:
 
     def queue_stats(self, queue: str = "default") -> QueueStats:
         jobmod.validate_queue(queue)
-        return self.run(Core.queue_stats, queue)
+        return self.run(queue_stats, queue)
 
     def queues(self) -> list[str]:
         """Names of the queues that exist on the server."""
-        return self.run(Core.queues)
+        return self.run(list_queues)
 
     def workers(self) -> list[WorkerInfo]:
         """Live workers (those whose last heartbeat is younger than Settings.worker_ttl)."""
@@ -338,8 +340,9 @@ class Client:
         """
         from . import periodic
 
+        periodic.validate_name(name)
+        subject, body, hdrs = periodic_message(self.settings, name, cron, job_type, arg, queue, tz, headers)
         runtime, core = self._ensure()
-        subject, body, hdrs = periodic.prepare_schedule(core, name, cron, job_type, arg, queue, tz, headers)
         return runtime.run(periodic.declare(core, subject, body, hdrs, queue))
 
     def unschedule(self, name: str, *, queue: str = "default") -> bool:

@@ -1,27 +1,165 @@
-"""Messages on the wire: a delivered message -> Job, and a delivered job -> the message of its next run.
+"""Jobs on the wire: the one module that builds bgjob's messages and reads them back.
 
-Producing a new job lives in `bgjob.producer` (validated at the call); this module builds what the worker
-publishes on a job's behalf (a retry or a reschedule as a server-side `@at` schedule) and reads what it
-receives.
+Built here: a new job (validated, encoded, size-checked and signed at the call, ready or delayed with an
+`@at` schedule), the next run of a delivered job (a retry carrying its attempts, or a reschedule), a delivery
+handed back unrun, a periodic job's cron schedule, and a dead letter sent back to its queue. Read here: a
+delivery -> Job (its id, attempt and arg). Dead letters themselves are built, and fitted, in `bgjob.dlq`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any
+import functools
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
 from . import job as jobmod
-from .headers import ATTEMPTS_USED, MSG_ID, SCHEDULE_NAME, SIGNATURE, derived_msg_id
-from .job import Job
+from .context import current_request_id
+from .errors import InvalidJob
+from .headers import (
+    ATTEMPTS_USED,
+    CARRIED_FIRST_FAILURE,
+    CRON,
+    MAX_HEADER_BYTES,
+    MSG_ID,
+    SCHEDULE_NAME,
+    SIGNATURE,
+    STORE_RESULT,
+    derived_msg_id,
+    header_block_size,
+    without_nats_headers,
+)
+from .job import Job, JobSpec
 from .result import KEEP_ARG
+from .schedule import ByCron
+from .settings import Settings
+from .signing import signer_for
+from .topology import Topology
+
+if TYPE_CHECKING:
+    from .core import Core
 
 #: the attempts a header may claim: a hand-written message cannot make a job immortal or pre-exhausted.
 _MAX_CARRIED = 1_000_000
 
 
+# -- new jobs ----------------------------------------------------------------------------------------------------
+def spec_of(item: Any) -> JobSpec:
+    if isinstance(item, tuple) and len(item) == 2:
+        return JobSpec(item[0], item[1])
+    raise InvalidJob(f"expected a (type, arg) pair or a bgjob.JobSpec, got {item!r}")
+
+
+#: bytes kept free below the server's max_payload, and below JetStream's 64 KiB header limit, so a job can
+#: always be dead-lettered with its error.
+DLQ_HEADROOM = 8 * 1024
+
+
+def check_size(core: Core, body: bytes, headers: dict[str, str]) -> None:
+    """Refuse (InvalidJob) a job whose header block or whole message, in bytes as sent, leaves less than
+    DLQ_HEADROOM free under JetStream's header limit or the server's max_payload."""
+    block = header_block_size(headers)
+    if block > MAX_HEADER_BYTES - 1 - DLQ_HEADROOM:
+        raise InvalidJob(f"job headers are {block} bytes as sent; JetStream refuses {MAX_HEADER_BYTES} or more and "
+                         f"bgjob keeps {DLQ_HEADROOM} for a dead letter's error: use at most "
+                         f"{MAX_HEADER_BYTES - 1 - DLQ_HEADROOM} (put large data in the arg)")  # fmt: skip
+    size = len(body) + block
+    if size > core.max_payload - DLQ_HEADROOM:
+        raise InvalidJob(f"job is {size} bytes with its headers; the server accepts at most "
+                         f"{core.max_payload - DLQ_HEADROOM} (its max_payload of {core.max_payload} less "
+                         f"{DLQ_HEADROOM} kept for a dead letter's error)")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _topology(prefix: str) -> Topology:
+    return Topology(prefix)
+
+
+def prepare_job(
+    settings: Settings,
+    job_type: str,
+    arg: Any,
+    *,
+    queue: str = "default",
+    delay: timedelta | float | None = None,
+    at: datetime | None = None,
+    job_id: str | None = None,
+    request_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    store_result: bool = False,
+) -> tuple[str, bytes, dict[str, str], str]:
+    """Validate a job and build its (subject, body, headers, id); raises InvalidJob."""
+    topology = _topology(settings.prefix)
+    jobmod.validate_type(job_type)
+    jobmod.validate_queue(queue)
+    job_id = jobmod.validate_job_id(job_id) if job_id is not None else jobmod.new_job_id()
+    if request_id is None:
+        request_id = current_request_id.get()
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()
+                                   or not _encodable(request_id)):  # fmt: skip
+        raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
+    hdrs = jobmod.validate_headers(headers)
+    body, content_type = jobmod.encode_arg(arg)
+    now = datetime.now(timezone.utc)
+    due = _due_time(now, delay, at)
+    hdrs.update({
+        MSG_ID: job_id,
+        jobmod.HEADER_ID: job_id,
+        jobmod.HEADER_TYPE: job_type,
+        jobmod.HEADER_ENQUEUED_AT: jobmod.format_time(now),
+        jobmod.CONTENT_TYPE: content_type,
+    })  # fmt: skip
+    if request_id:
+        hdrs[jobmod.HEADER_REQUEST_ID] = request_id
+    if store_result:
+        hdrs[STORE_RESULT] = "1"
+    if settings.signing_key:
+        signer_for(settings.signing_key).sign(queue, hdrs, body)
+    target = topology.job_subject(queue, job_type)
+    if due is None:
+        return target, body, hdrs, job_id
+    hdrs[Header.SCHEDULE.value] = f"@at {jobmod.format_time(due)}"
+    hdrs[Header.SCHEDULE_TARGET.value] = target
+    return topology.delayed_subject(queue, job_id), body, hdrs, job_id
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _due_time(now: datetime, delay: timedelta | float | None, at: datetime | None) -> datetime | None:
+    if delay is not None and at is not None:
+        raise InvalidJob("give either delay or at, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (timedelta, int, float)):
+            raise InvalidJob(f"delay must be a timedelta or seconds, got {delay!r}")
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds != seconds or seconds < 0:
+            raise InvalidJob(f"delay must be >= 0, got {delay!r}")
+        try:
+            return now + timedelta(seconds=seconds) if seconds > 0 else None
+        except OverflowError as exc:
+            raise InvalidJob(f"delay {delay!r} reaches beyond the year 9999") from exc
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise InvalidJob("at must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + ...)")
+        try:
+            at.astimezone(timezone.utc)
+        except OverflowError as exc:
+            raise InvalidJob(f"at {at!r} is beyond the year 9999 in UTC") from exc
+        return at if at > now else None
+    return None
+
+
+# -- deliveries ------------------------------------------------------------------------------------------------
 def attempts_used(headers: dict[str, str]) -> int:
     """Attempts used before this message was stored (0 for a job's first message)."""
     text = headers.get(ATTEMPTS_USED)
@@ -77,7 +215,7 @@ def next_run_message(
     new run, attempts start again); `arg` replaces the body unless KEEP_ARG. The caller signs and publishes.
     Raises InvalidJob when the new arg does not encode.
     """
-    headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+    headers = without_nats_headers(msg.headers)
     _keep_id(headers, job_id)
     if arg is KEEP_ARG:
         body = msg.data or b""
@@ -99,7 +237,7 @@ def next_run_message(
 
 def handed_back_message(msg: Msg, attempts: int) -> tuple[bytes, dict[str, str]]:
     """The same job again, to be stored afresh with `attempts` carried (a drain giving back an unrun job)."""
-    headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+    headers = without_nats_headers(msg.headers)
     if attempts > 0:
         headers[ATTEMPTS_USED] = str(attempts)
     else:
@@ -115,3 +253,43 @@ def _keep_id(headers: dict[str, str], job_id: str) -> None:
     unless that would break a signature made without it (the settle module re-signs when it has a key)."""
     if jobmod.HEADER_ID not in headers and SIGNATURE not in headers:
         headers[jobmod.HEADER_ID] = job_id
+
+
+# -- periodic jobs and dead letters sent back --------------------------------------------------------------------
+def periodic_message(
+    settings: Settings, name: str, cron: str, job_type: str, arg: Any, queue: str, tz: str,
+    headers: Mapping[str, str] | None,
+) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+    """A periodic job's cron schedule message: (subject, body, headers). `name` is validated by the caller;
+    raises InvalidSchedule (cron, time zone) or InvalidJob (type, queue, arg, headers)."""
+    schedule = ByCron(cron, tz)
+    jobmod.validate_type(job_type)
+    jobmod.validate_queue(queue)
+    topology = _topology(settings.prefix)
+    hdrs = jobmod.validate_headers(headers)
+    body, content_type = jobmod.encode_arg(arg)
+    hdrs.update({
+        jobmod.HEADER_TYPE: job_type,
+        jobmod.CONTENT_TYPE: content_type,
+        SCHEDULE_NAME: name,
+        CRON: cron,
+        Header.SCHEDULE.value: schedule.server_expr(),
+        Header.SCHEDULE_TARGET.value: topology.job_subject(queue, job_type),
+        Header.SCHEDULE_TIME_ZONE.value: tz,
+    })  # fmt: skip
+    if settings.signing_key:
+        signer_for(settings.signing_key).sign(queue, hdrs, body)
+    return topology.cron_subject(queue, name), body, hdrs
+
+
+def requeue_message(
+    topology: Topology, queue: str, job_type: str, job_id: str, headers: Mapping[str, str],
+    first_failure_at: datetime | None,
+) -> tuple[str, dict[str, str]]:  # fmt: skip
+    """A dead letter sent back to its queue: (subject, headers); the body is the dead letter's. It keeps the
+    time of its first failure (a second dead letter then says since when it fails) and gets a fresh
+    `Nats-Msg-Id`: the original may still be inside the duplicate window."""
+    hdrs = dict(headers)
+    hdrs[CARRIED_FIRST_FAILURE] = jobmod.format_time(first_failure_at or datetime.now(timezone.utc))
+    hdrs[MSG_ID] = f"{job_id}:retry:{uuid.uuid4().hex[:12]}"
+    return topology.job_subject(queue, job_type), hdrs

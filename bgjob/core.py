@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
@@ -55,23 +54,6 @@ def is_transient(exc: BaseException) -> bool:
             OSError,
         ),
     )
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """A queue's counts as JetStream reports them (read when asked; they move while you look)."""
-
-    queue: str
-    #: jobs ready to run, not yet delivered to a worker.
-    pending: int
-    #: jobs delivered to a worker and not yet settled.
-    in_flight: int
-    #: delayed and rescheduled jobs and periodic schedules, waiting for their time (not the retrying ones).
-    scheduled: int
-    #: dead letters of the queue.
-    dlq: int
-    #: jobs waiting for a retry schedule to fire (`<prefix>.<queue>.retry.<job id>`); they hold no worker slot.
-    retrying: int = 0
 
 
 @dataclass(frozen=True)
@@ -331,82 +313,6 @@ class Core:
                 ))  # fmt: skip
             self._buckets[suffix] = kv
         return kv
-
-    async def queue_stats(self, queue: str) -> QueueStats:
-        """The queue's counts, read from the server; creates nothing (a missing queue is empty).
-
-        Before any worker ran (no consumer yet), `pending` is the number of ready job messages stored.
-        """
-        from .dlq import count_dead_letters
-
-        name = self.topology.queue_stream(queue)
-        try:
-            stream = await self.js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            return QueueStats(queue, 0, 0, 0, await count_dead_letters(self, queue=queue))
-        try:
-            consumer = await self.js.consumer_info(name, self.topology.consumer(queue))
-            pending, in_flight = consumer.num_pending, consumer.num_ack_pending
-        except nats.js.errors.NotFoundError:  # jobs sent before any worker ran: they wait in the stream
-            pending, in_flight = await self._count_ready(queue), 0
-        others = stream.state.messages - pending - in_flight
-        retrying = await self._count_retrying(queue) if others > 0 else 0
-        return QueueStats(
-            queue=queue,
-            pending=pending,
-            in_flight=in_flight,
-            scheduled=max(0, others - retrying),
-            dlq=await count_dead_letters(self, queue=queue),
-            retrying=retrying,
-        )
-
-    async def _count_ready(self, queue: str) -> int:
-        """Ready job messages in the stream: one subject per job type, so the per-subject totals stay small."""
-        filtered = await self.js.stream_info(
-            self.topology.queue_stream(queue), subjects_filter=self.topology.job_filter(queue)
-        )
-        return sum((filtered.state.subjects or {}).values())
-
-    async def _count_retrying(self, queue: str) -> int:
-        """Retry schedules in the stream, counted by the server: an ephemeral consumer that never pulls reports
-        the matches (one subject per job, so per-subject totals would not scale). A work-queue stream allows one
-        consumer per filter: when another process is counting at the same moment, wait for it and try again."""
-        config = ConsumerConfig(
-            filter_subject=self.topology.retry_filter(queue),
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=5.0,  # removed by the server even if we cannot delete it
-            mem_storage=True,
-            num_replicas=1,
-        )
-        stream = self.topology.queue_stream(queue)
-        deadline = asyncio.get_running_loop().time() + self.settings.retry_for
-        while True:
-            try:
-                counter = await self.js.add_consumer(stream, config)
-                break
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10100 or asyncio.get_running_loop().time() > deadline:
-                    raise  # 10100: "filtered consumer not unique on workqueue stream"
-                await asyncio.sleep(random.uniform(0.01, 0.1))
-        try:
-            return counter.num_pending
-        finally:
-            try:
-                await self.js.delete_consumer(stream, counter.name)
-            except Exception as exc:  # noqa: BLE001 - it expires after its inactive threshold
-                log.debug("could not delete the retry counter %s: %r", counter.name, exc)
-
-    async def queues(self) -> list[str]:
-        prefix = self.topology.stream_prefix
-        names = []
-        for info in await self.js.streams_info():
-            name = info.config.name
-            if name.startswith(prefix) and name != self.topology.dlq_stream and info.config.subjects:
-                subject = info.config.subjects[0]
-                if subject.startswith(self.settings.prefix + ".") and subject.endswith(".>"):
-                    names.append(subject[len(self.settings.prefix) + 1 : -2])
-        return sorted(names)
 
 
 def _connect_retryable(exc: BaseException) -> bool:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
+from nats.js.api import RawStreamMsg
 
 from . import job as jobmod
+from .codec import requeue_message
 from .errors import DeadLetterNotFound, DeadLetterRefused, InvalidJob
 from .headers import (
     ATTEMPTS_USED,
@@ -42,11 +42,12 @@ from .headers import (
     derived_msg_id,
     entry_size,
     header_room,
+    without_nats_headers,
 )
 from .job import validate_reason
+from .stats import count_dead_letters
 
 if TYPE_CHECKING:
-    from .client import Client
     from .core import Core
 
 log = logging.getLogger("bgjob.worker")
@@ -270,7 +271,7 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
         first_failure_at=jobmod.parse_time(headers.get(DLQ_FIRST_FAILURE)),
         last_failure_at=jobmod.parse_time(headers.get(DLQ_LAST_FAILURE)),
         body=raw.data or b"",
-        headers={k: v for k, v in headers.items() if k not in DLQ_FAILURE_HEADERS and not k.startswith("Nats-")},
+        headers={k: v for k, v in without_nats_headers(headers).items() if k not in DLQ_FAILURE_HEADERS},
     )
 
 
@@ -314,11 +315,8 @@ async def _find(core: Core, entry_id: str) -> DeadLetter:
 
 async def _retry(core: Core, entry_id: str) -> str:
     entry = await _find(core, entry_id)
-    headers = dict(entry.headers)
-    headers[CARRIED_FIRST_FAILURE] = jobmod.format_time(entry.first_failure_at or datetime.now(timezone.utc))
-    # The original Nats-Msg-Id may still be inside the duplicate window: use a fresh one.
-    headers[MSG_ID] = f"{entry.id}:retry:{uuid.uuid4().hex[:12]}"
-    subject = core.topology.job_subject(entry.queue, entry.type)
+    subject, headers = requeue_message(core.topology, entry.queue, entry.type, entry.id, entry.headers,
+                                       entry.first_failure_at)  # fmt: skip
     await core.publish(subject, entry.body, headers, queue=entry.queue)
     await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
     return entry.id
@@ -327,32 +325,6 @@ async def _retry(core: Core, entry_id: str) -> str:
 async def _delete(core: Core, entry_id: str) -> None:
     entry = await _find(core, entry_id)
     await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
-
-
-async def count_dead_letters(
-    core: Core, queue: str | None = None, job_type: str | None = None, reason: str | None = None
-) -> int:
-    stream = core.topology.dlq_stream
-    try:
-        info = await core.js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        return 0  # no dead letter yet: nothing to count, nothing to create
-    if queue is None and job_type is None and reason is None:
-        return info.state.messages
-    # An unacknowledged pull consumer that never pulls counts matches without touching them.
-    config = ConsumerConfig(
-        filter_subject=core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason),
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=30.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
-    counter = await core.js.add_consumer(stream, config)
-    try:
-        return counter.num_pending
-    finally:
-        await core.js.delete_consumer(stream, counter.name)
 
 
 async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None) -> int:
@@ -364,10 +336,16 @@ async def _purge(core: Core, queue: str | None, job_type: str | None, reason: st
     return count
 
 
+class Runner(Protocol):
+    """What DeadLetters needs of a client: run `await coro_fn(core, *args)` on its loop and block for the result."""
+
+    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None) -> Any: ...
+
+
 class DeadLetters:
     """Blocking access to the DLQ of one client (`client.dlq`)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Runner) -> None:
         self._client = client
 
     def list(

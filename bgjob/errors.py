@@ -81,6 +81,20 @@ class ConfigurationError(BgjobError, ValueError):
     """A setting or a queue configuration cannot be used: a bad value, or one the server refused."""
 
 
+
+class ResultTooLarge(BgjobError, ValueError):
+    """A return value (or a whole result record) does not fit in one message of the server.
+
+    `what` is "return value" or "result record"; `size` is its size in bytes as stored (UTF-8 JSON);
+    `limit` the most it could be (the server's max_payload less the record's other fields).
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} too large ({size} bytes; the limit is {limit})")
+        self.what = what
+        self.size = size
+        self.limit = limit
+
 def describe_error(exc: BaseException) -> str:
     """One line naming an error and what the server said (`repr()` of a nats-py error drops the description)."""
     text = str(exc).strip().removeprefix("nats: ")

@@ -50,6 +50,15 @@ DLQ_FAILURE_HEADERS = (DLQ_REASON, DLQ_ERROR, DLQ_TRACEBACK, DLQ_ATTEMPTS, DLQ_F
 
 # -- NATS's own ------------------------------------------------------------------------------------------------
 MSG_ID = Header.MSG_ID.value
+#: the prefix of the headers NATS owns; bgjob never copies them from one message to another.
+NATS_PREFIX = "Nats-"
+#: a pull request's status (nats-py's `Header.STATUS`; the codes are `StatusCode`) and its description.
+STATUS = Header.STATUS.value
+DESCRIPTION = Header.DESCRIPTION.value
+#: how many of a pull request's messages the server did not deliver (on a 408/409 status).
+PENDING_MESSAGES = "Nats-Pending-Messages"
+#: a periodic job's cron expression as the user wrote it (the server's Nats-Schedule holds the 6-field form).
+CRON = "Bgjob-Cron"
 
 # -- sizes -----------------------------------------------------------------------------------------------------
 #: JetStream refuses a header block of this many bytes or more (err 10097, "header size exceeds maximum").
@@ -62,6 +71,11 @@ _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: header names nats-py accepts (nats.aio.client._HEADER_KEY_RE).
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def without_nats_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """A copy without the headers NATS owns (Nats-Msg-Id, schedules, ...), to carry into a new message."""
+    return {k: v for k, v in (headers or {}).items() if not k.startswith(NATS_PREFIX)}
 
 
 def entry_size(name: str, value: str) -> int:

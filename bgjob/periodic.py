@@ -13,12 +13,14 @@ from nats.js.api import Header
 
 from . import job as jobmod
 from .errors import InvalidSchedule
+from .headers import CRON, SCHEDULE_NAME
 from .schedule import ByCron
+from .stats import list_queues
 
 if TYPE_CHECKING:
     from .core import Core
 
-HEADER_SCHEDULE = "Bgjob-Schedule"
+HEADER_SCHEDULE = SCHEDULE_NAME
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
@@ -42,32 +44,6 @@ def validate_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidSchedule(f"invalid schedule name {name!r}: use letters, digits, '_' and '-' (max 100)")
     return name
-
-
-def prepare_schedule(
-    core: Core, name: str, cron: str, job_type: str, arg: Any, queue: str, tz: str, headers: Mapping[str, str] | None
-) -> tuple[str, bytes, dict[str, str]]:
-    """Validate a periodic job and build its (subject, body, headers); raises InvalidSchedule / InvalidJob."""
-    validate_name(name)
-    schedule = ByCron(cron, tz)
-    jobmod.validate_type(job_type)
-    jobmod.validate_queue(queue)
-    hdrs = jobmod.validate_headers(headers)
-    body, content_type = jobmod.encode_arg(arg)
-    hdrs.update({
-        jobmod.HEADER_TYPE: job_type,
-        jobmod.CONTENT_TYPE: content_type,
-        HEADER_SCHEDULE: name,
-        "Bgjob-Cron": cron,
-        Header.SCHEDULE.value: schedule.server_expr(),
-        Header.SCHEDULE_TARGET.value: core.topology.job_subject(queue, job_type),
-        Header.SCHEDULE_TIME_ZONE.value: tz,
-    })  # fmt: skip
-    if core.settings.signing_key:
-        from .producer import signer_for
-
-        signer_for(core.settings.signing_key).sign(queue, hdrs, body)
-    return core.topology.cron_subject(queue, name), body, hdrs
 
 
 async def declare(core: Core, subject: str, body: bytes, headers: dict[str, str], queue: str) -> bool:
@@ -102,7 +78,7 @@ async def remove(core: Core, name: str, queue: str) -> bool:
 
 
 async def list_schedules(core: Core, queue: str | None) -> list[PeriodicJob]:
-    queues = [queue] if queue else await core.queues()
+    queues = [queue] if queue else await list_queues(core)
     found = []
     for q in queues:
         await core.ensure_queue(q)
@@ -117,7 +93,7 @@ async def list_schedules(core: Core, queue: str | None) -> list[PeriodicJob]:
                 name=headers.get(HEADER_SCHEDULE, raw.subject.rsplit(".", 1)[-1]),
                 queue=q,
                 job_type=headers.get(jobmod.HEADER_TYPE, "?"),
-                cron=headers.get("Bgjob-Cron", headers.get(Header.SCHEDULE.value, "?")),
+                cron=headers.get(CRON, headers.get(Header.SCHEDULE.value, "?")),
                 tz=headers.get(Header.SCHEDULE_TIME_ZONE.value, "UTC"),
                 arg=_arg(raw.data or b"", headers.get(jobmod.CONTENT_TYPE)),
                 headers=jobmod.user_headers(headers),

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js.api import StatusCode
 
+from .headers import STATUS
 from .runtime import Runtime, new_waiter
 
 if TYPE_CHECKING:
@@ -123,7 +125,7 @@ class Publisher:
         if entry is None:
             return  # already given up on (timer) and retried
         batch, index = entry
-        if msg.headers and msg.headers.get("Status") == "503":
+        if msg.headers and msg.headers.get(STATUS) == StatusCode.SERVICE_UNAVAILABLE:
             self._retry(batch, index, nats.js.errors.NoStreamResponseError())
             return
         try:

@@ -27,12 +27,13 @@ from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
 from . import job as jobmod
-from .errors import BgjobError
+from .errors import ResultTooLarge  # also importable from here, where it was first defined
+from .headers import STORE_RESULT
 
 if TYPE_CHECKING:
     from .core import Core
 
-HEADER_STORE_RESULT = "Bgjob-Store-Result"
+HEADER_STORE_RESULT = STORE_RESULT
 _PLAIN_KEY = re.compile(r"[-_=a-zA-Z0-9]+")
 
 #: errors kept per record: the last MAX_ERRORS attempts' (a job retried for ever stays bounded).
@@ -49,20 +50,6 @@ RECORD_RESERVE = 512
 _MIN_TEXT_BYTES = 256
 #: text fields of an error entry: (name, bytes kept, keep the end).
 _TEXT_FIELDS = (("error", MAX_ERROR_BYTES, False), ("traceback", MAX_TRACEBACK_BYTES, True))
-
-
-class ResultTooLarge(BgjobError, ValueError):
-    """A return value (or a whole result record) does not fit in one message of the server.
-
-    `what` is "return value" or "result record"; `size` is its size in bytes as stored (UTF-8 JSON);
-    `limit` the most it could be (the server's max_payload less the record's other fields).
-    """
-
-    def __init__(self, what: str, size: int, limit: int) -> None:
-        super().__init__(f"{what} too large ({size} bytes; the limit is {limit})")
-        self.what = what
-        self.size = size
-        self.limit = limit
 
 
 class ResultStatus(enum.StrEnum):

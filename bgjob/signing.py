@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping, Sequence
 
 from . import job as jobmod
 from .errors import BgjobError
+from .headers import SIGNATURE
 
-HEADER_SIGNATURE = "Bgjob-Signature"
+HEADER_SIGNATURE = SIGNATURE
 
 
 def _nacl() -> object:
@@ -84,3 +86,9 @@ class Verifier:
             except (BadSignatureError, ValueError):
                 continue
         return "the signature does not verify with any configured key (tampered, or signed by an unknown key)"
+
+
+@functools.lru_cache(maxsize=4)
+def signer_for(signing_key: str) -> Signer:
+    """The Signer of `signing_key`, made once (a key is parsed once per process)."""
+    return Signer(signing_key)

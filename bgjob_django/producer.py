@@ -12,7 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 import bgjob
 from bgjob import job as jobmod
 from bgjob.client import prepare_job
-from bgjob.producer import spec_of
+from bgjob.codec import spec_of
 
 from .conf import get_client, get_config
 from .request_id import get_request_id

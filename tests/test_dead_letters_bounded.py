@@ -23,9 +23,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 import bgjob
 from bgjob import headers as hdr
+from bgjob.codec import DLQ_HEADROOM
 from bgjob.dlq import MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, MINIMAL_ERROR_BYTES, move_to_dlq
 from bgjob.errors import DeadLetterRefused
-from bgjob.producer import DLQ_HEADROOM
 
 from .conftest import wait_until
 

@@ -73,7 +73,8 @@ def test_non_result_return_is_a_failure_with_a_clear_message(client, start_worke
     start_worker(client, mux, retry_policy=bgjob.RetryPolicy(max_attempts=1))
     client.send_job("forgot", None)
     entry = wait_until(lambda: client.dlq.list(), message="dead letter")[0]
-    assert "HandlerError: handler for 'forgot' returned None, not a bgjob.Result: return bgjob.Complete()" in entry.error
+    expected = "HandlerError: handler for 'forgot' returned None, not a bgjob.Result: return bgjob.Complete()"
+    assert expected in entry.error
 
 
 def test_move_to_dlq_dead_letters_at_once(client, start_worker) -> None:

@@ -1,36 +1,11 @@
-"""Middleware: callables wrapped around every handler call."""
+"""Middleware: callables wrapped around every handler call (base), and the ones bgjob ships."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
-from typing import Protocol
-
-from ..job import Job
-from ..result import Result
-
-Handler = Callable[[Job], Result]
-
-
-class Middleware(Protocol):
-    """`middleware(job, call_next) -> Result`; call `call_next(job)` to run the rest of the chain."""
-
-    def __call__(self, job: Job, call_next: Handler) -> Result: ...
-
-
-def chain(middleware: Sequence[Middleware], handler: Handler) -> Handler:
-    """Wrap `handler` so the first middleware listed runs outermost; items that are not callable (hooks-only
-    objects such as bgjob.logs.LogJobs) are skipped."""
-    wrapped = handler
-    for mw in reversed(middleware):
-        if callable(mw):
-            wrapped = functools.partial(mw, call_next=wrapped)
-    return wrapped
-
-
-from .metrics import InMemoryMetricStorage, Metrics, MetricStorage  # noqa: E402
-from .recovery import Recovery  # noqa: E402
-from .request_id import RequestId  # noqa: E402
+from .base import Handler, Middleware, chain
+from .metrics import InMemoryMetricStorage, Metrics, MetricStorage
+from .recovery import Recovery
+from .request_id import RequestId
 
 __all__ = ["Handler", "InMemoryMetricStorage", "MetricStorage", "Metrics", "Middleware", "Recovery", "RequestId",
            "chain"]  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 from ..hooks import Failure, Fate, FateKind, WorkerHooks
 from ..job import Job
 from ..result import Result
-from . import Handler
+from .base import Handler
 
 
 @runtime_checkable

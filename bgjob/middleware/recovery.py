@@ -10,7 +10,7 @@ from ..hooks import mark_unhandled
 from ..job import Job
 from ..result import MoveToDlq, Result, Retry
 from ..retry import RetryPolicy
-from . import Handler
+from .base import Handler
 
 log = logging.getLogger("bgjob.worker")
 

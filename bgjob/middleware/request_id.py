@@ -7,7 +7,7 @@ import dataclasses
 from ..context import current_request_id
 from ..job import Job
 from ..result import Result
-from . import Handler
+from .base import Handler
 
 
 class RequestId:

@@ -92,8 +92,6 @@ class Worker:
         host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
         #: this worker's id in the worker directory and in stored results.
         self.id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        #: jobs settled so far.
-        self.processed = 0
 
     def run(self) -> None:
         """Process jobs until stop() or SIGTERM/SIGINT (handled when run in the main thread); then drain.
@@ -106,7 +104,10 @@ class Worker:
         keys = self.client.settings.verify_keys
         dispatcher = Dispatcher(self.queue, self.mux, self.middleware, self.hooks, self.retry_policy, core.topology,
                                 Verifier(keys) if keys else None)  # fmt: skip
-        loop = self._loop = FetchLoop(self, core, runtime, pool, dispatcher)
+        loop = self._loop = FetchLoop(core, runtime, pool, dispatcher, worker_id=self.id,
+                                      concurrency=self.concurrency, max_batch=self.max_batch,
+                                      fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
+                                      started=self._started)  # fmt: skip
         call = runtime.start_call(loop.serve())
         if self._stop_requested.is_set():
             loop.request_stop()
@@ -134,6 +135,12 @@ class Worker:
         loop = self._loop
         if loop is not None and not loop.runtime.loop.is_closed():
             loop.request_stop()
+
+    @property
+    def processed(self) -> int:
+        """Deliveries settled so far (by the current or last run)."""
+        loop = self._loop
+        return loop.processed if loop is not None else 0
 
     @property
     def in_flight(self) -> int:

@@ -11,24 +11,22 @@ import socket
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import nats.js.errors
 from nats.aio.msg import Msg
 
 from .. import directory, results
 from .. import job as jobmod
+from .._version import __version__
 from ..codec import attempts_used, job_id_of
 from ..core import Core
 from ..errors import ConnectionError, describe_error
-from ..runtime import Runtime
+from ..headers import STORE_RESULT
+from ..runtime import Flag, Runtime
 from .dispatch import Delivery, Dispatcher
 from .pool import Pool
 from .pull import PullRequests, PullTrouble
 from .settle import Settler
-
-if TYPE_CHECKING:
-    from . import Worker
 
 log = logging.getLogger("bgjob.worker")
 
@@ -36,15 +34,23 @@ log = logging.getLogger("bgjob.worker")
 class FetchLoop:
     """Everything a running Worker does on the event loop; made by Worker.run() for one run."""
 
-    def __init__(self, worker: Worker, core: Core, runtime: Runtime, pool: Pool, dispatcher: Dispatcher) -> None:
-        self.worker = worker
-        self.queue = worker.queue
-        self.concurrency = worker.concurrency
+    def __init__(self, core: Core, runtime: Runtime, pool: Pool, dispatcher: Dispatcher, *, worker_id: str,
+                 concurrency: int, max_batch: int, fetch_timeout: float, grace_period: float,
+                 started: Flag) -> None:  # fmt: skip
+        self.queue = dispatcher.queue
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.max_batch = max_batch
+        self.fetch_timeout = fetch_timeout
+        self.grace_period = grace_period
+        self.started = started
+        #: deliveries settled so far.
+        self.processed = 0
         self.core = core
         self.runtime = runtime
         self.pool = pool
         self.dispatcher = dispatcher
-        self.settler = Settler(core, worker.queue, worker.retry_policy, dispatcher.hooks)
+        self.settler = Settler(core, self.queue, dispatcher.retry_policy, dispatcher.hooks)
         self.inflight: dict[int, Delivery] = {}
         self.ack_wait = core.settings.ack_wait
         self._completed: collections.deque[Delivery] = collections.deque()
@@ -76,13 +82,13 @@ class FetchLoop:
 
     # -- the loop ---------------------------------------------------------------------------------------------
     async def serve(self) -> None:
-        core, worker = self.core, self.worker
+        core = self.core
         await core.ensure_queue(self.queue)
         await core.ensure_dlq()
         config = await core.ensure_consumer(self.queue)
         self.ack_wait = config.ack_wait or core.settings.ack_wait
         stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
-        pull = PullRequests(core, stream, consumer, expires=worker.fetch_timeout)
+        pull = PullRequests(core, stream, consumer, expires=self.fetch_timeout)
         inbox = core.nc.new_inbox()
 
         async def on_message(msg: Msg) -> None:
@@ -92,17 +98,18 @@ class FetchLoop:
         self.runtime.add_wakeup_hook(self._settle_completed)
         leases = asyncio.create_task(self._keep_leases())
         announcements = asyncio.create_task(self._announce())
-        log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency, worker.mux.types())
-        worker._started.set()
+        log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency,
+                 self.dispatcher.mux.types())  # fmt: skip
+        self.started.set()
         # Ask for more jobs once this many slots are free, so pulls come in batches under load.
-        threshold = max(1, min(self.concurrency, worker.max_batch) // 4)
+        threshold = max(1, min(self.concurrency, self.max_batch) // 4)
         try:
             while not self._stop.is_set():
                 pull.expire_lost()
                 free = self.concurrency - len(self.inflight) - pull.requested
                 if free > 0 and (free >= threshold or pull.requested == 0):
                     try:
-                        await pull.request(min(free, worker.max_batch), inbox)
+                        await pull.request(min(free, self.max_batch), inbox)
                     except Exception as exc:
                         if core.lost:  # closed for good: let run() fail so a supervisor restarts the worker
                             raise ConnectionError("the NATS connection was closed; the worker stops") from exc
@@ -120,7 +127,7 @@ class FetchLoop:
             leases.cancel()
             announcements.cancel()
             try:
-                await directory.withdraw(core, worker.id)
+                await directory.withdraw(core, self.worker_id)
             except Exception as exc:  # noqa: BLE001 - the entry then expires with its TTL
                 log.debug("could not withdraw from the worker directory: %r", exc)
             try:
@@ -138,6 +145,7 @@ class FetchLoop:
                 missing = True
             except Exception as exc:  # noqa: BLE001 - JetStream itself is not answering: wait, don't re-create
                 self._unavailable(exc)
+                await _wait(self._stop, timeout=1.0)  # back off: the next pull in a second, not a tight loop
                 return
         if missing:
             log.warning("queue %r: the consumer %s is gone (deleted with its stream?); creating it again", self.queue,
@@ -173,7 +181,7 @@ class FetchLoop:
             if late or len(self.inflight) > self.concurrency:
                 self.inflight.pop(id(msg), None)
                 self.runtime.spawn(self.settler.hand_back(item, "drain"))
-            elif msg.headers and results.HEADER_STORE_RESULT in msg.headers:
+            elif msg.headers and STORE_RESULT in msg.headers:
                 self.runtime.spawn(self._start_with_result(item))
             else:
                 self.pool.submit(self._run_job, item)
@@ -191,7 +199,7 @@ class FetchLoop:
         try:
             item.result = await results.record_running(
                 self.core, job_id, self.core.topology.job_type_of(self.queue, msg.subject), self.queue, item.attempt,
-                headers.get(jobmod.HEADER_ENQUEUED_AT), self.worker.id,
+                headers.get(jobmod.HEADER_ENQUEUED_AT), self.worker_id,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - results are a report; the job runs regardless
             log.warning("could not store the RUNNING result of job %s: %s", job_id, describe_error(exc))
@@ -225,7 +233,7 @@ class FetchLoop:
 
     def _finished(self, item: Delivery) -> None:
         self.inflight.pop(id(item.msg), None)
-        self.worker.processed += 1
+        self.processed += 1
         self._capacity.set()
 
     # -- leases -----------------------------------------------------------------------------------------------
@@ -254,14 +262,11 @@ class FetchLoop:
     # -- the worker directory ---------------------------------------------------------------------------------
     async def _announce(self) -> None:
         """Keep this worker's entry in the worker directory fresh."""
-        from .. import __version__
-
-        worker = self.worker
         started = jobmod.format_time(datetime.now(timezone.utc))
         while True:
             entry = {
-                "id": worker.id, "host": socket.gethostname(), "pid": os.getpid(), "queues": [self.queue],
-                "concurrency": self.concurrency, "in_flight": len(self.inflight), "processed": worker.processed,
+                "id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "queues": [self.queue],
+                "concurrency": self.concurrency, "in_flight": len(self.inflight), "processed": self.processed,
                 "started_at": started, "last_beat": jobmod.format_time(datetime.now(timezone.utc)),
                 "version": __version__,
             }  # fmt: skip
@@ -276,7 +281,7 @@ class FetchLoop:
         """No more pull requests. Jobs already received run within the grace period (those that arrive from a
         pull still open run too); whatever has not started by then is handed back without using an attempt,
         and what is still running is handed back for redelivery."""
-        grace = self.worker.grace_period
+        grace = self.grace_period
         self._grace_deadline = deadline = time.monotonic() + grace
         if self.inflight or pull.requested:
             log.info("draining %d in-flight jobs (grace %.0fs)", len(self.inflight), grace)

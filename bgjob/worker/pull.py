@@ -8,6 +8,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from nats.js.api import StatusCode
+
+from ..headers import DESCRIPTION, PENDING_MESSAGES, STATUS
+
 if TYPE_CHECKING:
     from ..core import Core
 
@@ -55,19 +59,19 @@ class PullRequests:
             self.requested = 0
 
     def on_status(self, headers: dict[str, str]) -> None:
-        status = headers.get("Status")
-        if status == "100":  # idle heartbeat
+        status = headers.get(STATUS)
+        if status == StatusCode.CONTROL_MESSAGE:  # idle heartbeat
             return
-        pending = headers.get("Nats-Pending-Messages")
+        pending = headers.get(PENDING_MESSAGES)
         if pending is not None and pending.isdigit():
             self.requested = max(0, self.requested - int(pending))
-        elif status != "404":
+        elif status != StatusCode.NO_MESSAGES:
             self.requested = 0
-        if status == "503":
+        if status == StatusCode.SERVICE_UNAVAILABLE:
             self.trouble = PullTrouble.NO_RESPONDERS
-        elif status == "409":
+        elif status == StatusCode.CONFLICT:
             # nats-py keys Description with a str-Enum member, which hashes unlike the plain string.
-            description = next((v for k, v in headers.items() if k == "Description"), "")
+            description = next((v for k, v in headers.items() if k == DESCRIPTION), "")
             if "deleted" in description.lower():
                 self.trouble = PullTrouble.CONSUMER_GONE
             elif pending is None:  # 409 Leadership Change and friends: the next request goes to the new leader

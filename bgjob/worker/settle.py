@@ -27,11 +27,12 @@ from ..codec import handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
 from ..errors import InvalidJob, InvalidSchedule, describe_error
+from ..headers import cut_text
 from ..hooks import Failure, Fate, HookSet
-from ..producer import signer_for
 from ..result import Complete, MoveToDlq, Reschedule, Retry
 from ..results import ResultStatus
 from ..retry import RetryPolicy
+from ..signing import signer_for
 from .dispatch import Delivery
 
 log = logging.getLogger("bgjob.worker")
@@ -39,6 +40,8 @@ log = logging.getLogger("bgjob.worker")
 #: Retry delays up to this many seconds are a nak with delay (no publish); longer ones a server-side schedule,
 #: so that jobs backing off do not hold the consumer's ack-pending slots (max_ack_pending).
 NAK_DELAY_LIMIT = 1.0
+#: the most of an error a log line quotes (the dead letter keeps more).
+LOG_ERROR_BYTES = 2048
 #: DLQ reasons of deliveries that never reached a handler because of what was sent (counted as internal errors).
 _REFUSED = frozenset({"decode", "signature", "unknown_handler", "internal_error"})
 
@@ -148,7 +151,7 @@ class Settler:
         context = {**item.log_context(), "bgjob_reason": reason, "bgjob_fate": "dead_lettered",
                    "bgjob_handler_ran": item.reason is None}  # fmt: skip
         log.error("job %s (%s) moved to the DLQ after %d attempt(s): %s: %s", job.id, job.type, item.attempt, reason,
-                  error, extra=context)  # fmt: skip
+                  cut_text(error, LOG_ERROR_BYTES), extra=context)  # fmt: skip
         return Fate.dead_lettered(reason, error)
 
     async def _store_result(self, item: Delivery, status: ResultStatus, *, value: Any = None,

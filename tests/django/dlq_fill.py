@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 
 import bgjob
-from bgjob import dlq as dlqmod
+from bgjob import headers as hdr
 from bgjob import job as jobmod
 from bgjob.topology import Topology
 
@@ -28,9 +28,9 @@ def fill_dlq(client: bgjob.Client, count: int, rare_every: int) -> list[str]:
         queue = "mail" if n % 2 else "default"
         reason = "max_attempts" if n % 3 == 0 else "handler"
         headers = {
-            jobmod.HEADER_ID: job_id, jobmod.HEADER_TYPE: job_type, jobmod.CONTENT_TYPE: jobmod.JSON,
-            dlqmod.REASON: reason, dlqmod.ERROR: json.dumps(f"failure {n}"), dlqmod.ATTEMPTS: "3",
-            dlqmod.FIRST_FAILURE: now, dlqmod.LAST_FAILURE: now,
+            hdr.HEADER_ID: job_id, hdr.HEADER_TYPE: job_type, hdr.CONTENT_TYPE: jobmod.JSON,
+            hdr.DLQ_REASON: reason, hdr.DLQ_ERROR: json.dumps(f"failure {n}"), hdr.DLQ_ATTEMPTS: "3",
+            hdr.DLQ_FIRST_FAILURE: now, hdr.DLQ_LAST_FAILURE: now,
         }  # fmt: skip
         entries.append((topology.dlq_subject(queue, reason, job_id, job_type), headers, n))
 

@@ -1,0 +1,3 @@
+"""The version of bgjob: one source for the package metadata, the CLI and the worker directory."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""Queue statistics and listings, read from the server: nothing here creates or changes anything."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from .core import Core
+
+log = logging.getLogger("bgjob.client")
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue's counts as JetStream reports them (read when asked; they move while you look)."""
+
+    queue: str
+    #: jobs ready to run, not yet delivered to a worker.
+    pending: int
+    #: jobs delivered to a worker and not yet settled.
+    in_flight: int
+    #: delayed and rescheduled jobs and periodic schedules, waiting for their time (not the retrying ones).
+    scheduled: int
+    #: dead letters of the queue.
+    dlq: int
+    #: jobs waiting for a retry schedule to fire (`<prefix>.<queue>.retry.<job id>`); they hold no worker slot.
+    retrying: int = 0
+
+
+async def count_matching(core: Core, stream: str, subject: str) -> int:
+    """Messages of `stream` on subjects matching `subject`, counted by the server: an ephemeral consumer that
+    never pulls reports its matches (per-subject totals would not scale to one subject per job). A work-queue
+    stream allows one consumer per filter: when another process counts at the same moment, wait and retry."""
+    config = ConsumerConfig(
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=5.0,  # removed by the server even if we cannot delete it
+        mem_storage=True,
+        num_replicas=1,
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + core.settings.retry_for
+    while True:
+        try:
+            counter = await core.js.add_consumer(stream, config)
+            break
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10100 or loop.time() > deadline:
+                raise  # 10100: "filtered consumer not unique on workqueue stream"
+            await asyncio.sleep(random.uniform(0.01, 0.1))
+    try:
+        return counter.num_pending
+    finally:
+        try:
+            await core.js.delete_consumer(stream, counter.name)
+        except Exception as exc:  # noqa: BLE001 - it expires after its inactive threshold
+            log.debug("could not delete the counting consumer %s: %r", counter.name, exc)
+
+
+async def count_dead_letters(
+    core: Core, queue: str | None = None, job_type: str | None = None, reason: str | None = None
+) -> int:
+    """Dead letters, all or of one queue / job type / reason; 0 while the DLQ stream does not exist."""
+    stream = core.topology.dlq_stream
+    try:
+        info = await core.js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return 0  # no dead letter yet: nothing to count, nothing to create
+    if queue is None and job_type is None and reason is None:
+        return info.state.messages
+    return await count_matching(core, stream, core.topology.dlq_filter(queue=queue, job_type=job_type,
+                                                                       reason=reason))
+
+
+async def queue_stats(core: Core, queue: str) -> QueueStats:
+    """The queue's counts; a missing queue is empty. Before any worker ran (no consumer yet), `pending` is the
+    number of ready job messages stored."""
+    topology = core.topology
+    name = topology.queue_stream(queue)
+    try:
+        stream = await core.js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        return QueueStats(queue, 0, 0, 0, await count_dead_letters(core, queue=queue))
+    try:
+        consumer = await core.js.consumer_info(name, topology.consumer(queue))
+        pending, in_flight = consumer.num_pending, consumer.num_ack_pending
+    except nats.js.errors.NotFoundError:  # jobs sent before any worker ran: they wait in the stream
+        filtered = await core.js.stream_info(name, subjects_filter=topology.job_filter(queue))
+        pending, in_flight = sum((filtered.state.subjects or {}).values()), 0  # one subject per job type
+    others = stream.state.messages - pending - in_flight
+    retrying = await count_matching(core, name, topology.retry_filter(queue)) if others > 0 else 0
+    return QueueStats(
+        queue=queue,
+        pending=pending,
+        in_flight=in_flight,
+        scheduled=max(0, others - retrying),
+        dlq=await count_dead_letters(core, queue=queue),
+        retrying=retrying,
+    )
+
+
+async def list_queues(core: Core) -> list[str]:
+    """Names of the queues whose streams exist under this prefix."""
+    prefix, topology = core.settings.prefix, core.topology
+    names = []
+    for info in await core.js.streams_info():
+        name = info.config.name
+        if name.startswith(topology.stream_prefix) and name != topology.dlq_stream and info.config.subjects:
+            subject = info.config.subjects[0]
+            if subject.startswith(prefix + ".") and subject.endswith(".>"):
+                names.append(subject[len(prefix) + 1 : -2])
+    return sorted(names)

@@ -12,18 +12,24 @@ from bgjob.handler import HandlerFunc
 
 from .conf import ScheduleSpec, schedule_error
 
-#: Job types of django.tasks tasks start with this, followed by the task function's module path.
-TASK_PREFIX = "task:"
+#: What a resolver does: given the rest of a job type after its prefix, the handler for it, or None (unknown).
+Resolver = Callable[[str], HandlerFunc | None]
 
 
 class Registry(bgjob.Mux):
-    """The project's Mux: handlers registered with @handler, plus django.tasks tasks by module path."""
+    """The project's Mux: handlers registered with @handler, plus job types found by resolvers.
+
+    A resolver supplies the handlers of a whole family of job types by prefix, found when a job of that type
+    first arrives (e.g. `bgjob_django.tasks` resolves `task:<module path>` to the django.tasks task there).
+    Higher modules add resolvers (`add_resolver`); this module knows none of them.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._periodic: dict[str, ScheduleSpec] = {}
         self._types_of: dict[Callable[..., Any], str] = {}
-        self._tasks: dict[str, HandlerFunc | None] = {}
+        self._resolvers: dict[str, Resolver] = {}
+        self._resolved: dict[str, HandlerFunc | None] = {}
         self._lock = threading.Lock()
 
     def handle(self, job_type: str, handler: Any) -> None:
@@ -33,19 +39,40 @@ class Registry(bgjob.Mux):
         except TypeError:  # an unhashable handler object: @periodic cannot be stacked on it, nothing else changes
             pass
 
+    def add_resolver(self, prefix: str, resolve: Resolver) -> None:
+        """Let `resolve` supply the handler of every job type starting with `prefix` that has no handler.
+
+        `resolve(rest)` gets the job type without `prefix` (a str) and returns the handler function, or None
+        for an unknown job type; it is asked once per job type, and its answer kept. Handlers registered with
+        `handle` / @handler win over resolvers. Adding the same resolver for the same prefix again does
+        nothing; raises bgjob.HandlerError if `prefix` is empty, not a str, or has another resolver already.
+        """
+        if not isinstance(prefix, str) or not prefix:
+            raise bgjob.HandlerError(f"a resolver's prefix must be a non-empty str, got {prefix!r}")
+        if not callable(resolve):
+            raise bgjob.HandlerError(f"the resolver for prefix {prefix!r} must be callable, got {resolve!r}")
+        with self._lock:
+            existing = self._resolvers.get(prefix)
+            if existing is not None and existing != resolve:
+                raise bgjob.HandlerError(f"job types starting with {prefix!r} already have a resolver: {existing!r}")
+            self._resolvers[prefix] = resolve
+            self._resolved.clear()  # job types found unknown before may be known now
+
     def get(self, job_type: str) -> HandlerFunc | None:
         found = super().get(job_type)
-        if found is None and job_type.startswith(TASK_PREFIX):
-            with self._lock:
-                if job_type not in self._tasks:
-                    try:
-                        from .tasks import task_handler
-                    except ImportError:  # django.tasks exists from Django 6.0 on: an unknown job type here
-                        self._tasks[job_type] = None
-                    else:
-                        self._tasks[job_type] = task_handler(job_type[len(TASK_PREFIX) :])
-                found = self._tasks[job_type]
-        return found
+        if found is not None or not self._resolvers:
+            return found
+        with self._lock:
+            if job_type not in self._resolved:
+                self._resolved[job_type] = self._resolve(job_type)
+            return self._resolved[job_type]
+
+    def _resolve(self, job_type: str) -> HandlerFunc | None:
+        # The longest matching prefix decides, so "task:" and "task:reports." can both have resolvers.
+        for prefix in sorted(self._resolvers, key=len, reverse=True):
+            if job_type.startswith(prefix):
+                return self._resolvers[prefix](job_type[len(prefix) :])
+        return None
 
     def add_periodic(self, spec: ScheduleSpec) -> None:
         error = schedule_error(spec)

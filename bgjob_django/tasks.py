@@ -47,11 +47,14 @@ from bgjob.results import ResultTooLarge
 
 from .conf import get_client, raw_setting
 from .producer import send_job
-from .registry import TASK_PREFIX
 from .results import ResultStore
-from .worker import worker_id
+from .worker_ids import worker_id
 
 log = logging.getLogger("bgjob_django.tasks")
+
+#: Job types of django.tasks tasks start with this, followed by the task function's module path. Workers find
+#: their handlers with `task_handler`, added to their registry as its resolver for this prefix (worker.py).
+TASK_PREFIX = "task:"
 
 DEFAULT_PRIORITY_QUEUES = {"high": (1, TASK_MAX_PRIORITY), "low": (TASK_MIN_PRIORITY, -1)}
 DLQ_REASON = "task"
@@ -238,7 +241,11 @@ def _valid_queue(queue: str) -> bool:
 
 # -- the worker side ---------------------------------------------------------------------------------
 def task_handler(path: str) -> Any:
-    """The bgjob handler running the task at module path `path`, for the worker's registry."""
+    """The bgjob handler running the task at module path `path` (a job type without TASK_PREFIX).
+
+    The resolver of TASK_PREFIX in a worker's registry (`registry.add_resolver(TASK_PREFIX, task_handler)`);
+    the task is imported when a job runs, and one that cannot be is dead-lettered (reason unknown_handler).
+    """
 
     def run(job: bgjob.Job) -> bgjob.Result:
         try:

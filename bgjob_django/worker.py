@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 from typing import Any
 
 from django.conf import settings
@@ -18,19 +17,13 @@ from bgjob.worker.signals import install_drain_signals
 from .conf import Config, ScheduleSpec
 from .job_middleware import CloseOldConnections
 from .registry import Registry
+from .worker_ids import remember as remember_worker_ids
+from .worker_ids import worker_id as worker_id  # the public name's old home
 
 log = logging.getLogger("bgjob_django.worker")
 
 #: Marks periodic jobs declared by bgjob_django, so ones removed from the project can be removed.
 DECLARED_HEADER = "X-Bgjob-Django-Schedule"
-
-#: The id of the bgjob Worker serving each queue in this process (what the worker directory shows).
-_worker_ids: dict[str, str] = {}
-
-
-def worker_id(queue: str) -> str:
-    """The id of this process's worker for `queue`; host and pid if none serves it here."""
-    return _worker_ids.get(queue) or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def default_queues(config: Config) -> list[str]:
@@ -44,13 +37,34 @@ def default_queues(config: Config) -> list[str]:
 def _task_backends() -> Iterable[Any]:
     if not getattr(settings, "TASKS", None):
         return []
-    try:
-        from django.tasks import task_backends
-
-        from .tasks import BgjobBackend
-    except ImportError:
+    tasks = _tasks_module()
+    if tasks is None:
         return []
-    return [b for b in task_backends.all() if isinstance(b, BgjobBackend)]
+    from django.tasks import task_backends
+
+    return [b for b in task_backends.all() if isinstance(b, tasks.BgjobBackend)]
+
+
+def _tasks_module() -> ModuleType | None:
+    """`bgjob_django.tasks`, or None before Django 6.0 (no django.tasks there)."""
+    try:
+        import django.tasks  # noqa: F401 - only whether it exists
+    except ImportError:
+        return None
+    from . import tasks
+
+    return tasks
+
+
+def serve_tasks(mux: Registry) -> None:
+    """Make `mux` run django.tasks tasks: job types `task:<module path>` resolve to the task there.
+
+    Does nothing before Django 6.0, where such job types stay unknown (dead-lettered as unknown_handler), nor
+    when `mux` has that resolver already.
+    """
+    tasks = _tasks_module()
+    if tasks is not None:
+        mux.add_resolver(tasks.TASK_PREFIX, tasks.task_handler)
 
 
 def middleware(config: Config, extra: Sequence[bgjob.Middleware] = ()) -> list[bgjob.Middleware]:
@@ -87,13 +101,15 @@ class WorkerGroup:
                  **worker_options: Any) -> None:  # fmt: skip
         if not queues:
             raise ValueError("a worker needs at least one queue")
+        if isinstance(mux, Registry):
+            serve_tasks(mux)  # before any worker fetches: the resolver is there when the first task arrives
         chain = middleware(config, extra_middleware)
         self.workers = [
             bgjob.Worker(client, mux, queue=queue, concurrency=concurrency or config.concurrency, middleware=chain,
                          retry_policy=config.retry_policy(), grace_period=config.grace_period, **worker_options)
             for queue in queues
         ]
-        _worker_ids.update({worker.queue: worker.id for worker in self.workers})
+        remember_worker_ids({worker.queue: worker.id for worker in self.workers})
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
 

@@ -25,11 +25,11 @@ from .errors import (
 from .handler import Mux, SyncHandlerAdapter
 from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
 from .job import Job, JobSpec
+from .job_results import JobError, JobResult, ResultStatus
 from .middleware import InMemoryMetricStorage, Metrics, MetricStorage, Middleware, Recovery, RequestId
 from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
-from .results import JobError, JobResult, ResultStatus
-from .retry import RetryPolicy
+from .retry_policy import RetryPolicy
 from .settings import Settings
 from .worker import Worker
 

@@ -44,7 +44,7 @@ def _client() -> Client:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .logs import LogJobs
     from .middleware import Metrics, Recovery, RequestId
-    from .retry import RetryPolicy
+    from .retry_policy import RetryPolicy
     from .worker import Worker
 
     if args.pool == "gevent":

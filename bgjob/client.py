@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
-from . import results
+from . import job_results
 from .codec import check_size, periodic_message, prepare_job, spec_of
 from .core import Core, QueueConfig, is_transient
 from .errors import BgjobError, InvalidJob, ResultNotFound, SendJobsError
 from .job import JobSpec
+from .job_results import JobResult
 from .provisioning import validate_queue_changes
 from .publisher import Outgoing, PublishBatch, Publisher
-from .results import JobResult
 from .runtime import Runtime, in_gevent_hub_thread
 from .settings import Settings
 from .signing import signer_for
@@ -168,7 +168,7 @@ class Client:
         if batch.errors[0] is not None:
             raise batch.errors[0]
         if store:
-            runtime.run(results.record_ready(core, msg_id, job_type, queue))
+            runtime.run(job_results.record_ready(core, msg_id, job_type, queue))
         return msg_id
 
     def _stores_result(self, queue: str, store_result: bool | None) -> bool:
@@ -181,7 +181,7 @@ class Client:
         deadline = time.monotonic() + (wait or 0)
         pause = 0.01
         while True:
-            record = runtime.run(results.read_record(core, job_id))
+            record = runtime.run(job_results.read_record(core, job_id))
             if record is None:
                 raise ResultNotFound(f"no stored result for job {job_id!r} (sent without store_result, or expired)")
             result = JobResult.from_record(record)
@@ -364,7 +364,7 @@ class Client:
 
 async def _record_ready_all(core: Core, jobs: list[tuple[str, str, str]]) -> None:
     for job_id, job_type, queue in jobs:
-        await results.record_ready(core, job_id, job_type, queue)
+        await job_results.record_ready(core, job_id, job_type, queue)
 
 
 # -- the process-wide default client -----------------------------------------------------------------

@@ -4,9 +4,9 @@ bgjob's own stored results (`send_job(..., store_result=True)`, bucket `<PREFIX>
 the call's arguments nor one worker id per attempt nor exception classes, all of which a Django
 TaskResult has; this is the one place that reads and writes the tasks' records.
 
-Records are bounded as bgjob's own are (`bgjob.results.encode_record`): at most the last 10 errors, long
+Records are bounded as bgjob's own are (`bgjob.job_results.encode_record`): at most the last 10 errors, long
 tracebacks cut, and a return value that does not fit in one message of the server refused with
-`bgjob.results.ResultTooLarge` ("return value too large (N bytes; the limit is M)").
+`bgjob.job_results.ResultTooLarge` ("return value too large (N bytes; the limit is M)").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 
 import bgjob
 from bgjob import job as jobmod
-from bgjob.results import encode_record
+from bgjob.job_results import encode_record
 
 if TYPE_CHECKING:
     from bgjob.core import Core
@@ -49,7 +49,7 @@ class ResultStore:
         """Store `record` (a JSON object with `errors` and `return_value`) under `result_id`.
 
         The record is bounded first (in place; see the module's docstring). Raises
-        bgjob.results.ResultTooLarge, before anything is written, when it cannot fit in one message of
+        bgjob.job_results.ResultTooLarge, before anything is written, when it cannot fit in one message of
         the server (`what` says whether the return value is what does not fit), and bgjob.ConnectionError
         when NATS stays unreachable for Settings.retry_for.
         """

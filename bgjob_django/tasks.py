@@ -43,7 +43,7 @@ from django.utils.module_loading import import_string
 import bgjob
 from bgjob import job as jobmod
 from bgjob.errors import describe_error
-from bgjob.results import ResultTooLarge
+from bgjob.job_results import ResultTooLarge
 
 from .conf import get_client, raw_setting
 from .producer import send_job

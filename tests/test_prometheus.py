@@ -145,6 +145,7 @@ def test_worker_command_serves_job_metrics_and_queue_gauges(nats_server, prefix,
         queue = (("queue", "default"),)
         assert samples[("bgjob_queue_dlq", queue)] == 2
         assert samples[("bgjob_queue_scheduled", queue)] == 1
+        assert samples[("bgjob_queue_retrying", queue)] == 0
         assert samples[("bgjob_queue_pending", queue)] == 0
     finally:
         worker.send_signal(signal.SIGTERM)

@@ -11,7 +11,7 @@ import bgjob
 from bgjob import dlq, job
 from bgjob.errors import InvalidJob, InvalidResult, InvalidSchedule
 from bgjob.result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
-from bgjob.retry import RetryPolicy
+from bgjob.retry_policy import RetryPolicy
 from bgjob.schedule import MAX_DELAY_SECONDS, ByAfterTime, ByCron
 
 #: Not a delay: wrong types (a str, bytes, a bool, a list), NaN, infinities, negatives, and beyond JetStream's limit.

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import bgjob
-from bgjob import results
+from bgjob import job_results as results
 from bgjob.client import Core
 
 from .conftest import wait_until

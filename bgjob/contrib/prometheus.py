@@ -115,7 +115,7 @@ class _Snapshot:
 
 class QueueStatsCollector(Collector):
     """Queue gauges read from JetStream when scraped: `<namespace>_queue_pending`, `_queue_in_flight`,
-    `_queue_scheduled`, `_queue_dlq` (label `queue`, every queue of the client's prefix) and
+    `_queue_scheduled`, `_queue_retrying`, `_queue_dlq` (label `queue`, every queue of the client's prefix) and
     `<namespace>_queue_stats_up` (0 when the server could not be read in `timeout` seconds).
 
     Readings are reused for `cache_seconds`, so frequent or parallel scrapes cost one round of requests.
@@ -173,6 +173,7 @@ class QueueStatsCollector(Collector):
             ("pending", "Jobs ready to run, not yet delivered to a worker."),
             ("in_flight", "Jobs delivered to a worker and not yet settled."),
             ("scheduled", "Delayed, rescheduled and periodic jobs waiting for their time."),
+            ("retrying", "Jobs waiting for a retry schedule to fire (they hold no worker slot)."),
             ("dlq", "Dead letters of the queue."),
         ):
             family = GaugeMetricFamily(f"{ns}_queue_{field}", help_text, labels=["queue"])

@@ -9,7 +9,7 @@ from ..handler import not_a_result
 from ..hooks import mark_unhandled
 from ..job import Job
 from ..result import MoveToDlq, Result, Retry
-from ..retry import RetryPolicy
+from ..retry_policy import RetryPolicy
 from .base import Handler
 
 log = logging.getLogger("bgjob.worker")

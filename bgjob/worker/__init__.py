@@ -19,7 +19,7 @@ from ..client import Client
 from ..handler import Mux
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
-from ..retry import RetryPolicy
+from ..retry_policy import RetryPolicy
 from ..runtime import Flag
 from ..signing import Verifier
 from .dispatch import Dispatcher

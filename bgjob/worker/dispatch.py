@@ -23,7 +23,7 @@ from ..hooks import Failure, HookSet, mark_unhandled
 from ..job import Job
 from ..middleware import Handler, Middleware, chain
 from ..result import Result
-from ..retry import RetryPolicy
+from ..retry_policy import RetryPolicy
 from ..signing import Verifier
 from ..topology import Topology
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from .. import directory, results
+from .. import directory, job_results
 from .. import job as jobmod
 from .._version import __version__
 from ..codec import attempts_used, job_id_of
@@ -197,7 +197,7 @@ class FetchLoop:
         msg, headers = item.msg, item.msg.headers or {}
         job_id = job_id_of(msg)
         try:
-            item.result = await results.record_running(
+            item.result = await job_results.record_running(
                 self.core, job_id, self.core.topology.job_type_of(self.queue, msg.subject), self.queue, item.attempt,
                 headers.get(jobmod.HEADER_ENQUEUED_AT), self.worker_id,
             )  # fmt: skip

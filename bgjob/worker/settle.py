@@ -22,16 +22,16 @@ import traceback as tb
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import results
+from .. import job_results
 from ..codec import handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
 from ..errors import InvalidJob, InvalidSchedule, describe_error
 from ..headers import cut_text
 from ..hooks import Failure, Fate, HookSet
+from ..job_results import ResultStatus
 from ..result import Complete, MoveToDlq, Reschedule, Retry
-from ..results import ResultStatus
-from ..retry import RetryPolicy
+from ..retry_policy import RetryPolicy
 from ..signing import signer_for
 from .dispatch import Delivery
 
@@ -159,7 +159,7 @@ class Settler:
         if item.result is None:
             return
         try:
-            await results.record_outcome(self.core, item.result, status, value=value, error=error, traceback=trace)
+            await job_results.record_outcome(self.core, item.result, status, value=value, error=error, traceback=trace)
         except Exception as exc:  # noqa: BLE001 - a missing report must not hold up the job itself
             log.warning("could not store the %s result of job %s: %s", status.value, item.job_id, describe_error(exc),
                         extra=item.log_context())  # fmt: skip

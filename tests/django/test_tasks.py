@@ -18,7 +18,7 @@ if django.VERSION >= (6, 0):
     from django.tasks.signals import task_enqueued, task_finished, task_started
     from django.utils import timezone
 
-    from bgjob.results import MAX_ERRORS, MAX_TRACEBACK_BYTES, ResultTooLarge
+    from bgjob.job_results import MAX_ERRORS, MAX_TRACEBACK_BYTES, ResultTooLarge
     from bgjob_django.tasks import BgjobBackend
 
     from .testapp import tasks

@@ -218,6 +218,30 @@ def test_a_user_hook_sees_every_fate_once_per_delivery(client, start_worker) -> 
     assert len(hooks.internal_errors) == 1  # the unknown type
 
 
+def test_reschedule_with_arg_none_runs_next_with_none_and_without_arg_keeps_it(client, start_worker) -> None:
+    seen: queue.Queue = queue.Queue()
+    runs: dict[str, int] = {}
+    mux = bgjob.Mux()
+
+    def twice(new_arg: dict) -> bgjob.Handler:
+        def handle(job: bgjob.Job) -> bgjob.Result:
+            seen.put((job.type, job.arg))
+            runs[job.type] = runs.get(job.type, 0) + 1
+            return bgjob.Reschedule(bgjob.ByAfterTime(0.1), **new_arg) if runs[job.type] == 1 else bgjob.Complete()
+
+        return handle
+
+    mux.handle("to-none", twice({"arg": None}))
+    mux.handle("keep", twice({}))
+    start_worker(client, mux)
+    client.send_job("to-none", "first")
+    client.send_job("keep", {"k": 1})
+    by_type: dict[str, list] = {}
+    for job_type, arg in drain(seen, 4):
+        by_type.setdefault(job_type, []).append(arg)
+    assert by_type == {"keep": [{"k": 1}, {"k": 1}], "to-none": ["first", None]}
+
+
 def test_a_failing_hook_changes_no_fate(client, start_worker, caplog) -> None:
     class Broken(bgjob.WorkerHooks):
         def on_job_start(self, job: bgjob.Job) -> None:

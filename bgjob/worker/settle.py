@@ -30,7 +30,7 @@ from ..errors import InvalidJob, InvalidSchedule, describe_error
 from ..headers import cut_text
 from ..hooks import Failure, Fate, HookSet
 from ..job_results import ResultStatus
-from ..result import Complete, MoveToDlq, Reschedule, Retry
+from ..result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
 from ..retry_policy import RetryPolicy
 from ..signing import signer_for
 from .dispatch import Delivery
@@ -126,15 +126,14 @@ class Settler:
         return Fate.retry_scheduled(delay, at=due)
 
     async def _publish_next_run(self, item: Delivery, kind: str, due: datetime, *, attempts: int,
-                                arg: Any = None) -> None:  # fmt: skip
+                                arg: Any = KEEP_ARG) -> None:  # fmt: skip
         """Publish the job's next run as a server-side `@at` schedule (one per job id and kind: a repeat
         after a crash replaces it)."""
         core, job = self.core, item.job
         assert job is not None
         topology = core.topology
-        options = {} if arg is None else {"arg": arg}
         body, headers = next_run_message(item.msg, kind=kind, job_id=job.id, due=due, attempts=attempts,
-                                         target=topology.job_subject(self.queue, job.type), **options)  # fmt: skip
+                                         target=topology.job_subject(self.queue, job.type), arg=arg)  # fmt: skip
         if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
             signer_for(core.settings.signing_key).sign(self.queue, headers, body)
         subject = topology.retry_subject(self.queue, job.id) if kind == "retry" else topology.delayed_subject(

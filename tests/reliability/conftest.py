@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ..conftest import python_process
-from .support import FULL, ROWS, format_table
+from .support import FULL, ROWS, Cluster, format_table
 
 WORKER_CODE = "from tests.reliability.worker_app import main; main()"
 
@@ -67,6 +67,17 @@ def workers(tmp_path: Path) -> Iterator[WorkerProcesses]:
         yield procs
     finally:
         procs.cleanup()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A running 3-node JetStream cluster of this test alone (see support.Cluster); every node is killed after."""
+    nodes = Cluster(tmp_path / "cluster")
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

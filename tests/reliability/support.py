@@ -7,6 +7,8 @@ import asyncio
 import collections
 import json
 import os
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import nats
+
+from bgjob.server import EmbeddedServer, free_port
+
+from ..conftest import wait_until
 
 #: BGJOB_RELIABILITY_FULL=1 runs the long version (the issue's numbers); the default fits in CI.
 FULL = os.environ.get("BGJOB_RELIABILITY_FULL", "") not in ("", "0")
@@ -99,7 +105,8 @@ class Scenario:
 
 def format_table(rows: list[Row]) -> list[str]:
     head = ("scenario", "jobs sent", "lost", "duplicated", "time (s)", "note")
-    rows = sorted(rows, key=lambda r: r.scenario.split()[0])  # by scenario number, in the order they ran
+    # by scenario number ("6a" after "5b", "10" after "9"), in the order they ran within one number
+    rows = sorted(rows, key=lambda r: int(re.match(r"\d*", r.scenario).group() or 0))
     body = [(r.scenario, str(r.sent), str(r.lost), str(r.duplicated), f"{r.seconds:.1f}", r.note) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [head, *body]]
@@ -146,6 +153,16 @@ def consumer_counts(url: str, prefix: str, queue: str = "default", **options: An
     return nats_call(url, read, **options)
 
 
+def stream_messages(url: str, prefix: str, queue: str = "default", **options: Any) -> int:
+    """Messages stored in the queue's stream: jobs not yet acked (it is a WorkQueue stream). Unlike the consumer's
+    counters this works before any worker has created the consumer (producers never do)."""
+
+    async def read(_nc: Any, js: Any) -> int:
+        return (await js.stream_info(stream_name(prefix, queue))).state.messages
+
+    return nats_call(url, read, **options)
+
+
 def queued_ids(url: str, prefix: str, queue: str = "default", **options: Any) -> list[str]:
     """Bgjob-Id of every job message still stored in the queue's stream (acked ones are gone: WorkQueue)."""
     import nats.js.errors
@@ -161,3 +178,83 @@ def queued_ids(url: str, prefix: str, queue: str = "default", **options: Any) ->
             seq = msg.seq + 1
 
     return nats_call(url, read, **options)
+
+
+# -- a 3-node cluster --------------------------------------------------------------------------------------
+class ClusterNode(EmbeddedServer):
+    """A cluster member that keeps its server name across restarts: JetStream's raft groups know their peers by
+    server name, so a node restarted under a new name (EmbeddedServer picks a fresh one per start) would come
+    back as a stranger and its old seat in every R3 group would stay empty."""
+
+    def __init__(self, node_name: str, *args: Any, **kwargs: Any) -> None:
+        self._node_name = node_name
+        super().__init__(*args, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self._node_name
+
+    @name.setter
+    def name(self, _value: str) -> None:
+        pass  # EmbeddedServer names each start afresh; a cluster peer keeps its name
+
+
+class Cluster:
+    """Three JetStream nodes routed to each other on loopback ports, each with its own store."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        client_ports = [free_port() for _ in range(size)]
+        route_ports = [free_port() for _ in range(size)]
+        token = secrets.token_hex(4)
+        self.nodes: list[ClusterNode] = []
+        for i in range(size):
+            routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(route_ports) if j != i)
+            args = ["--cluster_name", "bgjob-rel", "--cluster", f"nats://127.0.0.1:{route_ports[i]}",
+                    "--routes", routes]  # fmt: skip
+            self.nodes.append(ClusterNode(f"rel-{token}-n{i}", root / f"n{i}", port=client_ports[i], extra_args=args))
+        self.url = ",".join(f"nats://127.0.0.1:{p}" for p in client_ports)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start(timeout=30)
+        # JetStream answers only once the nodes have elected a meta leader.
+        wait_until(self._meta_leader, timeout=60, message="a JetStream meta leader")
+
+    def _meta_leader(self) -> bool:
+        async def ask(_nc: Any, js: Any) -> None:
+            await js.account_info()
+
+        try:
+            nats_call(self.url, ask)
+        except Exception:  # noqa: BLE001 - not yet
+            return False
+        return True
+
+    def node_named(self, name: str) -> ClusterNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def stream_leader(self, stream: str) -> str | None:
+        """The name of the stream's leader; None while there is none (an election is running)."""
+
+        async def ask(_nc: Any, js: Any) -> str | None:
+            return (await js.stream_info(stream)).cluster.leader or None
+
+        try:
+            return nats_call(self.url, ask)
+        except Exception:  # noqa: BLE001 - no leader to answer yet
+            return None
+
+    def consumer_leader(self, stream: str, consumer: str) -> str | None:
+        """The name of the consumer's leader; None while there is none."""
+
+        async def ask(_nc: Any, js: Any) -> str | None:
+            return (await js.consumer_info(stream, consumer)).cluster.leader or None
+
+        try:
+            return nats_call(self.url, ask)
+        except Exception:  # noqa: BLE001 - no leader to answer yet
+            return None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import bgjob
-from bgjob.server import EmbeddedServer, free_port
 
 from ..conftest import wait_until
 from .support import Scenario, consumer_counts, done_ids, nats_call, scale, stream_name, wait_for_completion
@@ -19,71 +16,6 @@ from .support import Scenario, consumer_counts, done_ids, nats_call, scale, stre
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 JOBS = scale(1000, 5000)
-
-
-class Cluster:
-    """Three JetStream nodes routed to each other on loopback ports, each with its own store."""
-
-    def __init__(self, root: Path, size: int = 3) -> None:
-        client_ports = [free_port() for _ in range(size)]
-        route_ports = [free_port() for _ in range(size)]
-        self.nodes = []
-        for i in range(size):
-            routes = ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(route_ports) if j != i)
-            args = [
-                "--cluster_name",
-                "bgjob-rel",
-                "--cluster",
-                f"nats://127.0.0.1:{route_ports[i]}",
-                "--routes",
-                routes,
-            ]
-            self.nodes.append(EmbeddedServer(root / f"n{i}", port=client_ports[i], extra_args=args))
-        self.url = ",".join(f"nats://127.0.0.1:{p}" for p in client_ports)
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start(timeout=30)
-        # JetStream answers only once the nodes have elected a meta leader.
-        wait_until(self._meta_leader, timeout=60, message="a JetStream meta leader")
-
-    def _meta_leader(self) -> bool:
-        async def ask(_nc: object, js: object) -> None:
-            await js.account_info()  # type: ignore[attr-defined]
-
-        try:
-            nats_call(self.url, ask)
-        except Exception:  # noqa: BLE001 - not yet
-            return False
-        return True
-
-    def node_named(self, name: str) -> EmbeddedServer:
-        return next(node for node in self.nodes if node.name == name)
-
-    def stream_leader(self, stream: str) -> str | None:
-        """The name of the stream's leader; None while there is none (an election is running)."""
-
-        async def ask(_nc: object, js: object) -> str | None:
-            return (await js.stream_info(stream)).cluster.leader or None  # type: ignore[attr-defined]
-
-        try:
-            return nats_call(self.url, ask)
-        except Exception:  # noqa: BLE001 - no leader to answer yet
-            return None
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.kill()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(tmp_path / "cluster")
-    try:
-        nodes.start()
-        yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.mark.timeout(scale(240, 900))

@@ -5,7 +5,8 @@ appends one JSON line per event to the record file (O_APPEND, one write per line
 handler did survives the process being SIGKILLed a moment later.
 
 Config keys: record (path), url (None: BGJOB_URL through Settings.from_env), prefix, ack_wait,
-replicas, concurrency, grace_period, max_attempts, verify_keys, nats_options, fsync (default true).
+replicas, concurrency, grace_period, max_attempts, verify_keys, nats_options, fsync (default true),
+debug (logger names to log at DEBUG, e.g. ["bgjob.worker"]).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -69,6 +71,17 @@ def build_mux(recorder: Recorder) -> bgjob.Mux:
     for job_type in ("echo", "billing.invoice", "a:b-c_d"):
         mux.handle(job_type, echo)
 
+    @mux.handler("poison")
+    def poison(job: bgjob.Job) -> bgjob.Result:
+        """Records its start, then ends its own process as an OOM kill (arg["how"] "sigkill") or a C extension
+        calling exit() (arg["how"] "exit": status 3, unlike Python's 1 for an uncaught error) would."""
+        recorder.record(job, "start")
+        if job.arg.get("how") == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)  # not reached: the signal is delivered before kill() returns
+        return bgjob.Complete()
+
     @mux.handler("dead")
     def dead(job: bgjob.Job) -> bgjob.Result:
         recorder.record(job, "done")
@@ -80,6 +93,8 @@ def build_mux(recorder: Recorder) -> bgjob.Mux:
 def main() -> None:
     config = json.loads(sys.argv[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    for name in config.get("debug", ()):
+        logging.getLogger(name).setLevel(logging.DEBUG)
     options: dict[str, Any] = {
         "prefix": config["prefix"],
         "ack_wait": config.get("ack_wait", 5.0),

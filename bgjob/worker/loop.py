@@ -155,8 +155,12 @@ class FetchLoop:
             except Exception as exc:  # noqa: BLE001 - tried again on the next failure
                 log.warning("re-creating the stream/consumer of queue %r failed: %s", self.queue, describe_error(exc))
                 await _wait(self._stop, timeout=1.0)
-        elif self._unavailable_since is not None:
-            self._recovered()
+        else:
+            # The consumer exists but did not answer the pull (its leader is being elected, say): a second's
+            # pause, not a tight loop of pulls that each get a 503.
+            log.debug("queue %r: pull request got 503 although consumer %s exists; asking again in 1s", self.queue,
+                      consumer)  # fmt: skip
+            await _wait(self._stop, timeout=1.0)
 
     def _unavailable(self, exc: BaseException) -> None:
         now = time.monotonic()

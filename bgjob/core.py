@@ -20,6 +20,8 @@ from .errors import ConnectionError, InvalidJob
 from .provisioning import (
     CONSUMER_FIELDS,
     STREAM_FIELDS,
+    Difference,
+    asked_for,
     configure_queue,
     differences,
     ensure_consumer,
@@ -190,13 +192,21 @@ class Core:
             self._provisioned.discard(queue)
             await self.ensure_queue(queue)
             actual = await self.retry(ensure_consumer, self.nc, stream, wanted, self.settings.request_timeout)
-        found = differences(actual, wanted, CONSUMER_FIELDS)
-        if found:
-            what = f"the consumer {wanted.durable_name}"
-            log.warning("queue %r: its consumer %s on the server differs from this process's settings: %s. "
-                        "Running with the server's values.%s", queue, wanted.durable_name,
-                        ", ".join(map(str, found)), how_to_change(queue, found, what))  # fmt: skip
+        self._report_differences(queue, f"consumer {wanted.durable_name}", differences(actual, wanted, CONSUMER_FIELDS),
+                                 "running with the server's values.")  # fmt: skip
         return actual
+
+    def _report_differences(self, queue: str, what: str, found: list[Difference], consequence: str) -> None:
+        """A warning for what this process set and the server has otherwise (with how to change the queue); an
+        info line for what it merely defaults, which the queue's own configuration overrides on purpose."""
+        asked, defaulted = asked_for(self.settings, found)
+        if asked:
+            log.warning("queue %r: its %s on the server differs from this process's settings: %s; %s%s", queue,
+                        what, ", ".join(map(str, asked)), consequence,
+                        how_to_change(queue, asked, f"the {what}"))  # fmt: skip
+        if defaulted:
+            log.info("queue %r: its %s is configured with %s", queue, what,
+                     ", ".join(f"{d.name} {show_value(d.actual)}" for d in defaulted))  # fmt: skip
 
     async def reprovision(self, queue: str) -> ConsumerConfig:
         """`ensure_consumer` after the consumer (or its stream) was deleted: forgets that the stream was seen."""
@@ -204,11 +214,8 @@ class Core:
         return await self.ensure_consumer(queue)
 
     def _warn_stream(self, queue: str, actual: StreamConfig, wanted: StreamConfig) -> None:
-        found = differences(actual, wanted, STREAM_FIELDS)
-        if found:
-            log.warning("queue %r: its stream %s on the server differs from this process's settings: %s; left as "
-                        "it is.%s", queue, wanted.name, ", ".join(map(str, found)),
-                        how_to_change(queue, found, f"the stream {wanted.name}"))  # fmt: skip
+        self._report_differences(queue, f"stream {wanted.name}", differences(actual, wanted, STREAM_FIELDS),
+                                 "left as it is.")
 
     async def ensure_dlq(self) -> None:
         """Make sure the DLQ stream exists; an existing one is never changed (a warning names what differs)."""

@@ -8,6 +8,7 @@ their Settings (`differences`) and say so (`how_to_change`).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -88,6 +89,20 @@ def differences(actual: Any, wanted: Any, fields: dict[str, str]) -> list[Differ
         if not same:
             found.append(Difference(name, have, want))
     return found
+
+
+def asked_for(settings: Settings, found: list[Difference]) -> tuple[list[Difference], list[Difference]]:
+    """Split differences into those this process asked for (its Settings value is not the default: worth a
+    warning) and those it merely defaults (the queue was configured on purpose: run with it, no warning)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    asked, defaulted = [], []
+    for difference in found:
+        default = defaults.get(difference.name, dataclasses.MISSING)
+        if default is not dataclasses.MISSING and getattr(settings, difference.name) == default:
+            defaulted.append(difference)
+        else:
+            asked.append(difference)
+    return asked, defaulted
 
 
 def how_to_change(queue: str, found: list[Difference], what: str) -> str:
@@ -224,7 +239,8 @@ def _seconds(name: str, value: Any, minimum: float) -> float:
     else:
         raise ConfigurationError(f"{name} must be seconds (a number or a timedelta), not {value!r}")
     if not math.isfinite(seconds) or seconds < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum:g} seconds, not {value!r}")
+        unit = "second" if minimum == 1 else "seconds"
+        raise ConfigurationError(f"{name} must be at least {minimum:g} {unit}, not {value!r}")
     return seconds
 
 

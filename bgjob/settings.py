@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidJob
+from .errors import ConfigurationError
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -61,11 +61,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
-            raise InvalidJob(f"prefix {self.prefix!r} must match {_PREFIX.pattern}")
+            raise ConfigurationError(f"prefix {self.prefix!r} must match {_PREFIX.pattern}")
         if self.replicas < 1:
-            raise InvalidJob("replicas must be >= 1")
+            raise ConfigurationError("replicas must be >= 1")
         if self.ack_wait < 1:
-            raise InvalidJob("ack_wait must be at least 1 second")
+            raise ConfigurationError("ack_wait must be at least 1 second")
         object.__setattr__(self, "result_queues", frozenset(self.result_queues))
         if isinstance(self.verify_keys, str):
             object.__setattr__(self, "verify_keys", (self.verify_keys,))

@@ -47,6 +47,22 @@ def warnings_about(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and what in r.getMessage()]
 
 
+def test_a_worker_with_default_settings_runs_with_a_configured_queue_without_a_warning(
+    make_client: Callable[..., bgjob.Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After `bgjob queue configure default --ack-wait 60`, workers that never asked for an ack_wait (the default)
+    run with 60 s and say so at INFO: no warning telling the operator to undo what they configured."""
+    client = make_client(ack_wait=bgjob.Settings().ack_wait, duplicate_window=bgjob.Settings().duplicate_window)
+    client.configure_queue("default", ack_wait=60, duplicate_window=30)
+    with caplog.at_level(logging.INFO, logger="bgjob"):
+        config = client.run(Core.ensure_consumer, "default")
+        make_client(ack_wait=bgjob.Settings().ack_wait).send_job("report", None)
+    assert config.ack_wait == 60.0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    info = [r.getMessage() for r in caplog.records if "is configured with" in r.getMessage()]
+    assert any("ack_wait 60s" in line for line in info) and any("duplicate_window 30s" in line for line in info)
+
+
 def publish_retry_schedule(client: bgjob.Client, job_id: str, job_type: str = "report", queue: str = "default") -> None:
     """What a worker stores for a job backing off: an `@at` schedule on the retry subject, far in the future."""
 
@@ -139,7 +155,7 @@ def test_a_consumer_differing_in_several_fields_gets_one_warning_naming_each(
     ("field", "first", "second", "server_field", "shown"),
     [
         ("replicas", 1, 3, "num_replicas", "replicas 1 (this process: 3)"),
-        ("duplicate_window", 30.0, 120.0, "duplicate_window", "duplicate_window 30s (this process: 120s)"),
+        ("duplicate_window", 30.0, 60.0, "duplicate_window", "duplicate_window 30s (this process: 60s)"),
     ],
 )
 def test_an_existing_stream_with_other_settings_is_left_alone_with_a_warning(
@@ -259,7 +275,7 @@ def test_configure_queue_before_any_worker_creates_the_consumer_with_the_given_v
     ("changes", "match"),
     [
         ({"ack_wait": "10"}, "ack_wait must be seconds"),
-        ({"ack_wait": 0.5}, "ack_wait must be at least 1 seconds"),
+        ({"ack_wait": 0.5}, "ack_wait must be at least 1 second,"),
         ({"ack_wait": float("nan")}, "ack_wait must be at least"),
         ({"duplicate_window": timedelta(0)}, "duplicate_window must be at least"),
         ({"max_ack_pending": 0}, "max_ack_pending must be between 1"),
@@ -322,7 +338,7 @@ def test_bgjob_queue_says_what_is_wrong(cli_env, client: bgjob.Client) -> None:
     out = bgjob_cli(cli_env, "queue", "configure", "default")
     assert out.returncode == 2 and "nothing to configure: give at least one of --ack-wait" in out.stderr
     out = bgjob_cli(cli_env, "queue", "configure", "default", "--ack-wait", "0.1")
-    assert out.returncode == 2 and "ack_wait must be at least 1 seconds" in out.stderr
+    assert out.returncode == 2 and "ack_wait must be at least 1 second," in out.stderr
     out = bgjob_cli(cli_env, "queue", "configure", "default", "--replicas", "3")
     assert out.returncode == 2 and "replicas > 1 not supported" in out.stderr
 

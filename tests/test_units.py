@@ -143,5 +143,5 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = bgjob.Settings.from_env(ack_wait=10, user="u", password="p")
     assert settings.url == "nats://example:4222" and settings.prefix == "myapp" and settings.ack_wait == 10
     assert settings.nats_options == {"user": "u", "password": "p"}
-    with pytest.raises(bgjob.InvalidJob):
+    with pytest.raises(bgjob.ConfigurationError, match=r"prefix .Bad Prefix. must match"):
         bgjob.Settings(prefix="Bad Prefix")

@@ -108,12 +108,8 @@ class Dispatcher:
         job_id = job_id_of(msg)
         limit = self.retry_policy.max_attempts
         if item.attempt > limit:
-            # Earlier deliveries never settled: the process running them died (killed, out of memory, crashed).
             item.job = self._bare_job(item, job_id, job_type)
-            item.outcome = Failure(
-                f"delivered {item.attempt} times, more than max_attempts={limit}: earlier attempts never finished "
-                "(the worker process running the job most likely died: killed, out of memory or crashed)"
-            )
+            item.outcome = Failure(_past_max_attempts(item.attempt, msg.metadata.num_delivered, limit))
             item.reason = "max_attempts"
             return
         refusal = self.verifier.check(self.queue, headers, msg.data) if self.verifier else None
@@ -167,3 +163,13 @@ class Dispatcher:
             return outcome
         finally:
             current_job.reset(token)
+
+
+def _past_max_attempts(attempt: int, delivered: int, limit: int) -> str:
+    """Why a delivery past the attempt budget goes to the DLQ without running."""
+    if delivered == 1:  # the attempts were carried by retry schedules: they all finished
+        return (f"attempt {attempt} is past max_attempts={limit}: its earlier attempts used the budget "
+                "(max_attempts was lowered since they ran)")  # fmt: skip
+    return (f"delivered {attempt} times, more than max_attempts={limit}: earlier attempts never finished (the worker "
+            "process running the job most likely died: killed, out of memory or crashed), or max_attempts was "
+            "lowered since they ran")  # fmt: skip

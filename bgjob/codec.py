@@ -19,7 +19,7 @@ from nats.js.api import Header
 
 from . import job as jobmod
 from .context import current_request_id
-from .errors import InvalidJob
+from .errors import InvalidJob, InvalidSchedule
 from .headers import (
     ATTEMPTS_USED,
     CARRIED_FIRST_FAILURE,
@@ -31,11 +31,12 @@ from .headers import (
     STORE_RESULT,
     derived_msg_id,
     header_block_size,
+    stored_timestamp_ns,
     without_nats_headers,
 )
 from .job import Job, JobSpec
 from .result import KEEP_ARG
-from .schedule import ByCron
+from .schedule import ByCron, check_due
 from .settings import Settings
 from .signing import signer_for
 from .topology import Topology
@@ -124,7 +125,7 @@ def prepare_job(
         return target, body, hdrs, job_id
     hdrs[Header.SCHEDULE.value] = f"@at {jobmod.format_time(due)}"
     hdrs[Header.SCHEDULE_TARGET.value] = target
-    return topology.delayed_subject(queue, job_id), body, hdrs, job_id
+    return topology.delayed_subject(queue, job_id, uuid.uuid4().hex[:16]), body, hdrs, job_id
 
 
 def _encodable(text: str) -> bool:
@@ -145,7 +146,7 @@ def _due_time(now: datetime, delay: timedelta | float | None, at: datetime | Non
         if seconds != seconds or seconds < 0:
             raise InvalidJob(f"delay must be >= 0, got {delay!r}")
         try:
-            return now + timedelta(seconds=seconds) if seconds > 0 else None
+            return _schedulable(now + timedelta(seconds=seconds), "delay") if seconds > 0 else None
         except OverflowError as exc:
             raise InvalidJob(f"delay {delay!r} reaches beyond the year 9999") from exc
     if at is not None:
@@ -155,15 +156,22 @@ def _due_time(now: datetime, delay: timedelta | float | None, at: datetime | Non
             at.astimezone(timezone.utc)
         except OverflowError as exc:
             raise InvalidJob(f"at {at!r} is beyond the year 9999 in UTC") from exc
-        return at if at > now else None
+        return _schedulable(at, "at") if at > now else None
     return None
+
+
+def _schedulable(due: datetime, what: str) -> datetime:
+    try:
+        return check_due(due, f"a job sent with this {what}")
+    except InvalidSchedule as exc:
+        raise InvalidJob(str(exc)) from None
 
 
 # -- deliveries ------------------------------------------------------------------------------------------------
 def attempts_used(headers: dict[str, str]) -> int:
     """Attempts used before this message was stored (0 for a job's first message)."""
     text = headers.get(ATTEMPTS_USED)
-    if not text or not text.isdigit():
+    if not text or not (text.isascii() and text.isdigit()):  # "²" is a digit to str.isdigit, not to int()
         return 0
     return min(int(text), _MAX_CARRIED)
 
@@ -201,20 +209,25 @@ def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, m
 
 def next_run_message(
     msg: Msg,
+    topology: Topology,
     *,
     kind: str,
-    job_id: str,
-    target: str,
+    queue: str,
+    job: Job,
     due: datetime,
     attempts: int,
     arg: Any = KEEP_ARG,
-) -> tuple[bytes, dict[str, str]]:
-    """Body and headers of a job's next run as an `@at` schedule firing on `target` at `due`.
+) -> tuple[str, bytes, dict[str, str]]:
+    """Subject, body and headers of the next run of delivered `job` as an `@at` schedule due at `due`.
 
     `kind` is "retry" (the attempt count carried forward: `attempts` used so far) or "next" (a Reschedule: a
-    new run, attempts start again); `arg` replaces the body unless KEEP_ARG. The caller signs and publishes.
-    Raises InvalidJob when the new arg does not encode.
+    new run, attempts start again); `arg` replaces the body unless KEEP_ARG. The subject is the delivery's own
+    (`delivery_key`): redone after a crash it replaces its schedule, and two jobs that share an id never
+    replace each other's. The caller signs and publishes. Raises InvalidJob when the new arg does not encode,
+    InvalidSchedule when `due` is past what the server can schedule.
     """
+    check_due(due)
+    job_id = job.id
     headers = without_nats_headers(msg.headers)
     _keep_id(headers, job_id)
     if arg is KEEP_ARG:
@@ -229,10 +242,18 @@ def next_run_message(
         headers[jobmod.HEADER_ENQUEUED_AT] = jobmod.format_time(datetime.now(timezone.utc))
     headers.update({
         Header.SCHEDULE.value: f"@at {jobmod.format_time(due)}",
-        Header.SCHEDULE_TARGET.value: target,
+        Header.SCHEDULE_TARGET.value: topology.job_subject(queue, job.type),
         MSG_ID: derived_msg_id(kind, job_id, msg),
     })  # fmt: skip
-    return body, headers
+    key = delivery_key(msg)
+    subject = topology.retry_subject(queue, job_id, key) if kind == "retry" else topology.delayed_subject(
+        queue, job_id, key)  # fmt: skip
+    return subject, body, headers
+
+
+def delivery_key(msg: Msg) -> str:
+    """`<stream sequence>-<stored ns>`: names one stored message for ever, the same on each of its deliveries."""
+    return f"{msg.metadata.sequence.stream}-{stored_timestamp_ns(msg)}"
 
 
 def handed_back_message(msg: Msg, attempts: int) -> tuple[bytes, dict[str, str]]:

@@ -157,7 +157,8 @@ async def move_to_dlq(
             description, err_code = _refusal(exc)
             why = f"the server refused the full one: {description}" + (f" (err_code {err_code})" if err_code else "")
     else:
-        why = f"the job's own headers leave no room for the error ({_size_of(job_headers)} bytes)"
+        why = (f"its body ({len(body)} bytes) and headers ({_size_of(job_headers)} bytes) leave no room for the error "
+               f"under the server's max_payload of {core.max_payload} and the 64 KiB header limit")  # fmt: skip
     log.warning("dead letter of job %s (%s): %s; storing a minimal one", job_id, job_type, why)
     minimal = _minimal(job_headers, failure, job_id, job_type, error, why)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import traceback
 
 
 class BgjobError(Exception):
@@ -95,9 +96,29 @@ class ResultTooLarge(BgjobError, ValueError):
         self.size = size
         self.limit = limit
 
+def exception_text(exc: BaseException) -> str:
+    """`"<Type>: <message>"` for any exception, even one whose `__str__` raises or recurses."""
+    return f"{type(exc).__name__}: {_safe_str(exc)}"
+
+
+def exception_traceback(exc: BaseException) -> str | None:
+    """The formatted traceback of `exc`, or None when formatting it fails (a `__str__` that raises)."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except BaseException:  # noqa: BLE001 - a broken exception must not break the one reporting it
+        return None
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException as inner:  # noqa: BLE001 - the message itself is broken
+        return f"<its message could not be shown: __str__ raised {type(inner).__name__}>"
+
+
 def describe_error(exc: BaseException) -> str:
     """One line naming an error and what the server said (`repr()` of a nats-py error drops the description)."""
-    text = str(exc).strip().removeprefix("nats: ")
+    text = _safe_str(exc).strip().removeprefix("nats: ")
     name = type(exc).__name__
     if not text:
         return name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
@@ -16,8 +17,13 @@ HandlerFunc = Callable[[Job], Result]
 def not_a_result(job_type: str, value: object) -> HandlerError:
     """The error for a handler that returned `value`, which is not a bgjob.Result (not raised: a value to keep
     in the Failure or Retry that reports it)."""
-    return HandlerError(f"handler for {job_type!r} returned {value!r}, not a bgjob.Result: return bgjob.Complete(), "
-                        "Retry(...), MoveToDlq(...) or Reschedule(...)")  # fmt: skip
+    try:
+        shown = reprlib.repr(value)
+    except BaseException:  # noqa: BLE001 - a value whose repr fails is still not a Result
+        shown = f"a {type(value).__name__}"
+    what = "a Result bgjob cannot settle" if isinstance(value, Result) else "not a bgjob.Result"
+    return HandlerError(f"handler for {job_type!r} returned {shown}, {what}: return bgjob.Complete(), Retry(...), "
+                        "MoveToDlq(...) or Reschedule(...)")  # fmt: skip
 
 
 @runtime_checkable

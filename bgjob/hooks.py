@@ -190,5 +190,6 @@ class HookSet:
         for hooks in self:
             try:
                 getattr(hooks, name)(*args)
-            except Exception:
+            except BaseException:
+                # loop (a SystemExit or KeyboardInterrupt raised on it would end the whole runtime)
                 log.exception("bgjob hook %s.%s failed", type(hooks).__name__, name)

@@ -22,7 +22,7 @@ class RetryPolicy:
     - `jitter`: fraction of the delay randomised (+/-), in [0, 1], so retries of a failed batch spread out.
 
     Raises InvalidResult when built with anything else (a bool, a str, NaN, infinity, out of range); delays
-    are at most MAX_DELAY_SECONDS (about 292 years, JetStream's limit).
+    are at most MAX_DELAY_SECONDS (100 years).
     """
 
     max_attempts: int = 10

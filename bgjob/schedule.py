@@ -16,9 +16,20 @@ from croniter import CroniterError, croniter
 
 from .errors import BgjobError, InvalidSchedule
 
-#: The longest delay bgjob accepts (Retry, ByAfterTime, RetryPolicy), in seconds: JetStream takes a nak delay as
-#: int64 nanoseconds, about 292 years.
-MAX_DELAY_SECONDS = 9_223_372_036.0
+#: The latest moment nats-server can schedule a message for: it keeps times as int64 nanoseconds since 1970. A job
+#: due later would fire at once, so bgjob refuses it.
+LATEST_DUE = datetime(2262, 4, 11, tzinfo=timezone.utc)
+#: The longest delay bgjob accepts (Retry, ByAfterTime, RetryPolicy), in seconds: 100 years (the server's clock ends
+#: at LATEST_DUE; a delay that would reach past it is refused when it is applied).
+MAX_DELAY_SECONDS = 100 * 365.25 * 24 * 3600.0
+
+
+def check_due(due: datetime, what: str = "the next run") -> datetime:
+    """`due` if a server-side schedule can hold it; raises InvalidSchedule past LATEST_DUE."""
+    if due >= LATEST_DUE:
+        raise InvalidSchedule(f"{what} would be due at {due.isoformat()}, past {LATEST_DUE.date()}, the latest time "
+                              "nats-server can schedule (its clock is int64 nanoseconds)")  # fmt: skip
+    return due
 
 _ONE_SECOND = timedelta(seconds=1)
 

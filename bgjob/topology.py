@@ -43,12 +43,20 @@ class Topology:
     def job_filter(self, queue: str) -> str:
         return f"{self.prefix}.{queue}.job.>"
 
-    def delayed_subject(self, queue: str, job_id: str) -> str:
-        return f"{self.prefix}.{queue}.at.{job_id}"
+    def delayed_subject(self, queue: str, job_id: str, key: str) -> str:
+        """Where a delayed or rescheduled job waits for its `@at` schedule. The server keeps one schedule per
+        subject, so `key` names the one message it stands for: two jobs that share an id (sent after the
+        duplicate window) never replace each other's schedule, while the same delivery redone after a crash
+        replaces its own."""
+        return f"{self.prefix}.{queue}.at.{job_id}.{key}"
 
-    def retry_subject(self, queue: str, job_id: str) -> str:
-        """Where a job waiting for its retry is held by a server-side `@at` schedule."""
-        return f"{self.prefix}.{queue}.retry.{job_id}"
+    def delayed_filter(self, queue: str, job_id: str = "*") -> str:
+        """Every delayed or rescheduled job of `queue` (or of one job id)."""
+        return f"{self.prefix}.{queue}.at.{job_id}.*"
+
+    def retry_subject(self, queue: str, job_id: str, key: str) -> str:
+        """Where a job waiting for its retry is held by a server-side `@at` schedule (`key`: as delayed_subject)."""
+        return f"{self.prefix}.{queue}.retry.{job_id}.{key}"
 
     def retry_filter(self, queue: str) -> str:
         """Every job of `queue` waiting for a retry schedule to fire."""

@@ -68,7 +68,7 @@ def publish_retry_schedule(client: bgjob.Client, job_id: str, job_type: str = "r
 
     async def publish(core: Core) -> None:
         await core.ensure_queue(queue)
-        await core.js.publish(core.topology.retry_subject(queue, job_id), b"{}", headers={
+        await core.js.publish(core.topology.retry_subject(queue, job_id, "1-1"), b"{}", headers={
             "Nats-Schedule": "@at 2099-01-01T00:00:00Z",
             "Nats-Schedule-Target": core.topology.job_subject(queue, job_type),
             "Bgjob-Id": job_id,

@@ -74,8 +74,8 @@ def test_delayed_job_is_held_by_a_server_schedule_until_due(client: bgjob.Client
     job_id = client.send_job("report", {"n": 1}, delay=timedelta(seconds=30))
 
     async def scheduled(core: Core):
-        subject = core.topology.delayed_subject("default", job_id)
-        return await core.js.get_msg(core.topology.queue_stream("default"), subject=subject)
+        subject = core.topology.delayed_filter("default", job_id)
+        return await core.js.get_msg(core.topology.queue_stream("default"), seq=1, next=True, subject=subject)
 
     msg = client.run(scheduled)
     assert msg.headers["Nats-Schedule"].startswith("@at 20")

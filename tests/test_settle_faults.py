@@ -427,8 +427,8 @@ def test_a_schedule_message_carries_the_job_id_and_attempts_but_no_stale_nats_he
 
     async def read(core):
         topology = core.topology
-        stored = await core.js.get_msg(topology.queue_stream("default"), subject=topology.retry_subject("default",
-                                                                                                        job_id))
+        stored = await core.js.get_msg(topology.queue_stream("default"), seq=1, next=True,
+                                       subject=f"{topology.retry_filter('default')[:-1]}{job_id}.*")
         return stored, topology.job_subject("default", "later")
 
     stored, target = client.run(read)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback as tb
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,16 +17,20 @@ from nats.aio.msg import Msg
 from .. import job as jobmod
 from ..codec import decode_job, job_id_of
 from ..context import current_job
+from ..errors import exception_text, exception_traceback
 from ..handler import Mux, not_a_result
 from ..hooks import Failure, HookSet, mark_unhandled
 from ..job import Job
 from ..middleware import Handler, Middleware, chain
-from ..result import Result
+from ..result import Complete, MoveToDlq, Reschedule, Result, Retry
 from ..retry_policy import RetryPolicy
 from ..signing import Verifier
 from ..topology import Topology
 
 log = logging.getLogger("bgjob.worker")
+
+#: the Results the settle module turns into an operation; anything else a handler returns is its failure.
+SETTLEABLE = (Complete, Retry, MoveToDlq, Reschedule)
 
 
 @dataclass(eq=False)
@@ -94,11 +97,15 @@ class Dispatcher:
         """Fill in `item.job` and `item.outcome` (and `item.reason` when no handler ran)."""
         try:
             self._dispatch(item)
-        except BaseException as exc:  # a bug of ours: dead-letter the job rather than strand it in flight
-            log.exception("internal error on job %s", item.job_id)
-            if item.job is None:
-                item.job = self._bare_job(item, job_id_of(item.msg), "unknown")
-            item.outcome = Failure(f"internal error: {type(exc).__name__}: {exc}", exception=exc)
+        except BaseException as exc:  # noqa: BLE001 - a bug of ours: dead-letter the job, never strand it
+            try:
+                log.exception("internal error on job %s", item.job_id)
+                if item.job is None:
+                    item.job = self._bare_job(item, job_id_of(item.msg), "unknown")
+            except BaseException:  # noqa: BLE001 - even the fallback failed: a Job with what is certain
+                item.job = Job(id=f"seq-{item.msg.metadata.sequence.stream}", type="unknown", arg=item.msg.data,
+                               queue=self.queue, attempt=item.attempt)  # fmt: skip
+            item.outcome = Failure(f"internal error: {exception_text(exc)}", exception=exc)
             item.reason = "internal_error"
 
     def _dispatch(self, item: Delivery) -> None:
@@ -149,12 +156,11 @@ class Dispatcher:
             try:
                 result = wrapped(job)
             except BaseException as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
-                log.warning("job %s (%s) attempt %d raised %s: %s", job.id, job.type, job.attempt,
-                            type(exc).__name__, exc)  # fmt: skip
-                trace = "".join(tb.format_exception(exc))
-                outcome: Result | Failure = Failure(f"{type(exc).__name__}: {exc}", trace, mark_unhandled(exc))
+                text = exception_text(exc)
+                log.warning("job %s (%s) attempt %d raised %s", job.id, job.type, job.attempt, text)
+                outcome: Result | Failure = Failure(text, exception_traceback(exc), mark_unhandled(exc))
             else:
-                if isinstance(result, Result):
+                if isinstance(result, SETTLEABLE):
                     outcome = result
                 else:
                     error = mark_unhandled(not_a_result(job.type, result))

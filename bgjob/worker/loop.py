@@ -76,9 +76,11 @@ class FetchLoop:
             if item.abandoned:
                 return
             item.started = True
-        self.dispatcher.run(item)
-        self._completed.append(item)
-        self.runtime.wake()
+        try:
+            self.dispatcher.run(item)  # never raises; the finally is for the job's sake if it ever does
+        finally:
+            self._completed.append(item)
+            self.runtime.wake()
 
     # -- the loop ---------------------------------------------------------------------------------------------
     async def serve(self) -> None:

@@ -17,8 +17,8 @@ Long retry delays go through schedules so that a job backing off holds no ack-pe
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import traceback as tb
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,7 +26,7 @@ from .. import job_results
 from ..codec import handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
-from ..errors import InvalidJob, InvalidSchedule, describe_error
+from ..errors import InvalidJob, InvalidSchedule, describe_error, exception_text, exception_traceback
 from ..headers import cut_text
 from ..hooks import Failure, Fate, HookSet
 from ..job_results import ResultStatus
@@ -74,7 +74,10 @@ class Settler:
         """Perform the one JetStream operation `item.outcome` calls for; returns (and reports) the fate."""
         try:
             fate = await self._apply(item)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the job must not be lost
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - whatever failed (even a SystemExit from an error's __str__),
+            # the job must not be lost and the loop must not die
             return await self._hand_back_after_failure(item, exc)
         if item.lease_lapsed is not None:
             self._lease_lost(item)
@@ -101,7 +104,10 @@ class Settler:
                                                trace)  # fmt: skip
             await self._store_result(item, ResultStatus.READY, error=error, trace=trace)
             delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
-            return await self._retry(item, self.retry_policy.delay_for(attempt) if delay is None else delay)
+            try:
+                return await self._retry(item, self.retry_policy.delay_for(attempt) if delay is None else delay)
+            except InvalidSchedule as exc:  # due past what the server can schedule
+                return await self._dead_letter(item, "handler", f"Retry refused: {exc}", trace)
         if isinstance(outcome, MoveToDlq):
             error, trace = error_text(outcome)
             return await self._dead_letter(item, outcome.reason, error, trace)
@@ -131,13 +137,10 @@ class Settler:
         after a crash replaces it)."""
         core, job = self.core, item.job
         assert job is not None
-        topology = core.topology
-        body, headers = next_run_message(item.msg, kind=kind, job_id=job.id, due=due, attempts=attempts,
-                                         target=topology.job_subject(self.queue, job.type), arg=arg)  # fmt: skip
+        subject, body, headers = next_run_message(item.msg, core.topology, kind=kind, queue=self.queue, job=job,
+                                                  due=due, attempts=attempts, arg=arg)  # fmt: skip
         if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
             signer_for(core.settings.signing_key).sign(self.queue, headers, body)
-        subject = topology.retry_subject(self.queue, job.id) if kind == "retry" else topology.delayed_subject(
-            self.queue, job.id)  # fmt: skip
         await core.publish(subject, body, headers, queue=self.queue)
 
     async def _dead_letter(self, item: Delivery, reason: str, error: str, trace: str | None) -> Fate:
@@ -181,9 +184,11 @@ class Settler:
         self._report(item, Fate.handed_back(reason))
 
     async def _hand_back_after_failure(self, item: Delivery, exc: BaseException) -> Fate:
+        """Nak after a settle step failed, backing off by attempt (the policy's delays): a job whose dead letter
+        the server keeps refusing comes back ever more rarely instead of every second."""
         self._settle_failed(item, exc)
         try:
-            await item.msg.nak(delay=self.retry_policy.delay_for(1))
+            await item.msg.nak(delay=self.retry_policy.delay_for(item.attempt))
         except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
             pass
         return Fate.handed_back("settle_failed", describe_error(exc))
@@ -220,6 +225,6 @@ def error_text(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:
     error, trace = outcome.error, outcome.traceback
     if isinstance(error, BaseException):
         if trace is None and error.__traceback__ is not None:
-            trace = "".join(tb.format_exception(error))
-        return f"{type(error).__name__}: {error}", trace
+            trace = exception_traceback(error)
+        return exception_text(error), trace
     return (error or ""), trace

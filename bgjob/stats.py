@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -106,13 +107,29 @@ async def queue_stats(core: Core, queue: str) -> QueueStats:
 
 
 async def list_queues(core: Core) -> list[str]:
-    """Names of the queues whose streams exist under this prefix."""
+    """Names of the queues whose streams exist under this prefix (every page of the server's stream list)."""
     prefix, topology = core.settings.prefix, core.topology
     names = []
-    for info in await core.js.streams_info():
-        name = info.config.name
-        if name.startswith(topology.stream_prefix) and name != topology.dlq_stream and info.config.subjects:
-            subject = info.config.subjects[0]
+    for config in await _stream_configs(core, f"{prefix}.>"):
+        name, subjects = config.get("name", ""), config.get("subjects") or []
+        if name.startswith(topology.stream_prefix) and name != topology.dlq_stream and subjects:
+            subject = subjects[0]
             if subject.startswith(prefix + ".") and subject.endswith(".>"):
                 names.append(subject[len(prefix) + 1 : -2])
     return sorted(names)
+
+
+async def _stream_configs(core: Core, subject: str) -> list[dict]:
+    """The configs of the streams whose subjects overlap `subject`, filtered by the server and read page by page
+    (it answers at most 256 streams a request: an account with many streams has several pages)."""
+    configs: list[dict] = []
+    while True:
+        request = json.dumps({"offset": len(configs), "subject": subject}).encode()
+        reply = await core.nc.request(f"{core.js._prefix}.STREAM.LIST", request, timeout=core.settings.request_timeout)
+        data = json.loads(reply.data)
+        if "error" in data:
+            raise nats.js.errors.APIError(**{k: data["error"].get(k) for k in ("code", "err_code", "description")})
+        page = [s["config"] for s in data.get("streams") or []]
+        configs.extend(page)
+        if not page or len(configs) >= data.get("total", 0):
+            return configs

@@ -99,3 +99,26 @@ def test_two_worker_processes_run_each_tick_once(nats_server, prefix, tmp_path, 
     gaps = [b - a for a, b in itertools.pairwise(fired)]
     assert all(gap > 0.5 for gap in gaps), f"two firings within one tick: {gaps}"
     assert len(make_client().schedules()) == 1
+
+
+def test_listings_read_every_page_when_the_account_holds_hundreds_of_other_streams(own_server) -> None:
+    """The server answers at most 256 streams a request: queues and schedules must come from every page."""
+    import asyncio
+
+    import nats
+
+    async def fill() -> None:
+        nc = await nats.connect(own_server.url)
+        js = nc.jetstream()
+        await asyncio.gather(*(js.add_stream(name=f"FOREIGN_{n}", subjects=[f"foreign.{n}.>"]) for n in range(300)))
+        await nc.close()
+
+    asyncio.run(fill())
+    client = bgjob.Client(bgjob.Settings(url=own_server.url, prefix="paged")).connect()
+    try:
+        client.schedule("nightly", "0 3 * * *", "report", None, queue="late")
+        client.send_job("report", None, queue="mail")
+        assert client.queues() == ["late", "mail"]
+        assert [(p.name, p.queue) for p in client.schedules()] == [("nightly", "late")]
+    finally:
+        client.close()

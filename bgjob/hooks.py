@@ -187,6 +187,8 @@ class HookSet:
         yield from (h for h in _global_hooks if not any(h is o for o in self._own))
 
     def call(self, name: str, *args: Any) -> None:
+        if not self._own and not _global_hooks:  # the hot path of a worker without hooks: nothing to call
+            return
         for hooks in self:
             try:
                 getattr(hooks, name)(*args)

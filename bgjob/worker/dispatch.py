@@ -6,6 +6,7 @@ reached a handler) is left on the Delivery for the settle module.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from .. import job as jobmod
-from ..codec import decode_job, job_id_of
+from ..codec import attempts_used, decode_job, job_id_of
 from ..context import current_job
 from ..errors import exception_text, exception_traceback
 from ..handler import Mux, not_a_result
@@ -47,13 +48,18 @@ class Delivery:
     abandoned: bool = False
     #: seconds this delivery went without a heartbeat past its ack_wait (the process was frozen).
     lease_lapsed: float | None = None
-    attempt: int = 1
     job: Job | None = None
     outcome: Result | Failure | None = None
     #: the DLQ reason for a delivery that never reached a handler (decode, signature, ...).
     reason: str | None = None
     #: the stored result record, for jobs sent with store_result=True.
     result: dict[str, Any] | None = None
+
+    @functools.cached_property
+    def attempt(self) -> int:
+        """Attempts carried by retry schedules plus JetStream's delivery count. Read first in the pool thread:
+        parsing the ack subject is work the event loop, a worker's bottleneck, should not do."""
+        return attempts_used(self.msg.headers or {}) + self.msg.metadata.num_delivered
 
     @property
     def job_id(self) -> str:

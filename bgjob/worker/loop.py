@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from .. import directory, job_results
 from .. import job as jobmod
 from .._version import __version__
-from ..codec import attempts_used, job_id_of
+from ..codec import job_id_of
 from ..core import Core
 from ..errors import ConnectionError, describe_error
 from ..headers import STORE_RESULT
@@ -179,7 +179,7 @@ class FetchLoop:
             pull.on_status(msg.headers or {})
         else:
             pull.requested = max(0, pull.requested - 1)
-            item = Delivery(msg, attempt=attempts_used(msg.headers or {}) + msg.metadata.num_delivered)
+            item = Delivery(msg)
             self.inflight[id(msg)] = item
             if self._unavailable_since is not None:
                 self._recovered()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -55,6 +56,8 @@ class JobSpec:
     request_id: str | None = None
     headers: Mapping[str, str] | None = None
     store_result: bool | None = None
+    #: seconds or timedelta (1 s to 30 days; needs `job_id`): the id stays reserved that long, see bgjob.unique.
+    unique_for: timedelta | float | None = None
 
 
 def new_job_id() -> str:
@@ -115,15 +118,96 @@ def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def encode_arg(arg: Any) -> tuple[bytes, str]:
-    """The message body and content type for a job's arg: JSON, or raw bytes."""
+    """The message body and content type for a job's arg: JSON, or raw bytes.
+
+    Only what a handler gets back unchanged is accepted: dicts with str keys, lists, str, int, float (finite),
+    bool and None; a tuple arrives as a list and a subclass (an enum, an OrderedDict) as its JSON base type.
+    Raises InvalidJob naming the path of the first offending value (`arg["a"][3]`): a dict key that is not a str
+    (JSON would turn `1` into `"1"`, silently merging `{1: .., "1": ..}`), a value of another type, NaN or
+    infinity, an int beyond Python's 4300-digit conversion limit, text UTF-8 cannot encode, or nesting too deep.
+    """
     if isinstance(arg, (bytes, bytearray, memoryview)):
         return bytes(arg), BYTES
+    problem = _json_problem(arg)
+    if problem is not None:
+        raise InvalidJob(f"job arg must be JSON-serialisable or bytes, and read back unchanged: {problem}")
     try:
         return json.dumps(arg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(), JSON
     except UnicodeEncodeError as exc:  # lone surrogates: no UTF-8 for them
         raise InvalidJob(f"job arg must be JSON-serialisable or bytes: text that UTF-8 cannot encode ({exc})") from exc
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidJob(f"job arg must be JSON-serialisable or bytes: {exc}") from exc
+        where = _non_finite_float(arg) if "float" in str(exc) else None
+        raise InvalidJob(f"job arg must be JSON-serialisable or bytes: {f'{where}: ' if where else ''}{exc}") from exc
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_SCALARS = (str, int, float, type(None))
+_CONTAINERS = (dict, list, tuple)
+
+
+def _json_problem(arg: Any) -> str | None:
+    """What in `arg` JSON would change or refuse, with its path; None when nothing. One walk over the containers
+    (each visited once: shared and cyclic ones too, json.dumps reports cycles); long lists of scalars are checked
+    by their set of types, at C speed."""
+    if type(arg) in _PLAIN:
+        return None
+    if not isinstance(arg, _CONTAINERS):
+        return None if isinstance(arg, _SCALARS) else f"arg: {type(arg).__name__} is not JSON-serialisable"
+    stack: list[tuple[Any, Any]] = [(arg, None)]  # (container, link to its path: (parent link, key) or None)
+    seen: set[int] = set()
+    plain = _PLAIN
+    while stack:
+        value, link = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        items: Any
+        if isinstance(value, dict):
+            for key in value:
+                if type(key) is not str and not isinstance(key, str):
+                    return f"{_path((link, key))}: JSON object keys must be strings, not {_key_fate(key)}"
+            items = value.items()
+        else:
+            if len(value) > 32 and plain.issuperset(map(type, value)):
+                continue
+            items = enumerate(value)
+        for key, item in items:
+            if type(item) in plain:
+                continue
+            if isinstance(item, _CONTAINERS):
+                stack.append((item, (link, key)))
+            elif not isinstance(item, _SCALARS):
+                return f"{_path((link, key))}: {type(item).__name__} is not JSON-serialisable"
+    return None
+
+
+def _key_fate(key: Any) -> str:
+    if isinstance(key, (int, float)) or key is None:  # bool is an int; json.dumps would turn these into text
+        as_text = json.dumps({key: 0}, allow_nan=True)[1:].rsplit(":", 1)[0]
+        return f"{type(key).__name__} (it would arrive as the string {as_text[:40]})"
+    return type(key).__name__
+
+
+def _non_finite_float(arg: Any) -> str | None:
+    """The path of the first NaN or infinity in `arg` (only looked for once json.dumps refused one)."""
+    stack: list[tuple[Any, Any]] = [(arg, None)]
+    while stack:
+        value, link = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return _path(link)
+        if isinstance(value, dict):
+            stack.extend((item, (link, key)) for key, item in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, (link, key)) for key, item in enumerate(value))
+    return None
+
+
+def _path(link: Any) -> str:
+    parts = []
+    while link is not None:
+        link, key = link
+        parts.append(f"[{json.dumps(key)}]" if isinstance(key, str) else f"[{key!r}]")
+    return "arg" + "".join(reversed(parts))
 
 
 class DecodeError(ValueError):

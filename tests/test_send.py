@@ -53,6 +53,8 @@ def test_same_job_id_is_stored_once_within_the_duplicate_window(client: bgjob.Cl
     [
         (("bad type", {}), {}, "invalid job type"),
         (("report", {"x": {1, 2}}), {}, "JSON-serialisable"),
+        (("report", {1: "int key", "1": "str key"}), {}, r"arg\[1\]: JSON object keys must be strings"),
+        (("report", {"a": [{None: 1}]}), {}, r"arg\[\"a\"\]\[0\]\[None\]: JSON object keys must be strings"),
         (("report", {}), {"queue": "Bad Queue"}, "invalid queue"),
         (("report", {}), {"job_id": "has.dot"}, "invalid job id"),
         (("report", {}), {"delay": -5}, "delay must be >= 0"),
@@ -67,6 +69,19 @@ def test_bad_input_raises_invalid_job_and_stores_nothing(client: bgjob.Client, a
     client.ensure_queue("default")
     with pytest.raises(bgjob.InvalidJob, match=match):
         client.send_job(*args, **kwargs)
+    assert stream_messages(client) == 0
+
+
+def test_a_dict_key_json_would_turn_into_a_string_is_refused_by_every_way_a_job_is_sent(client: bgjob.Client) -> None:
+    client.ensure_queue("default")
+    with pytest.raises(bgjob.InvalidJob, match=r"job 1: .*arg\[1\]: JSON object keys must be strings"):
+        client.send_jobs([("report", {"1": "fine"}), ("report", {1: "int key", "1": "str key"})])
+    with pytest.raises(bgjob.InvalidJob, match=r"arg\[\"at\"\]\[0\]\[None\]"):
+        client.send_job("report", {"at": [{None: 1}]}, delay=timedelta(minutes=5))
+    with pytest.raises(bgjob.InvalidJob, match=r"Reschedule arg: .*arg\[2\]: JSON object keys must be strings"):
+        bgjob.Reschedule(bgjob.ByAfterTime(timedelta(seconds=1)), arg={2: "x"})
+    with pytest.raises(bgjob.InvalidJob, match=r"arg\[\"v\"\]\[1.5\]"):
+        client.schedule("keys", "0 3 * * *", "tick", {"v": {1.5: "x"}})
     assert stream_messages(client) == 0
 
 

@@ -28,6 +28,47 @@ def test_arg_must_be_json_or_bytes(arg: object) -> None:
         jobmod.encode_arg(arg)
 
 
+@pytest.mark.parametrize(
+    ("arg", "path"),
+    [
+        ({1: "int key", "1": "str key"}, r"arg\[1\]: JSON object keys must be strings, not int .*\"1\""),
+        ({"a": [0, 1, 2, {2.5: "x"}]}, r"arg\[\"a\"\]\[3\]\[2.5\]: .*not float"),
+        ({"a": {True: 1}}, r"arg\[\"a\"\]\[True\]: .*not bool .*\"true\""),
+        ([{"ok": 1}, {None: 1}], r"arg\[1\]\[None\]: .*not NoneType .*\"null\""),
+        ({"a": ({(1, 2): 1},)}, r"arg\[\"a\"\]\[0\]\[\(1, 2\)\]: .*not tuple"),
+        ({"a": [0, {"b": {1, 2}}]}, r"arg\[\"a\"\]\[1\]\[\"b\"\]: set is not JSON-serialisable"),
+        ({"a": [*range(100), object()]}, r"arg\[\"a\"\]\[100\]: object is not JSON-serialisable"),
+        ({"a": [1.0, float("nan")]}, r"arg\[\"a\"\]\[1\]: Out of range float"),
+        (float("-inf"), r"arg: Out of range float"),
+        (b"x".decode() + "\ud800", "UTF-8 cannot encode"),
+    ],
+)
+def test_an_arg_that_would_not_read_back_unchanged_is_refused_naming_its_path(arg: object, path: str) -> None:
+    with pytest.raises(bgjob.InvalidJob, match=path):
+        jobmod.encode_arg(arg)
+
+
+@pytest.mark.parametrize(
+    ("arg", "read_back"),
+    [
+        ({"user": 7, "name": "Zoë", "ratio": 0.1, "ok": True, "none": None, "nested": [{"a": [1, {"b": 2}]}]}, None),
+        ({"big": 10**40, "negative_zero": -0.0, "tiny": 5e-324}, None),
+        ((1, (2, 3)), [1, [2, 3]]),  # JSON has one array type: tuples arrive as lists
+        ({"shared": [[1], [1]]}, None),
+    ],
+)
+def test_json_args_read_back_unchanged(arg: object, read_back: object) -> None:
+    body, content_type = jobmod.encode_arg(arg)
+    assert jobmod.decode_arg(body, content_type) == (arg if read_back is None else read_back)
+
+
+def test_an_arg_that_holds_itself_is_refused() -> None:
+    loop: list = [1]
+    loop.append({"again": loop})
+    with pytest.raises(bgjob.InvalidJob, match="Circular reference"):
+        jobmod.encode_arg(loop)
+
+
 def test_bytes_arg_round_trips_as_octet_stream() -> None:
     body, content_type = jobmod.encode_arg(b"\x00\xff")
     assert content_type == "application/octet-stream"

@@ -186,6 +186,10 @@ class HookSet:
         yield from self._own
         yield from (h for h in _global_hooks if not any(h is o for o in self._own))
 
+    def __bool__(self) -> bool:
+        """Whether any hooks would be called (process-wide ones may be registered at any time)."""
+        return bool(self._own or _global_hooks)
+
     def call(self, name: str, *args: Any) -> None:
         if not self._own and not _global_hooks:  # the hot path of a worker without hooks: nothing to call
             return

@@ -6,7 +6,6 @@ reached a handler) is left on the Delivery for the settle module.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -48,6 +47,8 @@ class Delivery:
     abandoned: bool = False
     #: seconds this delivery went without a heartbeat past its ack_wait (the process was frozen).
     lease_lapsed: float | None = None
+    #: 0 until dispatch (or a hand-back) reads it: see `count_attempt`.
+    attempt: int = 0
     job: Job | None = None
     outcome: Result | Failure | None = None
     #: the DLQ reason for a delivery that never reached a handler (decode, signature, ...).
@@ -55,11 +56,13 @@ class Delivery:
     #: the stored result record, for jobs sent with store_result=True.
     result: dict[str, Any] | None = None
 
-    @functools.cached_property
-    def attempt(self) -> int:
-        """Attempts carried by retry schedules plus JetStream's delivery count. Read first in the pool thread:
-        parsing the ack subject is work the event loop, a worker's bottleneck, should not do."""
-        return attempts_used(self.msg.headers or {}) + self.msg.metadata.num_delivered
+    def count_attempt(self) -> int:
+        """Set and return `attempt`: the attempts carried by retry schedules plus JetStream's delivery count.
+        Done in the pool thread (parsing the ack subject is work the event loop, a worker's bottleneck, should
+        not do), or by a hand-back of a delivery never dispatched."""
+        if not self.attempt:
+            self.attempt = attempts_used(self.msg.headers or {}) + self.msg.metadata.num_delivered
+        return self.attempt
 
     @property
     def job_id(self) -> str:
@@ -117,6 +120,7 @@ class Dispatcher:
     def _dispatch(self, item: Delivery) -> None:
         msg = item.msg
         headers = msg.headers or {}
+        item.count_attempt()
         job_type = self.topology.job_type_of(self.queue, msg.subject)
         job_id = job_id_of(msg)
         limit = self.retry_policy.max_attempts

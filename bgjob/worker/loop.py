@@ -8,7 +8,6 @@ import collections
 import logging
 import os
 import socket
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -50,12 +49,10 @@ class FetchLoop:
         self.runtime = runtime
         self.pool = pool
         self.dispatcher = dispatcher
-        self.settler = Settler(core, self.queue, dispatcher.retry_policy, dispatcher.hooks)
+        self.settler = Settler(core, self.queue, dispatcher.retry_policy, dispatcher.hooks, runtime.spawn)
         self.inflight: dict[int, Delivery] = {}
         self.ack_wait = core.settings.ack_wait
         self._completed: collections.deque[Delivery] = collections.deque()
-        #: guards the started/abandoned hand-over between a pool thread and a drain.
-        self._handover = threading.Lock()
         self._stop = asyncio.Event()
         self._capacity = asyncio.Event()
         self._grace_deadline: float | None = None
@@ -72,10 +69,11 @@ class FetchLoop:
 
     def _run_job(self, item: Delivery) -> None:
         """In a pool thread: run the job unless a drain gave it back first, then queue it for settling."""
-        with self._handover:
-            if item.abandoned:
-                return
-            item.started = True
+        # The hand-over with a drain, without a lock on this hot path: each side sets its own flag, then reads the
+        # other's. Under the GIL one of them sees the other: never both run it and hand it back as unrun.
+        item.started = True
+        if item.abandoned:
+            return
         try:
             self.dispatcher.run(item)  # never raises; the finally is for the job's sake if it ever does
         finally:
@@ -204,7 +202,8 @@ class FetchLoop:
         job_id = job_id_of(msg)
         try:
             item.result = await job_results.record_running(
-                self.core, job_id, self.core.topology.job_type_of(self.queue, msg.subject), self.queue, item.attempt,
+                self.core, job_id, self.core.topology.job_type_of(self.queue, msg.subject), self.queue,
+                item.count_attempt(),
                 headers.get(jobmod.HEADER_ENQUEUED_AT), self.worker_id,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - results are a report; the job runs regardless
@@ -218,24 +217,16 @@ class FetchLoop:
             return
         batch = []
         now = time.monotonic()
+        expired = now - self.ack_wait  # a delivery not heard of since then lost its lease (checked cheaply here)
         while self._completed:
             item = self._completed.popleft()
             if not item.abandoned:
                 item.settling = True
-                self._check_lease(item, now)
+                if item.last_progress < expired:
+                    self._check_lease(item, now)
                 batch.append(item)
         if batch:
-            self.runtime.spawn(self._settle_batch(batch))
-
-    async def _settle_batch(self, batch: list[Delivery]) -> None:
-        settler = self.settler
-        for item in batch:
-            if settler.can_ack_inline(item):
-                await settler.ack_inline(item)
-                self._finished(item)
-            else:
-                task = self.runtime.spawn(settler.settle(item))
-                task.add_done_callback(lambda _t, item=item: self._finished(item))
+            self.runtime.spawn(self.settler.settle_batch(batch, self._finished))
 
     def _finished(self, item: Delivery) -> None:
         self.inflight.pop(id(item.msg), None)
@@ -296,10 +287,9 @@ class FetchLoop:
             await _wait(self._capacity, timeout=deadline - time.monotonic())
         self._settle_completed()  # jobs that finished just now are settled, not handed back
         for item in list(self.inflight.values()):
-            with self._handover:
-                if item.settling:
-                    continue
-                item.abandoned = True
+            if item.settling:
+                continue
+            item.abandoned = True  # then read `started` (see _run_job)
             self.inflight.pop(id(item.msg), None)
             await self.settler.hand_back(item, "grace_period" if item.started else "drain")
             if item.started:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -40,6 +41,7 @@ log = logging.getLogger("bgjob.worker")
 #: Retry delays up to this many seconds are a nak with delay (no publish); longer ones a server-side schedule,
 #: so that jobs backing off do not hold the consumer's ack-pending slots (max_ack_pending).
 NAK_DELAY_LIMIT = 1.0
+_ACKED = Fate.acked()
 #: the most of an error a log line quotes (the dead letter keeps more).
 LOG_ERROR_BYTES = 2048
 #: DLQ reasons of deliveries that never reached a handler because of what was sent (counted as internal errors).
@@ -49,25 +51,34 @@ _REFUSED = frozenset({"decode", "signature", "unknown_handler", "internal_error"
 class Settler:
     """Applies outcomes for one queue's worker and reports each fate to the hooks."""
 
-    def __init__(self, core: Core, queue: str, retry_policy: RetryPolicy, hooks: HookSet) -> None:
+    def __init__(self, core: Core, queue: str, retry_policy: RetryPolicy, hooks: HookSet,
+                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task]) -> None:  # fmt: skip
         self.core = core
+        self.spawn = spawn
         self.queue = queue
         self.retry_policy = retry_policy
         self.hooks = hooks
 
-    # -- the fast path: Complete without results or double-ack needs no round trip -----------------------------
-    def can_ack_inline(self, item: Delivery) -> bool:
-        return (isinstance(item.outcome, Complete) and item.result is None and not self.core.settings.double_ack
-                and item.lease_lapsed is None)  # fmt: skip
-
-    async def ack_inline(self, item: Delivery) -> None:
-        """Ack a Complete (buffered by nats-py: no round trip) and report it."""
-        try:
-            await item.msg.ack()
-        except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: a duplicate, not a loss
-            self._settle_failed(item, exc)
-            return
-        self._report(item, Fate.acked())
+    # -- a batch of finished deliveries, with the fast path: a plain Complete needs no round trip -----------------
+    async def settle_batch(self, batch: list[Delivery], finished: Callable[[Delivery], None]) -> None:
+        """Settle deliveries whose handlers returned, calling `finished(item)` once each is done. A Complete
+        without a stored result, double-ack or a lapsed lease is acked right here (nats-py buffers the ack: no
+        round trip, no task); every other outcome is settled in a task of its own. This is the event loop's hot
+        path: one coroutine per batch, and no hook call when no hooks are registered."""
+        double_ack, report = self.core.settings.double_ack, bool(self.hooks)
+        for item in batch:
+            if type(item.outcome) is Complete and item.result is None and not double_ack and item.lease_lapsed is None:
+                try:
+                    await item.msg.ack()
+                except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: a duplicate, not a loss
+                    self._settle_failed(item, exc)
+                else:
+                    if report:
+                        self._report(item, _ACKED)
+                finished(item)
+            else:
+                task = self.spawn(self.settle(item))
+                task.add_done_callback(lambda _t, item=item: finished(item))
 
     # -- every outcome -------------------------------------------------------------------------------------------
     async def settle(self, item: Delivery) -> Fate:
@@ -175,7 +186,7 @@ class Settler:
             if item.started:
                 await msg.nak()
             else:
-                body, headers = handed_back_message(msg, attempts=item.attempt - 1)
+                body, headers = handed_back_message(msg, attempts=item.count_attempt() - 1)
                 await self.core.publish(msg.subject, body, headers, queue=self.queue)
                 await msg.ack()
         except Exception as exc:  # noqa: BLE001 - then it is redelivered after ack_wait anyway

@@ -41,6 +41,18 @@ def _client() -> Client:
     return Client(Settings.from_env()).connect()
 
 
+def server_line(client: Client) -> str:
+    """`server: <URL without credentials>`, plus `(embedded, data dir <path>...)` when it is an embedded server
+    (and whether this command started it): the line `bgjob status`/`worker` and the Django commands print first.
+    Connects the client if it is not connected; raises what connecting raises (bgjob errors)."""
+    from .core import redact_url
+    from .server import embedded_use
+
+    url = client.url
+    use = embedded_use(url)
+    return f"server: {redact_url(url)}" + (f" ({use.describe()})" if use is not None else "")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .logs import LogJobs
     from .middleware import Metrics, Recovery, RequestId
@@ -58,6 +70,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker = Worker(client, mux, queue=args.queue, concurrency=args.concurrency, grace_period=args.grace,
                         middleware=middleware, retry_policy=RetryPolicy(max_attempts=args.max_attempts),
                         pool=args.pool)  # fmt: skip
+        print(server_line(client), flush=True)
         worker.run()
     finally:
         client.close()
@@ -171,7 +184,7 @@ def queue_table(client: Client) -> list[str]:
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client()
     try:
-        print(f"server: {client.url}")
+        print(server_line(client))
         print("\n".join(queue_table(client)))
         periodic = client.schedules()
         if periodic:

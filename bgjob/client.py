@@ -40,11 +40,14 @@ __all__ = ["Client", "Core", "QueueStats", "connect", "default_client", "is_tran
 
 
 def _resolve_url(settings: Settings) -> str:
-    if settings.url:
-        return settings.url
+    """settings.url, else BGJOB_URL, else the embedded server of settings.data_dir, else of BGJOB_DATA_DIR, else
+    of the current directory's project (bgjob.server.default_data_dir)."""
+    url = settings.url or os.environ.get("BGJOB_URL")
+    if url:
+        return url
     from .server import ensure_embedded_server
 
-    return ensure_embedded_server(settings.data_dir)
+    return ensure_embedded_server(settings.data_dir or os.environ.get("BGJOB_DATA_DIR") or None)
 
 
 class Client:

@@ -21,6 +21,7 @@ import sysconfig
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import BgjobError, ServerNotFound
@@ -82,20 +83,70 @@ def find_binary() -> str:
     raise ServerNotFound(f"no nats-server binary found; {_FIX}")
 
 
-def _project_root(start: pathlib.Path) -> pathlib.Path:
-    for directory in (start, *start.parents):
+def project_root(start: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """The project a directory belongs to: the nearest directory at or above `start` (default: the current
+    directory) that holds pyproject.toml, manage.py, setup.py or .git; `start` itself (resolved) when none does."""
+    begin = pathlib.Path(start if start is not None else pathlib.Path.cwd()).resolve()
+    for directory in (begin, *begin.parents):
         if any((directory / marker).exists() for marker in _PROJECT_MARKERS):
             return directory
-    return start
+    return begin
 
 
-def default_data_dir() -> pathlib.Path:
-    """The per-user, per-project data directory of the embedded server."""
+def default_data_dir(start: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """The per-user, per-project data directory of the embedded server.
+
+    `<BGJOB_HOME, else XDG_DATA_HOME, else ~/.local/share>/bgjob/<project name>-<8 hex digits>`, the project
+    being `project_root(start)` (`start` defaults to the current directory) and the digits a hash of its path:
+    every directory of one project maps to the same data dir, two projects never share one.
+    """
     base = os.environ.get("BGJOB_HOME") or os.environ.get("XDG_DATA_HOME")
     home = pathlib.Path(base) if base else pathlib.Path.home() / ".local" / "share"
-    root = _project_root(pathlib.Path.cwd().resolve())
+    root = project_root(start)
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
     return home / "bgjob" / f"{root.name or 'root'}-{digest}"
+
+
+def resolve_data_dir(
+    data_dir: str | os.PathLike[str] | None = None, *, start: str | os.PathLike[str] | None = None
+) -> pathlib.Path:
+    """The embedded server's data dir: `data_dir` (made absolute against the current directory) when given,
+    else `default_data_dir(start)`. Returns an absolute path; raises nothing."""
+    return pathlib.Path(data_dir).resolve() if data_dir is not None else default_data_dir(start)
+
+
+@dataclass(frozen=True)
+class EmbeddedUse:
+    """Which embedded server this process resolved a URL to (see `embedded_use`)."""
+
+    url: str
+    data_dir: pathlib.Path
+    #: no server was running for the data dir: this process started it.
+    started: bool = False
+    #: the data dir held no JetStream store before: the server started empty.
+    new_store: bool = False
+
+    def describe(self) -> str:
+        """One line for a user: `embedded, data dir <path>` and, when this process started it, that it did."""
+        text = f"embedded, data dir {self.data_dir}"
+        if self.new_store:
+            text += (
+                "; started now with a NEW, EMPTY store (no server had used this data dir before: if you expected "
+                "existing jobs, set BGJOB_DATA_DIR or BGJOB_URL, or run from the project's directory)"
+            )
+        elif self.started:
+            text += "; it was not running, started now"
+        return text
+
+
+#: url -> the embedded server this process resolved it to (`ensure_embedded_server` records it).
+_uses: dict[str, EmbeddedUse] = {}
+
+
+def embedded_use(url: str) -> EmbeddedUse | None:
+    """The embedded server that `ensure_embedded_server` returned `url` for in this process, or None (a URL
+    that is not one of this process's embedded servers)."""
+    return _uses.get(url)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -250,10 +301,6 @@ class EmbeddedServer:
         self.stop()
 
 
-def _resolve_dir(data_dir: str | os.PathLike[str] | None) -> pathlib.Path:
-    return pathlib.Path(data_dir).resolve() if data_dir is not None else default_data_dir()
-
-
 @contextlib.contextmanager
 def _locked(data_dir: pathlib.Path) -> Iterator[None]:
     """Hold the data dir's lock: one process at a time checks, starts or stops its shared server."""
@@ -351,23 +398,39 @@ def _terminate(pid: int, timeout: float = 10.0) -> None:
 
 
 def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0) -> str:
-    """The URL of the project's shared embedded server, started (detached, outliving us) if none runs."""
-    directory = _resolve_dir(data_dir)
+    """The URL of the project's shared embedded server, started (detached, outliving us) if none runs.
+
+    data_dir: the server's data dir; None means `default_data_dir()` (the project of the current directory).
+    timeout: seconds the start may take. Which server the URL belongs to is recorded for `embedded_use(url)`;
+    starting one on a data dir that held no store is logged as a WARNING (a new, empty server is never silent).
+    Raises ServerNotFound (no nats-server binary) or BgjobError (the server did not start).
+    """
+    directory = resolve_data_dir(data_dir)
     with _locked(directory):
         state = _live_state(directory)
         if state is not None:
-            return str(state["url"])
+            url = str(state["url"])
+            known = _uses.get(url)
+            if known is None or known.data_dir != directory:
+                _uses[url] = EmbeddedUse(url, directory)
+            return url
+        new_store = not (directory / "jetstream").exists()
         server = EmbeddedServer(directory, detached=True)
         url = server.start(timeout)
         _write_state(server)
         _started[directory] = server
-    log.info("started embedded nats-server at %s (data: %s)", url, directory)
+        _uses[url] = EmbeddedUse(url, directory, started=True, new_store=new_store)
+    if new_store:
+        log.warning("started embedded nats-server at %s (data: %s) with a new, empty store; set BGJOB_DATA_DIR or "
+                    "BGJOB_URL to use another server", url, directory)  # fmt: skip
+    else:
+        log.info("started embedded nats-server at %s (data: %s)", url, directory)
     return url
 
 
 def stop_embedded_server(data_dir: str | os.PathLike[str] | None = None) -> bool:
     """Stop the project's recorded shared server; returns whether one was running."""
-    directory = _resolve_dir(data_dir)
+    directory = resolve_data_dir(data_dir)
     with _locked(directory):
         state = _read_state(directory)
         (directory / _STATE_FILE).unlink(missing_ok=True)
@@ -386,7 +449,7 @@ def run_foreground(
     data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None, host: str = "127.0.0.1"
 ) -> int:
     """Run the project's server in the foreground until SIGINT/SIGTERM; returns an exit code."""
-    directory = _resolve_dir(data_dir)
+    directory = resolve_data_dir(data_dir)
     with _locked(directory):
         state = _live_state(directory)
         if state is not None:

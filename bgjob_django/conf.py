@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import re
+import sys
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -317,9 +319,39 @@ def get_client() -> bgjob.Client:
         config = get_config()
         with _lock:
             if _client is None:
-                _client = bgjob.Client(config.client)
+                _client = bgjob.Client(project_settings(config.client))
             client = _client
     return client
+
+
+def settings_dir() -> pathlib.Path | None:
+    """The directory of the project's settings module (None when settings were configured without one)."""
+    name = getattr(django_settings, "SETTINGS_MODULE", None)
+    path = getattr(sys.modules.get(name), "__file__", None) if name else None
+    return pathlib.Path(path).resolve().parent if path else None
+
+
+def project_settings(client_settings: bgjob.Settings) -> bgjob.Settings:
+    """client_settings with the embedded server pinned to the Django project, whatever the current directory.
+
+    With no URL (BGJOB['URL'], BGJOB_URL), the data dir is BGJOB['DATA_DIR'] / BGJOB_DATA_DIR (a relative one is
+    relative to the project root), else bgjob.server.default_data_dir() of the project root: the nearest folder
+    at or above the settings module's directory holding pyproject.toml, manage.py, setup.py or .git (in Django's
+    standard layout, the folder of manage.py). runserver, manage.py commands started from any directory,
+    django-admin, gunicorn and pytest-django all import the same settings module, so they share one server.
+    Settings configured without a module (settings.configure()) keep bgjob's current-directory rule.
+    """
+    start = settings_dir()
+    if client_settings.url or start is None:
+        return client_settings
+    from bgjob import server
+
+    data_dir = client_settings.data_dir
+    if data_dir is None:
+        data_dir = str(server.default_data_dir(start))
+    elif not os.path.isabs(data_dir):
+        data_dir = str(server.project_root(start) / data_dir)
+    return dataclasses.replace(client_settings, data_dir=data_dir)
 
 
 def reset() -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,9 @@ import time
 import nats
 import pytest
 
+import bgjob
 from bgjob import server
+from bgjob.cli import server_line
 from bgjob.errors import BgjobError, ServerNotFound
 from bgjob.server import (
     EmbeddedServer,
@@ -134,6 +137,10 @@ def test_default_data_dir_is_per_project(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert default_data_dir() == first
     monkeypatch.setenv("BGJOB_HOME", str(tmp_path / "home"))
     assert default_data_dir() == tmp_path / "home" / "bgjob" / first.name
+    # the start can be given instead of the current directory: the result no longer depends on it
+    monkeypatch.chdir(tmp_path)
+    assert default_data_dir(project / "src") == default_data_dir(project) == tmp_path / "home" / "bgjob" / first.name
+    assert server.project_root(project / "src" / "pkg") == project.resolve()
 
 
 def test_start_stop_and_jetstream_works(data_dir: pathlib.Path) -> None:
@@ -292,3 +299,102 @@ def test_run_foreground_refuses_in_process_when_running(data_dir: pathlib.Path, 
     url = ensure_embedded_server(data_dir)
     assert run_foreground(data_dir) == 1
     assert url in capsys.readouterr().err
+
+
+# -- which server a project's commands reach, whatever their current directory ---------------------------------------
+LINE = re.compile(r"^server: (nats://127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$")
+
+
+@pytest.fixture
+def embedded_env(tmp_path: pathlib.Path):
+    """An environment with no BGJOB_URL/BGJOB_DATA_DIR and its own BGJOB_HOME; every server it starts is stopped."""
+    home = tmp_path / "bgjob-home"
+    env = {k: v for k, v in os.environ.items() if k not in ("BGJOB_URL", "BGJOB_DATA_DIR", "BGJOB_PREFIX")}
+    env.update(BGJOB_HOME=str(home), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    yield env
+    for data in (home / "bgjob").glob("*") if (home / "bgjob").exists() else ():
+        stop_embedded_server(data)
+        for pid in _servers_for(data):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _bgjob(env: dict[str, str], cwd: pathlib.Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "bgjob", "--log-level", "ERROR", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _server_line(out: str) -> re.Match[str]:
+    match = LINE.match(out.splitlines()[0])
+    assert match, out
+    return match
+
+
+def test_bgjob_status_and_worker_from_a_project_subdirectory_reach_the_projects_server(embedded_env, tmp_path):
+    project = tmp_path / "shop"
+    deep = project / "src" / "shop" / "jobs"
+    deep.mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    (deep / "shopjobs.py").write_text("import bgjob\nmux = bgjob.Mux()\n")
+
+    first = _server_line(_bgjob(embedded_env, project, "status"))
+    url, data_dir = first.group(1), pathlib.Path(first.group(2))
+    assert data_dir.parent == tmp_path / "bgjob-home" / "bgjob" and data_dir.name.startswith("shop-")
+    assert "started now with a NEW, EMPTY store" in first.group(3)  # said, not silent
+
+    assert len(_bgjob(embedded_env, deep, "send", "report", "{}").strip()) == 32
+    out = _bgjob(embedded_env, deep, "status")
+    again = _server_line(out)
+    assert again.group(0) == f"server: {url} (embedded, data dir {data_dir})"  # the same server, already running
+    assert ["default", "1"] == out.splitlines()[2].split()[:2]  # and the job sent from the subdirectory is there
+
+    worker = subprocess.Popen([sys.executable, "-m", "bgjob", "--log-level", "ERROR", "worker", "shopjobs"], cwd=deep,
+                              env=embedded_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert worker.stdout.readline().rstrip("\n") == again.group(0)
+        with bgjob.Client(bgjob.Settings(url=url)) as client:  # serving (so draining) before SIGTERM
+            _wait_for(lambda: client.workers(), what="the worker in the directory")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+
+
+def test_bgjob_status_outside_any_project_says_it_started_a_new_empty_server(embedded_env, tmp_path) -> None:
+    elsewhere = tmp_path / "elsewhere"  # no pyproject.toml, manage.py, setup.py or .git at or above it
+    elsewhere.mkdir()
+    if server.project_root(elsewhere) != elsewhere.resolve():
+        pytest.skip(f"a project marker above {elsewhere}")
+    line = _server_line(_bgjob(embedded_env, elsewhere, "status"))
+    assert pathlib.Path(line.group(2)).name.startswith("elsewhere-")
+    assert "NEW, EMPTY store" in line.group(3) and "BGJOB_DATA_DIR" in line.group(3)
+
+
+def test_bgjob_data_dir_pins_one_server_whatever_the_current_directory(
+    embedded_env, tmp_path, monkeypatch, nats_server
+) -> None:
+    data_dir = tmp_path / "pinned"
+    env = {**embedded_env, "BGJOB_DATA_DIR": str(data_dir)}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / ".git").mkdir(parents=True)
+    first = _server_line(_bgjob(env, tmp_path / "a", "status"))
+    second = _server_line(_bgjob(env, tmp_path / "b", "status"))
+    assert first.group(1) == second.group(1) and first.group(2) == second.group(2) == str(data_dir)
+    assert second.group(3) is None
+    # in-process too: a Client built from explicit Settings() falls back to BGJOB_DATA_DIR (and BGJOB_URL)
+    monkeypatch.setenv("BGJOB_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("BGJOB_URL", raising=False)
+    with bgjob.Client(bgjob.Settings()) as client:
+        assert client.url == first.group(1)
+        assert server_line(client) == f"server: {first.group(1)} (embedded, data dir {data_dir})"
+    monkeypatch.setenv("BGJOB_URL", nats_server.url)
+    with bgjob.Client(bgjob.Settings()) as client:
+        assert server_line(client) == f"server: {nats_server.url}"  # a URL: no data dir of this project
+
+
+def test_server_line_never_shows_credentials(data_dir: pathlib.Path) -> None:
+    with EmbeddedServer(data_dir, extra_args=["--user", "alice", "--pass", "s3cret"]) as srv:
+        url = f"nats://alice:s3cret@127.0.0.1:{srv.port}"
+        with bgjob.Client(bgjob.Settings(url=url)) as client:
+            assert server_line(client) == f"server: nats://***@127.0.0.1:{srv.port}"

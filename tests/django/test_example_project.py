@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import bgjob
+from bgjob.server import stop_embedded_server
 
 from ..conftest import ROOT
 from .conftest import WorkerProcess, wait_for
@@ -66,5 +70,64 @@ def test_the_example_site_sends_reschedules_and_dead_letters_jobs(example_env, b
         wait_for(lambda: bgjob_client.queue_stats().scheduled == 2, message="the rescheduled cleanup")
         assert [p.name for p in bgjob_client.schedules()] == ["nightly-report"]
         assert "request=example-report" in worker.stderr
+    finally:
+        assert worker.stop() == 0
+
+
+# -- fault 10: one project, one embedded server, however its commands are started ----------------------------------
+SERVER_LINE = re.compile(r"^server: (nats://127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$", re.MULTILINE)
+SEND_ELSEWHERE = "from bgjob_django.conf import get_client; print(get_client().send_job('report', {}, queue='parked'))"
+
+
+@pytest.fixture
+def embedded_example_env(tmp_path: Path):
+    """The example project with no URL anywhere (its embedded server), in a BGJOB_HOME of the test's own."""
+    home = tmp_path / "bgjob-home"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DJANGO_SETTINGS_MODULE", "BGJOB_URL", "BGJOB_DATA_DIR", "BGJOB_PREFIX")}  # fmt: skip
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", BGJOB_HOME=str(home),
+               EXAMPLE_DB_PATH=str(tmp_path / "example.sqlite3"))  # fmt: skip
+    yield env
+    for data_dir in (home / "bgjob").glob("*") if (home / "bgjob").exists() else ():
+        stop_embedded_server(data_dir)
+
+
+def run_in(env: dict[str, str], cwd: Path, *cmd: str) -> str:
+    done = subprocess.run([sys.executable, *cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_commands_started_from_the_repository_root_or_example_project_reach_the_same_embedded_server(
+    embedded_example_env, tmp_path
+) -> None:
+    env = embedded_example_env
+    # "runserver started in example_project/": the first use there starts the project's server, and says so
+    first = SERVER_LINE.search(run_in(env, EXAMPLE, "manage.py", "bgjob_status"))
+    assert first and "started now with a NEW, EMPTY store" in first.group(3)
+    url, data_dir = first.group(1), first.group(2)
+    assert Path(data_dir).parent == tmp_path / "bgjob-home" / "bgjob"
+    assert Path(data_dir).name.startswith("example_project-")
+    job_id = run_in(env, EXAMPLE, "manage.py", "shell", "-c", SEND_ELSEWHERE).splitlines()[-1]
+    assert len(job_id) == 32
+    same = f"server: {url} (embedded, data dir {data_dir})"
+    # ... and `python example_project/manage.py bgjob_status` from the repository root reaches that server
+    out = run_in(env, ROOT, "example_project/manage.py", "bgjob_status")
+    assert out.splitlines()[0] == same
+    assert [ln.split()[:2] for ln in out.splitlines() if ln.startswith("parked ")] == [["parked", "1"]]
+    # so do a subdirectory of the project, and plain `bgjob status` in the project's folder
+    assert run_in(env, EXAMPLE / "reports", "../manage.py", "bgjob_status").splitlines()[0] == same
+    assert run_in(env, EXAMPLE, "-m", "bgjob", "status").splitlines()[0] == same
+    # the worker, started from the repository root, names the server it serves first
+    out_file, err_file = tmp_path / "worker.out", tmp_path / "worker.err"
+    proc = subprocess.Popen([sys.executable, "example_project/manage.py", "bgjob_worker", "--queue", "idle",
+                             "--no-schedules"], cwd=ROOT, env=env, stdout=out_file.open("w"),
+                            stderr=err_file.open("w"))  # fmt: skip
+    worker = WorkerProcess(proc, out_file, err_file)
+    try:
+        worker.wait_ready()
+        assert worker.stdout.splitlines()[0] == same
+        with bgjob.Client(bgjob.Settings(url=url)) as client:  # running, its SIGTERM handler set, before it drains
+            wait_for(lambda: client.workers(), message="the worker in the directory")
     finally:
         assert worker.stop() == 0

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 import bgjob
-from bgjob.cli import queue_table
+from bgjob.cli import queue_table, server_line
 from bgjob_django.conf import get_client
 from bgjob_django.display import live_workers
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         client = get_client()
         try:
-            self.stdout.write(f"server: {client.url}")
+            self.stdout.write(server_line(client))
             for line in queue_table(client):
                 self.stdout.write(line)
             periodic = client.schedules()

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import bgjob
 from bgjob import job as jobmod
+from bgjob.cli import server_line
 from bgjob.logs import ContextFilter, configure_logging
 from bgjob_django.conf import get_client, get_config
 from bgjob_django.registry import registry
@@ -64,7 +65,8 @@ class Command(BaseCommand):
             client.close()
             raise CommandError(str(exc)) from exc
         handlers = ", ".join(registry.types()) or "none"
-        self.stdout.write(f"bgjob worker on {client.url}: queues {', '.join(queues)}; handlers: {handlers}")
+        self.stdout.write(server_line(client))
+        self.stdout.write(f"bgjob worker: queues {', '.join(queues)}; handlers: {handlers}")
         self.stdout.flush()
         try:
             healthy = group.run()

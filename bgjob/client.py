@@ -338,23 +338,42 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> bool:
         """Declare a periodic job: `job_type` with `arg` enqueued at every tick of `cron` (5 fields, or 6
-        with seconds first) in time zone `tz`. The server fires it, once per tick however many processes
-        declare it; declaring it again with other values replaces it. Returns whether anything changed.
+        with seconds first) in time zone `tz` (an IANA name). The server fires it, once per tick however many
+        processes declare it.
+
+        A declaration is the whole schedule: declaring `name` again replaces everything stored (a header left
+        out is gone). Returns True if the stored schedule changed, False if it already was exactly this one.
+        Every write is a compare-and-set: racing declarations with different values end with exactly one of
+        them whole, the one with the greatest `periodic.declaration_key` (the others log a warning and return
+        False). Names are unique across queues.
+
+        Raises InvalidSchedule (bad name, cron or time zone; `name` exists on another queue), InvalidJob (type,
+        queue, arg, headers).
         """
         from . import periodic
 
         periodic.validate_name(name)
         subject, body, hdrs = periodic_message(self.settings, name, cron, job_type, arg, queue, tz, headers)
         runtime, core = self._ensure()
-        return runtime.run(periodic.declare(core, subject, body, hdrs, queue))
+        return runtime.run(periodic.declare(core, name, queue, subject, body, hdrs))
 
-    def unschedule(self, name: str, *, queue: str = "default") -> bool:
-        """Remove a periodic job; returns whether it existed."""
+    def unschedule(self, name: str, *, queue: str | None = None, revision: int | None = None) -> bool:
+        """Remove the periodic job `name` from whichever queue holds it (or only from `queue`, when given).
+
+        `revision` (a `PeriodicJob.revision` from `schedules()`, with `queue`) removes it only if it was not
+        declared again since: a compare-and-delete. Returns True if a schedule was removed, False if there was
+        none by that name (on that queue, at that revision); a miss is not an error, as with a dict's `pop` with
+        a default. Raises InvalidSchedule (bad name, or `revision` without `queue`), InvalidJob (bad queue).
+        """
         from . import periodic
 
         periodic.validate_name(name)
-        jobmod.validate_queue(queue)
-        return self.run(periodic.remove, name, queue)
+        if queue is not None:
+            jobmod.validate_queue(queue)
+        elif revision is not None:
+            raise periodic.InvalidSchedule("unschedule(..., revision=) needs the queue the revision was read from")
+        return self.run(periodic.remove, name, queue, revision)
+
 
     def schedules(self, queue: str | None = None) -> list[PeriodicJob]:
         """The periodic jobs declared (on one queue, or all)."""

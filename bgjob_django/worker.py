@@ -76,21 +76,42 @@ def middleware(config: Config, extra: Sequence[bgjob.Middleware] = ()) -> list[b
 def declare_schedules(client: bgjob.Client, specs: Sequence[ScheduleSpec], queues: Sequence[str]) -> None:
     """Declare the project's periodic jobs, and remove those it declared before but declares no more.
 
-    Only schedules on `queues` (the ones this worker serves) are pruned, and only ones bgjob_django
-    declared: schedules made with `bgjob` or `client.schedule()` directly are left alone.
+    Only schedules on `queues` (the ones this worker serves) are pruned, and only ones bgjob_django declared
+    (they carry its marker header): schedules made with `bgjob` or `client.schedule()` directly are left alone,
+    and so is one redeclared that way since (a declaration replaces the whole schedule, marker included). The
+    pruning removes exactly the revision it read, so a schedule redeclared meanwhile survives. A spec that moved
+    to another queue is removed from its old one first, if bgjob_django declared it there; a schedule of the same
+    name made by hand on another queue is left alone and the spec is skipped with an error in the log.
     """
+    by_name: dict[str, list[bgjob.PeriodicJob]] = {}
+    for existing in client.schedules():
+        by_name.setdefault(existing.name, []).append(existing)
     wanted = {(s.queue, s.name) for s in specs}
     for spec in specs:
+        elsewhere = [p for p in by_name.get(spec.name, []) if p.queue != spec.queue]
+        if any(not p.headers.get(DECLARED_HEADER) for p in elsewhere):
+            log.error("periodic job %r is not declared on queue %r: a schedule of that name made outside "
+                      "bgjob_django exists on queue %r (names are unique across queues); unschedule it or rename "
+                      "one of them", spec.name, spec.queue, elsewhere[0].queue)  # fmt: skip
+            continue
+        for old in elsewhere:
+            if client.unschedule(old.name, queue=old.queue, revision=old.revision):
+                log.info("periodic job %r moved from queue %r to %r", spec.name, old.queue, spec.queue)
         changed = client.schedule(spec.name, spec.cron, spec.job_type, spec.arg, queue=spec.queue, tz=spec.tz,
                                   headers={DECLARED_HEADER: "1"})  # fmt: skip
         if changed:
             log.info("periodic job %r: %s %r on queue %r (%s)", spec.name, spec.job_type, spec.cron, spec.queue,
                      spec.tz)  # fmt: skip
-    for queue in queues:
-        for existing in client.schedules(queue):
-            if existing.headers.get(DECLARED_HEADER) and (queue, existing.name) not in wanted:
-                client.unschedule(existing.name, queue=queue)
-                log.info("periodic job %r on queue %r is no longer declared: removed", existing.name, queue)
+    for existing in [p for found in by_name.values() for p in found]:
+        if existing.queue not in queues or not existing.headers.get(DECLARED_HEADER):
+            continue
+        if (existing.queue, existing.name) in wanted or existing.name in {s.name for s in specs}:
+            continue
+        if client.unschedule(existing.name, queue=existing.queue, revision=existing.revision):
+            log.info("periodic job %r on queue %r is no longer declared: removed", existing.name, existing.queue)
+        else:
+            log.info("periodic job %r on queue %r changed since it was read: left alone", existing.name,
+                     existing.queue)  # fmt: skip
 
 
 class WorkerGroup:

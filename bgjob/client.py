@@ -398,7 +398,8 @@ _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 def connect(url: str | None = None, **options: Any) -> Client:
     """Connect to NATS (None and no BGJOB_URL: the embedded server) and make it the default client.
 
-    `options` are Settings fields (prefix, replicas, ack_wait, ...) or nats.connect keyword arguments.
+    `options` are Settings fields (prefix, replicas, ack_wait, ..., and nats_options={...} for nats.connect's
+    keyword arguments). Raises ConfigurationError for an unknown key (naming the closest) or a bad value.
     """
     global _default
     client = Client(Settings.from_env(url=url, **options)).connect()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import inspect
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigurationError
+from .job import validate_queue
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -56,37 +61,168 @@ class Settings:
     data_dir: str | None = None
     #: connection name shown by the server's monitoring.
     name: str | None = None
-    #: extra keyword arguments for nats.connect (user, password, token, tls, user_credentials, ...).
+    #: extra keyword arguments for nats.connect (user, password, token, tls, user_credentials, nkeys_seed, ...):
+    #: the only way to pass them. Keys nats.connect does not take, or that bgjob sets from its own fields
+    #: (servers: url, name, connect_timeout) or manages (callbacks, reconnecting), are refused.
     nats_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _PREFIX.fullmatch(self.prefix):
-            raise ConfigurationError(f"prefix {self.prefix!r} must match {_PREFIX.pattern}")
-        if self.replicas < 1:
-            raise ConfigurationError("replicas must be >= 1")
-        if self.ack_wait < 1:
-            raise ConfigurationError("ack_wait must be at least 1 second")
-        object.__setattr__(self, "result_queues", frozenset(self.result_queues))
-        if isinstance(self.verify_keys, str):
-            object.__setattr__(self, "verify_keys", (self.verify_keys,))
-        object.__setattr__(self, "verify_keys", tuple(self.verify_keys))
+        _validate(self)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
-        """Settings from `BGJOB_*` environment variables, then explicit overrides."""
+        """Settings from `BGJOB_*` environment variables (BGJOB_URL, BGJOB_PREFIX, BGJOB_REPLICAS, BGJOB_DATA_DIR),
+        then `overrides` (Settings fields; None values are skipped).
+
+        Raises ConfigurationError for an unknown key (with the closest field names; nats.connect options go in
+        `nats_options`), an environment variable that does not parse, or a value `Settings` refuses.
+        """
         env: dict[str, Any] = {}
-        if os.environ.get("BGJOB_URL"):
-            env["url"] = os.environ["BGJOB_URL"]
-        if os.environ.get("BGJOB_PREFIX"):
-            env["prefix"] = os.environ["BGJOB_PREFIX"]
-        if os.environ.get("BGJOB_REPLICAS"):
-            env["replicas"] = int(os.environ["BGJOB_REPLICAS"])
-        if os.environ.get("BGJOB_DATA_DIR"):
-            env["data_dir"] = os.environ["BGJOB_DATA_DIR"]
+        for var, field, parse in _ENVIRONMENT:
+            raw = os.environ.get(var)
+            if raw:
+                try:
+                    env[field] = parse(raw)
+                except ValueError:
+                    raise ConfigurationError(f"environment variable {var}={raw!r} is not {parse.__name__}") from None
         env.update({k: v for k, v in overrides.items() if v is not None})
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(env) - fields
-        options = {k: env.pop(k) for k in unknown}
-        if options:
-            env["nats_options"] = {**env.get("nats_options", {}), **options}
+        _refuse_unknown(env)
         return cls(**env)
+
+
+#: The environment variables from_env reads: (variable, Settings field, parser).
+_ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
+    ("BGJOB_URL", "url", str),
+    ("BGJOB_PREFIX", "prefix", str),
+    ("BGJOB_REPLICAS", "replicas", int),
+    ("BGJOB_DATA_DIR", "data_dir", str),
+)
+#: nats.connect options bgjob sets itself, and the Settings field (or reason) that owns each.
+_OWN_NATS_OPTIONS = {
+    "servers": "the url setting", "name": "the name setting", "connect_timeout": "the connect_timeout setting",
+    "allow_reconnect": "bgjob (it reconnects for ever)", "max_reconnect_attempts": "bgjob (it reconnects for ever)",
+    "reconnect_time_wait": "bgjob", "error_cb": "bgjob", "disconnected_cb": "bgjob", "reconnected_cb": "bgjob",
+}
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings)]
+
+
+@functools.cache
+def _nats_connect_options() -> tuple[str, ...]:
+    import nats.aio.client
+
+    return tuple(p for p in inspect.signature(nats.aio.client.Client.connect).parameters if p != "self")
+
+
+def _refuse_unknown(given: Mapping[str, Any]) -> None:
+    """ConfigurationError for keys that are not Settings fields, each with the closest field names."""
+    fields = _field_names()
+    unknown = sorted(set(given) - set(fields))
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, fields, n=2)
+        if close:
+            hints.append(f"{key!r} (did you mean {' or '.join(map(repr, close))}?)")
+        elif key in _nats_connect_options():
+            hints.append(f"{key!r} (a nats.connect option: pass nats_options={{{key!r}: ...}})")
+        else:
+            hints.append(repr(key))
+    raise ConfigurationError(f"unknown bgjob setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                             f"the settings are: {', '.join(fields)}")  # fmt: skip
+
+
+def _number(settings: Settings, field: str, minimum: float, *, integer: bool = False, optional: bool = False,
+            inclusive: bool = True) -> None:  # fmt: skip
+    value = getattr(settings, field)
+    if value is None and optional:
+        return
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = ok and (value >= minimum if inclusive else value > minimum) and (integer or value == value)  # not NaN
+    if not ok:
+        what = f"an int >= {minimum}" if integer else (f"seconds >= {minimum:g}" if inclusive else
+                                                       f"seconds > {minimum:g}")  # fmt: skip
+        raise ConfigurationError(f"{field} must be {what}{' or None' if optional else ''}, not {value!r}")
+    if not integer and not isinstance(value, float):
+        object.__setattr__(settings, field, float(value))
+
+
+def _text(settings: Settings, field: str, *, optional: bool = True) -> None:
+    value = getattr(settings, field)
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return
+    raise ConfigurationError(f"{field} must be a non-empty str{' or None' if optional else ''}, not {value!r}")
+
+
+def _validate(settings: Settings) -> None:
+    """Every field's type and range; ConfigurationError naming the first field that is wrong."""
+    if not isinstance(settings.prefix, str) or not _PREFIX.fullmatch(settings.prefix):
+        raise ConfigurationError(f"prefix {settings.prefix!r} must match {_PREFIX.pattern}")
+    _text(settings, "url")
+    _number(settings, "replicas", 1, integer=True)
+    if settings.replicas > 5:
+        raise ConfigurationError(f"replicas must be 1 to 5 (JetStream's maximum), not {settings.replicas!r}")
+    _number(settings, "ack_wait", 1)
+    _number(settings, "max_ack_pending", 1, integer=True, optional=True)
+    for field in ("duplicate_window", "dlq_max_age", "result_ttl", "worker_ttl", "connect_timeout",
+                  "request_timeout", "retry_for"):  # fmt: skip
+        _number(settings, field, 0, inclusive=False)
+    if not isinstance(settings.double_ack, bool):
+        raise ConfigurationError(f"double_ack must be True or False, not {settings.double_ack!r}")
+    for field in ("signing_key", "name"):
+        _text(settings, field)
+    if settings.data_dir is not None:
+        if not isinstance(settings.data_dir, (str, os.PathLike)) or not os.fspath(settings.data_dir):
+            raise ConfigurationError(f"data_dir must be a path or None, not {settings.data_dir!r}")
+        object.__setattr__(settings, "data_dir", os.fspath(settings.data_dir))
+    queues = settings.result_queues
+    if isinstance(queues, (str, bytes)) or not _iterable(queues):
+        raise ConfigurationError(f"result_queues must be a collection of queue names, not {queues!r}")
+    object.__setattr__(settings, "result_queues", frozenset(queues))
+    for queue in settings.result_queues:
+        try:
+            validate_queue(queue)
+        except ValueError as exc:
+            raise ConfigurationError(f"result_queues: {exc}") from None
+    keys = (settings.verify_keys,) if isinstance(settings.verify_keys, str) else settings.verify_keys
+    if not _iterable(keys) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigurationError(f"verify_keys must be base64 public keys (str), not {settings.verify_keys!r}")
+    object.__setattr__(settings, "verify_keys", tuple(keys))
+    _validate_nats_options(settings.nats_options)
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _validate_nats_options(options: Any) -> None:
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"nats_options must be a dict of nats.connect keyword arguments, not {options!r}")
+    known = _nats_connect_options()
+    for key in options:
+        if key in _OWN_NATS_OPTIONS:
+            raise ConfigurationError(f"nats_options[{key!r}] is set by {_OWN_NATS_OPTIONS[key]}; leave it out")
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=2)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ConfigurationError(f"nats_options[{key!r}] is not a nats.connect option{hint}")
+
+
+_generated_init = Settings.__init__
+
+
+@functools.wraps(_generated_init)
+def _init(self: Settings, *args: Any, **kwargs: Any) -> None:
+    _refuse_unknown(kwargs)  # the dataclass's own TypeError would name no alternative
+    _generated_init(self, *args, **kwargs)
+
+
+Settings.__init__ = _init  # type: ignore[method-assign]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -181,8 +183,84 @@ def test_move_to_dlq_keeps_the_traceback_of_an_exception() -> None:
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGJOB_URL", "nats://example:4222")
     monkeypatch.setenv("BGJOB_PREFIX", "myapp")
-    settings = bgjob.Settings.from_env(ack_wait=10, user="u", password="p")
-    assert settings.url == "nats://example:4222" and settings.prefix == "myapp" and settings.ack_wait == 10
+    monkeypatch.setenv("BGJOB_REPLICAS", "3")
+    monkeypatch.setenv("BGJOB_DATA_DIR", "/tmp/bgjob-data")
+    settings = bgjob.Settings.from_env(ack_wait=10, nats_options={"user": "u", "password": "p"})
+    assert (settings.url, settings.prefix, settings.replicas, settings.data_dir, settings.ack_wait) == (
+        "nats://example:4222", "myapp", 3, "/tmp/bgjob-data", 10
+    )  # fmt: skip
     assert settings.nats_options == {"user": "u", "password": "p"}
+    assert bgjob.Settings.from_env(prefix="other", url=None).prefix == "other", "overrides win; None is skipped"
     with pytest.raises(bgjob.ConfigurationError, match=r"prefix .Bad Prefix. must match"):
         bgjob.Settings(prefix="Bad Prefix")
+
+
+def test_an_environment_variable_that_does_not_parse_is_a_configuration_error(monkeypatch) -> None:
+    monkeypatch.setenv("BGJOB_REPLICAS", "three")
+    with pytest.raises(bgjob.ConfigurationError, match=r"BGJOB_REPLICAS='three' is not int"):
+        bgjob.Settings.from_env()
+
+
+@pytest.mark.parametrize("make", [bgjob.Settings, bgjob.Settings.from_env, bgjob.connect])
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"ack_wiat": 60}, r"unknown bgjob setting 'ack_wiat' \(did you mean 'ack_wait'\?\)"),
+        ({"retry_fro": 1, "prefx": "a"}, r"settings 'prefx' \(did you mean 'prefix'\?\), 'retry_fro' .*'retry_for'"),
+        ({"user": "u"}, r"'user' \(a nats.connect option: pass nats_options=\{'user': ...\}\)"),
+        ({"tls": object()}, r"'tls' \(a nats.connect option"),
+        ({"colour": "red"}, r"unknown bgjob setting 'colour'; the settings are: url, prefix"),
+    ],
+)
+def test_unknown_setting_keys_are_refused_naming_the_closest_ones(make, options, match) -> None:
+    with pytest.raises(bgjob.ConfigurationError, match=match):
+        make(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"prefix": "BAD"}, "prefix 'BAD' must match"),
+        ({"prefix": 7}, "prefix 7 must match"),
+        ({"url": ""}, "url must be a non-empty str"),
+        ({"url": 4222}, "url must be a non-empty str"),
+        ({"replicas": 0}, "replicas must be an int >= 1"),
+        ({"replicas": 6}, "replicas must be 1 to 5"),
+        ({"replicas": 3.0}, "replicas must be an int"),
+        ({"replicas": True}, "replicas must be an int"),
+        ({"ack_wait": 0.5}, "ack_wait must be seconds >= 1"),
+        ({"ack_wait": "30"}, "ack_wait must be seconds"),
+        ({"max_ack_pending": 0}, "max_ack_pending must be an int >= 1 or None"),
+        ({"duplicate_window": 0}, "duplicate_window must be seconds > 0"),
+        ({"dlq_max_age": -1}, "dlq_max_age must be seconds > 0"),
+        ({"result_ttl": 0}, "result_ttl must be seconds > 0"),
+        ({"worker_ttl": float("nan")}, "worker_ttl must be seconds > 0"),
+        ({"connect_timeout": 0}, "connect_timeout must be seconds > 0"),
+        ({"request_timeout": -5}, "request_timeout must be seconds > 0"),
+        ({"retry_for": 0}, "retry_for must be seconds > 0"),
+        ({"retry_for": None}, "retry_for must be seconds > 0"),
+        ({"double_ack": "yes"}, "double_ack must be True or False"),
+        ({"signing_key": b"key"}, "signing_key must be a non-empty str or None"),
+        ({"verify_keys": [b"key"]}, "verify_keys must be base64 public keys"),
+        ({"verify_keys": 5}, "verify_keys must be base64 public keys"),
+        ({"result_queues": "mail"}, "result_queues must be a collection of queue names"),
+        ({"result_queues": ["Bad Queue"]}, "result_queues: invalid queue"),
+        ({"data_dir": 5}, "data_dir must be a path or None"),
+        ({"name": ""}, "name must be a non-empty str or None"),
+        ({"nats_options": [("user", "u")]}, "nats_options must be a dict"),
+        ({"nats_options": {"pasword": "p"}}, r"nats_options\['pasword'\] is not a nats.connect option .*'password'"),
+        ({"nats_options": {"servers": ["nats://x"]}}, r"nats_options\['servers'\] is set by the url setting"),
+        ({"nats_options": {"error_cb": print}}, r"nats_options\['error_cb'\] is set by bgjob"),
+    ],
+)
+def test_every_bad_setting_value_is_a_configuration_error_naming_the_field(options, match) -> None:
+    with pytest.raises(bgjob.ConfigurationError, match=match):
+        bgjob.Settings(**options)
+
+
+def test_setting_values_are_normalised() -> None:
+    settings = bgjob.Settings(ack_wait=10, retry_for=2, data_dir=Path("/tmp/x"), verify_keys="k", result_queues=["a"])
+    assert (settings.ack_wait, settings.retry_for, settings.data_dir) == (10.0, 2.0, "/tmp/x")
+    assert isinstance(settings.ack_wait, float)
+    assert (settings.verify_keys, settings.result_queues) == (("k",), frozenset({"a"}))
+    assert dataclasses.replace(settings, prefix="other").ack_wait == 10.0

@@ -108,7 +108,8 @@ def secured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 @pytest.mark.timeout(180)
 def test_jobs_flow_through_a_server_that_requires_credentials(secured, prefix, workers) -> None:
     scenario = Scenario(f"7 auth: {secured.mode}")
-    producer = bgjob.Client(bgjob.Settings.from_env(url=secured.url, prefix=prefix, **secured.options)).connect()
+    settings = bgjob.Settings.from_env(url=secured.url, prefix=prefix, nats_options=secured.options)
+    producer = bgjob.Client(settings).connect()
     try:
         ids = producer.send_jobs([bgjob.JobSpec("work", {"ms": 0}, job_id=f"a-{i}") for i in range(JOBS)])
         # The worker gets its server from BGJOB_URL, as `bgjob worker` would.
@@ -146,7 +147,8 @@ def test_wrong_credentials_give_a_clear_connection_error(secured, prefix) -> Non
     """Found here, fixed in b16c3e6: a refused login was retried for retry_for and reported as 'no servers
     available'; a certificate that does not verify made connect() hang for ever."""
     # retry_for 60 s, answer within 20 s: a refused login is not retried as if the server were away.
-    settings = bgjob.Settings.from_env(url=secured.wrong_url, prefix=prefix, retry_for=60.0, **secured.wrong_options)
+    settings = bgjob.Settings.from_env(url=secured.wrong_url, prefix=prefix, retry_for=60.0,
+                                      nats_options=secured.wrong_options)
     error = connect_error(settings, within=20)
     message = str(error)
     assert isinstance(error, bgjob.ConnectionError), repr(error)

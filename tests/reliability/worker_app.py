@@ -99,7 +99,7 @@ def main() -> None:
         "prefix": config["prefix"],
         "ack_wait": config.get("ack_wait", 5.0),
         "retry_for": config.get("retry_for", 30.0),
-        **config.get("nats_options", {}),
+        "nats_options": config.get("nats_options", {}),
     }
     if config.get("replicas"):
         options["replicas"] = config["replicas"]

@@ -107,6 +107,10 @@ class Core:
                         allow_reconnect=False,
                         max_reconnect_attempts=1,
                         reconnect_time_wait=0.25,
+                        # A half-open connection (nothing ever answers) is noticed within
+                        # ping_interval * (max_outstanding_pings + 1) seconds; then nats-py reconnects.
+                        ping_interval=self.settings.ping_interval,
+                        max_outstanding_pings=self.settings.max_outstanding_pings,
                         error_cb=self._on_error,
                         disconnected_cb=self._on_disconnected,
                         reconnected_cb=self._on_reconnected,

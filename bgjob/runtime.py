@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import os
 import selectors
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -125,6 +127,100 @@ def new_waiter() -> ThreadWaiter | GreenletWaiter:
     return GreenletWaiter() if in_gevent_hub_thread() else ThreadWaiter()
 
 
+class LogHandoff:
+    """In a gevent-patched process, the runtime threads' log records are handled by a greenlet of the hub's thread.
+
+    gevent patches every lock `logging` uses (the handlers' and the module's): a real OS thread that takes one while
+    a greenlet holds it, or releases it while greenlets wait, can leave greenlets blocked for good. So a runtime
+    thread never calls a handler: `logging.Logger.callHandlers` (for every logger: bgjob's, nats-py's, asyncio's,
+    any library's called on the loop) queues the record with a copy of the thread's context variables and pokes the
+    hub (an async watcher, the one gevent object another thread may poke); a greenlet of the hub's thread then
+    runs the handlers, in that context. `Logger.isEnabledFor` answers a runtime thread without the module lock.
+    Other threads and greenlets log as before. Records keep their creation time and thread name; they reach the
+    handlers once the hub runs (as soon as a greenlet yields). Installed once per process, by the first Runtime
+    created in a hub thread (`install`); without gevent nothing changes.
+    """
+
+    _instance: LogHandoff | None = None
+
+    def __init__(self) -> None:
+        import gevent
+
+        self._get_ident = original("_thread", "get_ident")
+        self._hub_thread = self._get_ident()
+        self._runtime_threads: set[int] = set()
+        self._records: collections.deque[tuple[contextvars.Context, logging.Logger, logging.LogRecord]] = (
+            collections.deque()
+        )
+        self._draining = False
+        self._spawn = gevent.spawn
+        self._watcher = gevent.get_hub().loop.async_()
+        self._watcher.ref = False  # never keeps the hub (gevent.wait()) alive on its own
+        self._watcher.start(self._on_wakeup)
+        call_handlers = self._call_handlers = logging.Logger.callHandlers
+        is_enabled_for = logging.Logger.isEnabledFor
+        get_ident, runtime_threads, records, watcher = self._get_ident, self._runtime_threads, self._records, (
+            self._watcher
+        )
+
+        def handed_off_call_handlers(logger: logging.Logger, record: logging.LogRecord) -> None:
+            if get_ident() in runtime_threads:
+                records.append((contextvars.copy_context(), logger, record))
+                watcher.send()
+            else:
+                call_handlers(logger, record)
+
+        def lock_free_is_enabled_for(logger: logging.Logger, level: int) -> bool:
+            if get_ident() not in runtime_threads:
+                return is_enabled_for(logger, level)
+            if logger.disabled:
+                return False
+            try:
+                return logger._cache[level]  # type: ignore[attr-defined]
+            except KeyError:  # computed without the (patched) module lock, and not cached: that needs the lock
+                return logger.manager.disable < level and level >= logger.getEffectiveLevel()
+
+        logging.Logger.callHandlers = handed_off_call_handlers  # type: ignore[method-assign]
+        logging.Logger.isEnabledFor = lock_free_is_enabled_for  # type: ignore[method-assign]
+        os.register_at_fork(after_in_child=self._runtime_threads.clear)
+
+    @classmethod
+    def install(cls) -> LogHandoff | None:
+        """The process's hand-off, installed now if gevent is patched in and the caller is a greenlet (its hub's
+        thread receives the records); None otherwise (a runtime thread then logs as any thread does)."""
+        if cls._instance is None and in_gevent_hub_thread():
+            cls._instance = cls()
+        return cls._instance
+
+    def adopt(self, ident: int) -> None:
+        """Hand off the records of OS thread `ident` (a runtime thread, from its start)."""
+        self._runtime_threads.add(ident)
+
+    def release(self, ident: int) -> None:
+        self._runtime_threads.discard(ident)
+
+    def _on_wakeup(self) -> None:
+        # In the hub itself, which must never block: a greenlet runs the handlers.
+        if not self._draining and self._records:
+            self._draining = True
+            self._spawn(self.flush)
+
+    def flush(self) -> None:
+        """Handle every queued record now; in the hub's thread (elsewhere a no-op: the hub does it)."""
+        if self._get_ident() != self._hub_thread:
+            return
+        records = self._records
+        try:
+            while records:
+                context, logger, record = records.popleft()
+                try:
+                    context.run(self._call_handlers, logger, record)
+                except Exception:  # noqa: BLE001 - a raising filter must not stop the records after it
+                    traceback.print_exc()
+        finally:
+            self._draining = False
+
+
 class Call:
     """A coroutine submitted from another thread, and its outcome."""
 
@@ -169,6 +265,8 @@ class Runtime:
         self._wakeup_hooks: list[Callable[[], None]] = [self._start_submitted]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ident: int | None = None
+        #: under gevent, this loop thread's log records go to the hub's thread (see LogHandoff).
+        self._log_handoff = LogHandoff.install()
         self._started = ThreadWaiter()
         self._stopped = ThreadWaiter()
         original("_thread", "start_new_thread")(self._run_loop, ())
@@ -176,6 +274,9 @@ class Runtime:
 
     def _run_loop(self) -> None:
         self._ident = original("_thread", "get_ident")()
+        if self._log_handoff is not None:
+            threading.current_thread()  # registers this thread (under a patched lock) now, not in a first log call
+            self._log_handoff.adopt(self._ident)
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.notify)
         try:
@@ -188,6 +289,8 @@ class Runtime:
                 self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
+            if self._log_handoff is not None:
+                self._log_handoff.release(self._ident)
             self._stopped.notify()
 
     @property
@@ -271,3 +374,5 @@ class Runtime:
             return
         if not self.in_loop_thread():
             self._stopped.wait(timeout)
+            if self._log_handoff is not None:
+                self._log_handoff.flush()

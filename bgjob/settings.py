@@ -49,6 +49,12 @@ class Settings:
     connect_timeout: float = 5.0
     #: seconds one JetStream request (a publish's PubAck) may take.
     request_timeout: float = 5.0
+    #: seconds between the client's PINGs to the server: with `max_outstanding_pings` it bounds how long a
+    #: dead (half-open) connection goes unnoticed, `ping_interval * (max_outstanding_pings + 1)` seconds at most
+    #: (20 s by default; nats-py's own defaults, 120 s and 2, take up to 6 minutes). Then nats-py reconnects.
+    ping_interval: float = 5.0
+    #: PINGs left unanswered before the connection is declared dead and re-established.
+    max_outstanding_pings: int = 3
     #: seconds transient errors are retried (tenacity) before bgjob.ConnectionError.
     retry_for: float = 15.0
     #: wait for the server to confirm acks (slower; closes the lost-ack duplicate window).
@@ -102,6 +108,7 @@ _OWN_NATS_OPTIONS = {
     "servers": "the url setting", "name": "the name setting", "connect_timeout": "the connect_timeout setting",
     "allow_reconnect": "bgjob (it reconnects for ever)", "max_reconnect_attempts": "bgjob (it reconnects for ever)",
     "reconnect_time_wait": "bgjob", "error_cb": "bgjob", "disconnected_cb": "bgjob", "reconnected_cb": "bgjob",
+    "ping_interval": "the ping_interval setting", "max_outstanding_pings": "the max_outstanding_pings setting",
 }
 
 
@@ -169,8 +176,9 @@ def _validate(settings: Settings) -> None:
     _number(settings, "ack_wait", 1)
     _number(settings, "max_ack_pending", 1, integer=True, optional=True)
     for field in ("duplicate_window", "dlq_max_age", "result_ttl", "worker_ttl", "connect_timeout",
-                  "request_timeout", "retry_for"):  # fmt: skip
+                  "request_timeout", "retry_for", "ping_interval"):  # fmt: skip
         _number(settings, field, 0, inclusive=False)
+    _number(settings, "max_outstanding_pings", 1, integer=True)
     if not isinstance(settings.double_ack, bool):
         raise ConfigurationError(f"double_ack must be True or False, not {settings.double_ack!r}")
     for field in ("signing_key", "name"):

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
-from . import job_results
+from . import job_results, unique
 from .codec import check_size, periodic_message, prepare_job, spec_of
 from .core import Core, QueueConfig, is_transient
 from .errors import BgjobError, InvalidJob, ResultNotFound, SendJobsError
@@ -151,6 +151,7 @@ class Client:
         request_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         store_result: bool | None = None,
+        unique_for: timedelta | float | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
@@ -158,7 +159,14 @@ class Client:
         the duplicate window; `store_result` keeps its status and return value for `result()` (default:
         whether `queue` is in Settings.result_queues). Raises InvalidJob (nothing published) or
         ConnectionError (not confirmed).
+
+        `unique_for` (timedelta or seconds, 1 s to 30 days; needs `job_id`): the id is reserved for that long
+        in the `<PREFIX>_UNIQUE` bucket, across server restarts; a send of a reserved id returns it without
+        publishing (see bgjob.unique for what happens when a publish fails).
         """
+        if unique_for is not None:
+            return self._send_unique(job_type, arg, unique_for, queue=queue, delay=delay, at=at, job_id=job_id,
+                                     request_id=request_id, headers=headers, store_result=store_result)  # fmt: skip
         store = self._stores_result(queue, store_result)
         subject, body, hdrs, msg_id = prepare_job(
             self.settings, job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id,
@@ -173,6 +181,26 @@ class Client:
         if store:
             runtime.run(job_results.record_ready(core, msg_id, job_type, queue))
         return msg_id
+
+    def _send_unique(self, job_type: str, arg: Any, unique_for: timedelta | float, **options: Any) -> str:
+        """send_job with `unique_for`: validate, reserve the id, send; release the id if the send fails."""
+        ttl = unique.validate_unique_for(unique_for, options["job_id"])
+        prepare_job(self.settings, job_type, arg, **{k: v for k, v in options.items() if k != "store_result"})
+        runtime, core = self._ensure()
+        held = runtime.run(unique.reserve(core, options["job_id"], options["queue"], ttl))
+        if held is None:
+            return options["job_id"]  # an earlier send holds this id within its unique_for: not published again
+        try:
+            return self.send_job(job_type, arg, **options)
+        except BaseException as exc:
+            self._release_unique(runtime, core, [held], exc)
+            raise
+
+    def _release_unique(self, runtime: Runtime, core: Core, held: list[unique.Reservation], exc: BaseException) -> None:
+        try:
+            unique.note_still_reserved(exc, runtime.run(unique.release_all(core, held)))
+        except Exception:  # noqa: BLE001 - the runtime itself is gone
+            unique.note_still_reserved(exc, [r.job_id for r in held])
 
     def _stores_result(self, queue: str, store_result: bool | None) -> bool:
         return store_result if store_result is not None else queue in self.settings.result_queues
@@ -200,10 +228,12 @@ class Client:
 
         `jobs` holds `(type, arg)` pairs or `JobSpec`s. All are validated before anything is published
         (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
-        some cannot be confirmed, SendJobsError says which ids were stored and which were not.
+        some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
+        `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
         """
         runtime, core = self._ensure()
         prepared = []
+        uniques: list[tuple[str, str, int]] = []
         with_results: list[tuple[str, str, str]] = []
         for index, item in enumerate(jobs):
             try:
@@ -215,15 +245,46 @@ class Client:
                     job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers, store_result=store,
                 )  # fmt: skip
                 check_size(core, body, hdrs)
+                ttl = unique.validate_unique_for(spec.unique_for, spec.job_id)
             except InvalidJob as exc:
                 raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
+            if ttl is not None:
+                uniques.append((job_id, job_queue, ttl))
             prepared.append((job_id, subject, body, hdrs, job_queue))
             if store:
                 with_results.append((job_id, spec.type, job_queue))
+        if uniques:
+            return self._send_unique_batch(runtime, core, prepared, uniques, with_results, window)
         ids = self._publish_pipelined(runtime, prepared, max(1, window))
         if with_results:
             runtime.run(_record_ready_all(core, with_results))
         return ids
+
+    def _send_unique_batch(self, runtime: Runtime, core: Core, prepared: list[tuple],
+                           uniques: list[tuple[str, str, int]], with_results: list[tuple[str, str, str]],
+                           window: int) -> list[str]:  # fmt: skip
+        """send_jobs when some jobs have `unique_for`: reserve their ids, publish the others and those reserved
+        now (once each), release the reservations of jobs not confirmed stored."""
+        held = runtime.run(unique.reserve_many(core, uniques))
+        unique_ids = {job_id for job_id, _, _ in uniques}
+        publish, seen = [], set()
+        for item in prepared:
+            job_id = item[0]
+            if job_id in unique_ids and (held.get(job_id) is None or job_id in seen):
+                continue  # reserved by an earlier send, or sent earlier in this batch
+            seen.add(job_id)
+            publish.append(item)
+        try:
+            self._publish_pipelined(runtime, publish, max(1, window))
+        except BaseException as exc:
+            stored = set(getattr(exc, "stored", ()))
+            self._release_unique(runtime, core, [r for r in held.values() if r and r.job_id not in stored], exc)
+            raise
+        published = {item[0] for item in publish}
+        with_results = [r for r in with_results if r[0] in published]
+        if with_results:
+            runtime.run(_record_ready_all(core, with_results))
+        return [item[0] for item in prepared]
 
     def _publish_pipelined(self, runtime: Runtime, prepared: list[tuple], window: int) -> list[str]:
         publisher = self._publisher

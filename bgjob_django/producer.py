@@ -11,6 +11,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 
 import bgjob
 from bgjob import job as jobmod
+from bgjob import unique
 from bgjob.client import prepare_job
 from bgjob.codec import spec_of
 
@@ -29,6 +30,7 @@ def send_job(
     request_id: str | None = None,
     headers: Mapping[str, str] | None = None,
     store_result: bool | None = None,
+    unique_for: timedelta | float | None = None,
     on_commit: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> str:
@@ -38,18 +40,22 @@ def send_job(
     is given; `store_result` keeps its outcome for `get_client().result(job_id)`. With `on_commit`
     (default: `BGJOB["ON_COMMIT"]`) it is published when the transaction of database `using` commits,
     and never if it rolls back; outside a transaction it is published at once. The job is validated
-    now either way (bgjob.InvalidJob).
+    now either way (bgjob.InvalidJob). `unique_for` (with `job_id`): see bgjob's send_job; with on_commit
+    the id is reserved when the transaction commits.
     """
+    unique.validate_unique_for(unique_for, job_id)
     if request_id is None:
         request_id = get_request_id()
     if on_commit is None:
         on_commit = get_config().on_commit
     kwargs = {"queue": queue, "delay": delay, "at": at, "request_id": request_id, "headers": headers}
     if not on_commit:
-        return get_client().send_job(job_type, arg, job_id=job_id, store_result=store_result, **kwargs)
+        return get_client().send_job(job_type, arg, job_id=job_id, store_result=store_result, unique_for=unique_for,
+                                     **kwargs)  # fmt: skip
     job_id = job_id if job_id is not None else jobmod.new_job_id()
     prepare_job(get_client().settings, job_type, arg, job_id=job_id, **kwargs)  # refuse bad jobs now, not at commit
     kwargs["store_result"] = store_result
+    kwargs["unique_for"] = unique_for
     # A failed publish raises from the commit (the data is committed by then): it is not swallowed.
     transaction.on_commit(lambda: get_client().send_job(job_type, arg, job_id=job_id, **kwargs), using=using)
     return job_id
@@ -73,6 +79,7 @@ def send_jobs(
     for index, item in enumerate(jobs):
         try:
             spec = item if isinstance(item, bgjob.JobSpec) else spec_of(item)
+            unique.validate_unique_for(spec.unique_for, spec.job_id)
         except bgjob.InvalidJob as exc:
             raise bgjob.InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
         specs.append(dataclasses.replace(

@@ -1,4 +1,5 @@
-"""Scenario 1: enqueue. `send_job` from 1, 8 and 64 threads and `send_jobs`, against raw nats-py publishing."""
+"""Scenario 1: enqueue. `send_job` from 1, 8 and 64 threads, `send_job` with `unique_for` and `send_jobs`, against
+raw nats-py publishing (and `unique_for` against a plain `send_job` of the same run)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .common import Plan, log, send_from_threads
 
 SCENARIO = "enqueue"
 THREADS = (1, 8, 64)
+UNIQUE_CASE = "send_job with unique_for, 1 thread"
 
 
 def raw_publish(url: str, n_sequential: int, n_pipelined: int) -> tuple[Measurement, Measurement]:
@@ -75,6 +77,11 @@ def run(ctx: Context, plan: Plan) -> list[Row]:
                 m = send_from_threads(system.producer(queue), n, threads)
                 record(f"{label}, {threads} thread{'s' if threads > 1 else ''}", system.name, m)
                 system.cleanup(queue)
+        queue = ctx.queue("uniq")
+        m = send_from_threads(bg.unique_producer(queue), plan.enqueue_seq, 1)
+        record(UNIQUE_CASE, "bgjob", m)
+        bg.cleanup(queue)
+        bg.cleanup_unique()
         queue = ctx.queue("bulk")
         bg.producer(queue)  # the stream exists before the clock starts, as for the other cases
         args = [{"i": i} for i in range(plan.enqueue_bulk)]
@@ -119,6 +126,9 @@ def run(ctx: Context, plan: Plan) -> list[Row]:
                 note=f"{mine.rate / theirs.rate:.2f}x raw from {suffix}",
             )
         )
+    plain, uniq = m[("send_job, 1 thread", "bgjob")], m[(UNIQUE_CASE, "bgjob")]
+    rows.append(Row(SCENARIO, UNIQUE_CASE, "bgjob", uniq, baseline="send_job, 1 thread", ratio=uniq.rate / plain.rate,
+                    note="a key-value create before each publish (the same run's plain send_job is the baseline)"))
     bulk = m[("send_jobs, 1 thread", "bgjob")]
     rows.append(
         Row(SCENARIO, "send_jobs, 1 thread", "bgjob", bulk, baseline="raw pipelined", ratio=bulk.rate / raw_pipe.rate)

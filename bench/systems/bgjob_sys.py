@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,27 @@ class Bgjob(System):
             client.send_job("noop", arg, queue=queue)
 
         return send
+
+    def unique_producer(self, queue: str, unique_for: float = 3600) -> Callable[[dict[str, Any]], None]:
+        """`send_job` with a fresh `job_id` and `unique_for` per call: every send reserves its id, then publishes.
+        The queue's stream and the unique-ids bucket exist before the clock starts."""
+        client = self.client
+        client.ensure_queue(queue)
+        client.send_job("noop", {}, queue=queue, job_id=uuid.uuid4().hex, unique_for=unique_for)
+
+        def send(arg: dict[str, Any]) -> None:
+            client.send_job("noop", arg, queue=queue, job_id=uuid.uuid4().hex, unique_for=unique_for)
+
+        return send
+
+    def cleanup_unique(self) -> None:
+        """Delete the unique-ids bucket `unique_producer` filled."""
+
+        async def delete(core: Any) -> None:
+            await core.js.delete_key_value(core.topology.stream_prefix + "UNIQUE")
+            core._buckets.pop("UNIQUE", None)
+
+        self.client.run(delete)
 
     def bulk(self, queue: str, args: list[dict[str, Any]]) -> None:
         self.client.send_jobs([("noop", arg) for arg in args], queue=queue)

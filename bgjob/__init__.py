@@ -16,11 +16,14 @@ from .errors import (
     InvalidResult,
     InvalidSchedule,
     PublishError,
+    QueueFull,
     ResultNotFound,
     ResultTooLarge,
     SendJobsError,
     ServerNotFound,
+    ServerRefused,
     ServerVersionError,
+    StorageFull,
 )
 from .handler import Mux, SyncHandlerAdapter
 from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
@@ -71,6 +74,7 @@ __all__ = [
     "PeriodicJob",
     "PublishError",
     "QueueConfig",
+    "QueueFull",
     "QueueStats",
     "Recovery",
     "register_hooks",
@@ -87,8 +91,10 @@ __all__ = [
     "send_jobs",
     "SendJobsError",
     "ServerNotFound",
+    "ServerRefused",
     "ServerVersionError",
     "Settings",
+    "StorageFull",
     "SyncHandlerAdapter",
     "unregister_hooks",
     "Worker",

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from . import job as jobmod
 from . import job_results, unique
 from .codec import check_size, periodic_message, prepare_job, spec_of
-from .core import Core, QueueConfig, is_transient
-from .errors import BgjobError, InvalidJob, ResultNotFound, SendJobsError
+from .core import Core, QueueConfig, as_bgjob_error, is_transient
+from .errors import BgjobError, ConnectionError, InvalidJob, ResultNotFound, SendJobsError
 from .job import JobSpec
 from .job_results import JobResult
 from .provisioning import validate_queue_changes
@@ -115,9 +115,32 @@ class Client:
         return self._ensure()[1].url
 
     def run(self, coro_fn: Any, *args: Any, timeout: float | None = None) -> Any:
-        """Run `await coro_fn(core, *args)` on the runtime loop and block for the result."""
+        """Run `await coro_fn(core, *args)` on the runtime loop and block for the result, at most `timeout`
+        seconds (None: Settings.retry_for plus one request_timeout, plus a second of slack).
+
+        Every exception out of nats-py becomes a bgjob error (core.as_bgjob_error): ConnectionError when NATS
+        did not answer in time (or the timeout passed), ServerRefused (or a more specific name) when it refused.
+        """
         runtime, core = self._ensure()
-        return runtime.run(coro_fn(core, *args), timeout)
+        return self._call(runtime, coro_fn(core, *args), timeout)
+
+    def _bound(self) -> float:
+        """Seconds a blocking call may take: retry_for plus one request timeout (plus a second of slack)."""
+        return self.settings.retry_for + self.settings.request_timeout + 1.0
+
+    def _call(self, runtime: Runtime, coro: Any, timeout: float | None = None,
+              job_ids: tuple[str, ...] = (), publishing: bool = False) -> Any:  # fmt: skip
+        """`runtime.run(coro)` bounded by `timeout` (None: `_bound()`), nats-py errors turned into bgjob errors
+        (`publishing`: a refusal gets its publish name, StorageFull, QueueFull, ...)."""
+        try:
+            return runtime.run(coro, self._bound() if timeout is None else timeout)
+        except BgjobError:
+            raise
+        except Exception as exc:
+            converted = as_bgjob_error(exc, job_ids=job_ids, publishing=publishing)
+            if converted is exc:
+                raise
+            raise converted from exc
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain the connection (pending publishes and acks go out) and stop the runtime thread."""
@@ -175,11 +198,12 @@ class Client:
         runtime, core = self._ensure()
         check_size(core, body, hdrs)
         batch = self._publisher.submit([Outgoing(subject, body, hdrs, queue)])  # type: ignore[union-attr]
-        runtime.wait_batch(batch)
+        if not runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound()):
+            raise _not_confirmed(ConnectionError("the client's safety bound passed"), msg_id)
         if batch.errors[0] is not None:
-            raise batch.errors[0]
+            raise _not_confirmed(batch.errors[0], msg_id)
         if store:
-            runtime.run(job_results.record_ready(core, msg_id, job_type, queue))
+            self._record_ready(runtime, job_results.record_ready(core, msg_id, job_type, queue), (msg_id,))
         return msg_id
 
     def _send_unique(self, job_type: str, arg: Any, unique_for: timedelta | float, **options: Any) -> str:
@@ -205,6 +229,16 @@ class Client:
     def _stores_result(self, queue: str, store_result: bool | None) -> bool:
         return store_result if store_result is not None else queue in self.settings.result_queues
 
+    def _record_ready(self, runtime: Runtime, coro: Any, job_ids: tuple[str, ...]) -> None:
+        """Write the READY result records of jobs already stored; ConnectionError (with the ids) if that fails."""
+        try:
+            self._call(runtime, coro, job_ids=job_ids)
+        except BgjobError as exc:
+            raise ConnectionError(
+                f"job(s) {', '.join(job_ids)} stored, but their result record could not be written ({exc}); the "
+                "job(s) will run, result() may not find them until a worker records their outcome", job_ids=job_ids,
+            ) from exc
+
     def result(self, job_id: str, wait: float | None = None) -> JobResult:
         """The stored result of a job sent with store_result; with `wait`, block up to that many seconds
         for it to finish (then return whatever it is). Raises ResultNotFound when nothing is stored."""
@@ -212,7 +246,7 @@ class Client:
         deadline = time.monotonic() + (wait or 0)
         pause = 0.01
         while True:
-            record = runtime.run(job_results.read_record(core, job_id))
+            record = self._call(runtime, job_results.read_record(core, job_id))
             if record is None:
                 raise ResultNotFound(f"no stored result for job {job_id!r} (sent without store_result, or expired)")
             result = JobResult.from_record(record)
@@ -257,7 +291,7 @@ class Client:
             return self._send_unique_batch(runtime, core, prepared, uniques, with_results, window)
         ids = self._publish_pipelined(runtime, prepared, max(1, window))
         if with_results:
-            runtime.run(_record_ready_all(core, with_results))
+            self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))
         return ids
 
     def _send_unique_batch(self, runtime: Runtime, core: Core, prepared: list[tuple],
@@ -283,7 +317,7 @@ class Client:
         published = {item[0] for item in publish}
         with_results = [r for r in with_results if r[0] in published]
         if with_results:
-            runtime.run(_record_ready_all(core, with_results))
+            self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))
         return [item[0] for item in prepared]
 
     def _publish_pipelined(self, runtime: Runtime, prepared: list[tuple], window: int) -> list[str]:
@@ -295,9 +329,11 @@ class Client:
 
         def settle_oldest_chunk() -> None:
             ids, batch = in_flight.popleft()
-            runtime.wait_batch(batch)
-            for job_id, error in zip(ids, batch.errors, strict=True):
-                if error is None:
+            runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound())
+            for job_id, error, settled in zip(ids, batch.errors, list(batch.settled), strict=True):
+                if not settled:
+                    errors.setdefault(job_id, ConnectionError("not confirmed in time", job_ids=(job_id,)))
+                elif error is None:
                     stored.add(job_id)
                 else:
                     errors.setdefault(job_id, error)
@@ -317,9 +353,17 @@ class Client:
         if errors or len(stored) < len(set(ids)):
             not_stored = [i for i in ids if i not in stored]
             first = next(iter(errors.values()), None)
+            refused = [i for i in not_stored if i in errors and not isinstance(errors[i], ConnectionError)]
+            unsure = [i for i in not_stored if isinstance(errors.get(i), ConnectionError)]
+            parts = [f"{len(refused)} refused by the server, not stored ({errors[refused[0]]})"] if refused else []
+            if unsure:
+                parts.append(f"{len(unsure)} not confirmed ({errors[unsure[0]]}): they may have been stored")
+            if len(not_stored) > len(refused) + len(unsure):
+                parts.append(f"{len(not_stored) - len(refused) - len(unsure)} not sent after the first error")
+            what = "; ".join(parts) or f"not confirmed ({first})"
             raise SendJobsError(
-                f"{len(stored)} of {len(ids)} jobs stored, {len(not_stored)} not confirmed ({first}); "
-                "sending the not_stored ones again with the same job ids is safe",
+                f"{len(stored)} of {len(ids)} jobs stored, {what}; sending the not_stored ones again with the same "
+                "job ids is safe and is the way to retry (a send without those ids could run a job twice)",
                 stored=[i for i in ids if i in stored], not_stored=not_stored, errors=errors,
             )  # fmt: skip
         return ids
@@ -416,7 +460,7 @@ class Client:
         periodic.validate_name(name)
         subject, body, hdrs = periodic_message(self.settings, name, cron, job_type, arg, queue, tz, headers)
         runtime, core = self._ensure()
-        return runtime.run(periodic.declare(core, name, queue, subject, body, hdrs))
+        return self._call(runtime, periodic.declare(core, name, queue, subject, body, hdrs), publishing=True)
 
     def unschedule(self, name: str, *, queue: str | None = None, revision: int | None = None) -> bool:
         """Remove the periodic job `name` from whichever queue holds it (or only from `queue`, when given).
@@ -435,7 +479,6 @@ class Client:
             raise periodic.InvalidSchedule("unschedule(..., revision=) needs the queue the revision was read from")
         return self.run(periodic.remove, name, queue, revision)
 
-
     def schedules(self, queue: str | None = None) -> list[PeriodicJob]:
         """The periodic jobs declared (on one queue, or all)."""
         from . import periodic
@@ -443,6 +486,21 @@ class Client:
         if queue is not None:
             jobmod.validate_queue(queue)
         return self.run(periodic.list_schedules, queue)
+
+
+def _not_confirmed(error: BaseException, job_id: str) -> BaseException:
+    """The error send_job raises for `job_id` after its publish left the process: a refusal as it is (the server
+    answered; the job was not stored), anything else a ConnectionError that says the job may be stored."""
+    if not isinstance(error, ConnectionError) and isinstance(error, BgjobError):
+        return as_bgjob_error(error, job_ids=(job_id,))
+    why = str(as_bgjob_error(error))
+    result = ConnectionError(
+        f"job {job_id!r} not confirmed ({why}); it may have been stored all the same: send it again with "
+        f"job_id={job_id!r}, which is safe and is the way to retry (a send without that job id could run it twice)",
+        job_ids=(job_id,),
+    )
+    result.__cause__ = error
+    return result
 
 
 async def _record_ready_all(core: Core, jobs: list[tuple[str, str, str]]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,17 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
-from .errors import ConnectionError, InvalidJob
+from .errors import (
+    DUPLICATE_IN_PROCESS,
+    BgjobError,
+    ConnectionError,
+    InvalidJob,
+    PublishError,
+    ServerRefused,
+    publish_refusal,
+)
 from .provisioning import (
     CONSUMER_FIELDS,
     STREAM_FIELDS,
@@ -36,8 +45,20 @@ from .topology import Topology, check_server, dlq_stream_config, queue_consumer_
 log = logging.getLogger("bgjob.client")
 
 
+#: err_codes that are answers, not outages, although some come with code 503: retrying them within retry_for only
+#: delays the named error (too large, storage exhausted, account limits, a store failure such as a stream limit).
+_ANSWERS = {10002, 10023, 10028, 10047, 10054, 10077, 10097}
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: the server is restarting, failing over or briefly unreachable."""
+    """Errors worth retrying: the server is restarting, failing over or briefly unreachable, or (err 10158) a
+    publish with the same id is being stored."""
+    if isinstance(exc, nats.js.errors.APIError):
+        err_code = getattr(exc, "err_code", None)
+        if err_code == DUPLICATE_IN_PROCESS:
+            return True
+        if err_code in _ANSWERS:
+            return False
     if isinstance(exc, nats.js.errors.ServiceUnavailableError):
         return True
     if isinstance(exc, nats.js.errors.APIError):
@@ -125,10 +146,13 @@ class Core:
         check_server(self.nc)
         self.js = self.nc.jetstream(timeout=self.settings.request_timeout)
 
-    def _retrying(self, retry: Any = None) -> AsyncRetrying:
+    def _retrying(self, retry: Any = None, deadline: float | None = None) -> AsyncRetrying:
+        """Retries transient errors; no attempt starts after `deadline` (time.monotonic(); default: retry_for
+        from now), so the whole takes at most that plus one attempt (a request timeout)."""
+        budget = self.settings.retry_for if deadline is None else max(0.0, deadline - time.monotonic())
         return AsyncRetrying(
             retry=retry or retry_if_exception(is_transient),
-            stop=stop_after_delay(self.settings.retry_for),
+            stop=stop_before_delay(budget),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=True,
         )
@@ -267,20 +291,39 @@ class Core:
             log.info("queue %r configured: %s", queue, text)
         return changed
 
-    async def retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call `await fn(...)`, retrying transient errors, then raise bgjob.ConnectionError."""
+    async def retry(self, fn: Any, *args: Any, deadline: float | None = None, **kwargs: Any) -> Any:
+        """Call `await fn(...)`, retrying transient errors until `deadline` (time.monotonic(); default retry_for
+        from now), then raise bgjob.ConnectionError. Takes at most the budget plus one attempt."""
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(deadline=deadline):
                 with attempt:
                     return await fn(*args, **kwargs)
         except Exception as exc:
             if is_transient(exc):
-                raise ConnectionError(f"NATS did not answer in {self.settings.retry_for:g}s: {_describe(exc)}") from exc
+                raise ConnectionError(f"NATS {_unavailable(exc)} for {self.settings.retry_for:g}s: "
+                                      f"{_describe(exc)}") from exc
             raise
 
-    async def publish(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None = None) -> Any:
-        """Publish and wait for the PubAck; retries reuse the `Nats-Msg-Id`, so they never duplicate."""
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None = None, *,
+                      deadline: float | None = None) -> Any:
+        """Publish and wait for the PubAck; retries reuse the `Nats-Msg-Id`, so they never duplicate.
+
+        Transient errors (err 10158 included: a publish with this id is being stored) are retried until
+        `deadline` (time.monotonic(); default retry_for from now); the whole never takes longer than that plus
+        one request timeout (then TimeoutError). Refusals raise what nats-py raised (see `as_bgjob_error`).
+        """
         assert self.nc is not None and self.js is not None
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.retry_for
+        bound = max(0.0, deadline - time.monotonic()) + self.settings.request_timeout
+        try:
+            return await asyncio.wait_for(self._publish(subject, body, headers, queue, deadline), bound)
+        except TimeoutError as exc:
+            raise ConnectionError(f"NATS did not answer: no PubAck within retry_for "
+                                  f"({self.settings.retry_for:g}s) plus one request timeout") from exc
+
+    async def _publish(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None,
+                       deadline: float) -> Any:
         size = len(body) + sum(len(k) + len(v) + 4 for k, v in headers.items())
         if size > self.max_payload:  # nats-py would send it and the server would close the connection
             raise InvalidJob(f"message of {size} bytes exceeds the server's max_payload of {self.max_payload}")
@@ -292,7 +335,7 @@ class Core:
             if not is_transient(exc):
                 raise
             log.info("publish to %s failed (%s); retrying", subject, _describe(exc))
-        return await self.retry(self._publish_once, subject, body, headers, queue)
+        return await self.retry(self._publish_once, subject, body, headers, queue, deadline=deadline)
 
     async def _publish_once(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None) -> Any:
         try:
@@ -331,6 +374,42 @@ def _connect_retryable(exc: BaseException) -> bool:
     if isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError)) or "authorization" in str(exc).lower():
         return False
     return is_transient(exc)
+
+
+def _unavailable(exc: BaseException) -> str:
+    """"did not answer" only when it did not: a timeout; else what it did."""
+    if isinstance(exc, (nats.errors.TimeoutError, asyncio.TimeoutError)):
+        return "did not answer"
+    if isinstance(exc, nats.js.errors.APIError):
+        return "kept answering with an error"
+    return "could not be reached"
+
+
+def as_bgjob_error(exc: BaseException, *, job_ids: tuple[str, ...] | list[str] = (), queue: str | None = None,
+                   publishing: bool = False) -> BaseException:
+    """The bgjob error for an exception out of nats-py (or the runtime): the one conversion the facade applies
+    before anything reaches a caller. bgjob errors come back as they are (given `job_ids` when they have none);
+    exceptions that are not nats-py's, a timeout's or an OSError (bugs) come back unchanged.
+
+    `publishing`: the error ended a publish of `job_ids` (to `queue`): server refusals get their publish names
+    (InvalidJob, QueueFull, StorageFull, PublishError; see errors.publish_refusal), transient errors become
+    ConnectionError carrying the ids. Otherwise a refusal is ServerRefused, a transient error ConnectionError.
+    """
+    if isinstance(exc, BgjobError):
+        if job_ids and isinstance(exc, (ConnectionError, PublishError)) and not exc.job_ids:
+            exc.job_ids = tuple(job_ids)
+        return exc
+    if isinstance(exc, nats.js.errors.APIError) and not is_transient(exc):
+        code, err_code, description = exc.code, exc.err_code, exc.description
+        refusal = publish_refusal(code, err_code, description, job_ids=job_ids, queue=queue) if publishing else None
+        if refusal is not None:
+            return refusal
+        return ServerRefused(f"the server refused: {description or type(exc).__name__}"
+                             + (f" (err {err_code}, {code})" if err_code or code else ""),
+                             description=description, err_code=err_code, code=code)  # fmt: skip
+    if isinstance(exc, (nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError)):
+        return ConnectionError(f"NATS {_unavailable(exc)}: {_describe(exc)}", job_ids=job_ids)
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

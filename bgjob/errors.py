@@ -15,11 +15,42 @@ class InvalidJob(BgjobError, ValueError):
 
 
 class ConnectionError(BgjobError, builtins.ConnectionError):  # noqa: A001 - public name from DESIGN.md
-    """NATS could not be reached (or stayed unreachable after bounded retries)."""
+    """NATS could not be reached (or stayed unreachable after bounded retries).
+
+    Raised by a send after its publish left the process, `job_id` (one job) and `job_ids` (all of them) name
+    the jobs concerned: they may have been stored; sending again with the same job id is safe and is the retry.
+    Otherwise both are empty (None / ()).
+    """
+
+    def __init__(self, message: str = "", *, job_ids: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.job_ids: tuple[str, ...] = tuple(job_ids)
+
+    @property
+    def job_id(self) -> str | None:
+        """The first (usually the only) job concerned; None when the error concerns no job."""
+        return self.job_ids[0] if self.job_ids else None
 
 
 class PublishError(BgjobError):
-    """A publish was not confirmed by a JetStream PubAck; the job may or may not be stored."""
+    """A publish was not confirmed by a JetStream PubAck.
+
+    `job_id`/`job_ids` name the jobs concerned (empty when none); `description`, `err_code` and `code` are what
+    the server answered, when it answered with an error (then the job was not stored by that publish).
+    """
+
+    def __init__(self, message: str = "", *, job_ids: tuple[str, ...] | list[str] = (),
+                 description: str | None = None, err_code: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.job_ids: tuple[str, ...] = tuple(job_ids)
+        self.description = description
+        self.err_code = err_code
+        self.code = code
+
+    @property
+    def job_id(self) -> str | None:
+        """The first (usually the only) job concerned; None when the error concerns no job."""
+        return self.job_ids[0] if self.job_ids else None
 
 
 class SendJobsError(PublishError):
@@ -30,7 +61,7 @@ class SendJobsError(PublishError):
     """
 
     def __init__(self, message: str, stored: list[str], not_stored: list[str], errors: dict[str, BaseException]):
-        super().__init__(message)
+        super().__init__(message, job_ids=not_stored)
         self.stored = stored
         self.not_stored = not_stored
         self.errors = errors
@@ -43,9 +74,7 @@ class DeadLetterRefused(PublishError):
     """
 
     def __init__(self, message: str, description: str | None = None, err_code: int | None = None):
-        super().__init__(message)
-        self.description = description
-        self.err_code = err_code
+        super().__init__(message, description=description, err_code=err_code)
 
 
 class ServerVersionError(BgjobError):
@@ -127,3 +156,72 @@ def describe_error(exc: BaseException) -> str:
 
 class InvalidResult(InvalidJob):
     """A Result, Schedule or RetryPolicy was built with arguments that cannot work."""
+
+
+class QueueFull(PublishError):
+    """The queue's stream refused the job: one of its limits is reached (max_msgs, max_bytes, max_msgs_per_subject
+    with discard new). Nothing was stored by that publish; it may succeed once workers have drained the queue."""
+
+
+class StorageFull(PublishError):
+    """The server refused the job because its JetStream storage is exhausted (err 10023 insufficient resources,
+    10047 storage / 10028 memory resources exceeded, 10077 a store failure, 10002 account limits). Nothing was
+    stored by that publish; an operator must free or add storage."""
+
+
+class ServerRefused(BgjobError):
+    """The server answered a request (not a publish) with an error bgjob has no more specific name for.
+
+    `description`, `err_code` and `code` are what the server said.
+    """
+
+    def __init__(self, message: str, *, description: str | None = None, err_code: int | None = None,
+                 code: int | None = None) -> None:
+        super().__init__(message)
+        self.description = description
+        self.err_code = err_code
+        self.code = code
+
+
+#: err_code 10158: "duplicate message id is in process": a publish with that id is being stored; wait, not a failure.
+DUPLICATE_IN_PROCESS = 10158
+#: err_codes of a message the stream can never take (size over its max_msg_size, headers over 64 KiB).
+_TOO_LARGE = {10054, 10097}
+#: err_codes of a server or account whose storage is exhausted.
+_STORAGE = {10002, 10023, 10028, 10047}
+#: what the server says (err 10077, or 10053) when a stream limit with discard new refuses a message.
+_LIMIT_TEXTS = ("maximum messages", "maximum bytes", "maximum messages per subject")
+
+
+def publish_refusal(code: int | None, err_code: int | None, description: str | None, *,
+                    job_ids: tuple[str, ...] | list[str] = (), queue: str | None = None) -> BgjobError | None:
+    """The named bgjob error for a JetStream error answered to a publish (a PubAck with `error`), or None when the
+    answer means "try again" (a 503/504 leader change, err 10158 a publish with this id being stored).
+
+    `code` is the HTTP-like status, `err_code` JetStream's 10xxx number, `description` its text; `job_ids` and
+    `queue` go into the error. The one place where server error replies to a publish get their names:
+    InvalidJob (too large for this queue's stream), QueueFull (a stream limit), StorageFull (the server's
+    store), else PublishError.
+    """
+    text = (description or "").strip()
+    lowered = text.lower()
+    where = f"queue {queue!r}" if queue else "the stream"
+    jobs = ", ".join(job_ids) or "the message"
+    said = f"the server answered: {text or 'an error'} (err {err_code}, {code})"
+    details = {"job_ids": job_ids, "description": description, "err_code": err_code, "code": code}
+    if err_code == DUPLICATE_IN_PROCESS:
+        return None
+    if err_code in _TOO_LARGE or "message size exceeds" in lowered:
+        error = InvalidJob(f"job {jobs} is too large for {where}: {said}; nothing was stored")
+        error.job_ids = tuple(job_ids)  # type: ignore[attr-defined]
+        return error
+    if any(t in lowered for t in _LIMIT_TEXTS):
+        return QueueFull(f"{where} is full, job {jobs} was not stored: {said}; send it again (same job id) once "
+                         "workers have drained the queue, or raise the stream's limits", **details)
+    if err_code in _STORAGE or err_code == 10077 or "resources" in lowered or "storage" in lowered:
+        return StorageFull(f"the server's storage is full, job {jobs} was not stored: {said}; free or add "
+                           "JetStream storage, then send it again (same job id)", **details)
+    if code in (503, 504):
+        return None
+    return PublishError(f"job {jobs} was refused: {said}; it was not stored by this publish", **details)
+

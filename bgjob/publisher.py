@@ -6,6 +6,7 @@ import collections
 import itertools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,8 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import StatusCode
 
-from .headers import STATUS
+from .errors import ConnectionError, publish_refusal
+from .headers import MSG_ID, STATUS
 from .runtime import Runtime, new_waiter
 
 if TYPE_CHECKING:
@@ -33,34 +35,53 @@ class Outgoing:
 
 
 class PublishBatch:
-    """Messages submitted together; the submitting thread waits until each is confirmed or has failed."""
+    """Messages submitted together; the submitting thread waits until each is confirmed or has failed.
 
-    def __init__(self, items: list[Outgoing]) -> None:
+    `deadline` (time.monotonic()) is when retrying stops: each item is settled by then plus one request timeout.
+    """
+
+    def __init__(self, items: list[Outgoing], deadline: float = float("inf")) -> None:
         self.items = items
-        #: per item: None once confirmed by a PubAck, else the exception that ended its publishing.
+        self.deadline = deadline
+        #: per item: None once confirmed by a PubAck, else the bgjob error that ended its publishing.
         self.errors: list[BaseException | None] = [None] * len(items)
+        #: per item: whether its fate is known (a PubAck or an error); read by the waiter after a timeout.
+        self.settled: list[bool] = [False] * len(items)
         self._remaining = len(items)
         self._waiter = new_waiter()
         if not items:
             self._waiter.notify()
 
     def settle(self, index: int, error: BaseException | None) -> None:
-        """Record the fate of item `index` (called on the runtime loop only)."""
+        """Record the fate of item `index` (called on the runtime loop only; the first fate counts)."""
+        if self.settled[index]:
+            return
+        self.settled[index] = True
         self.errors[index] = error
         self._remaining -= 1
         if self._remaining == 0:
             self._waiter.notify()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._waiter.wait(timeout)
+        """Block until every item is settled or `timeout` seconds pass; returns whether all were settled."""
+        if self._waiter.wait(timeout):
+            return True
+        self._waiter.close()
+        return False
+
+    def job_id(self, index: int) -> str | None:
+        """The job id (`Nats-Msg-Id`) of item `index`."""
+        return self.items[index].headers.get(MSG_ID)
 
 
 class Publisher:
     """Puts messages from any thread on the wire without waiting for earlier PubAcks.
 
     Each message gets a reply subject on one shared inbox; a timer per pump round bounds the wait for
-    PubAcks. An error or a missing PubAck sends that message down Core.publish's retrying path (same
-    Nats-Msg-Id, so a message the server did store is not stored twice).
+    PubAcks. A transient error (a 503, err 10158: the same id being stored) or a missing PubAck sends that
+    message down Core.publish's retrying path (same Nats-Msg-Id, so a message the server did store is not
+    stored twice) until the batch's deadline; any other error reply settles it at once with its bgjob name
+    (errors.publish_refusal). Every item's fate is a bgjob error or None.
     """
 
     def __init__(self, core: Core, runtime: Runtime) -> None:
@@ -85,7 +106,7 @@ class Publisher:
 
     def submit(self, items: list[Outgoing]) -> PublishBatch:
         """Queue messages from any thread; wait on the returned batch for their PubAcks."""
-        batch = PublishBatch(items)
+        batch = PublishBatch(items, time.monotonic() + self._core.settings.retry_for)
         if items:
             self._outbox.append(batch)
             self._runtime.wake()
@@ -104,9 +125,12 @@ class Publisher:
                 sent = []
                 for index, item in enumerate(batch.items):
                     token = str(next(self._tokens))
+                    if item.queue is not None and item.queue not in core._provisioned:
+                        # Core.publish provisions the stream within the batch's deadline, without holding up
+                        # the other batches behind this one.
+                        self._retry(batch, index, None)
+                        continue
                     try:
-                        if item.queue is not None and item.queue not in core._provisioned:
-                            await core.ensure_queue(item.queue)
                         pending[token] = (batch, index)
                         await core.nc.publish(item.subject, item.body, reply=self._prefix + token, headers=item.headers)
                         sent.append(token)
@@ -133,10 +157,19 @@ class Publisher:
         except ValueError as exc:
             self._retry(batch, index, exc)
             return
-        if "error" in reply:
-            self._retry(batch, index, nats.js.errors.APIError.from_error(reply["error"]))
-        else:
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if error is None:
             batch.settle(index, None)
+            return
+        if not isinstance(error, dict):
+            error = {"description": str(error)}
+        # nats-py's APIError.from_error raises rather than returns: build the error ourselves.
+        refusal = publish_refusal(error.get("code"), error.get("err_code"), error.get("description"),
+                                  job_ids=_ids(batch, index), queue=batch.items[index].queue)  # fmt: skip
+        if refusal is None:  # a leader change, or err 10158: the same id being stored; wait for it
+            self._retry(batch, index, None)
+        else:
+            batch.settle(index, refusal)
 
     def _expire(self, tokens: list[str]) -> None:
         for token in tokens:
@@ -144,20 +177,34 @@ class Publisher:
             if entry is not None:
                 self._retry(*entry, TimeoutError("no PubAck in time"))
 
-    def _retry(self, batch: PublishBatch, index: int, exc: BaseException) -> None:
-        from .core import is_transient
+    def _retry(self, batch: PublishBatch, index: int, exc: BaseException | None) -> None:
+        """Publish item `index` again through Core.publish's retrying path (exc None: a transient answer)."""
+        from .core import as_bgjob_error, is_transient
 
-        if not is_transient(exc) and not isinstance(exc, nats.js.errors.NoStreamResponseError):
-            batch.settle(index, exc)
-            return
         item = batch.items[index]
-        task = self._runtime.spawn(self._core.publish(item.subject, item.body, item.headers, item.queue))
+        if exc is not None and not is_transient(exc) and not isinstance(exc, nats.js.errors.NoStreamResponseError):
+            batch.settle(index, as_bgjob_error(exc, job_ids=_ids(batch, index), queue=item.queue, publishing=True))
+            return
+        if time.monotonic() >= batch.deadline:
+            why = f"{exc}" if exc is not None else "the server kept answering that it could not store it yet"
+            batch.settle(index, ConnectionError(f"not confirmed within retry_for: {why}", job_ids=_ids(batch, index)))
+            return
+        task = self._runtime.spawn(self._core.publish(item.subject, item.body, item.headers, item.queue,
+                                                      deadline=batch.deadline))  # fmt: skip
 
         def done(t: Any) -> None:
-            batch.settle(index, None if not t.cancelled() and t.exception() is None else _error_of(t))
+            if t.cancelled():
+                error: BaseException | None = ConnectionError("publish cancelled (the client is closing)",
+                                                              job_ids=_ids(batch, index))  # fmt: skip
+            elif (raised := t.exception()) is not None:
+                error = as_bgjob_error(raised, job_ids=_ids(batch, index), queue=item.queue, publishing=True)
+            else:
+                error = None
+            batch.settle(index, error)
 
         task.add_done_callback(done)
 
 
-def _error_of(task: Any) -> BaseException:
-    return task.exception() if not task.cancelled() else TimeoutError("publish cancelled")
+def _ids(batch: PublishBatch, index: int) -> tuple[str, ...]:
+    job_id = batch.job_id(index)
+    return (job_id,) if job_id else ()

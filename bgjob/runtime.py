@@ -358,11 +358,15 @@ class Runtime:
             call.task = self.spawn(call.coro)
             call.task.add_done_callback(call._finish)
 
-    def wait_batch(self, batch: Any) -> None:
-        """Block until every message of a PublishBatch is settled (each is bounded by the retry budget)."""
+    def wait_batch(self, batch: Any, timeout: float | None = None) -> bool:
+        """Block until every message of a PublishBatch is settled or `timeout` seconds pass (None: no limit).
+
+        Returns whether every message was settled; the caller treats the others as not confirmed. Each message is
+        bounded by the batch's deadline already: the timeout is the facade's safety net.
+        """
         if self.in_loop_thread():
             raise RuntimeError("bgjob: blocking call made from the runtime thread itself")
-        batch.wait()
+        return bool(batch.wait(timeout))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop (cancelling what still runs) and wait for its thread to finish."""

@@ -55,7 +55,10 @@ class Settings:
     ping_interval: float = 5.0
     #: PINGs left unanswered before the connection is declared dead and re-established.
     max_outstanding_pings: int = 3
-    #: seconds transient errors are retried (tenacity) before bgjob.ConnectionError.
+    #: seconds transient errors are retried (tenacity) before bgjob.ConnectionError. The bound of every blocking
+    #: call (send_job, send_jobs, result, queue_stats, the DLQ API, ...): it returns or raises within retry_for
+    #: plus at most one request_timeout (no attempt starts after retry_for; the last may take request_timeout).
+    #: `result(wait=...)` adds its wait; connecting for the first time adds at most one connect_timeout.
     retry_for: float = 15.0
     #: wait for the server to confirm acks (slower; closes the lost-ack duplicate window).
     double_ack: bool = False

@@ -211,7 +211,7 @@ class Client:
         ttl = unique.validate_unique_for(unique_for, options["job_id"])
         prepare_job(self.settings, job_type, arg, **{k: v for k, v in options.items() if k != "store_result"})
         runtime, core = self._ensure()
-        held = runtime.run(unique.reserve(core, options["job_id"], options["queue"], ttl))
+        held = self._call(runtime, unique.reserve(core, options["job_id"], options["queue"], ttl))
         if held is None:
             return options["job_id"]  # an earlier send holds this id within its unique_for: not published again
         try:
@@ -222,7 +222,7 @@ class Client:
 
     def _release_unique(self, runtime: Runtime, core: Core, held: list[unique.Reservation], exc: BaseException) -> None:
         try:
-            unique.note_still_reserved(exc, runtime.run(unique.release_all(core, held)))
+            unique.note_still_reserved(exc, self._call(runtime, unique.release_all(core, held)))
         except Exception:  # noqa: BLE001 - the runtime itself is gone
             unique.note_still_reserved(exc, [r.job_id for r in held])
 
@@ -299,7 +299,7 @@ class Client:
                            window: int) -> list[str]:  # fmt: skip
         """send_jobs when some jobs have `unique_for`: reserve their ids, publish the others and those reserved
         now (once each), release the reservations of jobs not confirmed stored."""
-        held = runtime.run(unique.reserve_many(core, uniques))
+        held = self._call(runtime, unique.reserve_many(core, uniques))
         unique_ids = {job_id for job_id, _, _ in uniques}
         publish, seen = [], set()
         for item in prepared:

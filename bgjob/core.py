@@ -380,6 +380,8 @@ def _unavailable(exc: BaseException) -> str:
     """"did not answer" only when it did not: a timeout; else what it did."""
     if isinstance(exc, (nats.errors.TimeoutError, asyncio.TimeoutError)):
         return "did not answer"
+    if getattr(exc, "err_code", None) == DUPLICATE_IN_PROCESS:
+        return "kept answering that a publish with this id is still being stored (err 10158; a cluster without quorum?)"
     if isinstance(exc, nats.js.errors.APIError):
         return "kept answering with an error"
     return "could not be reached"

@@ -22,7 +22,7 @@ ROUNDS = 3
 
 LOGGING_UNDER_OUTAGES = r"""
 from gevent import monkey; monkey.patch_all()
-import logging, sys, time, gevent, bgjob
+import asyncio, logging, sys, time, gevent, bgjob
 from gevent.fileobject import FileObjectPosix
 
 url, log_path, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -50,6 +50,19 @@ for round_no in range(rounds):
                 log.warning("send failed: %s", type(exc).__name__)
             gevent.sleep(0.01)
 
+    async def loop_logger():
+        # Code on bgjob's loop (hooks, nats-py, bgjob itself) logging steadily, besides what the outages log.
+        n = 0
+        while not stop:
+            logging.getLogger("bgjob.loop-test").info("loop line %d", n)
+            n += 1
+            await asyncio.sleep(0.002)
+
+    async def start_loop_logger(core):
+        tasks.add(asyncio.get_running_loop().create_task(loop_logger()))
+
+    tasks = set()
+    client.run(start_loop_logger)
     greenlets = [gevent.spawn(logger, i) for i in range(50)] + [gevent.spawn(sender, i) for i in range(20)]
     print("ready", flush=True)
     assert commands.readline().strip() == b"stop"

@@ -149,12 +149,44 @@ def test_an_invalid_job_with_unique_for_reserves_nothing(client: bgjob.Client) -
     assert reserved(client, "bad-1") is None
 
 
+def test_a_publish_the_server_refuses_releases_the_unique_id(client: bgjob.Client) -> None:
+    """The operator's stream takes messages of at most 256 bytes: the refused job is not stored, and its id is
+    released, so sending it again (smaller, as the caller may) is stored."""
+
+    async def create_stream(core) -> None:
+        await core.js.add_stream(StreamConfig(name=core.topology.queue_stream("small"),
+                                              subjects=[core.topology.job_filter("small")], max_msg_size=256))
+
+    client.run(create_stream)
+    with pytest.raises(bgjob.BgjobError):
+        client.send_job("report", {"pad": "x" * 1024}, job_id="big-1", unique_for=60, queue="small")
+    assert reserved(client, "big-1") is None
+    assert client.send_job("report", {"pad": "x"}, job_id="big-1", unique_for=60, queue="small") == "big-1"
+    assert pending(client, "small") == 1
+    assert reserved(client, "big-1") is not None
+
+
 def test_a_job_too_large_for_the_server_releases_its_unique_id(client: bgjob.Client) -> None:
     with pytest.raises(bgjob.InvalidJob):
         client.send_job("report", b"x" * (2 * 1024 * 1024), job_id="huge-1", unique_for=60)
     assert reserved(client, "huge-1") is None
     assert client.send_job("report", b"x", job_id="huge-1", unique_for=60) == "huge-1"
     assert pending(client) == 1
+
+
+def test_a_send_jobs_batch_that_is_refused_releases_its_unique_ids(client: bgjob.Client) -> None:
+    async def create_stream(core) -> None:
+        await core.js.add_stream(StreamConfig(name=core.topology.queue_stream("small"),
+                                              subjects=[core.topology.job_filter("small")], max_msg_size=256))
+
+    client.run(create_stream)
+    with pytest.raises(bgjob.SendJobsError) as raised:
+        client.send_jobs([bgjob.JobSpec("report", {"n": 1}, job_id="ok-1", unique_for=60),
+                          bgjob.JobSpec("report", {"pad": "x" * 1024}, job_id="big-2", unique_for=60)],
+                         queue="small")  # fmt: skip
+    assert "big-2" in raised.value.not_stored
+    assert reserved(client, "big-2") is None
+    assert (reserved(client, "ok-1") is not None) == ("ok-1" in raised.value.stored)
 
 
 def test_a_unique_bucket_that_refuses_message_ttls_is_a_named_error_and_nothing_is_sent(client: bgjob.Client) -> None:

@@ -187,8 +187,9 @@ class Core:
             except Exception:  # noqa: BLE001 - closing anyway
                 await self.nc.close()
 
-    async def ensure_queue(self, queue: str) -> None:
+    async def ensure_queue(self, queue: str, *, deadline: float | None = None) -> None:
         """Make sure the queue's stream exists (created from Settings when missing), once per connection.
+        Transient errors are retried until `deadline` (time.monotonic(); default retry_for from now).
 
         Used by publishing, periodic declarations and stats: it never creates or touches the consumer, and an
         existing stream is never changed (a warning names what differs from this process's Settings).
@@ -197,7 +198,8 @@ class Core:
             return
         async with self._provision_lock:
             if queue not in self._provisioned:
-                actual = await self.retry(provision_queue, self.js, self.topology, self.settings, queue)
+                actual = await self.retry(provision_queue, self.js, self.topology, self.settings, queue,
+                                          deadline=deadline)  # fmt: skip
                 self._warn_stream(queue, actual, queue_stream_config(self.topology, self.settings, queue))
                 self._provisioned.add(queue)
 
@@ -328,7 +330,7 @@ class Core:
         if size > self.max_payload:  # nats-py would send it and the server would close the connection
             raise InvalidJob(f"message of {size} bytes exceeds the server's max_payload of {self.max_payload}")
         if queue is not None and queue not in self._provisioned:
-            await self.ensure_queue(queue)
+            await self.ensure_queue(queue, deadline=deadline)
         try:  # the fast path: no retry machinery unless something goes wrong
             return await self._publish_once(subject, body, headers, queue)
         except Exception as exc:

@@ -126,10 +126,15 @@ class Publisher:
                 for index, item in enumerate(batch.items):
                     token = str(next(self._tokens))
                     if item.queue is not None and item.queue not in core._provisioned:
-                        # Core.publish provisions the stream within the batch's deadline, without holding up
-                        # the other batches behind this one.
-                        self._retry(batch, index, None)
-                        continue
+                        # Inline, so that jobs are stored in the order they were sent; within the batch's deadline.
+                        try:
+                            await core.ensure_queue(item.queue, deadline=batch.deadline)
+                        except Exception as exc:  # noqa: BLE001 - settled with its bgjob name
+                            self._retry(batch, index, exc)
+                            continue
+                        if time.monotonic() >= batch.deadline:  # no attempt starts after the deadline
+                            self._retry(batch, index, TimeoutError("the queue's stream was not confirmed in time"))
+                            continue
                     try:
                         pending[token] = (batch, index)
                         await core.nc.publish(item.subject, item.body, reply=self._prefix + token, headers=item.headers)

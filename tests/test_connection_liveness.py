@@ -18,7 +18,8 @@ from bgjob.server import EmbeddedServer
 from .conftest import drain, wait_until
 from .reliability.proxy import BlackholeProxy, LinkEvents
 
-FAST = {"ping_interval": 0.5, "max_outstanding_pings": 2}
+#: connect_timeout: a reconnect that lands while the path is still dead gives up after 1 s, not 5.
+FAST = {"ping_interval": 0.5, "max_outstanding_pings": 2, "connect_timeout": 1.0}
 #: ping_interval * (max_outstanding_pings + 1), the documented bound, plus scheduling slack.
 FAST_NOTICE = 0.5 * 3 + 1.0
 
@@ -88,7 +89,8 @@ def test_a_worker_notices_a_half_open_connection_reconnects_and_handles_every_jo
     link_events: LinkEvents,
 ) -> None:
     producer = make_client()
-    worker_client = make_client(url=proxy.url, **FAST)
+    # ack_wait 2 s: the jobs delivered on the dead connection come back sooner
+    worker_client = make_client(url=proxy.url, ack_wait=2.0, **FAST)
     handled: queue.Queue = queue.Queue()
     mux = bgjob.Mux()
     mux.handle("echo", lambda job: handled.put(job.arg) or bgjob.Complete())

@@ -7,6 +7,7 @@ that yields to the gevent hub, so a hundred greenlets can each wait for their ow
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextvars
 import logging
@@ -183,6 +184,7 @@ class LogHandoff:
         logging.Logger.callHandlers = handed_off_call_handlers  # type: ignore[method-assign]
         logging.Logger.isEnabledFor = lock_free_is_enabled_for  # type: ignore[method-assign]
         os.register_at_fork(after_in_child=self._runtime_threads.clear)
+        atexit.register(self.flush)  # what is still queued at exit (before logging.shutdown, registered earlier)
 
     @classmethod
     def install(cls) -> LogHandoff | None:

@@ -243,3 +243,27 @@ def test_every_public_call_against_a_full_store_raises_a_bgjob_error_within_its_
     outcomes = assert_only_bgjob_errors_within_bound(client)
     assert outcomes["send_job"] == "StorageFull"
     client.close()
+
+
+def test_a_worker_started_against_a_full_store_drains_it_and_sending_works_again(full_server, prefix) -> None:
+    """No bare nats-py error at start-up: the worker sets its queue up, runs the stored jobs, and their acks free
+    the store, after which send_job stores jobs again."""
+    client = client_of(full_server, prefix, retry_for=3, request_timeout=1)
+    error, stored = None, 0
+    while error is None:
+        _, error, _ = timed(lambda: client.send_job("work", {"pad": "x" * 16384}))
+        stored += error is None
+    assert isinstance(error, bgjob.StorageFull), error
+    done: list[str] = []
+    mux = bgjob.Mux()
+    mux.handle("work", lambda job: done.append(job.id) or bgjob.Complete())
+    worker = bgjob.Worker(client, mux, fetch_timeout=0.5)
+    thread = worker.start()
+    try:
+        wait_until(lambda: len(done) == stored, timeout=30, message="the stored jobs run")
+        wait_until(lambda: timed(lambda: client.send_job("work", {"pad": "x" * 16384}))[1] is None, timeout=15,
+                   message="sending works again once the acks freed the store")  # fmt: skip
+    finally:
+        worker.stop()
+        thread.join(30)
+    client.close()

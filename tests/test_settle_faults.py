@@ -437,3 +437,17 @@ def test_a_schedule_message_carries_the_job_id_and_attempts_but_no_stale_nats_he
     assert headers[Header.SCHEDULE.value].startswith("@at ")
     assert headers[Header.SCHEDULE_TARGET.value] == target
     assert json.loads(stored.data) == {"a": 1}
+
+
+def test_stopping_a_worker_whose_server_is_gone_returns_without_waiting_out_the_grace_period(own_server) -> None:
+    """Nothing in flight and the server down: stop() ends the run at once, not after grace_period (30 s)."""
+    client = bgjob.Client(bgjob.Settings(url=own_server.url, prefix="gone", retry_for=2, request_timeout=1)).connect()
+    worker = bgjob.Worker(client, bgjob.Mux(), fetch_timeout=1.0, grace_period=30)
+    thread = worker.start()
+    own_server.stop()
+    started = time.monotonic()
+    worker.stop()
+    thread.join(25)
+    assert not thread.is_alive(), "the worker did not stop"
+    assert time.monotonic() - started < 15  # it used to take grace_period + 5 s
+    client.close()

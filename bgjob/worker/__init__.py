@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from .. import job as jobmod
 from ..client import Client
+from ..core import as_bgjob_error
 from ..handler import Mux
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
@@ -96,7 +97,8 @@ class Worker:
     def run(self) -> None:
         """Process jobs until stop() or SIGTERM/SIGINT (handled when run in the main thread); then drain.
 
-        Raises bgjob.ConnectionError when the connection is closed for good (a supervisor restarts the worker).
+        Raises bgjob.ConnectionError when the connection is closed for good (a supervisor restarts the worker),
+        and a named bgjob error (e.g. StorageFull, ServerRefused) when the server refuses to set the queue up.
         """
         runtime, core = self.client._ensure()
         # Made here: a gevent pool belongs to the hub of the thread that runs the worker.
@@ -115,7 +117,13 @@ class Worker:
         try:
             while not call.wait(0.5):
                 pass  # wake up now and then so signal handlers run in the main thread
-            call.value()
+            try:
+                call.value()
+            except Exception as exc:
+                error = as_bgjob_error(exc)  # never a raw nats-py error out of a public call
+                if error is exc:
+                    raise
+                raise error from exc
         finally:
             restore()
             pool.shutdown()

@@ -127,7 +127,8 @@ class FetchLoop:
             leases.cancel()
             announcements.cancel()
             try:
-                await directory.withdraw(core, self.worker_id)
+                async with asyncio.timeout(min(2.0, core.settings.request_timeout)):
+                    await directory.withdraw(core, self.worker_id)
             except Exception as exc:  # noqa: BLE001 - the entry then expires with its TTL
                 log.debug("could not withdraw from the worker directory: %r", exc)
             try:
@@ -284,7 +285,8 @@ class FetchLoop:
             log.info("draining %d in-flight jobs (grace %.0fs)", len(self.inflight), grace)
         while (self.inflight or (pull.requested and pull.time_left() > 0)) and time.monotonic() < deadline:
             self._capacity.clear()
-            await _wait(self._capacity, timeout=deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            await _wait(self._capacity, timeout=left if self.inflight else min(left, pull.time_left()))
         self._settle_completed()  # jobs that finished just now are settled, not handed back
         for item in list(self.inflight.values()):
             if item.settling:
@@ -295,15 +297,17 @@ class FetchLoop:
             if item.started:
                 log.warning("job %s did not finish within the grace period; returned to the queue", item.job_id,
                             extra=item.log_context())  # fmt: skip
-        # Jobs still being settled, and pulls still open (their jobs are handed back as they arrive).
-        until = time.monotonic() + 10
+        # Jobs still being settled, and pulls still open (their jobs are handed back as they arrive); nothing
+        # arrives on a connection that is down, so then there is nothing to wait for.
+        until = time.monotonic() + (10 if self.core.nc.is_connected else 0)
         while (self.inflight or pull.requested) and time.monotonic() < until and pull.time_left() > 0:
             self._capacity.clear()
             await _wait(self._capacity, timeout=min(pull.time_left(), until - time.monotonic()))
-        try:
-            await self.core.nc.flush(timeout=5)
-        except Exception as exc:  # noqa: BLE001 - unacked jobs are redelivered anyway
-            log.debug("flush after drain failed: %r", exc)
+        if self.core.nc.is_connected:
+            try:
+                await self.core.nc.flush(timeout=5)
+            except Exception as exc:  # noqa: BLE001 - unacked jobs are redelivered anyway
+                log.debug("flush after drain failed: %r", exc)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -114,15 +114,17 @@ class Client:
     def url(self) -> str:
         return self._ensure()[1].url
 
-    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None) -> Any:
+    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any:
         """Run `await coro_fn(core, *args)` on the runtime loop and block for the result, at most `timeout`
-        seconds (None: Settings.retry_for plus one request_timeout, plus a second of slack).
+        seconds (None: Settings.retry_for plus one request_timeout, plus a second of slack). An `idempotent`
+        call (a read) is retried on transient errors within retry_for, so it rides out a leader election.
 
         Every exception out of nats-py becomes a bgjob error (core.as_bgjob_error): ConnectionError when NATS
         did not answer in time (or the timeout passed), ServerRefused (or a more specific name) when it refused.
         """
         runtime, core = self._ensure()
-        return self._call(runtime, coro_fn(core, *args), timeout)
+        coro = core.retry(coro_fn, core, *args) if idempotent else coro_fn(core, *args)
+        return self._call(runtime, coro, timeout)
 
     def _bound(self) -> float:
         """Seconds a blocking call may take: retry_for plus one request timeout (plus a second of slack)."""
@@ -414,21 +416,21 @@ class Client:
     def queue_config(self, queue: str = "default") -> QueueConfig | None:
         """The queue's configuration as the server has it (None when the queue does not exist); creates nothing."""
         jobmod.validate_queue(queue)
-        return self.run(Core.queue_config, queue)
+        return self.run(Core.queue_config, queue, idempotent=True)
 
     def queue_stats(self, queue: str = "default") -> QueueStats:
         jobmod.validate_queue(queue)
-        return self.run(queue_stats, queue)
+        return self.run(queue_stats, queue, idempotent=True)
 
     def queues(self) -> list[str]:
         """Names of the queues that exist on the server."""
-        return self.run(list_queues)
+        return self.run(list_queues, idempotent=True)
 
     def workers(self) -> list[WorkerInfo]:
         """Live workers (those whose last heartbeat is younger than Settings.worker_ttl)."""
         from .directory import list_workers
 
-        return self.run(list_workers)
+        return self.run(list_workers, idempotent=True)
 
     # -- periodic jobs -----------------------------------------------------------------------------
     def schedule(
@@ -485,7 +487,7 @@ class Client:
 
         if queue is not None:
             jobmod.validate_queue(queue)
-        return self.run(periodic.list_schedules, queue)
+        return self.run(periodic.list_schedules, queue, idempotent=True)
 
 
 def _not_confirmed(error: BaseException, job_id: str) -> BaseException:

@@ -340,7 +340,7 @@ async def _purge(core: Core, queue: str | None, job_type: str | None, reason: st
 class Runner(Protocol):
     """What DeadLetters needs of a client: run `await coro_fn(core, *args)` on its loop and block for the result."""
 
-    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None) -> Any: ...
+    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any: ...
 
 
 class DeadLetters:
@@ -361,11 +361,11 @@ class DeadLetters:
         _validate_filter(queue, job_type, reason)
         if limit < 1:
             return []
-        return self._client.run(_list, queue, job_type, reason, limit, before)
+        return self._client.run(_list, queue, job_type, reason, limit, before, idempotent=True)
 
     def get(self, entry_id: str) -> DeadLetter:
         """The dead letter of job `entry_id`; raises DeadLetterNotFound."""
-        return self._client.run(_find, entry_id)
+        return self._client.run(_find, entry_id, idempotent=True)
 
     def retry(self, entry_id: str) -> str:
         """Send the job back to its queue (with a fresh dedup id) and remove it from the DLQ."""
@@ -381,7 +381,7 @@ class DeadLetters:
 
     def count(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
         _validate_filter(queue, job_type, reason)
-        return self._client.run(count_dead_letters, queue, job_type, reason)
+        return self._client.run(count_dead_letters, queue, job_type, reason, idempotent=True)
 
 
 def _validate_filter(queue: str | None, job_type: str | None, reason: str | None) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 
 from bgjob.server import EmbeddedServer, free_port
 
@@ -27,6 +28,11 @@ FULL = os.environ.get("BGJOB_RELIABILITY_FULL", "") not in ("", "0")
 
 def scale(default: int, full: int) -> int:
     return full if FULL else default
+
+
+#: For scenarios whose behaviour the README's test command already covers faster (short ping settings, the error
+#: mapping); here they run with the real defaults, in the long run only, so the default run stays under 2 minutes.
+full_run_only = pytest.mark.skipif(not FULL, reason="long run only (BGJOB_RELIABILITY_FULL=1); covered faster in tests")
 
 
 # -- record files ---------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ from bgjob.server import EmbeddedServer
 
 from ..conftest import stream_ids, wait_until
 from .proxy import BlackholeProxy, LinkEvents
-from .support import Scenario, tally
+from .support import Scenario, full_run_only, tally
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, full_run_only]
 
 DEFAULTS = bgjob.Settings()
 #: the documented bound, ping_interval * (max_outstanding_pings + 1), plus scheduling slack.

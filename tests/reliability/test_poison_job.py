@@ -16,7 +16,7 @@ import bgjob
 
 from ..conftest import wait_until
 from .conftest import WorkerProcesses
-from .support import Scenario, consumer_counts, done_ids, read_records, scale, tally
+from .support import Scenario, consumer_counts, done_ids, full_run_only, read_records, scale, tally
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def starts(record: Path, job_id: str) -> list[int]:
 
 
 @pytest.mark.timeout(scale(150, 600))
-@pytest.mark.parametrize("how", ["sigkill", "exit"])
+@pytest.mark.parametrize("how", ["sigkill", pytest.param("exit", marks=full_run_only)])  # exit: also in tests/
 def test_a_job_that_kills_its_worker_runs_three_times_then_is_dead_lettered_and_no_other_job_is_lost(
     nats_server, prefix, workers, how
 ) -> None:

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 def test_every_public_call_against_a_paused_server_raises_a_bgjob_error_within_its_bound(own_server, prefix) -> None:
-    client = client_of(own_server, prefix, retry_for=1, request_timeout=0.5)
+    client = client_of(own_server, prefix, retry_for=0.5, request_timeout=0.5)
     client.send_job("warm-up", {}, store_result=True)
     client.dlq.count()
     with paused(own_server):

@@ -13,9 +13,9 @@ import bgjob
 
 from ..conftest import stream_ids, wait_until
 from ..test_producer_faults import MARGIN, timed
-from .support import Cluster
+from .support import Cluster, full_run_only
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, full_run_only]
 
 
 def test_send_job_without_quorum_raises_connection_error_with_the_job_id_and_resending_it_stores_it_once(

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 #: jobs sent before the outage (about a third run before it starts) and again after it.
 JOBS = scale(300, 2000)
 #: seconds the two nodes stay down.
-OUTAGE = scale(10, 30)
+OUTAGE = scale(5, 30)
 #: what the worker says when a pull gets 503 and JetStream does not answer (bgjob/worker/loop.py).
 UNAVAILABLE = "JetStream is not answering pull requests (503 no responders"
 RECOVERED = "JetStream answers again after"

@@ -21,7 +21,7 @@ from .support import Scenario, done_ids, read_records, scale, stream_messages, w
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 MIB = 1024 * 1024
-QUEUED = scale(100_000, 100_000)
+QUEUED = scale(25_000, 100_000)
 #: the growth of a worker's RSS allowed while it works through QUEUED jobs, after warming up on the first ones.
 RSS_GROWTH_BOUND = 48 * MIB
 

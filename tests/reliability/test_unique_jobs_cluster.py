@@ -8,8 +8,9 @@ import pytest
 import bgjob
 
 from ..conftest import wait_until
+from .support import full_run_only
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, full_run_only]
 
 
 @pytest.mark.timeout(180)

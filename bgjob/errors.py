@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import traceback
+from typing import Any
 
 
 class BgjobError(Exception):
@@ -51,6 +52,15 @@ class PublishError(BgjobError):
     def job_id(self) -> str | None:
         """The first (usually the only) job concerned; None when the error concerns no job."""
         return self.job_ids[0] if self.job_ids else None
+
+
+class JobTooLarge(InvalidJob, PublishError):
+    """The server refused a job as too large for its queue's stream (`max_msg_size`) or its header limit: an
+    InvalidJob (sending it again will not help) that, like every PublishError, carries `job_id(s)`,
+    `description`, `err_code` and `code`. Nothing was stored."""
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        PublishError.__init__(self, message, **details)
 
 
 class SendJobsError(PublishError):
@@ -212,9 +222,7 @@ def publish_refusal(code: int | None, err_code: int | None, description: str | N
     if err_code == DUPLICATE_IN_PROCESS:
         return None
     if err_code in _TOO_LARGE or "message size exceeds" in lowered:
-        error = InvalidJob(f"job {jobs} is too large for {where}: {said}; nothing was stored")
-        error.job_ids = tuple(job_ids)  # type: ignore[attr-defined]
-        return error
+        return JobTooLarge(f"job {jobs} is too large for {where}: {said}; nothing was stored", **details)
     if any(t in lowered for t in _LIMIT_TEXTS):
         return QueueFull(f"{where} is full, job {jobs} was not stored: {said}; send it again (same job id) once "
                          "workers have drained the queue, or raise the stream's limits", **details)

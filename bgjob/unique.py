@@ -96,7 +96,9 @@ async def reserve(core: Core, job_id: str, queue: str, unique_for: int) -> Reser
     recognised by its token), then bgjob.ConnectionError; a refusal by the server is bgjob.PublishError (the
     job was not published).
     """
-    key, token = result_key(job_id), uuid.uuid4().hex
+    # A re-send from this process after a create that was not confirmed reuses that create's token, so it finds
+    # the reservation (if the server stored it late) to be its own and publishes, instead of deduplicating itself.
+    key, token = result_key(job_id), _unconfirmed.pop(job_id, None) or uuid.uuid4().hex
     value = json.dumps({"id": job_id, "queue": queue, "at": jobmod.format_time(datetime.now(timezone.utc)),
                         "unique_for": unique_for, "token": token}).encode()  # fmt: skip
 
@@ -119,10 +121,25 @@ async def reserve(core: Core, job_id: str, queue: str, unique_for: int) -> Reser
     except nats.js.errors.APIError as exc:
         raise PublishError(f"cannot reserve unique job id {job_id!r}, the job was not published: the server "
                            f"answered {describe_error(exc)}") from exc  # fmt: skip
-    except nats.errors.Error as exc:
-        raise ConnectionError(f"cannot reserve unique job id {job_id!r}, the job was not published: "
-                              f"{describe_error(exc)}") from exc  # fmt: skip
+    except (nats.errors.Error, ConnectionError) as exc:
+        _remember_unconfirmed(job_id, token)
+        raise ConnectionError(
+            f"cannot reserve unique job id {job_id!r}, the job was not published: {describe_error(exc)}. The "
+            "reservation may still reach the server: re-send with the same job_id from this process (it recognises "
+            "its own reservation); another process's re-send is deduplicated until unique_for has passed",
+            job_ids=(job_id,)) from exc  # fmt: skip
     return reservation
+
+
+#: job id -> token of this process's reservations whose create was not confirmed (bounded, oldest dropped).
+_unconfirmed: dict[str, str] = {}
+_MAX_UNCONFIRMED = 10_000
+
+
+def _remember_unconfirmed(job_id: str, token: str) -> None:
+    _unconfirmed[job_id] = token
+    while len(_unconfirmed) > _MAX_UNCONFIRMED:
+        _unconfirmed.pop(next(iter(_unconfirmed)))
 
 
 async def reserve_many(core: Core, jobs: list[tuple[str, str, int]]) -> dict[str, Reservation | None]:
@@ -133,6 +150,8 @@ async def reserve_many(core: Core, jobs: list[tuple[str, str, int]]) -> dict[str
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
         await release_all(core, [o for o in outcomes if isinstance(o, Reservation)])
+        if isinstance(error, (ConnectionError, PublishError)):
+            error.job_ids = tuple(job[0] for job in distinct)  # none of the batch was published
         raise error
     return {job[0]: outcome for job, outcome in zip(distinct, outcomes, strict=True)}  # type: ignore[misc]
 

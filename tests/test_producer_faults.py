@@ -90,9 +90,11 @@ def test_a_job_too_large_for_the_queues_stream_is_invalid_job_for_send_job_and_s
     precreate_stream(client, "small", max_msg_size=256)
 
     _, error, seconds = timed(lambda: client.send_job("work", {"pad": "x" * 1024}, queue="small"))
-    assert isinstance(error, bgjob.InvalidJob), error
+    assert isinstance(error, bgjob.InvalidJob) and isinstance(error, bgjob.JobTooLarge), error
+    assert isinstance(error, bgjob.PublishError)  # a refusal by the server: it names the job and what it said
     assert "too large for queue 'small'" in str(error) and "nothing was stored" in str(error)
-    assert error.job_ids and seconds < 3
+    assert error.job_id and error.job_ids == (error.job_id,) and error.err_code and error.description
+    assert seconds < 3
 
     _, error, seconds = timed(lambda: client.send_jobs([("work", {"pad": "x" * 1024}), ("work", {})], queue="small"))
     assert isinstance(error, bgjob.SendJobsError), error
@@ -142,8 +144,8 @@ def test_every_error_reply_has_one_name_and_10158_means_wait() -> None:
     assert publish_refusal(409, DUPLICATE_IN_PROCESS, "duplicate message id is in process") is None
     assert publish_refusal(503, None, "no responders") is None
     cases = {
-        (400, 10054, "message size exceeds maximum allowed"): bgjob.InvalidJob,
-        (400, 10097, "header size exceeds maximum allowed of 64k"): bgjob.InvalidJob,
+        (400, 10054, "message size exceeds maximum allowed"): bgjob.JobTooLarge,
+        (400, 10097, "header size exceeds maximum allowed of 64k"): bgjob.JobTooLarge,
         (503, 10077, "maximum messages exceeded"): bgjob.QueueFull,
         (503, 10077, "maximum bytes exceeded"): bgjob.QueueFull,
         (503, 10077, "maximum messages per subject exceeded"): bgjob.QueueFull,

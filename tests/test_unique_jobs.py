@@ -202,3 +202,24 @@ def test_a_unique_bucket_that_refuses_message_ttls_is_a_named_error_and_nothing_
         client.send_job("report", {}, job_id="ttl-1", unique_for=60)
     client.ensure_queue("default")
     assert pending(client) == 0
+
+
+def test_a_unique_send_not_confirmed_during_a_stall_is_stored_when_this_process_sends_it_again(own_server,
+                                                                                               prefix) -> None:
+    """The reservation's create is buffered while the server is stalled and stored after the send gave up: the
+    re-send with the same id (the documented retry) must publish, not be deduplicated by that reservation."""
+    from .conftest import stream_ids
+    from .test_producer_faults import paused
+
+    client = bgjob.Client(bgjob.Settings(url=own_server.url, prefix=prefix, retry_for=2, request_timeout=1)).connect()
+    try:
+        client.send_job("report", {}, job_id="warm", unique_for=60)
+        with paused(own_server), pytest.raises(bgjob.ConnectionError) as caught:
+            client.send_job("report", {}, job_id="uq-1", unique_for=60)
+        assert caught.value.job_ids == ("uq-1",) and "re-send with the same job_id" in str(caught.value)
+        assert client.send_job("report", {}, job_id="uq-1", unique_for=60) == "uq-1"
+        assert sorted(stream_ids(client)) == ["uq-1", "warm"]
+        assert client.send_job("report", {}, job_id="uq-1", unique_for=60) == "uq-1"  # and now it is unique
+        assert sorted(stream_ids(client)) == ["uq-1", "warm"]
+    finally:
+        client.close()

@@ -38,6 +38,25 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
 
 
 @pytest.fixture
+def proxy(nats_server: EmbeddedServer) -> Iterator[object]:
+    """A loopback TCP proxy to the session's server that can be switched to drop every byte (a half-open link)."""
+    from .reliability.proxy import BlackholeProxy
+
+    with BlackholeProxy(nats_server.port) as p:
+        yield p
+
+
+@pytest.fixture
+def link_events() -> Iterator[object]:
+    """What bgjob logs about its connection ("disconnected", "reconnected"), with times."""
+    from .reliability.proxy import LinkEvents
+
+    events = LinkEvents()
+    yield events
+    events.close()
+
+
+@pytest.fixture
 def prefix() -> str:
     return "t" + uuid.uuid4().hex[:12]
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 import bgjob
-from bgjob.server import EmbeddedServer
 
 from .conftest import drain, wait_until
 from .reliability.proxy import BlackholeProxy, LinkEvents
@@ -22,19 +21,6 @@ from .reliability.proxy import BlackholeProxy, LinkEvents
 FAST = {"ping_interval": 0.5, "max_outstanding_pings": 2, "connect_timeout": 1.0}
 #: ping_interval * (max_outstanding_pings + 1), the documented bound, plus scheduling slack.
 FAST_NOTICE = 0.5 * 3 + 1.0
-
-
-@pytest.fixture
-def proxy(nats_server: EmbeddedServer) -> Iterator[BlackholeProxy]:
-    with BlackholeProxy(nats_server.port) as p:
-        yield p
-
-
-@pytest.fixture
-def link_events() -> Iterator[LinkEvents]:
-    events = LinkEvents()
-    yield events
-    events.close()
 
 
 def test_default_ping_settings_notice_a_dead_connection_within_20_seconds() -> None:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 import bgjob
-from bgjob.server import EmbeddedServer
 
 from ..conftest import stream_ids, wait_until
 from .proxy import BlackholeProxy, LinkEvents
@@ -23,19 +22,6 @@ DEFAULTS = bgjob.Settings()
 #: the documented bound, ping_interval * (max_outstanding_pings + 1), plus scheduling slack.
 NOTICE_BOUND = DEFAULTS.ping_interval * (DEFAULTS.max_outstanding_pings + 1) + 1.0
 RETRY_FOR, REQUEST_TIMEOUT = 5.0, 5.0
-
-
-@pytest.fixture
-def proxy(nats_server: EmbeddedServer) -> Iterator[BlackholeProxy]:
-    with BlackholeProxy(nats_server.port) as p:
-        yield p
-
-
-@pytest.fixture
-def link_events() -> Iterator[LinkEvents]:
-    events = LinkEvents()
-    yield events
-    events.close()
 
 
 def taken(q: queue.Queue) -> list:

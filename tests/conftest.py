@@ -146,6 +146,16 @@ def drain(q: queue.Queue, count: int, timeout: float = 15.0) -> list:
     return items
 
 
+def drain_available(q: queue.Queue) -> list:
+    """Everything `q` holds now, without waiting."""
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items
+
+
 def stream_ids(client: bgjob.Client, queue: str = "default") -> list[str]:
     """Bgjob-Id of every ready job in the queue's stream, in stream order."""
     import nats.js.errors

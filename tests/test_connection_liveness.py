@@ -14,7 +14,7 @@ import pytest
 
 import bgjob
 
-from .conftest import drain, wait_until
+from .conftest import drain, drain_available, wait_until
 from .reliability.proxy import BlackholeProxy, LinkEvents
 
 #: connect_timeout: a reconnect that lands while the path is still dead gives up after 1 s, not 5.
@@ -95,11 +95,3 @@ def test_a_worker_notices_a_half_open_connection_reconnects_and_handles_every_jo
     wait_until(lambda: seen.update(drain_available(handled)) or seen >= {1, 2, 3, 4, 5}, timeout=30,
                message="every job sent while the worker's connection was dead to be handled")  # fmt: skip
 
-
-def drain_available(q: queue.Queue) -> list:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items

@@ -12,7 +12,7 @@ import pytest
 
 import bgjob
 
-from ..conftest import stream_ids, wait_until
+from ..conftest import drain_available, stream_ids, wait_until
 from .proxy import BlackholeProxy, LinkEvents
 from .support import Scenario, full_run_only, tally
 
@@ -22,15 +22,6 @@ DEFAULTS = bgjob.Settings()
 #: the documented bound, ping_interval * (max_outstanding_pings + 1), plus scheduling slack.
 NOTICE_BOUND = DEFAULTS.ping_interval * (DEFAULTS.max_outstanding_pings + 1) + 1.0
 RETRY_FOR, REQUEST_TIMEOUT = 5.0, 5.0
-
-
-def taken(q: queue.Queue) -> list:
-    items = []
-    while True:
-        try:
-            items.append(q.get_nowait())
-        except queue.Empty:
-            return items
 
 
 @pytest.mark.timeout(120)
@@ -76,14 +67,15 @@ def test_a_worker_behind_a_half_open_connection_notices_within_20_seconds_and_ha
     start_worker(make_client(url=proxy.url), mux)
     sent = [producer.send_job("echo", i) for i in range(10)]
     done: list[str] = []
-    wait_until(lambda: done.extend(taken(handled)) or set(done) >= set(sent), message="the first jobs to be handled")
+    wait_until(lambda: done.extend(drain_available(handled)) or set(done) >= set(sent),
+               message="the first jobs to be handled")  # fmt: skip
     proxy.blackhole()
     lost_at = time.monotonic()
     sent += [producer.send_job("echo", i) for i in range(10, 30)]
     wait_until(lambda: link_events.disconnected, timeout=NOTICE_BOUND + 5, message="the worker to notice")
     noticed_after = link_events.disconnected[0] - lost_at
     proxy.heal()
-    wait_until(lambda: done.extend(taken(handled)) or set(done) >= set(sent), timeout=60,
+    wait_until(lambda: done.extend(drain_available(handled)) or set(done) >= set(sent), timeout=60,
                message="every job to be handled after the worker reconnected")  # fmt: skip
     result = tally(sent, done)
     scenario.report(result, note=f"noticed after {noticed_after:.1f} s, every job handled after "

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, ConsumerInfo, StreamConfig
 
 from .errors import ConfigurationError
+from .schedule import as_seconds
 from .settings import Settings
 from .topology import Topology, dlq_stream_config, queue_consumer_config, queue_stream_config
 
@@ -232,11 +233,8 @@ def validate_queue_changes(
 
 
 def _seconds(name: str, value: Any, minimum: float) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
+    seconds = as_seconds(value)
+    if seconds is None:
         raise ConfigurationError(f"{name} must be seconds (a number or a timedelta), not {value!r}")
     if not math.isfinite(seconds) or seconds < minimum:
         unit = "second" if minimum == 1 else "seconds"

@@ -34,6 +34,19 @@ def check_due(due: datetime, what: str = "the next run") -> datetime:
 _ONE_SECOND = timedelta(seconds=1)
 
 
+def as_seconds(value: object) -> float | None:
+    """`value` in seconds when it is a `timedelta` or a number (int or float, not bool), else None. Unchecked:
+    NaN, infinity and negatives come back as they are (an int too large for a float as infinity)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    return None
+
+
 def seconds_of(value: object, what: str, error: type[BgjobError] = InvalidSchedule) -> float:
     """A delay as seconds: `value` is a `timedelta` or a number of seconds (int or float, not bool).
 
@@ -41,20 +54,14 @@ def seconds_of(value: object, what: str, error: type[BgjobError] = InvalidSchedu
     [0, MAX_DELAY_SECONDS]; raises `error` (InvalidSchedule by default) for anything else: a str, a bool,
     NaN, infinity, a negative or a longer delay.
     """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int too large for a float
-            seconds = math.inf
-    else:
+    seconds = as_seconds(value)
+    if seconds is None:
         kind = type(value).__name__
         raise error(f"{what} must be a timedelta or a number of seconds, got {kind} {reprlib.repr(value)}")
     if math.isnan(seconds) or seconds < 0:
         raise error(f"{what} must be >= 0 seconds, got {value!r}")
     if seconds > MAX_DELAY_SECONDS:
-        raise error(f"{what} must be at most {MAX_DELAY_SECONDS:.0f} seconds (about 292 years), got {value!r}")
+        raise error(f"{what} must be at most {MAX_DELAY_SECONDS:.0f} seconds (100 years), got {value!r}")
     return seconds
 
 

@@ -37,6 +37,7 @@ from nats.js.kv import KeyValue
 from . import job as jobmod
 from .errors import ConnectionError, InvalidJob, PublishError, describe_error
 from .job_results import result_key
+from .schedule import as_seconds
 
 if TYPE_CHECKING:
     from .core import Core
@@ -70,11 +71,8 @@ def validate_unique_for(unique_for: timedelta | float | None, job_id: str | None
         return None
     if job_id is None:
         raise InvalidJob("unique_for needs a job_id: the id is what is kept unique (e.g. job_id='report-7')")
-    if isinstance(unique_for, timedelta):
-        seconds = unique_for.total_seconds()
-    elif isinstance(unique_for, (int, float)) and not isinstance(unique_for, bool):
-        seconds = float(unique_for)
-    else:
+    seconds = as_seconds(unique_for)
+    if seconds is None:
         raise InvalidJob(f"unique_for must be a timedelta or seconds, got {unique_for!r}")
     if not math.isfinite(seconds) or not MIN_UNIQUE_FOR <= seconds <= MAX_UNIQUE_FOR:
         raise InvalidJob(f"unique_for must be between {MIN_UNIQUE_FOR} s and {MAX_UNIQUE_FOR} s (30 days), "

@@ -45,12 +45,10 @@ def server_line(client: Client) -> str:
     """`server: <URL without credentials>`, plus `(embedded, data dir <path>...)` when it is an embedded server
     (and whether this command started it): the line `bgjob status`/`worker` and the Django commands print first.
     Connects the client if it is not connected; raises what connecting raises (bgjob errors)."""
-    from .core import redact_url
     from .server import embedded_use
 
-    url = client.url
-    use = embedded_use(url)
-    return f"server: {redact_url(url)}" + (f" ({use.describe()})" if use is not None else "")
+    use = embedded_use(client._raw_url())
+    return f"server: {client.url}" + (f" ({use.describe()})" if use is not None else "")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

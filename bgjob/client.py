@@ -22,6 +22,7 @@ from .job import JobSpec
 from .job_results import JobResult
 from .provisioning import validate_queue_changes
 from .publisher import Outgoing, PublishBatch, Publisher
+from .redaction import mask_url
 from .runtime import Runtime, in_gevent_hub_thread
 from .settings import Settings
 from .signing import signer_for
@@ -112,6 +113,11 @@ class Client:
 
     @property
     def url(self) -> str:
+        """The server URL(s) this client talks to, credentials masked (`nats://***@host:4222`); connects first."""
+        return mask_url(self._ensure()[1].url)
+
+    def _raw_url(self) -> str:
+        """The URL with its credentials: for bgjob's own use (which embedded server it is), never for display."""
         return self._ensure()[1].url
 
     def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any:

@@ -39,6 +39,7 @@ from .provisioning import (
     provision_queue,
     show_value,
 )
+from .redaction import mask_url
 from .settings import Settings
 from .topology import Topology, check_server, dlq_stream_config, queue_consumer_config, queue_stream_config
 
@@ -138,9 +139,9 @@ class Core:
                         **opts,
                     )
         except nats.errors.Error as exc:
-            raise ConnectionError(f"cannot connect to NATS at {redact_url(self.url)}: {_describe(exc)}") from exc
+            raise ConnectionError(f"cannot connect to NATS at {mask_url(self.url)}: {_describe(exc)}") from exc
         except OSError as exc:
-            raise ConnectionError(f"cannot connect to NATS at {redact_url(self.url)}: {exc}") from exc
+            raise ConnectionError(f"cannot connect to NATS at {mask_url(self.url)}: {exc}") from exc
         self.nc.options["allow_reconnect"] = True
         self.nc.options["max_reconnect_attempts"] = -1
         check_server(self.nc)
@@ -172,12 +173,13 @@ class Core:
 
     async def _on_disconnected(self) -> None:
         if not self._closing and not self._outage:
-            log.warning("nats: disconnected from %s; reconnecting", redact_url(self.url))
+            log.warning("nats: disconnected from %s; reconnecting", mask_url(self.url))
         self._outage = True
 
     async def _on_reconnected(self) -> None:
         self._outage = False
-        log.warning("nats: reconnected to %s", self.nc.connected_url.netloc if self.nc else "?")
+        url = self.nc.connected_url if self.nc is not None else None
+        log.warning("nats: reconnected to %s", mask_url(url.geturl()) if url is not None else "?")
 
     async def close(self) -> None:
         self._closing = True
@@ -419,14 +421,3 @@ def as_bgjob_error(exc: BaseException, *, job_ids: tuple[str, ...] | list[str] =
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials, for messages and logs."""
-    out = []
-    for part in url.split(","):
-        scheme, sep, rest = part.strip().rpartition("://")
-        if "@" in rest:
-            rest = "***@" + rest.split("@", 1)[1]
-        out.append(f"{scheme}{sep}{rest}")
-    return ",".join(out)

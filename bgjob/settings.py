@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .job import validate_queue
+from .redaction import MASK, is_sensitive_name, mask_url
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -74,9 +75,35 @@ class Settings:
     #: the only way to pass them. Keys nats.connect does not take, or that bgjob sets from its own fields
     #: (servers: url, name, connect_timeout) or manages (callbacks, reconnecting), are refused.
     nats_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: header names (exact, or `fnmatch` globs; case-insensitive) that are sensitive besides the built-in rule
+    #: (names containing AUTH, TOKEN, KEY, SECRET, PASS, COOKIE, ... see `bgjob.redaction`): masked in every
+    #: display, and left out of dead letters unless `dlq_keep_sensitive_headers`.
+    sensitive_headers: tuple[str, ...] = ()
+    #: keep sensitive headers in dead letters (a retried dead letter then carries them again); they are still
+    #: masked wherever a dead letter is shown.
+    dlq_keep_sensitive_headers: bool = False
+    #: base64 AES-256 keys (32 bytes each, see `bgjob.encryption.generate_key`) for encrypting job bodies at
+    #: rest: the first encrypts, any of them decrypts (rotation: put the new key first, drop the old one once no
+    #: job encrypted with it is left). Empty: bodies are stored as sent.
+    encryption_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def __repr__(self) -> str:
+        """Every field, with secrets masked (the URL's user info, keys, and `nats_options` values whose names
+        look secret): reprs reach logs, Sentry's frame variables and Django's debug page."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "url" and value is not None:
+                value = mask_url(value)
+            elif f.name in ("signing_key", "encryption_keys") and value:
+                value = MASK if isinstance(value, str) else tuple(MASK for _ in value)
+            elif f.name == "nats_options":
+                value = {k: (MASK if is_sensitive_name(str(k)) and v is not None else v) for k, v in value.items()}
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -108,10 +135,17 @@ _ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
 )
 #: nats.connect options bgjob sets itself, and the Settings field (or reason) that owns each.
 _OWN_NATS_OPTIONS = {
-    "servers": "the url setting", "name": "the name setting", "connect_timeout": "the connect_timeout setting",
-    "allow_reconnect": "bgjob (it reconnects for ever)", "max_reconnect_attempts": "bgjob (it reconnects for ever)",
-    "reconnect_time_wait": "bgjob", "error_cb": "bgjob", "disconnected_cb": "bgjob", "reconnected_cb": "bgjob",
-    "ping_interval": "the ping_interval setting", "max_outstanding_pings": "the max_outstanding_pings setting",
+    "servers": "the url setting",
+    "name": "the name setting",
+    "connect_timeout": "the connect_timeout setting",
+    "allow_reconnect": "bgjob (it reconnects for ever)",
+    "max_reconnect_attempts": "bgjob (it reconnects for ever)",
+    "reconnect_time_wait": "bgjob",
+    "error_cb": "bgjob",
+    "disconnected_cb": "bgjob",
+    "reconnected_cb": "bgjob",
+    "ping_interval": "the ping_interval setting",
+    "max_outstanding_pings": "the max_outstanding_pings setting",
 }
 
 
@@ -161,18 +195,19 @@ def _number(settings: Settings, field: str, minimum: float, *, integer: bool = F
         object.__setattr__(settings, field, float(value))
 
 
-def _text(settings: Settings, field: str, *, optional: bool = True) -> None:
+def _text(settings: Settings, field: str, *, optional: bool = True, secret: bool = False) -> None:
     value = getattr(settings, field)
     if (value is None and optional) or (isinstance(value, str) and value):
         return
-    raise ConfigurationError(f"{field} must be a non-empty str{' or None' if optional else ''}, not {value!r}")
+    shown = f"a {type(value).__name__}" if secret and value else repr(value)
+    raise ConfigurationError(f"{field} must be a non-empty str{' or None' if optional else ''}, not {shown}")
 
 
 def _validate(settings: Settings) -> None:
     """Every field's type and range; ConfigurationError naming the first field that is wrong."""
     if not isinstance(settings.prefix, str) or not _PREFIX.fullmatch(settings.prefix):
         raise ConfigurationError(f"prefix {settings.prefix!r} must match {_PREFIX.pattern}")
-    _text(settings, "url")
+    _text(settings, "url", secret=True)
     _number(settings, "replicas", 1, integer=True)
     if settings.replicas > 5:
         raise ConfigurationError(f"replicas must be 1 to 5 (JetStream's maximum), not {settings.replicas!r}")
@@ -182,10 +217,11 @@ def _validate(settings: Settings) -> None:
                   "request_timeout", "retry_for", "ping_interval"):  # fmt: skip
         _number(settings, field, 0, inclusive=False)
     _number(settings, "max_outstanding_pings", 1, integer=True)
-    if not isinstance(settings.double_ack, bool):
-        raise ConfigurationError(f"double_ack must be True or False, not {settings.double_ack!r}")
-    for field in ("signing_key", "name"):
-        _text(settings, field)
+    for field in ("double_ack", "dlq_keep_sensitive_headers"):
+        if not isinstance(getattr(settings, field), bool):
+            raise ConfigurationError(f"{field} must be True or False, not {getattr(settings, field)!r}")
+    _text(settings, "signing_key", secret=True)
+    _text(settings, "name")
     if settings.data_dir is not None:
         if not isinstance(settings.data_dir, (str, os.PathLike)) or not os.fspath(settings.data_dir):
             raise ConfigurationError(f"data_dir must be a path or None, not {settings.data_dir!r}")
@@ -203,7 +239,20 @@ def _validate(settings: Settings) -> None:
     if not _iterable(keys) or not all(isinstance(k, str) and k for k in keys):
         raise ConfigurationError(f"verify_keys must be base64 public keys (str), not {settings.verify_keys!r}")
     object.__setattr__(settings, "verify_keys", tuple(keys))
+    _texts(settings, "sensitive_headers", "header names or fnmatch patterns")
+    _texts(settings, "encryption_keys", "base64 32-byte keys (see bgjob.encryption.generate_key)", secret=True)
     _validate_nats_options(settings.nats_options)
+
+
+def _texts(settings: Settings, field: str, what: str, *, secret: bool = False) -> None:
+    """A field that is a str or a collection of non-empty str, stored as a tuple."""
+    value = getattr(settings, field)
+    values = (value,) if isinstance(value, str) else value
+    if not _iterable(values) or isinstance(values, bytes | Mapping) or not all(isinstance(v, str) and v
+                                                                                for v in values):  # fmt: skip
+        shown = type(value).__name__ if secret else repr(value)
+        raise ConfigurationError(f"{field} must be {what} (a str or a list of str), not {shown}")
+    object.__setattr__(settings, field, tuple(values))
 
 
 def _iterable(value: Any) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import re
 import sys
 import threading
 import urllib.parse
@@ -27,6 +26,7 @@ from django.utils.module_loading import import_string
 import bgjob
 from bgjob import job as jobmod
 from bgjob.periodic import validate_name as validate_schedule_name
+from bgjob.redaction import mask_url
 
 #: BGJOB keys that map one-to-one onto bgjob.Settings fields: URL, PREFIX, REPLICAS, ACK_WAIT, RESULT_TTL, ...
 #: (OPTIONS holds the nats.connect keyword arguments).
@@ -137,7 +137,7 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
     if url is not None:
         error = _url_error(url)
         if error:
-            problem("E003", f"{source} {_redact(url)!r} is not a NATS URL: {error}",
+            problem("E003", f"{source} {mask_url(url) if isinstance(url, str) else url!r} is not a NATS URL: {error}",
                     "use nats://host:4222 (tls://, ws://, wss:// too); comma-separate a cluster's servers, "
                     "or leave URL unset for the embedded server")  # fmt: skip
     client_settings = None
@@ -260,11 +260,6 @@ def _url_error(url: Any) -> str | None:
         if port == 0:
             return "port 0"
     return None
-
-
-def _redact(url: Any) -> Any:
-    """The URL without credentials, for messages."""
-    return re.sub(r"//[^/@,]*@", "//***@", url) if isinstance(url, str) else url
 
 
 def _valid(validate: Any, value: Any) -> bool:

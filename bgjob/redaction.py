@@ -1,0 +1,115 @@
+"""What never leaves a process in clear: credentials in URLs and settings, sensitive headers and job data.
+
+One masker for each kind of secret, used by every output channel (logs, the CLI, the admin, exceptions,
+Sentry, reprs). Values layer: no I/O, imports nothing of bgjob's.
+
+- `mask_url`: a NATS URL (or a comma-separated list) with its user info replaced, built on `urllib.parse`.
+- `is_sensitive_name`: whether a header, setting or option name looks like it holds a secret (Django's
+  `SafeExceptionReporterFilter` rule: names containing API, AUTH, TOKEN, KEY, SECRET, PASS, SIGNATURE, COOKIE,
+  CREDENTIAL, SEED or SESSION), plus any extra names or glob patterns given.
+- `mask_headers`, `mask_arg`, `scrub_text`: a job's headers, its arg (by key name, at any depth) and a text
+  quoting its sensitive values, with each secret replaced by `MASK`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import urllib.parse
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+#: what a masked value shows, as Django's debug page does.
+MASK = "********"
+
+_SENSITIVE = re.compile(r"API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|COOKIE|CREDENTIAL|SEED|SESSION", re.IGNORECASE)
+#: headers whose names match the rule but carry no secret: tracing context bgjob and Sentry rely on.
+_NOT_SECRET_HEADERS = frozenset({"sentry-trace", "baggage", "traceparent", "tracestate", "idempotency-key"})
+
+
+def mask_url(url: str) -> str:
+    """`url` (one NATS URL or several, comma-separated) with any user info (user, password, token) replaced by
+    `***`, e.g. `nats://app:p@ss/w@host:4222` -> `nats://***@host:4222`. The user info ends at the *last* `@`
+    before the host (a password may hold `@` or `/`). Never raises; a part that does not parse is masked whole
+    when it holds an `@`."""
+    if not isinstance(url, str):
+        return repr(type(url))
+    return ",".join(_mask_one(part) for part in url.split(","))
+
+
+def _mask_one(part: str) -> str:
+    text = part.strip()
+    try:
+        split = urllib.parse.urlsplit(text if "://" in text else f"//{text}")
+    except ValueError:  # e.g. an unbalanced '[' in the host
+        split = None
+    if split is not None and "@" in split.netloc and "@" not in split.path + split.query + split.fragment:
+        return urllib.parse.urlunsplit(split._replace(netloc="***@" + split.netloc.rpartition("@")[2])).removeprefix(
+            "" if "://" in text else "//"
+        )
+    if "@" not in text:
+        return text
+    # A user info that urllib cannot delimit ('/', '?' or '#' in a password): everything up to the last '@'.
+    scheme, sep, rest = text.partition("://") if "://" in text else ("", "", text)
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def is_sensitive_name(name: str, extra: Iterable[str] = ()) -> bool:
+    """Whether a header, setting or option named `name` holds a secret: the built-in rule (see the module
+    docstring) or one of `extra` (exact names or `fnmatch` globs, case-insensitive)."""
+    lowered = name.lower()
+    if any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in extra):
+        return True
+    return lowered not in _NOT_SECRET_HEADERS and _SENSITIVE.search(name) is not None
+
+
+def mask_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """A copy of `headers` with the values of sensitive ones (`is_sensitive_name`) replaced by `MASK`."""
+    extra = tuple(extra)
+    return {k: (MASK if is_sensitive_name(k, extra) else v) for k, v in headers.items()}
+
+
+def mask_arg(arg: Any, keys: Collection[str]) -> Any:
+    """A copy of a JSON arg with the value of every dict key named in `keys` (at any depth, exact names) replaced
+    by `MASK`; bytes and other args are returned as they are. `keys` empty returns `arg` itself."""
+    if not keys:
+        return arg
+    if isinstance(arg, Mapping):
+        return {k: (MASK if k in keys else mask_arg(v, keys)) for k, v in arg.items()}
+    if isinstance(arg, list | tuple):
+        return [mask_arg(v, keys) for v in arg]
+    return arg
+
+
+def sensitive_values(arg: Any, keys: Collection[str]) -> list[str]:
+    """The values held under `keys` in a JSON arg (at any depth), as the texts an error message would quote
+    them by: strings as they are, numbers by `str`, nested containers flattened. Values shorter than 4
+    characters are left out (masking them would mangle unrelated text)."""
+    found: list[str] = []
+
+    def collect(value: Any, inside: bool) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                collect(v, inside or k in keys)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                collect(v, inside)
+        elif inside and isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = value if isinstance(value, str) else str(value)
+            if len(text) >= 4:
+                found.append(text)
+
+    if keys:
+        collect(arg, False)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub_text(text: str | None, values: Iterable[str]) -> str | None:
+    """`text` with every occurrence of each of `values` replaced by `MASK` (longest first, as `sensitive_values`
+    orders them); None and "" are returned as they are."""
+    if not text:
+        return text
+    for value in values:
+        if value:
+            text = text.replace(value, MASK)
+    return text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from .headers import (
     MAX_HEADER_BYTES,
     MSG_ID,
     SCHEDULE_NAME,
+    SENSITIVE_KEYS,
     SIGNATURE,
     STORE_RESULT,
     derived_msg_id,
@@ -92,6 +93,7 @@ def prepare_job(
     request_id: str | None = None,
     headers: Mapping[str, str] | None = None,
     store_result: bool = False,
+    sensitive: Collection[str] | None = None,
 ) -> tuple[str, bytes, dict[str, str], str]:
     """Validate a job and build its (subject, body, headers, id); raises InvalidJob."""
     topology = _topology(settings.prefix)
@@ -104,6 +106,7 @@ def prepare_job(
                                    or not _encodable(request_id)):  # fmt: skip
         raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
     hdrs = jobmod.validate_headers(headers)
+    keys = jobmod.validate_sensitive(sensitive)
     body, content_type = jobmod.encode_arg(arg)
     now = datetime.now(timezone.utc)
     due = _due_time(now, delay, at)
@@ -118,6 +121,8 @@ def prepare_job(
         hdrs[jobmod.HEADER_REQUEST_ID] = request_id
     if store_result:
         hdrs[STORE_RESULT] = "1"
+    if keys:
+        hdrs[SENSITIVE_KEYS] = ",".join(sorted(keys))
     if settings.signing_key:
         signer_for(settings.signing_key).sign(queue, hdrs, body)
     target = topology.job_subject(queue, job_type)
@@ -204,6 +209,7 @@ def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, m
         enqueued_at=jobmod.parse_time(headers.get(jobmod.HEADER_ENQUEUED_AT)) or msg.metadata.timestamp,
         headers=jobmod.user_headers(headers),
         max_attempts=max_attempts,
+        sensitive=jobmod.sensitive_of(headers),
     )
 
 

@@ -30,6 +30,9 @@ STORE_RESULT = "Bgjob-Store-Result"
 SIGNATURE = "Bgjob-Signature"
 #: the name of the periodic schedule that fired the job.
 SCHEDULE_NAME = "Bgjob-Schedule"
+#: the arg keys the producer marked sensitive (`send_job(..., sensitive=[...])`), comma-separated: their values
+#: are masked wherever the job is shown (see bgjob.redaction).
+SENSITIVE_KEYS = "Bgjob-Sensitive"
 #: attempts a job used in earlier messages (a retry through a server-side schedule carries them forward).
 ATTEMPTS_USED = "Bgjob-Attempts-Used"
 

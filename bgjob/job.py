@@ -6,13 +6,20 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import InvalidJob
-from .headers import CONTENT_TYPE, HEADER_ENQUEUED_AT, HEADER_ID, HEADER_REQUEST_ID, HEADER_TYPE  # noqa: F401
+from .headers import (  # noqa: F401
+    CONTENT_TYPE,
+    HEADER_ENQUEUED_AT,
+    HEADER_ID,
+    HEADER_REQUEST_ID,
+    HEADER_TYPE,
+    SENSITIVE_KEYS,
+)
 
 JSON = "application/json"
 BYTES = "application/octet-stream"
@@ -23,11 +30,16 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_:=+-]{1,200}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+^_`|~-]{1,100}$")
 _RESERVED_HEADER = ("nats-", "bgjob-", "content-type")
 _REASON = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SENSITIVE_KEY = re.compile(r"[^,\s]{1,100}")
 
 
 @dataclass(frozen=True)
 class Job:
-    """One delivery of a job to a handler."""
+    """One delivery of a job to a handler.
+
+    Its repr shows only id, type, queue and attempt: never `arg` or `headers`, which may hold personal data
+    or secrets (a repr reaches logs, Sentry's frame variables and Django's debug page).
+    """
 
     id: str
     type: str
@@ -41,6 +53,12 @@ class Job:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: the worker's retry policy limit: `attempt == max_attempts` is the last try before the DLQ.
     max_attempts: int | None = None
+    #: the arg keys marked sensitive (by the producer's `sensitive=` and the handler's): their values are masked
+    #: wherever the job is shown, and scrubbed from error texts stored with it.
+    sensitive: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, type={self.type!r}, queue={self.queue!r}, attempt={self.attempt!r})"
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,8 @@ class JobSpec:
     store_result: bool | None = None
     #: seconds or timedelta (1 s to 30 days; needs `job_id`): the id stays reserved that long, see bgjob.unique.
     unique_for: timedelta | float | None = None
+    #: arg keys whose values are sensitive (at any depth): masked wherever the job is shown.
+    sensitive: Collection[str] | None = None
 
 
 def new_job_id() -> str:
@@ -87,6 +107,29 @@ def validate_job_id(job_id: str) -> str:
 
 def is_valid_job_id(job_id: object) -> bool:
     return isinstance(job_id, str) and bool(_JOB_ID.fullmatch(job_id))
+
+
+def validate_sensitive(keys: Collection[str] | None) -> frozenset[str]:
+    """Arg key names marked sensitive: a collection of str (1-100 characters, no comma or space); a lone str
+    is refused (it would be read letter by letter). Raises InvalidJob."""
+    if keys is None:
+        return frozenset()
+    if isinstance(keys, str | bytes) or not isinstance(keys, Collection):
+        raise InvalidJob(f"sensitive must be a list of arg key names, e.g. ['card'], not {keys!r}")
+    for key in keys:
+        if not isinstance(key, str) or not _SENSITIVE_KEY.fullmatch(key) or not _ascii(key):
+            raise InvalidJob(f"invalid sensitive key {key!r}: an arg key name, 1-100 characters, no ',' or space")
+    return frozenset(keys)
+
+
+def sensitive_of(headers: Mapping[str, str] | None) -> frozenset[str]:
+    """The sensitive keys a message carries (its SENSITIVE_KEYS header)."""
+    text = (headers or {}).get(SENSITIVE_KEYS)
+    return frozenset(k for k in text.split(",") if k) if text else frozenset()
+
+
+def _ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 def validate_reason(reason: str) -> str:

@@ -20,6 +20,7 @@ from .headers import (  # noqa: F401
     HEADER_TYPE,
     SENSITIVE_KEYS,
 )
+from .redaction import is_sensitive_name
 
 JSON = "application/json"
 BYTES = "application/octet-stream"
@@ -150,12 +151,15 @@ def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
             raise InvalidJob(f"invalid header name {name!r}")
         if name.lower().startswith(_RESERVED_HEADER):
             raise InvalidJob(f"header {name!r} is reserved (Nats-*, Bgjob-* and Content-Type are set by bgjob)")
+        # A sensitive header's value is never quoted: the error reaches logs and Sentry.
+        shown = f"a {type(value).__name__}" if is_sensitive_name(name) else repr(value)
         if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise InvalidJob(f"header {name!r} needs a single-line str value, got {value!r}")
+            raise InvalidJob(f"header {name!r} needs a single-line str value, got {shown}")
         try:
             value.encode()
         except UnicodeEncodeError as exc:
-            raise InvalidJob(f"header {name!r} has text that UTF-8 cannot encode: {exc}") from exc
+            where = f" at position {exc.start}"
+            raise InvalidJob(f"header {name!r} has text that UTF-8 cannot encode{where}: {exc.reason}") from None
         clean[name] = value
     return clean
 

@@ -4,7 +4,7 @@ from ._version import __version__ as __version__
 from .client import Client, QueueConfig, QueueStats, connect, default_client, send_job, send_jobs
 from .context import JobContextFilter, current_job, current_request_id
 from .directory import WorkerInfo
-from .dlq import DeadLetter, DeadLetters
+from .dlq import DeadLetter, DeadLetters, DeadLetterScan
 from .errors import (
     BgjobError,
     ConfigurationError,
@@ -13,6 +13,7 @@ from .errors import (
     DeadLetterRefused,
     HandlerError,
     InvalidJob,
+    InvalidMatch,
     InvalidResult,
     InvalidSchedule,
     JobTooLarge,
@@ -52,6 +53,7 @@ __all__ = [
     "DeadLetterNotFound",
     "DeadLetterRefused",
     "DeadLetters",
+    "DeadLetterScan",
     "default_client",
     "Failure",
     "Fate",
@@ -59,6 +61,7 @@ __all__ = [
     "HandlerError",
     "InMemoryMetricStorage",
     "InvalidJob",
+    "InvalidMatch",
     "InvalidResult",
     "InvalidSchedule",
     "JobTooLarge",

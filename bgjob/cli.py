@@ -130,8 +130,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 print(f"{'ID':34} {'QUEUE':12} {'TYPE':20} {'REASON':16} {'ATTEMPTS':>8}  LAST FAILURE         ERROR")
                 for e in entries:
                     last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
+                    error = e.masked_error
                     print(f"{e.id:34} {e.queue:12} {e.type:20} {e.reason:16} {e.attempts:>8}  {last:20} "
-                          f"{e.error.splitlines()[0][:60] if e.error else ''}")  # fmt: skip
+                          f"{error.splitlines()[0][:60] if error else ''}")  # fmt: skip
                 total = dlq.count(queue=args.queue, job_type=args.type, reason=args.reason)
                 print(f"({len(entries)} shown of {total})")
         elif args.action == "show":
@@ -150,23 +151,70 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 print(f"would purge {count} dead letters; add --yes to do it", file=sys.stderr)
                 return 1
             print(f"purged {dlq.purge(queue=args.queue, job_type=args.type, reason=args.reason)} dead letters")
+        elif args.action in ("find", "erase"):
+            print("\n".join(match_command(dlq, vars(args))))
     finally:
         client.close()
     return 0
 
 
 def _entry_dict(entry: Any, full: bool = False) -> dict[str, Any]:
+    """A dead letter as shown by `bgjob dlq list --json`/`show`: masked (DeadLetter.masked_*), never raw."""
     data = {
         "id": entry.id, "seq": entry.seq, "queue": entry.queue, "type": entry.type, "reason": entry.reason,
-        "error": entry.error, "attempts": entry.attempts, "first_failure_at": entry.first_failure_at,
+        "error": entry.masked_error, "attempts": entry.attempts, "first_failure_at": entry.first_failure_at,
         "last_failure_at": entry.last_failure_at, "request_id": entry.request_id,
     }  # fmt: skip
     if full:
-        arg = entry.arg
+        arg = entry.masked_arg
         data["arg"] = arg if not isinstance(arg, bytes) else repr(arg)
-        data["headers"] = dict(entry.headers)
-        data["traceback"] = entry.traceback
+        data["headers"] = entry.masked_headers
+        data["traceback"] = entry.masked_traceback
     return data
+
+
+# -- bgjob dlq find|erase (also manage.py bgjob_dlq) ---------------------------------------------------------------
+def add_match_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `dlq find` and `dlq erase` to `parser` (`--match PATH=VALUE` repeated, the filters,
+    `--scan-limit`, `--after`, `--yes`, `--json`); run them with `match_command`."""
+    from .dlq import DEFAULT_SCAN_LIMIT
+
+    parser.add_argument("--match", action="append", required=True, metavar="PATH=VALUE",
+                        help="a dotted JSON path into the arg and its value (JSON, else text), e.g. customer.id=7; "
+                        "repeat to require several")  # fmt: skip
+    parser.add_argument("--queue")
+    parser.add_argument("--type", dest="job_type", metavar="TYPE")
+    parser.add_argument("--reason")
+    parser.add_argument("--scan-limit", type=int, default=DEFAULT_SCAN_LIMIT, metavar="N",
+                        help=f"read at most N dead letters, oldest first (one server request each; default "
+                        f"{DEFAULT_SCAN_LIMIT})")  # fmt: skip
+    parser.add_argument("--after", type=int, metavar="SEQ", help="start after this DLQ sequence (to go on)")
+    parser.add_argument("--yes", action="store_true", help="erase: really delete the matching dead letters")
+    parser.add_argument("--json", action="store_true", help="find: the matches as JSON (masked)")
+
+
+def match_command(dlq: Any, options: Mapping[str, Any]) -> list[str]:
+    """Run `find` or `erase` (options["action"]) with the options `add_match_arguments` parsed; returns the lines
+    to print. Dead letters are shown masked. `erase` without `yes` deletes nothing and raises BgjobError saying
+    how many would be erased. Raises InvalidMatch/InvalidJob for bad options, ConnectionError."""
+    from .arg_match import parse_match
+
+    match = parse_match(options["match"])
+    scope = {"queue": options.get("queue"), "job_type": options.get("job_type"), "reason": options.get("reason"),
+             "scan_limit": options["scan_limit"], "after": options.get("after")}  # fmt: skip
+    erase = options["action"] == "erase"
+    scan = dlq.erase(match, **scope) if erase and options.get("yes") else dlq.find(match, **scope)
+    reach = "the whole DLQ" if scan.complete else f"not the end: go on with --after {scan.last_seq}"
+    summary = f"scanned {scan.scanned} dead letters ({reach})"
+    if erase and not options.get("yes"):
+        raise BgjobError(f"would erase {len(scan.matches)} dead letters ({summary}); add --yes to do it")
+    if erase:
+        return [f"erased {len(scan.matches)} dead letters; {summary}"]
+    if options.get("json"):
+        return [json.dumps([_entry_dict(e, full=True) for e in scan.matches], indent=2, default=str)]
+    lines = [f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:20} {json.dumps(e.masked_arg, default=repr)[:80]}"
+             for e in scan.matches]  # fmt: skip
+    return [*lines, f"{len(scan.matches)} matching; {summary}"]
 
 
 def queue_table(client: Client) -> list[str]:
@@ -307,8 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs may finish after SIGTERM")
     p.add_argument("--max-attempts", type=int, default=10)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (needs prometheus-client)")
-    p.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint (default: all "
-                   "interfaces, so Prometheus can scrape it; 127.0.0.1 for this host only)")  # fmt: skip
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address of the metrics endpoint (default: "
+                   "127.0.0.1, this host only; 0.0.0.0 is the explicit choice to let other hosts scrape it). Only "
+                   "/metrics answers")  # fmt: skip
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("send", help="enqueue a job; prints its id")
@@ -338,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--type")
     q.add_argument("--reason")
     q.add_argument("--yes", action="store_true")
+    q = dlq.add_parser("find", help="dead letters whose arg matches (bounded scan, oldest first), masked")
+    add_match_arguments(q)
+    q = dlq.add_parser("erase", help="delete the dead letters whose arg matches (a data-subject request)")
+    add_match_arguments(q)
     p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("status", help="queues: pending, in-flight, retrying, scheduled, dead letters")

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from . import job as jobmod
 from . import job_results, unique
 from .codec import check_size, periodic_message, prepare_job, spec_of
 from .core import Core, QueueConfig, as_bgjob_error, is_transient
+from .encryption import cipher_for
 from .errors import BgjobError, ConnectionError, InvalidJob, ResultNotFound, SendJobsError
 from .job import JobSpec
 from .job_results import JobResult
@@ -56,6 +57,7 @@ class Client:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        cipher_for(self.settings.encryption_keys)  # unusable keys, or no cryptography: ConfigurationError now
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._core: Core | None = None
@@ -183,6 +185,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         store_result: bool | None = None,
         unique_for: timedelta | float | None = None,
+        sensitive: Collection[str] | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
@@ -194,14 +197,21 @@ class Client:
         `unique_for` (timedelta or seconds, 1 s to 30 days; needs `job_id`): the id is reserved for that long
         in the `<PREFIX>_UNIQUE` bucket, across server restarts; a send of a reserved id returns it without
         publishing (see bgjob.unique for what happens when a publish fails).
+
+        `sensitive` (a list of arg key names, e.g. `["card", "password"]`; exact names, matched at any depth of
+        a JSON arg): the values under those keys are masked (`bgjob.redaction.MASK`) in bgjob's logs, dead
+        letters' errors and displays, stored results' errors and Sentry; the job itself carries them intact
+        (its handler sees the real arg). The keys travel in the `Bgjob-Sensitive` header; the worker adds the
+        handler's own (`Mux.handler(..., sensitive=)`). A lone str or a key with ',' or a space is InvalidJob.
         """
         if unique_for is not None:
             return self._send_unique(job_type, arg, unique_for, queue=queue, delay=delay, at=at, job_id=job_id,
-                                     request_id=request_id, headers=headers, store_result=store_result)  # fmt: skip
+                                     request_id=request_id, headers=headers, store_result=store_result,
+                                     sensitive=sensitive)  # fmt: skip
         store = self._stores_result(queue, store_result)
         subject, body, hdrs, msg_id = prepare_job(
             self.settings, job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id,
-            request_id=request_id, headers=headers, store_result=store,
+            request_id=request_id, headers=headers, store_result=store, sensitive=sensitive,
         )  # fmt: skip
         runtime, core = self._ensure()
         check_size(core, body, hdrs)
@@ -263,6 +273,16 @@ class Client:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
 
+    def delete_result(self, job_id: str) -> bool:
+        """Erase the stored result of job `job_id` (a data-subject request): its record and every earlier
+        revision are purged from the results bucket, so `result(job_id)` raises ResultNotFound afterwards.
+        Returns True if a result was stored, False if none was (never raises ResultNotFound). Delete after the
+        job has finished: a worker still running it writes its outcome again. Raises InvalidJob for a job id
+        that is not a non-empty str, ConnectionError when NATS does not answer within retry_for."""
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidJob(f"job_id must be a non-empty str, not {job_id!r}")
+        return bool(self.run(job_results.delete_record, job_id))
+
     def send_jobs(
         self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
     ) -> list[str]:
@@ -272,6 +292,7 @@ class Client:
         (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
         some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
         `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
+        A JobSpec's `sensitive` keys are masked as `send_job`'s are.
         """
         runtime, core = self._ensure()
         prepared = []
@@ -285,6 +306,7 @@ class Client:
                 subject, body, hdrs, job_id = prepare_job(
                     self.settings, spec.type, spec.arg, queue=job_queue, delay=spec.delay, at=spec.at,
                     job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers, store_result=store,
+                    sensitive=spec.sensitive,
                 )  # fmt: skip
                 check_size(core, body, hdrs)
                 ttl = unique.validate_unique_for(spec.unique_for, spec.job_id)

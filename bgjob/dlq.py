@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,8 +16,11 @@ from nats.aio.msg import Msg
 from nats.js.api import RawStreamMsg
 
 from . import job as jobmod
+from . import redaction
+from .arg_match import arg_matches, validate_match
 from .codec import requeue_message
-from .errors import DeadLetterNotFound, DeadLetterRefused, InvalidJob
+from .encryption import Cipher, DecryptError, cipher_for, decrypt_body
+from .errors import DeadLetterNotFound, DeadLetterRefused, InvalidJob, InvalidMatch
 from .headers import (
     ATTEMPTS_USED,
     CARRIED_FIRST_FAILURE,
@@ -30,12 +33,14 @@ from .headers import (
     DLQ_ORIGINAL_SUBJECT,
     DLQ_REASON,
     DLQ_TRACEBACK,
+    ENCRYPTION,
     HEADER_ENQUEUED_AT,
     HEADER_ID,
     HEADER_NAME,
     HEADER_REQUEST_ID,
     HEADER_TYPE,
     MSG_ID,
+    SENSITIVE_KEYS,
     SIGNATURE,
     STORE_RESULT,
     cut_text,
@@ -61,17 +66,25 @@ LEAST_ERROR_BYTES = 128
 MINIMAL_ERROR_BYTES = 1024
 MINIMAL_VALUE_BYTES = 512
 #: what a minimal dead letter keeps of the job's headers: enough to show it, decode it and retry it.
-_MINIMAL_KEEP = (HEADER_ID, HEADER_TYPE, CONTENT_TYPE, HEADER_ENQUEUED_AT, HEADER_REQUEST_ID, STORE_RESULT, SIGNATURE)
+_MINIMAL_KEEP = (HEADER_ID, HEADER_TYPE, CONTENT_TYPE, HEADER_ENQUEUED_AT, HEADER_REQUEST_ID, STORE_RESULT, SIGNATURE,
+                 ENCRYPTION, SENSITIVE_KEYS)  # fmt: skip
 #: a server refusal that a smaller dead letter may get past (anything else is raised as it is).
 _REFUSALS = (nats.js.errors.APIError, nats.errors.BadHeaderError, InvalidJob)
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
-REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "signature", "internal_error")
+REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "decrypt", "signature", "internal_error")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DeadLetter:
-    """A failed job kept in the DLQ stream, with why and when it failed."""
+    """A failed job kept in the DLQ stream, with why and when it failed.
+
+    `arg`, `headers`, `error` and `traceback` are as stored: they may hold personal data and secrets. Anything
+    shown to a person uses the masked views instead (`masked_arg`, `masked_headers`, `masked_error`,
+    `masked_traceback`): the values of the arg keys marked sensitive (`sensitive`), the values of headers whose
+    names look secret, and any quote of those values in the texts, replaced by `bgjob.redaction.MASK`. The repr
+    shows id, seq, queue, type and reason only.
+    """
 
     id: str
     seq: int
@@ -86,14 +99,65 @@ class DeadLetter:
     body: bytes
     #: the job's headers as its producer sent them (Bgjob-*, Content-Type and custom ones).
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: the reading client's Settings.sensitive_headers (extra header names/globs masked besides the built-in rule).
+    sensitive_header_patterns: tuple[str, ...] = field(default=(), compare=False)
+    #: the reading client's encryption keys (None: it has none): what `arg` decrypts an encrypted body with.
+    cipher: Cipher | None = field(default=None, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        return f"DeadLetter(id={self.id!r}, seq={self.seq}, queue={self.queue!r}, type={self.type!r}, " \
+               f"reason={self.reason!r})"  # fmt: skip
 
     @property
     def arg(self) -> Any:
-        """The decoded arg; the raw body when it does not decode."""
+        """The decoded arg; the raw body when it does not decode. An encrypted body (bgjob.encryption) is
+        decrypted with the reading client's keys; when that cannot be done the arg is a str placeholder,
+        "<encrypted; this client has no key <key id>>" (or "... does not authenticate ..."): never raises."""
         try:
-            return jobmod.decode_arg(self.body, self.headers.get(CONTENT_TYPE))
+            body = decrypt_body(self.body, self.headers, self.cipher, who="client")
+        except DecryptError as exc:
+            if exc.key_id is None or self.cipher is None or exc.key_id not in self.cipher.key_ids:
+                return f"<encrypted; this client has no key {exc.key_id or '?'}>"
+            return f"<encrypted with key {exc.key_id}; the body does not authenticate (tampered with)>"
+        try:
+            return jobmod.decode_arg(body, self.headers.get(CONTENT_TYPE))
         except jobmod.DecodeError:
-            return self.body
+            return body
+
+    @property
+    def sensitive(self) -> frozenset[str]:
+        """The arg keys the job was marked sensitive by (its Bgjob-Sensitive header); empty when none."""
+        return jobmod.sensitive_of(self.headers)
+
+    @property
+    def masked_arg(self) -> Any:
+        """The arg with the value of every `sensitive` key (at any depth) replaced by MASK. An arg that does not
+        decode (bytes) is shown as it is when no key is sensitive, and as MASK when some are (its keys cannot
+        be found in it)."""
+        arg = self.arg
+        if isinstance(arg, bytes):
+            return redaction.MASK if self.sensitive else arg
+        return redaction.mask_arg(arg, self.sensitive)
+
+    @property
+    def masked_headers(self) -> dict[str, str]:
+        """The headers with the values of sensitive ones (Authorization, Cookie, *token*, ... and the client's
+        Settings.sensitive_headers) replaced by MASK."""
+        return redaction.mask_headers(self.headers, self.sensitive_header_patterns)
+
+    @property
+    def masked_error(self) -> str:
+        """The error text with every quote of a sensitive value (arg or header) replaced by MASK."""
+        return redaction.scrub_text(self.error, self._secret_values()) or ""
+
+    @property
+    def masked_traceback(self) -> str | None:
+        """The traceback with every quote of a sensitive value (arg or header) replaced by MASK; None if none."""
+        return redaction.scrub_text(self.traceback, self._secret_values())
+
+    def _secret_values(self) -> list[str]:
+        """The texts a message could quote: the sensitive arg values and the sensitive headers' values."""
+        return redaction.secret_texts(self.arg, self.sensitive, self.headers, self.sensitive_header_patterns)
 
     @property
     def request_id(self) -> str | None:
@@ -115,6 +179,7 @@ async def move_to_dlq(
     error: str,
     traceback: str | None,
     attempts: int,
+    sensitive: Collection[str] = (),
 ) -> None:
     """Store a failed delivery in the DLQ and wait for the PubAck (the caller then terms it).
 
@@ -122,9 +187,14 @@ async def move_to_dlq(
     job's (they name the dead letter's subject); `reason` a validated DLQ reason; `error` and `traceback` any
     text (cut to at most MAX_ERROR_BYTES and MAX_TRACEBACK_BYTES as sent, and to whatever room the job's own
     headers leave under JetStream's 64 KiB header limit and the server's max_payload); `attempts` the
-    deliveries so far.
+    deliveries so far; `sensitive` the job's sensitive arg keys as the worker merged them (the producer's and
+    the handler's), written to the dead letter's SENSITIVE_KEYS header so every display masks their values.
+    The caller scrubs `error` and `traceback` (the worker's settle module does); the body is stored as it is,
+    so a retry from the DLQ runs the very job.
 
-    The dead letter is the job's body and headers plus the failure headers (bgjob.headers.DLQ_*). When the
+    The dead letter is the job's body and headers plus the failure headers (bgjob.headers.DLQ_*). The job's
+    custom headers whose names are sensitive (`redaction.is_sensitive_name`, with Settings.sensitive_headers)
+    are left out unless Settings.dlq_keep_sensitive_headers. When the
     job's headers leave too little room, or the server refuses it anyway, a minimal dead letter is stored
     instead: the job's id, type, content type, enqueue time, request id and signature, the reason, a short
     error saying why it is minimal, and the body. Its Nats-Msg-Id is derived from the stored message
@@ -138,7 +208,12 @@ async def move_to_dlq(
     body = msg.data or b""
     error = error if isinstance(error, str) else ("" if error is None else str(error))
     now = jobmod.format_time(datetime.now(timezone.utc))
-    job_headers = {k: v for k, v in (msg.headers or {}).items() if _kept(k)}
+    settings = core.settings
+    dropped = None if settings.dlq_keep_sensitive_headers else settings.sensitive_headers
+    job_headers = {k: v for k, v in (msg.headers or {}).items() if _kept(k, dropped)}
+    keys = jobmod.sensitive_of(job_headers) | frozenset(sensitive)
+    if keys:
+        job_headers[SENSITIVE_KEYS] = ",".join(sorted(keys))
     carried = (msg.headers or {}).get(CARRIED_FIRST_FAILURE)
     failure = {
         DLQ_REASON: reason,
@@ -173,14 +248,18 @@ async def move_to_dlq(
         ) from exc
 
 
-def _kept(name: str) -> bool:
+def _kept(name: str, sensitive_headers: Collection[str] | None) -> bool:
     """Whether a delivered job's header goes into its dead letter: not NATS's own, not stale failure headers,
-    not the attempts carried by a retry (a job retried from the DLQ starts again at attempt 1)."""
+    not the attempts carried by a retry (a job retried from the DLQ starts again at attempt 1), and, unless
+    `sensitive_headers` is None (keep them), not a custom header whose name is sensitive by the built-in rule
+    or `sensitive_headers` (bgjob's own headers, e.g. Bgjob-Signature, are kept)."""
     return (
         not name.lower().startswith("nats-")
         and name not in DLQ_FAILURE_HEADERS
         and name not in (CARRIED_FIRST_FAILURE, ATTEMPTS_USED)
         and bool(HEADER_NAME.fullmatch(name))
+        and (sensitive_headers is None or not jobmod.user_headers({name: ""})
+             or not redaction.is_sensitive_name(name, sensitive_headers))
     )
 
 
@@ -273,6 +352,8 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
         last_failure_at=jobmod.parse_time(headers.get(DLQ_LAST_FAILURE)),
         body=raw.data or b"",
         headers={k: v for k, v in without_nats_headers(headers).items() if k not in DLQ_FAILURE_HEADERS},
+        sensitive_header_patterns=core.settings.sensitive_headers,
+        cipher=cipher_for(core.settings.encryption_keys),
     )
 
 
@@ -337,6 +418,58 @@ async def _purge(core: Core, queue: str | None, job_type: str | None, reason: st
     return count
 
 
+@dataclass(frozen=True)
+class DeadLetterScan:
+    """What `DeadLetters.find` found (or `erase` erased) in one bounded scan of the DLQ, oldest first.
+
+    `matches`: the dead letters whose arg matched (for `erase`: the ones deleted). `scanned`: how many dead
+    letters were read. `complete`: whether the scan reached the end of the DLQ (of the filtered part); when
+    False, scan on with `after=last_seq`. `last_seq`: the DLQ sequence of the last dead letter read (or the
+    `after` given when none was).
+    """
+
+    matches: list[DeadLetter]
+    scanned: int
+    complete: bool
+    last_seq: int
+
+    def __repr__(self) -> str:
+        return (f"DeadLetterScan(matches={[e.id for e in self.matches]!r}, scanned={self.scanned}, "
+                f"complete={self.complete}, last_seq={self.last_seq})")  # fmt: skip
+
+
+#: the most dead letters one find/erase reads unless told otherwise.
+DEFAULT_SCAN_LIMIT = 10_000
+#: the time a scan may take, per dead letter read, on top of the client's usual bound (seconds).
+_SCAN_SECONDS_EACH = 0.01
+
+
+async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None, job_type: str | None,
+                reason: str | None, scan_limit: int, after: int | None, erase: bool) -> DeadLetterScan:  # fmt: skip
+    """Read dead letters oldest first from after `after`, one stream read each, at most `scan_limit`; keep (and
+    with `erase`, delete by sequence) those whose arg matches. One more read says whether the end was reached."""
+    await core.ensure_dlq()
+    subject = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
+    last = after or 0
+    matches: list[DeadLetter] = []
+    scanned = 0
+    while scanned < scan_limit:
+        raw = await _get_next(core, last + 1, subject)
+        if raw is None:
+            return DeadLetterScan(matches, scanned, True, last)
+        scanned, last = scanned + 1, raw.seq
+        entry = _entry(core, raw)
+        if not arg_matches(entry.arg, match):
+            continue
+        if erase:
+            try:
+                await core.js.delete_msg(core.topology.dlq_stream, entry.seq)  # the server erases its bytes too
+            except nats.js.errors.NotFoundError:
+                continue  # retried or deleted by someone else meanwhile
+        matches.append(entry)
+    return DeadLetterScan(matches, scanned, await _get_next(core, last + 1, subject) is None, last)
+
+
 class Runner(Protocol):
     """What DeadLetters needs of a client: run `await coro_fn(core, *args)` on its loop and block for the result."""
 
@@ -382,6 +515,69 @@ class DeadLetters:
     def count(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
         _validate_filter(queue, job_type, reason)
         return self._client.run(count_dead_letters, queue, job_type, reason, idempotent=True)
+
+    def find(
+        self,
+        match: Mapping[str, Any],
+        *,
+        queue: str | None = None,
+        job_type: str | None = None,
+        reason: str | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+        after: int | None = None,
+    ) -> DeadLetterScan:
+        """The dead letters whose arg matches `match`, e.g. `{"customer_id": 7}` or `{"customer.id": 7}`.
+
+        `match` maps dotted JSON paths into the arg (dict keys, or list indexes as digits) to values; a dead
+        letter matches when every path holds its value (a number also matches its text, see `arg_matches`).
+        `queue`/`job_type`/`reason` narrow the scan server-side. Dead letters are read oldest first, after DLQ
+        sequence `after` (None: from the start), at most `scan_limit` of them.
+
+        Cost: one stream read (a request to the server) per dead letter scanned, plus one; a scan of 10,000
+        takes seconds. The result says whether the end was reached (`complete`) and where to go on
+        (`last_seq`). Raises InvalidMatch (bad match or scan_limit), InvalidJob (bad filter), ConnectionError.
+        """
+        parsed = self._validated(match, queue, job_type, reason, scan_limit, after)
+        return self._client.run(_scan, parsed, queue, job_type, reason, scan_limit, after, False, idempotent=True,
+                                timeout=self._scan_timeout(scan_limit))  # fmt: skip
+
+    def erase(
+        self,
+        match: Mapping[str, Any],
+        *,
+        queue: str | None = None,
+        job_type: str | None = None,
+        reason: str | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+        after: int | None = None,
+    ) -> DeadLetterScan:
+        """Delete every dead letter `find` would find with these arguments (for a data-subject request:
+        `client.dlq.erase({"customer_id": 7})`); returns the scan, whose `matches` are the deleted ones.
+
+        Each is deleted by its DLQ sequence, so nothing else is touched, and the server overwrites its stored
+        bytes (JetStream's secure delete). Until `complete` is True, call again with `after=last_seq`. Same
+        cost, bounds and errors as `find`; after a ConnectionError part may be deleted: calling again is safe.
+        """
+        parsed = self._validated(match, queue, job_type, reason, scan_limit, after)
+        return self._client.run(_scan, parsed, queue, job_type, reason, scan_limit, after, True,
+                                timeout=self._scan_timeout(scan_limit))  # fmt: skip
+
+    @staticmethod
+    def _validated(match: Any, queue: str | None, job_type: str | None, reason: str | None, scan_limit: Any,
+                   after: Any) -> dict[tuple[str, ...], Any]:  # fmt: skip
+        parsed = validate_match(match)
+        _validate_filter(queue, job_type, reason)
+        if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
+            raise InvalidMatch(f"scan_limit must be a positive int (dead letters to read), not {scan_limit!r}")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise InvalidMatch(f"after must be a DLQ sequence (an int >= 0) or None, not {after!r}")
+        return parsed
+
+    def _scan_timeout(self, scan_limit: int) -> float | None:
+        settings = getattr(self._client, "settings", None)
+        if settings is None:
+            return None
+        return settings.retry_for + settings.request_timeout + 1.0 + scan_limit * _SCAN_SECONDS_EACH
 
 
 def _validate_filter(queue: str | None, job_type: str | None, reason: str | None) -> None:

@@ -117,6 +117,12 @@ class DeadLetterNotFound(BgjobError, KeyError):
         return Exception.__str__(self)
 
 
+class InvalidMatch(BgjobError, ValueError):
+    """A dead-letter search (`client.dlq.find`/`erase`) was given a match that cannot be used: not a non-empty
+    mapping of dotted JSON paths to values, an empty path or path segment, or a scan bound that is not a positive
+    int. Nothing was read or deleted."""
+
+
 class ConfigurationError(BgjobError, ValueError):
     """A setting or a queue configuration cannot be used: a bad value, or one the server refused."""
 

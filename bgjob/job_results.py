@@ -274,6 +274,31 @@ async def read_record(core: Core, job_id: str) -> dict[str, Any] | None:
     return result
 
 
+async def delete_record(core: Core, job_id: str) -> bool:
+    """Erase the stored result of `job_id` and its history: a KV purge (a rollup marker that removes every
+    earlier revision), not a delete marker. Returns whether a result was stored. Nothing is written when the
+    bucket or the key never existed. Transient errors are retried for Settings.retry_for (a purge is
+    idempotent)."""
+
+    async def purge() -> bool:
+        kv = await bucket(core, create=False)
+        if kv is None:
+            return False
+        key = result_key(job_id)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        except nats.js.errors.KeyDeletedError:  # a delete marker: purge the revisions it may leave behind
+            await kv.purge(key)
+            return False
+        await kv.purge(key)
+        return bool(entry.value)
+
+    result: bool = await core.retry(purge)
+    return result
+
+
 async def record_running(
     core: Core, job_id: str, job_type: str, queue: str, attempt: int, enqueued_at: str | None, worker_id: str
 ) -> dict[str, Any]:

@@ -47,3 +47,25 @@ def fill_dlq(client: bgjob.Client, count: int, rare_every: int) -> list[str]:
             raise AssertionError(f"only {client.dlq.count()} of {count} dead letters were stored")
         time.sleep(0.2)
     return rare
+
+
+def store_dead_letter(client: bgjob.Client, job_id: str, arg: object, *, headers: dict[str, str] | None = None,
+                      error: str = "failed", traceback: str | None = None, queue: str = "default",
+                      job_type: str = "charge", reason: str = "handler") -> None:  # fmt: skip
+    """Store one dead letter as a worker would (its error and traceback as given: *not* scrubbed, so a display
+    cannot rely on the worker's scrubbing); waits for the PubAck."""
+    now = jobmod.format_time(datetime.now(timezone.utc))
+    stored = {
+        hdr.HEADER_ID: job_id, hdr.HEADER_TYPE: job_type, hdr.CONTENT_TYPE: jobmod.JSON, hdr.DLQ_REASON: reason,
+        hdr.DLQ_ERROR: json.dumps(error), hdr.DLQ_ATTEMPTS: "1", hdr.DLQ_FIRST_FAILURE: now,
+        hdr.DLQ_LAST_FAILURE: now, **(headers or {}),
+    }  # fmt: skip
+    if traceback is not None:
+        stored[hdr.DLQ_TRACEBACK] = json.dumps(traceback)
+    subject = Topology(client.settings.prefix).dlq_subject(queue, reason, job_id, job_type)
+
+    async def publish(core: object) -> None:
+        await core.ensure_dlq()
+        await core.js.publish(subject, json.dumps(arg).encode(), headers=stored)
+
+    client.run(publish)

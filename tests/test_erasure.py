@@ -1,0 +1,132 @@
+"""Erasure for a data-subject request ("delete everything about customer 7"): a job's stored result, and the
+dead letters whose arg matches a JSON path and value, found by a bounded scan and deleted by sequence."""
+
+from __future__ import annotations
+
+import nats.js.errors
+import pytest
+
+import bgjob
+
+from .conftest import wait_until
+from .django.dlq_fill import store_dead_letter
+
+
+@pytest.fixture
+def customers(client, start_worker) -> dict[int, list[str]]:
+    """Dead letters from a real worker: three jobs about customer 7 (flat, nested, as text) and two about 8."""
+    mux = bgjob.Mux()
+    mux.handle("charge", lambda job: bgjob.MoveToDlq("card declined"))
+    start_worker(client, mux)
+    args = {7: [{"customer_id": 7, "amount": 10}, {"customer": {"id": 7}}, {"customer_id": "7"}],
+            8: [{"customer_id": 8, "amount": 10}, {"customer": {"id": 8}}]}  # fmt: skip
+    ids = {n: [client.send_job("charge", arg) for arg in batch] for n, batch in args.items()}
+    wait_until(lambda: client.dlq.count() == 5, message="5 dead letters")
+    return ids
+
+
+def raw_stored_ids(client: bgjob.Client) -> list[str]:
+    """Every job id left in the DLQ stream, read message by message (not through bgjob's DLQ API)."""
+
+    async def read(core) -> list[str]:
+        info = await core.js.stream_info(core.topology.dlq_stream)
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                raw = await core.js.get_msg(core.topology.dlq_stream, seq)
+            except nats.js.errors.NotFoundError:
+                continue
+            found.append((raw.headers or {}).get("Bgjob-Id"))
+        return found
+
+    return client.run(read)
+
+
+def test_find_matches_a_value_at_a_path_and_a_number_matches_its_text(client, customers) -> None:
+    flat = client.dlq.find({"customer_id": 7})
+    assert sorted(e.id for e in flat.matches) == sorted([customers[7][0], customers[7][2]])
+    assert flat.complete and flat.scanned == 5
+    nested = client.dlq.find({"customer.id": 7})
+    assert [e.id for e in nested.matches] == [customers[7][1]]
+    both = client.dlq.find({"customer_id": 8, "amount": 10})
+    assert [e.id for e in both.matches] == [customers[8][0]]
+    assert client.dlq.find({"customer_id": 9}).matches == []
+    assert client.dlq.find({"customer_id": 7}, queue="mail").matches == []
+
+
+def test_erase_removes_every_dead_letter_of_customer_7_and_leaves_8_intact(client, customers) -> None:
+    erased = client.dlq.erase({"customer_id": 7})
+    erased_nested = client.dlq.erase({"customer.id": 7})
+    assert len(erased.matches) + len(erased_nested.matches) == 3 and erased.complete
+    assert client.dlq.count() == 2
+    assert sorted(e.id for e in client.dlq.list()) == sorted(customers[8])
+    assert sorted(raw_stored_ids(client)) == sorted(customers[8])
+    for job_id in customers[7]:
+        with pytest.raises(bgjob.DeadLetterNotFound):
+            client.dlq.get(job_id)
+    assert [e.arg for e in client.dlq.list()][::-1] == [{"customer_id": 8, "amount": 10}, {"customer": {"id": 8}}]
+    assert client.dlq.erase({"customer_id": 7}).matches == []
+
+
+def test_scan_limit_bounds_the_scan_and_after_goes_on(client, customers) -> None:
+    first = client.dlq.find({"customer_id": 8}, scan_limit=2)
+    assert first.scanned == 2 and not first.complete and first.matches == []
+    rest = client.dlq.find({"customer_id": 8}, scan_limit=10, after=first.last_seq)
+    assert rest.scanned == 3 and rest.complete and [e.id for e in rest.matches] == [customers[8][0]]
+    partial = client.dlq.erase({"customer_id": 7}, scan_limit=1)
+    assert partial.scanned == 1 and not partial.complete and client.dlq.count() == 4
+
+
+@pytest.mark.parametrize("match", [None, [("customer_id", 7)], "customer_id=7", {}, {"": 7}, {"a..b": 7},
+                                   {".a": 7}, {7: 7}])  # fmt: skip
+def test_a_bad_match_is_an_invalid_match_error_and_deletes_nothing(client, customers, match) -> None:
+    with pytest.raises(bgjob.InvalidMatch):
+        client.dlq.find(match)
+    with pytest.raises(bgjob.InvalidMatch):
+        client.dlq.erase(match)
+    assert client.dlq.count() == 5
+
+
+@pytest.mark.parametrize("bound", [{"scan_limit": 0}, {"scan_limit": "10"}, {"scan_limit": True}, {"after": -1}])
+def test_a_bad_scan_bound_is_an_invalid_match_error(client, bound) -> None:
+    with pytest.raises(bgjob.InvalidMatch):
+        client.dlq.find({"customer_id": 7}, **bound)
+
+
+def test_delete_result_purges_a_stored_result(client, start_worker) -> None:
+    mux = bgjob.Mux()
+    mux.handle("report", lambda job: bgjob.Complete({"customer_id": 7, "total": 12}))
+    start_worker(client, mux)
+    job_id = client.send_job("report", {"customer_id": 7}, store_result=True)
+    assert client.result(job_id, wait=15).status == bgjob.ResultStatus.SUCCESSFUL
+    assert client.delete_result(job_id) is True
+    with pytest.raises(bgjob.ResultNotFound):
+        client.result(job_id)
+    assert client.delete_result(job_id) is False
+    assert client.delete_result("never-sent") is False
+
+    async def revisions(core) -> int:
+        from bgjob import job_results
+
+        kv = await job_results.bucket(core, create=False)
+        history = await kv.history(job_results.result_key(job_id))
+        return sum(1 for entry in history if entry.value)
+
+    assert client.run(revisions) == 0  # the purge removed every revision, not only the latest
+    with pytest.raises(bgjob.InvalidJob):
+        client.delete_result("")
+
+
+def test_masked_views_hide_sensitive_keys_headers_and_their_quotes(client) -> None:
+    store_dead_letter(client, "job-secret", {"card": "4111111111111111", "customer_id": 7},
+                      headers={"Bgjob-Sensitive": "card", "Authorization": "Bearer tok-SECRET-123"},
+                      error="declined 4111111111111111 with Bearer tok-SECRET-123",
+                      traceback="ValueError: card 4111111111111111")  # fmt: skip
+    entry = client.dlq.get("job-secret")
+    assert entry.arg["card"] == "4111111111111111"  # the raw arg stays available to code
+    assert entry.masked_arg == {"card": bgjob.redaction.MASK, "customer_id": 7}
+    assert entry.masked_headers["Authorization"] == bgjob.redaction.MASK
+    shown = " ".join([repr(entry), str(entry.masked_arg), str(entry.masked_headers), entry.masked_error,
+                      entry.masked_traceback])  # fmt: skip
+    assert "4111111111111111" not in shown and "tok-SECRET-123" not in shown
+    assert "declined" in entry.masked_error

@@ -26,7 +26,8 @@ class _NoTableAdmin(admin.ModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(_NoTableAdmin):
-    """Dead letters: list with filters, search and paging; detail; retry, delete and purge."""
+    """Dead letters: list with filters, search and paging; detail (masked without view_deadletter_payload);
+    retry, delete, purge, and erase by arg content."""
 
     def get_urls(self) -> list[URLPattern]:
         views = DeadLetterViews(self)
@@ -34,6 +35,7 @@ class DeadLetterAdmin(_NoTableAdmin):
         return [
             path("", wrap(views.changelist), name=self._name("changelist")),
             path("purge/", wrap(views.purge), name=self._name("purge")),
+            path("erase/", wrap(views.erase), name=self._name("erase")),
             path("<str:object_id>/change/", wrap(views.detail), name=self._name("change")),
             path("<str:object_id>/retry/", wrap(views.retry), name=self._name("retry")),
             path("<str:object_id>/delete/", wrap(views.delete), name=self._name("delete")),

@@ -2,6 +2,9 @@
 
 A page of dead letters is one bounded scan of the DLQ stream (`client.dlq.list` with `before` paging) plus
 one count: pages stay fast however many dead letters there are.
+
+Arg, headers, error and traceback are shown masked (`DeadLetter.masked_*`) unless the user has the
+`bgjob_django.view_deadletter_payload` permission (superusers have it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from django.views.decorators.http import require_POST
 
 import bgjob
 from bgjob import job as jobmod
+from bgjob.arg_match import parse_value
 from bgjob.dlq import REASONS, validate_reason
 
 from .conf import get_client
@@ -36,6 +40,8 @@ from .registry import registry
 log = logging.getLogger("bgjob_django.admin")
 
 PAGE_SIZE = 50
+#: the most dead letters one "Erase data matching" scans (one stream read each); the page says if it stopped.
+ERASE_SCAN_LIMIT = 10_000
 FILTERS = (("queue", "queue"), ("type", "job type"), ("reason", "reason"))
 
 
@@ -116,6 +122,7 @@ class DeadLetterViews(_Views):
             title="Dead letters",
             subtitle=None,
             entries=entries,
+            rows=[(e, e.error if self._payload_visible(request) else e.masked_error) for e in entries],
             total=total,
             query=query,
             filters=filters,
@@ -126,6 +133,7 @@ class DeadLetterViews(_Views):
             older_url=_qs({**params, "before": entries[-1].seq}) if has_more else None,
             search_hidden=[(k, v) for k, v in filters.items() if v],
             purge_url=self.url("purge") + _qs({k: v for k, v in filters.items() if v}),
+            erase_url=self.url("erase") + _qs({k: v for k, v in filters.items() if v}),
             actions=self._actions(request),
             has_change_permission=self.model_admin.has_change_permission(request),
             has_delete_permission=self.model_admin.has_delete_permission(request),
@@ -136,6 +144,7 @@ class DeadLetterViews(_Views):
     def detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
         self.require(self.model_admin.has_view_permission(request))
         entry = self._get(object_id)
+        unmasked = self._payload_visible(request)
         context = self.context(
             request,
             title=f"Dead letter {entry.id}",
@@ -143,8 +152,11 @@ class DeadLetterViews(_Views):
             subtitle=None,
             object=DeadLetter(id=entry.id),
             entry=entry,
-            payload=pretty_arg(entry),
-            headers=sorted(entry.headers.items()),
+            masked=not unmasked,
+            payload=pretty_arg(entry, masked=not unmasked),
+            headers=sorted((entry.headers if unmasked else entry.masked_headers).items()),
+            error=entry.error if unmasked else entry.masked_error,
+            traceback=entry.traceback if unmasked else entry.masked_traceback,
             has_change_permission=self.model_admin.has_change_permission(request),
             has_delete_permission=self.model_admin.has_delete_permission(request),
             changelist_url=self.url("changelist") + _qs({"queue": entry.queue}),
@@ -201,6 +213,47 @@ class DeadLetterViews(_Views):
         return self._confirm(request, title="Purge dead letters?", count=count, filters=filters, ids=[],
                              question=question, action_url=self.url("purge"), hidden=hidden)
 
+    @_unavailable_on_nats_errors
+    def erase(self, request: HttpRequest) -> HttpResponse:
+        """"Erase data matching": a JSON path and a value (GET: the form); POST: the matches, masked, to confirm;
+        POST with post=yes: delete them (a data-subject request). Needs delete_deadletter."""
+        self.require(self.model_admin.has_delete_permission(request))
+        source = request.POST if request.method == "POST" else request.GET
+        filters = self._filters(request, source)
+        path, text = source.get("path", "").strip(), source.get("value", "").strip()
+        form = {"path": path, "value": text, "filters": [(k, v) for k, v in filters.items() if v]}
+        if request.method != "POST":
+            return self._erase_form(request, form)
+        try:
+            match = {path: parse_value(text)}
+            dlq = get_client().dlq
+            if request.POST.get("post") == "yes":
+                scan = dlq.erase(match, scan_limit=ERASE_SCAN_LIMIT, **_api(filters))
+            else:
+                scan = dlq.find(match, scan_limit=ERASE_SCAN_LIMIT, **_api(filters))
+        except (bgjob.InvalidMatch, bgjob.InvalidJob) as exc:
+            return self._erase_form(request, form, error=str(exc))
+        described = f"{path} = {text} ({_describe(filters)})"
+        reach = "" if scan.complete else (f" The scan stopped after {scan.scanned} dead letters, before the end of "
+                                          "the DLQ: run it again for the rest.")  # fmt: skip
+        if request.POST.get("post") == "yes":
+            erased = [e.id for e in scan.matches]
+            self._log(request, erased, DELETION, f"Erased: arg matched {path}.")
+            messages.success(request, f"Erased {len(erased)} dead letters matching {described}.{reach}")
+            return HttpResponseRedirect(self.url("changelist"))
+        question = (f"Erase the {len(scan.matches)} dead letters whose arg matches {described}? They cannot be "
+                    f"retried afterwards.{reach}")  # fmt: skip
+        return self._confirm(request, title="Erase data matching?", ids=[], question=question,
+                             matches=[(e, pretty_arg(e)) for e in scan.matches], action_url=self.url("erase"),
+                             hidden=[("path", path), ("value", text), *form["filters"]])  # fmt: skip
+
+    def _erase_form(self, request: HttpRequest, form: dict[str, Any], error: str | None = None) -> HttpResponse:
+        context = self.context(request, title="Erase data matching", here="Erase data matching", subtitle=None,
+                               form=form, error=error, scan_limit=ERASE_SCAN_LIMIT, action_url=self.url("erase"),
+                               cancel_url=self.url("changelist"))  # fmt: skip
+        return TemplateResponse(request, "bgjob_django/admin/deadletter_erase.html", context, status=400 if error
+                                else 200)  # fmt: skip
+
     def _action(self, request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action", "")
         ids = [i for i in request.POST.getlist("_selected_action") if i]
@@ -231,6 +284,10 @@ class DeadLetterViews(_Views):
         return HttpResponseRedirect(back)
 
     # -- helpers -------------------------------------------------------------------------------------
+    def _payload_visible(self, request: HttpRequest) -> bool:
+        """Whether the user may see arg, headers, error and traceback unmasked (view_deadletter_payload)."""
+        return request.user.has_perm(f"{self.opts.app_label}.view_deadletter_payload")
+
     def _actions(self, request: HttpRequest) -> dict[str, str]:
         actions = {}
         if self.model_admin.has_change_permission(request):

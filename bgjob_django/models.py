@@ -1,8 +1,9 @@
 """Models without tables: they give the admin pages their place in the index and their permissions.
 
 The data lives in JetStream; `manage.py migrate` creates only the content types and permissions:
-`bgjob_django.view_deadletter` (list and detail), `change_deadletter` (retry), `delete_deadletter`
-(delete and purge), and `view_queue` (the queues and workers overview).
+`bgjob_django.view_deadletter` (list and detail, with arg, headers, error and traceback masked),
+`view_deadletter_payload` (see them unmasked), `change_deadletter` (retry), `delete_deadletter` (delete, purge
+and erase by arg content), and `view_queue` (the queues and workers overview).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class DeadLetter(models.Model):
         verbose_name = "dead letter"
         verbose_name_plural = "dead letters"
         default_permissions = ("view", "change", "delete")
+        permissions = (("view_deadletter_payload", "Can view dead letter payloads"),)
 
     def __str__(self) -> str:
         return self.id

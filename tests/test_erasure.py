@@ -130,3 +130,25 @@ def test_masked_views_hide_sensitive_keys_headers_and_their_quotes(client) -> No
                       entry.masked_traceback])  # fmt: skip
     assert "4111111111111111" not in shown and "tok-SECRET-123" not in shown
     assert "declined" in entry.masked_error
+
+
+def test_bgjob_dlq_show_list_and_find_print_masked_and_erase_asks_for_yes(client, nats_server, prefix, monkeypatch,
+                                                                         capsys) -> None:  # fmt: skip
+    from bgjob.cli import main
+
+    monkeypatch.setenv("BGJOB_URL", nats_server.url)
+    monkeypatch.setenv("BGJOB_PREFIX", prefix)
+    store_dead_letter(client, "job-seven", {"card": "4111111111111111", "customer_id": 7},
+                      headers={"Bgjob-Sensitive": "card", "Authorization": "Bearer tok-SECRET-123"},
+                      error="declined 4111111111111111 with Bearer tok-SECRET-123",
+                      traceback="ValueError: card 4111111111111111")  # fmt: skip
+    for args in (["dlq", "show", "job-seven"], ["dlq", "list"], ["dlq", "list", "--json"],
+                 ["dlq", "find", "--match", "customer_id=7"], ["dlq", "find", "--match", "customer_id=7", "--json"]):
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "job-seven" in out and "4111111111111111" not in out and "tok-SECRET-123" not in out, args
+    assert main(["dlq", "erase", "--match", "customer_id=7"]) == 2
+    assert "would erase 1 dead letters" in capsys.readouterr().err and client.dlq.count() == 1
+    assert main(["dlq", "erase", "--match", "=7", "--yes"]) == 2 and "PATH=VALUE" in capsys.readouterr().err
+    assert main(["dlq", "erase", "--match", "customer_id=7", "--yes"]) == 0
+    assert "erased 1 dead letters" in capsys.readouterr().out and client.dlq.count() == 0

@@ -1,4 +1,6 @@
-"""`manage.py bgjob_dlq list|show|retry|delete|purge`: the dead-letter queue from the command line."""
+"""`manage.py bgjob_dlq list|show|retry|delete|purge|find|erase`: the dead-letter queue from the command line.
+
+Dead letters are shown masked (sensitive arg keys, sensitive headers, quotes of their values)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,17 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import bgjob
+from bgjob.cli import add_match_arguments, match_command
 from bgjob_django.conf import get_client
-from bgjob_django.display import entry_summary, pretty_arg
+from bgjob_django.display import entry_details, entry_summary
 
 
 class Command(BaseCommand):
-    help = "Browse the dead-letter queue and retry, delete or purge dead letters."
+    help = "Browse the dead-letter queue; retry, delete or purge dead letters; find or erase them by arg content."
     requires_system_checks: tuple[str, ...] = ()
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True, metavar="list|show|retry|delete|purge")
+        sub = parser.add_subparsers(dest="action", required=True, metavar="list|show|retry|delete|purge|find|erase")
 
         def filters(p: Any) -> None:
             p.add_argument("--queue")
@@ -40,6 +43,10 @@ class Command(BaseCommand):
         p = sub.add_parser("purge", help="delete all dead letters (matching the filters)")
         filters(p)
         p.add_argument("--yes", action="store_true", help="really purge")
+        p = sub.add_parser("find", help="dead letters whose arg matches --match PATH=VALUE (bounded scan), masked")
+        add_match_arguments(p)
+        p = sub.add_parser("erase", help="delete the dead letters whose arg matches (a data-subject request)")
+        add_match_arguments(p)
 
     def handle(self, *args: Any, **options: Any) -> None:
         dlq = get_client().dlq
@@ -64,7 +71,7 @@ class Command(BaseCommand):
                           f"{'LAST FAILURE':20} ERROR")  # fmt: skip
         for e in entries:
             last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
-            error = e.error.splitlines()[0][:60] if e.error else ""
+            error = e.masked_error.splitlines()[0][:60] if e.error else ""
             self.stdout.write(f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:24} {e.reason:16} {e.attempts:>8}  "
                               f"{last:20} {error}")  # fmt: skip
         total = dlq.count(**self._filters(options))
@@ -72,10 +79,12 @@ class Command(BaseCommand):
         self.stdout.write(f"({len(entries)} shown of {total}{more})")
 
     def do_show(self, dlq: bgjob.DeadLetters, options: dict[str, Any]) -> None:
-        entry = dlq.get(options["id"])
-        data = {**entry_summary(entry), "arg": pretty_arg(entry), "headers": dict(entry.headers),
-                "traceback": entry.traceback}  # fmt: skip
-        self.stdout.write(json.dumps(data, indent=2, default=str))
+        self.stdout.write(json.dumps(entry_details(dlq.get(options["id"])), indent=2, default=str))
+
+    def do_find(self, dlq: bgjob.DeadLetters, options: dict[str, Any]) -> None:
+        self.stdout.write("\n".join(match_command(dlq, options)))
+
+    do_erase = do_find
 
     def do_retry(self, dlq: bgjob.DeadLetters, options: dict[str, Any]) -> None:
         if options["all"] == bool(options["ids"]):

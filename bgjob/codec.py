@@ -19,11 +19,13 @@ from nats.js.api import Header
 
 from . import job as jobmod
 from .context import current_request_id
+from .encryption import Cipher, cipher_for, decrypt_body
 from .errors import InvalidJob, InvalidSchedule
 from .headers import (
     ATTEMPTS_USED,
     CARRIED_FIRST_FAILURE,
     CRON,
+    ENCRYPTION,
     MAX_HEADER_BYTES,
     MSG_ID,
     SCHEDULE_NAME,
@@ -95,7 +97,9 @@ def prepare_job(
     store_result: bool = False,
     sensitive: Collection[str] | None = None,
 ) -> tuple[str, bytes, dict[str, str], str]:
-    """Validate a job and build its (subject, body, headers, id); raises InvalidJob."""
+    """Validate a job and build its (subject, body, headers, id); raises InvalidJob, and ConfigurationError for
+    unusable Settings.encryption_keys. With encryption keys the body is encrypted (bgjob.encryption) before it
+    is signed: a signature covers the stored bytes."""
     topology = _topology(settings.prefix)
     jobmod.validate_type(job_type)
     jobmod.validate_queue(queue)
@@ -123,6 +127,9 @@ def prepare_job(
         hdrs[STORE_RESULT] = "1"
     if keys:
         hdrs[SENSITIVE_KEYS] = ",".join(sorted(keys))
+    cipher = cipher_for(settings.encryption_keys)
+    if cipher is not None:
+        body = cipher.encrypt(body, hdrs)
     if settings.signing_key:
         signer_for(settings.signing_key).sign(queue, hdrs, body)
     target = topology.job_subject(queue, job_type)
@@ -192,8 +199,11 @@ def job_id_of(msg: Msg) -> str:
     return f"{schedule if jobmod.is_valid_job_id(schedule) else 'seq'}-{msg.metadata.sequence.stream}"
 
 
-def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, max_attempts: int | None) -> Job:
-    """The Job a handler sees; raises jobmod.DecodeError for a body or header that does not decode."""
+def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, max_attempts: int | None,
+               cipher: Cipher | None = None) -> Job:  # fmt: skip
+    """The Job a handler sees; raises jobmod.DecodeError for a body or header that does not decode, and its
+    subclass bgjob.encryption.DecryptError for an encrypted body that `cipher` (the worker's keys, None when it
+    has none) cannot decrypt."""
     headers = msg.headers or {}
     declared = headers.get(jobmod.HEADER_TYPE)
     if declared is not None and declared != job_type:
@@ -201,7 +211,7 @@ def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, m
     return Job(
         id=job_id,
         type=job_type,
-        arg=jobmod.decode_arg(msg.data, headers.get(jobmod.CONTENT_TYPE)),
+        arg=jobmod.decode_arg(decrypt_body(msg.data or b"", headers, cipher), headers.get(jobmod.CONTENT_TYPE)),
         queue=queue,
         attempt=attempt,
         request_id=headers.get(jobmod.HEADER_REQUEST_ID),
@@ -223,11 +233,13 @@ def next_run_message(
     due: datetime,
     attempts: int,
     arg: Any = KEEP_ARG,
+    cipher: Cipher | None = None,
 ) -> tuple[str, bytes, dict[str, str]]:
     """Subject, body and headers of the next run of delivered `job` as an `@at` schedule due at `due`.
 
     `kind` is "retry" (the attempt count carried forward: `attempts` used so far) or "next" (a Reschedule: a
-    new run, attempts start again); `arg` replaces the body unless KEEP_ARG. The subject is the delivery's own
+    new run, attempts start again); `arg` replaces the body unless KEEP_ARG, encrypted with `cipher` (the
+    worker's keys) when given (a kept body stays as it was stored). The subject is the delivery's own
     (`delivery_key`): redone after a crash it replaces its schedule, and two jobs that share an id never
     replace each other's. The caller signs and publishes. Raises InvalidJob when the new arg does not encode,
     InvalidSchedule when `due` is past what the server can schedule.
@@ -246,6 +258,10 @@ def next_run_message(
         headers.pop(ATTEMPTS_USED, None)
     if kind == "next":
         headers[jobmod.HEADER_ENQUEUED_AT] = jobmod.format_time(datetime.now(timezone.utc))
+    if arg is not KEEP_ARG:
+        headers.pop(ENCRYPTION, None)
+        if cipher is not None:
+            body = cipher.encrypt(body, headers)  # bound to the Bgjob-Id _keep_id kept, if any
     headers.update({
         Header.SCHEDULE.value: f"@at {jobmod.format_time(due)}",
         Header.SCHEDULE_TARGET.value: topology.job_subject(queue, job.type),
@@ -288,7 +304,8 @@ def periodic_message(
     headers: Mapping[str, str] | None,
 ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
     """A periodic job's cron schedule message: (subject, body, headers). `name` is validated by the caller;
-    raises InvalidSchedule (cron, time zone) or InvalidJob (type, queue, arg, headers)."""
+    raises InvalidSchedule (cron, time zone) or InvalidJob (type, queue, arg, headers). With encryption keys the
+    arg is stored encrypted, not bound to a job id (each firing gets its own id)."""
     schedule = ByCron(cron, tz)
     jobmod.validate_type(job_type)
     jobmod.validate_queue(queue)
@@ -304,6 +321,9 @@ def periodic_message(
         Header.SCHEDULE_TARGET.value: topology.job_subject(queue, job_type),
         Header.SCHEDULE_TIME_ZONE.value: tz,
     })  # fmt: skip
+    cipher = cipher_for(settings.encryption_keys)
+    if cipher is not None:
+        body = cipher.encrypt(body, hdrs)
     if settings.signing_key:
         signer_for(settings.signing_key).sign(queue, hdrs, body)
     return topology.cron_subject(queue, name), body, hdrs

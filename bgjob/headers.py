@@ -33,6 +33,8 @@ SCHEDULE_NAME = "Bgjob-Schedule"
 #: the arg keys the producer marked sensitive (`send_job(..., sensitive=[...])`), comma-separated: their values
 #: are masked wherever the job is shown (see bgjob.redaction).
 SENSITIVE_KEYS = "Bgjob-Sensitive"
+#: an encrypted body's scheme and key id, `aes256gcm;<key id>[;id]` (see bgjob.encryption).
+ENCRYPTION = "Bgjob-Encryption"
 #: attempts a job used in earlier messages (a retry through a server-side schedule carries them forward).
 ATTEMPTS_USED = "Bgjob-Attempts-Used"
 

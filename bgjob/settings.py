@@ -107,8 +107,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
-        """Settings from `BGJOB_*` environment variables (BGJOB_URL, BGJOB_PREFIX, BGJOB_REPLICAS, BGJOB_DATA_DIR),
-        then `overrides` (Settings fields; None values are skipped).
+        """Settings from `BGJOB_*` environment variables (BGJOB_URL, BGJOB_PREFIX, BGJOB_REPLICAS, BGJOB_DATA_DIR,
+        BGJOB_ENCRYPTION_KEYS: comma-separated), then `overrides` (Settings fields; None values are skipped).
 
         Raises ConfigurationError for an unknown key (with the closest field names; nats.connect options go in
         `nats_options`), an environment variable that does not parse, or a value `Settings` refuses.
@@ -132,6 +132,7 @@ _ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("BGJOB_PREFIX", "prefix", str),
     ("BGJOB_REPLICAS", "replicas", int),
     ("BGJOB_DATA_DIR", "data_dir", str),
+    ("BGJOB_ENCRYPTION_KEYS", "encryption_keys", lambda raw: tuple(k.strip() for k in raw.split(",") if k.strip())),
 )
 #: nats.connect options bgjob sets itself, and the Settings field (or reason) that owns each.
 _OWN_NATS_OPTIONS = {

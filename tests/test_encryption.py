@@ -244,3 +244,11 @@ def test_keys_without_the_cryptography_package_name_the_extra_to_install(monkeyp
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
     with pytest.raises(ConfigurationError, match=r'pip install "bgjob\[encryption\]"'):
         Cipher([generate_key()])
+
+
+def test_a_minimal_dead_letter_keeps_the_encryption_header_so_it_can_still_be_decrypted_and_retried() -> None:
+    from bgjob import dlq
+
+    header = f"aes256gcm;{kid(generate_key())};id"
+    kept = dlq._minimal({ENCRYPTION: header, "Content-Type": "application/json"}, {}, "j1", "charge", "boom", "why")
+    assert kept[ENCRYPTION] == header and kept["Bgjob-Id"] == "j1"

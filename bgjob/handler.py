@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Protocol, runtime_checkable
 
-from .errors import HandlerError
-from .job import Job, validate_type
+from .errors import HandlerError, InvalidJob
+from .job import Job, validate_sensitive, validate_type
 from .result import Result
 
 #: A plain function handler.
@@ -38,10 +38,23 @@ class Mux:
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerFunc] = {}
+        self._sensitive: dict[str, frozenset[str]] = {}
 
-    def handle(self, job_type: str, handler: HandlerFunc | SyncHandlerAdapter) -> None:
-        """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`."""
+    def handle(self, job_type: str, handler: HandlerFunc | SyncHandlerAdapter, *,
+               sensitive: Collection[str] | None = None) -> None:  # fmt: skip
+        """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`.
+
+        `sensitive`: arg key names (a list of str, exact names, matched at any depth of the arg) whose values
+        are sensitive for every job of this type, whatever its producer marked: the worker adds them to
+        `job.sensitive`, so they are masked in bgjob's logs, dead letters, stored results' errors and Sentry.
+        Raises InvalidJob for a bad job type, HandlerError for a duplicate type, a handler that is not
+        callable or bad `sensitive` keys.
+        """
         validate_type(job_type)
+        try:
+            keys = validate_sensitive(sensitive)
+        except InvalidJob as exc:
+            raise HandlerError(f"handler for {job_type!r}: {exc}") from exc
         if job_type in self._handlers:
             raise HandlerError(f"a handler for job type {job_type!r} is already registered")
         if isinstance(handler, SyncHandlerAdapter) and not isinstance(handler, type):
@@ -54,18 +67,25 @@ class Mux:
                 f"handle(job); got {handler!r}"
             )
         self._handlers[job_type] = fn
+        if keys:
+            self._sensitive[job_type] = keys
 
-    def handler(self, job_type: str) -> Callable[[HandlerFunc], HandlerFunc]:
-        """Decorator form of `handle`."""
+    def handler(self, job_type: str, *, sensitive: Collection[str] | None = None
+                ) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
+        """Decorator form of `handle`: `@mux.handler("charge", sensitive=["card", "password"])`."""
 
         def register(fn: HandlerFunc) -> HandlerFunc:
-            self.handle(job_type, fn)
+            self.handle(job_type, fn, sensitive=sensitive)
             return fn
 
         return register
 
     def get(self, job_type: str) -> HandlerFunc | None:
         return self._handlers.get(job_type)
+
+    def sensitive_keys(self, job_type: str) -> frozenset[str]:
+        """The arg keys the handler of `job_type` marked sensitive (empty when none, or no such handler)."""
+        return self._sensitive.get(job_type, frozenset())
 
     def types(self) -> list[str]:
         return sorted(self._handlers)

@@ -1,4 +1,4 @@
-"""The worker's public hook protocol: what a worker tells observers about each job, and the real fate of it.
+r"""The worker's public hook protocol: what a worker tells observers about each job, and the real fate of it.
 
 The worker's settle module is the only place that decides and performs a job's JetStream operation; it then
 reports what actually happened as a `Fate`. Metrics, logging, Sentry and anything a user writes subclass
@@ -16,6 +16,19 @@ counted, never passed on.
 Threads: `on_job_start` and `on_job_end` run in the thread (or greenlet) that runs the handler, around the
 middleware chain; `on_settled` and `on_internal_error` run on the worker's event-loop thread once the
 JetStream operation is done, so they must be quick and must not block (hand slow work to a queue).
+
+Scrubbing: every error text and traceback of a failed job passes through the scrub before the worker logs it,
+stores it in a dead letter or a stored result, or reports it in a `Fate`. By default the values under the
+job's sensitive arg keys (`job.sensitive`: the producer's `sensitive=` plus the handler's) and the values of
+its sensitive headers (Authorization, *token*, ..., `Settings.sensitive_headers`) are replaced by
+`bgjob.redaction.MASK`. `WorkerHooks.scrub(text, job) -> str` masks what bgjob cannot know:
+
+    class NoEmails(bgjob.WorkerHooks):
+        def scrub(self, text, job):
+            return re.sub(r"[\w.+-]+@[\w-]+\.[\w.]+", bgjob.redaction.MASK, text)
+
+Each hooks object's `scrub` runs after the default one, in order; one that raises (or returns no str) is
+logged and skipped: the text keeps the default scrub, and the job is settled as it would be without it.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from .redaction import scrub_text, secret_texts
 
 if TYPE_CHECKING:
     from .job import Job
@@ -70,7 +85,9 @@ class Fate:
     `delay` (seconds) is set for RETRY_SCHEDULED, `at` (aware UTC datetime) for RESCHEDULED and for retries
     that went through a server-side schedule, `reason` for DEAD_LETTERED (a DLQ reason such as `handler`,
     `max_attempts`, `decode`) and for HANDED_BACK (`drain`, `grace_period`, `settle_failed`), `error` for
-    DEAD_LETTERED and for a HANDED_BACK after a failure.
+    DEAD_LETTERED, for a RETRY_SCHEDULED after a failure and for a HANDED_BACK after a failure, `traceback`
+    with `error` when the failure has one. `error` and `traceback` of a failed job are scrubbed (see the module
+    docstring): exactly what the dead letter and the stored result hold.
     """
 
     kind: FateKind
@@ -78,18 +95,20 @@ class Fate:
     at: datetime | None = None
     reason: str | None = None
     error: str | None = None
+    traceback: str | None = None
 
     @classmethod
     def acked(cls) -> Fate:
         return _ACKED
 
     @classmethod
-    def retry_scheduled(cls, delay: float, at: datetime | None = None) -> Fate:
-        return cls(FateKind.RETRY_SCHEDULED, delay=delay, at=at)
+    def retry_scheduled(cls, delay: float, at: datetime | None = None, error: str | None = None,
+                        traceback: str | None = None) -> Fate:  # fmt: skip
+        return cls(FateKind.RETRY_SCHEDULED, delay=delay, at=at, error=error, traceback=traceback)
 
     @classmethod
-    def dead_lettered(cls, reason: str, error: str | None = None) -> Fate:
-        return cls(FateKind.DEAD_LETTERED, reason=reason, error=error)
+    def dead_lettered(cls, reason: str, error: str | None = None, traceback: str | None = None) -> Fate:
+        return cls(FateKind.DEAD_LETTERED, reason=reason, error=error, traceback=traceback)
 
     @classmethod
     def rescheduled(cls, at: datetime) -> Fate:
@@ -156,6 +175,13 @@ class WorkerHooks:
     def on_internal_error(self, error: BaseException | str) -> None:
         """The worker could not decode, settle or record a job, or a lease was lost (event-loop thread)."""
 
+    def scrub(self, text: str, job: Job) -> str:
+        """Return `text` (an error message or a formatted traceback of `job`'s failure, already scrubbed of the
+        job's sensitive values) with whatever else must never be logged or stored replaced, e.g. by
+        `bgjob.redaction.MASK`. Called in the handler's thread or on the event-loop thread, possibly more than
+        once for one text (it must be quick, and idempotent). The default returns `text` as it is."""
+        return text
+
 
 _global_hooks: list[WorkerHooks] = []
 
@@ -179,8 +205,10 @@ def unregister_hooks(hooks: WorkerHooks) -> None:
 class HookSet:
     """The hooks one worker calls: its own, then the process-wide ones; a failing hook is logged, not raised."""
 
-    def __init__(self, hooks: Iterable[Any]) -> None:
+    def __init__(self, hooks: Iterable[Any], sensitive_headers: Iterable[str] = ()) -> None:
         self._own = [h for h in hooks if isinstance(h, WorkerHooks)]
+        #: Settings.sensitive_headers: header names (or globs) whose values the default scrub masks too.
+        self.sensitive_headers = tuple(sensitive_headers)
 
     def __iter__(self) -> Iterator[WorkerHooks]:
         yield from self._own
@@ -189,6 +217,32 @@ class HookSet:
     def __bool__(self) -> bool:
         """Whether any hooks would be called (process-wide ones may be registered at any time)."""
         return bool(self._own or _global_hooks)
+
+    def scrub(self, text: str | None, job: Job | None) -> str | None:
+        """`text` (an error or a traceback of `job`'s failure) with the job's sensitive arg values and header
+        values replaced by MASK, then passed through every hooks object's `scrub`; None and "" are returned as
+        they are. A `scrub` that raises or returns no str is logged and skipped; never raises."""
+        if not text or job is None:
+            return text
+        try:
+            text = scrub_text(text, secret_texts(job.arg, job.sensitive, job.headers, self.sensitive_headers))
+        except Exception:  # a job's odd arg must not stop its settlement
+            log.exception("bgjob: could not scrub the error of job %s; it is kept out", job.id)
+            return "<error text withheld: it could not be scrubbed>"
+        assert text is not None
+        for hooks in self:
+            if type(hooks).scrub is WorkerHooks.scrub:
+                continue
+            try:
+                scrubbed = hooks.scrub(text, job)
+                if not isinstance(scrubbed, str):
+                    raise TypeError(f"scrub returned {type(scrubbed).__name__}, not a str")
+            except BaseException:
+                log.exception("bgjob hook %s.scrub failed on job %s; its default scrub is kept", type(hooks).__name__,
+                              job.id)  # fmt: skip
+                continue
+            text = scrubbed
+        return text
 
     def call(self, name: str, *args: Any) -> None:
         if not self._own and not _global_hooks:  # the hot path of a worker without hooks: nothing to call

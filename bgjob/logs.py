@@ -10,8 +10,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .context import JobContextFilter, current_job, current_request_id
+from .errors import exception_traceback
 from .hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, is_unhandled
 from .job import Job
+from .redaction import scrub_text, secret_texts
 from .result import Result
 
 #: LogRecord attributes that are not `extra=` fields.
@@ -51,10 +53,10 @@ class JsonFormatter(logging.Formatter):
             "job_id": _given(record, "job_id") or (job and job.id),
             "job_type": _given(record, "job_type") or (job and job.type),
         }
-        if record.exc_info:
-            data["exc_info"] = self.formatException(record.exc_info)
-        elif record.exc_text:
+        if record.exc_text:  # set before the record was logged (LogJobs: a scrubbed traceback), or cached
             data["exc_info"] = record.exc_text
+        elif record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             data["stack_info"] = self.formatStack(record.stack_info)
         for key, value in vars(record).items():
@@ -91,6 +93,10 @@ class LogJobs(WorkerHooks):
     acked or rescheduled at DEBUG, a retry scheduled or a hand-back at INFO, a dead letter or an exception the
     handler raised at WARNING (with its traceback) — with the handler's run time.
 
+    Errors and tracebacks are the scrubbed ones the worker stored (`Fate.error`, `Fate.traceback`, a Failure's
+    texts; see `bgjob.hooks` on scrubbing): a value under a sensitive arg key or a sensitive header never shows.
+    The traceback is the record's `exc_text`; `exc_info` is set too only when scrubbing changed nothing in it.
+
     Give it to `Worker(hooks=[LogJobs()])` (in `middleware=` it works too: it is skipped as a link of the chain).
     """
 
@@ -114,8 +120,8 @@ class LogJobs(WorkerHooks):
         ran = f" in {took * 1000:.1f} ms" if took is not None else ""
         extra = {"job_id": job.id, "job_type": job.type, "request_id": job.request_id, "bgjob_fate": fate.kind.value}
         exc = exception_of(outcome)
-        error = getattr(outcome, "error", None)
-        detail = f": {describe(error)}" if error else ""
+        error = fate.error if fate.error and fate.kind is not FateKind.HANDED_BACK else getattr(outcome, "error", None)
+        detail = f": {_scrubbed(describe(error), job)}" if error else ""
         raised = exc is not None and is_unhandled(exc)
         if fate.kind in (FateKind.ACKED, FateKind.RESCHEDULED):
             level = logging.DEBUG
@@ -123,9 +129,26 @@ class LogJobs(WorkerHooks):
             level = logging.WARNING
         else:
             level = logging.INFO
-        exc_info = (type(exc), exc, exc.__traceback__) if raised else None
-        self.log.log(level, "job finished%s: %s %s attempt %d -> %s%s", ran, job.type, job.id, job.attempt, fate,
-                     detail, exc_info=exc_info, extra=extra)  # fmt: skip
+        if not self.log.isEnabledFor(level):
+            return
+        exc_info, trace = None, None
+        if raised:
+            assert exc is not None
+            raw = exception_traceback(exc)
+            trace = fate.traceback or getattr(outcome, "traceback", None) or _scrubbed(raw, job)
+            if trace == raw:
+                exc_info = (type(exc), exc, exc.__traceback__)
+        record = self.log.makeRecord(self.log.name, level, __file__, 0, "job finished%s: %s %s attempt %d -> %s%s",
+                                     (ran, job.type, job.id, job.attempt, fate, detail), exc_info, extra=extra)
+        if trace:
+            record.exc_text = trace.rstrip("\n")
+        self.log.handle(record)
+
+
+def _scrubbed(text: str | None, job: Job) -> str | None:
+    """The default scrub (the job's sensitive arg values and header values), for texts the worker did not
+    scrub itself (an outcome's error reported with a hand-back)."""
+    return scrub_text(text, secret_texts(job.arg, job.sensitive, job.headers))
 
 
 def describe(error: object) -> str:

@@ -113,3 +113,16 @@ def scrub_text(text: str | None, values: Iterable[str]) -> str | None:
         if value:
             text = text.replace(value, MASK)
     return text
+
+
+def secret_texts(arg: Any, keys: Collection[str], headers: Mapping[str, str] | None = None,
+                 extra: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """The texts an error message about a job could quote and must not: its `sensitive_values(arg, keys)`, and
+    the values of its `headers` whose names are sensitive (`is_sensitive_name(name, extra)`) with their
+    space-separated parts (the token of `Bearer <token>`); at least 4 characters each, longest first."""
+    found = set(sensitive_values(arg, keys))
+    extra = tuple(extra)
+    for name, value in (headers or {}).items():
+        if isinstance(value, str) and is_sensitive_name(name, extra):
+            found.update(v for v in (value, *value.split()) if len(v) >= 4)
+    return sorted(found, key=len, reverse=True)

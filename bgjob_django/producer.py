@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ def send_job(
     headers: Mapping[str, str] | None = None,
     store_result: bool | None = None,
     unique_for: timedelta | float | None = None,
+    sensitive: Collection[str] | None = None,
     on_commit: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> str:
@@ -41,14 +42,16 @@ def send_job(
     (default: `BGJOB["ON_COMMIT"]`) it is published when the transaction of database `using` commits,
     and never if it rolls back; outside a transaction it is published at once. The job is validated
     now either way (bgjob.InvalidJob). `unique_for` (with `job_id`): see bgjob's send_job; with on_commit
-    the id is reserved when the transaction commits.
+    the id is reserved when the transaction commits. `sensitive` (arg key names, e.g. `["card"]`): their
+    values are masked in bgjob's logs, dead letters, stored errors, the admin and Sentry (see bgjob's send_job).
     """
     unique.validate_unique_for(unique_for, job_id)
     if request_id is None:
         request_id = get_request_id()
     if on_commit is None:
         on_commit = get_config().on_commit
-    kwargs = {"queue": queue, "delay": delay, "at": at, "request_id": request_id, "headers": headers}
+    kwargs = {"queue": queue, "delay": delay, "at": at, "request_id": request_id, "headers": headers,
+              "sensitive": sensitive}  # fmt: skip
     if not on_commit:
         return get_client().send_job(job_type, arg, job_id=job_id, store_result=store_result, unique_for=unique_for,
                                      **kwargs)  # fmt: skip
@@ -95,7 +98,8 @@ def send_jobs(
     for index, spec in enumerate(specs):  # refuse bad jobs now, not at commit
         try:
             prepare_job(client.settings, spec.type, spec.arg, queue=spec.queue or queue, delay=spec.delay,
-                        at=spec.at, job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers)  # fmt: skip
+                        at=spec.at, job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers,
+                        sensitive=spec.sensitive)  # fmt: skip
         except bgjob.InvalidJob as exc:
             raise bgjob.InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
     transaction.on_commit(lambda: get_client().send_jobs(specs, queue=queue), using=using)

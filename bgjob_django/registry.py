@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import bgjob
@@ -32,8 +32,8 @@ class Registry(bgjob.Mux):
         self._resolved: dict[str, HandlerFunc | None] = {}
         self._lock = threading.Lock()
 
-    def handle(self, job_type: str, handler: Any) -> None:
-        super().handle(job_type, handler)
+    def handle(self, job_type: str, handler: Any, *, sensitive: Collection[str] | None = None) -> None:
+        super().handle(job_type, handler, sensitive=sensitive)
         try:
             self._types_of[handler] = job_type
         except TypeError:  # an unhashable handler object: @periodic cannot be stacked on it, nothing else changes
@@ -94,12 +94,18 @@ class Registry(bgjob.Mux):
 registry = Registry()
 
 
-def handler(job_type: str, *, mux: Registry | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function (or SyncHandlerAdapter class instance) as the handler of `job_type`."""
+def handler(job_type: str, *, mux: Registry | None = None, sensitive: Collection[str] | None = None
+            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
+    """Register the decorated function (or SyncHandlerAdapter class instance) as the handler of `job_type`.
+
+    `sensitive`: arg keys whose values are masked wherever bgjob shows or stores the job (see
+    `bgjob.Mux.handle`). Raises InvalidJob for a bad job type, HandlerError for bad `sensitive` keys (when
+    the decorator is applied) or a duplicate type.
+    """
     jobmod.validate_type(job_type)
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        (registry if mux is None else mux).handle(job_type, fn)
+        (registry if mux is None else mux).handle(job_type, fn, sensitive=sensitive)
         return fn
 
     return register

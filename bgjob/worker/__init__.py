@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from .. import job as jobmod
 from ..client import Client
 from ..core import as_bgjob_error
+from ..encryption import cipher_for
 from ..handler import Mux
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
@@ -41,7 +42,9 @@ class Worker:
         concurrency: at most this many handlers run at once (threads, or greenlets with pool="gevent").
         middleware: callables `(job, call_next) -> Result` around every handler call, outermost first; those
             that are also `WorkerHooks` (like `bgjob.Metrics`) get the hook calls too.
-        hooks: `WorkerHooks` told of every job's start, end and real fate (see `bgjob.hooks`).
+        hooks: `WorkerHooks` told of every job's start, end and real fate (see `bgjob.hooks`); their
+            `scrub(text, job)` masks what bgjob cannot know in failed jobs' errors and tracebacks before they
+            are logged or stored (after the default scrub of `job.sensitive` values and sensitive headers).
         retry_policy: backoff for failures and `Retry()` without a delay, and `max_attempts`: a failure on
             the last attempt, or a delivery past it (the process died running it), goes to the DLQ.
         grace_period: seconds `stop()` (or SIGTERM/SIGINT) lets in-flight jobs finish before handing them back.
@@ -80,7 +83,7 @@ class Worker:
         self.queue = queue
         self.concurrency = concurrency
         self.middleware = list(middleware)
-        self.hooks = HookSet([*self.middleware, *hooks])
+        self.hooks = HookSet([*self.middleware, *hooks], client.settings.sensitive_headers)
         self.retry_policy = retry_policy or RetryPolicy()
         self.grace_period = grace_period
         self.fetch_timeout = fetch_timeout
@@ -105,7 +108,8 @@ class Worker:
         pool = make_pool(self.pool, self.concurrency, name=f"bgjob-{self.queue}")
         keys = self.client.settings.verify_keys
         dispatcher = Dispatcher(self.queue, self.mux, self.middleware, self.hooks, self.retry_policy, core.topology,
-                                Verifier(keys) if keys else None)  # fmt: skip
+                                Verifier(keys) if keys else None,
+                                cipher_for(self.client.settings.encryption_keys))  # fmt: skip
         loop = self._loop = FetchLoop(core, runtime, pool, dispatcher, worker_id=self.id,
                                       concurrency=self.concurrency, max_batch=self.max_batch,
                                       fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,

@@ -6,6 +6,7 @@ reached a handler) is left on the Delivery for the settle module.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from nats.aio.msg import Msg
 from .. import job as jobmod
 from ..codec import attempts_used, decode_job, job_id_of
 from ..context import current_job
+from ..encryption import Cipher, DecryptError
 from ..errors import exception_text, exception_traceback
 from ..handler import Mux, not_a_result
 from ..hooks import Failure, HookSet, mark_unhandled
@@ -33,9 +35,10 @@ log = logging.getLogger("bgjob.worker")
 SETTLEABLE = (Complete, Retry, MoveToDlq, Reschedule)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Delivery:
-    """One delivered message from its arrival to its settlement."""
+    """One delivered message from its arrival to its settlement. Its repr names the job only: the message's
+    body and headers may hold personal data or secrets (a repr reaches logs and Sentry's frame variables)."""
 
     msg: Msg
     last_progress: float = field(default_factory=time.monotonic)
@@ -63,6 +66,9 @@ class Delivery:
         if not self.attempt:
             self.attempt = attempts_used(self.msg.headers or {}) + self.msg.metadata.num_delivered
         return self.attempt
+
+    def __repr__(self) -> str:
+        return f"Delivery(job={self.job!r}, attempt={self.attempt})"
 
     @property
     def job_id(self) -> str:
@@ -92,6 +98,7 @@ class Dispatcher:
         retry_policy: RetryPolicy,
         topology: Topology,
         verifier: Verifier | None,
+        cipher: Cipher | None = None,
     ) -> None:
         self.queue = queue
         self.mux = mux
@@ -100,6 +107,8 @@ class Dispatcher:
         self.retry_policy = retry_policy
         self.topology = topology
         self.verifier = verifier
+        #: the worker's encryption keys (None: it has none, and dead-letters encrypted jobs as "decrypt").
+        self.cipher = cipher
         self._chains: dict[str, Handler] = {}
 
     def run(self, item: Delivery) -> None:
@@ -114,7 +123,8 @@ class Dispatcher:
             except BaseException:  # noqa: BLE001 - even the fallback failed: a Job with what is certain
                 item.job = Job(id=f"seq-{item.msg.metadata.sequence.stream}", type="unknown", arg=item.msg.data,
                                queue=self.queue, attempt=item.attempt)  # fmt: skip
-            item.outcome = Failure(f"internal error: {exception_text(exc)}", exception=exc)
+            item.outcome = Failure(self.hooks.scrub(f"internal error: {exception_text(exc)}", item.job) or "",
+                                   exception=exc)  # fmt: skip
             item.reason = "internal_error"
 
     def _dispatch(self, item: Delivery) -> None:
@@ -135,11 +145,18 @@ class Dispatcher:
             item.outcome, item.reason = Failure(f"signature: {refusal}"), "signature"
             return
         try:
-            item.job = decode_job(msg, self.queue, job_type, job_id, item.attempt, limit)
+            item.job = decode_job(msg, self.queue, job_type, job_id, item.attempt, limit, self.cipher)
+        except DecryptError as exc:
+            item.job = self._bare_job(item, job_id, job_type)
+            item.outcome, item.reason = Failure(f"DecryptError: {exc}"), "decrypt"
+            return
         except jobmod.DecodeError as exc:
             item.job = self._bare_job(item, job_id, job_type)
             item.outcome, item.reason = Failure(f"DecodeError: {exc}"), "decode"
             return
+        extra = self.mux.sensitive_keys(job_type)
+        if extra - item.job.sensitive:  # the handler's keys join the producer's
+            item.job = dataclasses.replace(item.job, sensitive=item.job.sensitive | extra)
         handler = self.mux.get(job_type)
         if handler is None:
             known = ", ".join(self.mux.types())
@@ -153,7 +170,8 @@ class Dispatcher:
         headers = item.msg.headers or {}
         return Job(id=job_id, type=job_type, arg=item.msg.data, queue=self.queue, attempt=item.attempt,
                    request_id=headers.get(jobmod.HEADER_REQUEST_ID), headers=jobmod.user_headers(headers),
-                   max_attempts=self.retry_policy.max_attempts)  # fmt: skip
+                   max_attempts=self.retry_policy.max_attempts,
+                   sensitive=jobmod.sensitive_of(headers) | self.mux.sensitive_keys(job_type))  # fmt: skip
 
     def call(self, handler: Handler, job: Job) -> Result | Failure:
         """Run the hooks, middleware chain and handler for `job`; never raises."""
@@ -166,15 +184,17 @@ class Dispatcher:
             try:
                 result = wrapped(job)
             except BaseException as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
-                text = exception_text(exc)
+                # Scrubbed once, here: every later reader (hooks, logs, the DLQ, results) gets these texts.
+                text = self.hooks.scrub(exception_text(exc), job) or ""
                 log.warning("job %s (%s) attempt %d raised %s", job.id, job.type, job.attempt, text)
-                outcome: Result | Failure = Failure(text, exception_traceback(exc), mark_unhandled(exc))
+                trace = self.hooks.scrub(exception_traceback(exc), job)
+                outcome: Result | Failure = Failure(text, trace, mark_unhandled(exc))
             else:
                 if isinstance(result, SETTLEABLE):
                     outcome = result
                 else:
                     error = mark_unhandled(not_a_result(job.type, result))
-                    outcome = Failure(f"{type(error).__name__}: {error}", exception=error)
+                    outcome = Failure(self.hooks.scrub(f"{type(error).__name__}: {error}", job) or "", exception=error)
             self.hooks.call("on_job_end", job, outcome)
             return outcome
         finally:

@@ -13,6 +13,9 @@
 A crash between two steps yields a duplicate, never a loss: every publish made on a delivery's behalf carries
 a `Nats-Msg-Id` derived from the stored message, so doing it again after a redelivery stores nothing new.
 Long retry delays go through schedules so that a job backing off holds no ack-pending slot.
+
+Every error text and traceback settled here is scrubbed (`HookSet.scrub`: the job's sensitive values, then the
+hooks' `scrub`) before it is logged, stored in a dead letter or a result, or reported in the Fate.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .. import job_results
 from ..codec import handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
+from ..encryption import cipher_for
 from ..errors import InvalidJob, InvalidSchedule, describe_error, exception_text, exception_traceback
 from ..headers import cut_text
 from ..hooks import Failure, Fate, HookSet
@@ -99,9 +103,10 @@ class Settler:
         outcome, attempt = item.outcome, item.attempt
         if item.reason is not None:
             assert isinstance(outcome, Failure)
+            error, trace = self._scrubbed(item, outcome.error, outcome.traceback)
             if item.reason in _REFUSED:
-                self.hooks.call("on_internal_error", outcome.error)
-            return await self._dead_letter(item, item.reason, outcome.error, outcome.traceback)
+                self.hooks.call("on_internal_error", error)
+            return await self._dead_letter(item, item.reason, error or "", trace)
         if isinstance(outcome, Complete):
             await self._store_result(item, ResultStatus.SUCCESSFUL, value=outcome.value)
             msg = item.msg
@@ -109,38 +114,41 @@ class Settler:
                    else msg.ack())  # fmt: skip
             return Fate.acked()
         if isinstance(outcome, (Retry, Failure)):
-            error, trace = error_text(outcome)
+            error, trace = self._error_text(item, outcome)
             if self.retry_policy.exhausted(attempt):
                 return await self._dead_letter(item, "max_attempts", error or f"gave up after {attempt} attempts",
                                                trace)  # fmt: skip
             await self._store_result(item, ResultStatus.READY, error=error, trace=trace)
             delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
             try:
-                return await self._retry(item, self.retry_policy.delay_for(attempt) if delay is None else delay)
+                return await self._retry(item, self.retry_policy.delay_for(attempt) if delay is None else delay,
+                                         error, trace)  # fmt: skip
             except InvalidSchedule as exc:  # due past what the server can schedule
                 return await self._dead_letter(item, "handler", f"Retry refused: {exc}", trace)
         if isinstance(outcome, MoveToDlq):
-            error, trace = error_text(outcome)
+            error, trace = self._error_text(item, outcome)
             return await self._dead_letter(item, outcome.reason, error, trace)
         if isinstance(outcome, Reschedule):
             try:
                 due = outcome.by.next_run(datetime.now(timezone.utc))
                 await self._publish_next_run(item, "next", due, attempts=0, arg=outcome.arg)
             except (InvalidJob, InvalidSchedule) as exc:  # a new arg that does not encode; no run left
-                return await self._dead_letter(item, "handler", f"Reschedule refused: {exc}", None)
+                refused, _ = self._scrubbed(item, f"Reschedule refused: {exc}", None)
+                return await self._dead_letter(item, "handler", refused or "", None)
             await self._store_result(item, ResultStatus.READY)
             await item.msg.ack()
             return Fate.rescheduled(due)
         raise TypeError(f"no settlement for outcome {outcome!r}")  # dispatch only leaves Results and Failures
 
-    async def _retry(self, item: Delivery, delay: float) -> Fate:
+    async def _retry(self, item: Delivery, delay: float, error: str | None, trace: str | None) -> Fate:
+        error = error or None
         if delay <= NAK_DELAY_LIMIT:
             await item.msg.nak(delay=delay)
-            return Fate.retry_scheduled(delay)
+            return Fate.retry_scheduled(delay, error=error, traceback=trace)
         due = datetime.now(timezone.utc) + timedelta(seconds=delay)
         await self._publish_next_run(item, "retry", due, attempts=item.attempt)
         await item.msg.ack()
-        return Fate.retry_scheduled(delay, at=due)
+        return Fate.retry_scheduled(delay, at=due, error=error, traceback=trace)
 
     async def _publish_next_run(self, item: Delivery, kind: str, due: datetime, *, attempts: int,
                                 arg: Any = KEEP_ARG) -> None:  # fmt: skip
@@ -149,23 +157,36 @@ class Settler:
         core, job = self.core, item.job
         assert job is not None
         subject, body, headers = next_run_message(item.msg, core.topology, kind=kind, queue=self.queue, job=job,
-                                                  due=due, attempts=attempts, arg=arg)  # fmt: skip
+                                                  due=due, attempts=attempts, arg=arg,
+                                                  cipher=cipher_for(core.settings.encryption_keys))  # fmt: skip
         if core.settings.signing_key:  # the next run may carry a new arg: sign what will be sent
             signer_for(core.settings.signing_key).sign(self.queue, headers, body)
         await core.publish(subject, body, headers, queue=self.queue)
 
     async def _dead_letter(self, item: Delivery, reason: str, error: str, trace: str | None) -> Fate:
+        """Store the result and the dead letter, term the delivery; `error` and `trace` are scrubbed."""
         job = item.job
         assert job is not None
         await self._store_result(item, ResultStatus.FAILED, error=error, trace=trace)
         await move_to_dlq(self.core, item.msg, queue=self.queue, job_id=job.id, job_type=job.type, reason=reason,
-                          error=error, traceback=trace, attempts=item.attempt)  # fmt: skip
+                          error=error, traceback=trace, attempts=item.attempt, sensitive=job.sensitive)  # fmt: skip
         await item.msg.term()
         context = {**item.log_context(), "bgjob_reason": reason, "bgjob_fate": "dead_lettered",
                    "bgjob_handler_ran": item.reason is None}  # fmt: skip
         log.error("job %s (%s) moved to the DLQ after %d attempt(s): %s: %s", job.id, job.type, item.attempt, reason,
                   cut_text(error, LOG_ERROR_BYTES), extra=context)  # fmt: skip
-        return Fate.dead_lettered(reason, error)
+        return Fate.dead_lettered(reason, error, trace)
+
+    def _error_text(self, item: Delivery, outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:
+        """`error_text(outcome)` scrubbed; a Failure's texts were scrubbed by dispatch when it was made."""
+        error, trace = error_text(outcome)
+        if isinstance(outcome, Failure):
+            return error, trace
+        scrubbed, trace = self._scrubbed(item, error, trace)
+        return scrubbed or "", trace
+
+    def _scrubbed(self, item: Delivery, error: str | None, trace: str | None) -> tuple[str | None, str | None]:
+        return self.hooks.scrub(error, item.job), self.hooks.scrub(trace, item.job)
 
     async def _store_result(self, item: Delivery, status: ResultStatus, *, value: Any = None,
                             error: str | None = None, trace: str | None = None) -> None:  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -198,3 +199,52 @@ def test_without_an_active_client_the_instrumented_worker_runs_jobs_as_before(se
     start_worker(client, mux)
     job_id = client.send_job("report", None)
     assert drain(seen, 1) == [job_id]
+
+
+CARD, PASSWORD, TOKEN, API_KEY = "4111111111111111", "hunter2-planted-pw", "planted-token-9f3a", "planted-key-77c1"
+
+
+@pytest.mark.parametrize("pii", [False, True], ids=["no-pii", "pii"])
+def test_no_event_holds_a_sensitive_arg_value_or_header_even_in_frame_variables(pii, client, start_worker) -> None:
+    transport = CapturingTransport()
+    sentry_sdk.init(dsn="http://key@127.0.0.1:9/1", transport=transport, traces_sample_rate=1.0,
+                    send_default_pii=pii, include_local_variables=True, default_integrations=False,
+                    auto_enabling_integrations=False,
+                    integrations=[BgjobIntegration(capture="every"), LoggingIntegration()])  # fmt: skip
+    try:
+        mux = bgjob.Mux()
+
+        @mux.handler("charge", sensitive=["password"])
+        def charge(job: bgjob.Job) -> bgjob.Result:
+            arg, headers = job.arg, job.headers  # frame variables of the user's handler
+            sentry_sdk.add_breadcrumb(message=f"charging {arg['card']}")
+            try:  # a failure inside bgjob's own code: its frames hold the arg and the headers
+                client.send_job("charge", arg, headers=headers, queue="not a queue")
+            except bgjob.InvalidJob as exc:
+                raise ValueError(f"card {arg['card']} declined for {arg['password']} "
+                                 f"({headers['Authorization']}, {headers['X-Api-Key']})") from exc  # fmt: skip
+            return bgjob.Complete()
+
+        start_worker(client, mux, middleware=[bgjob.Recovery()], retry_policy=bgjob.RetryPolicy(max_attempts=1))
+        arg = {"card": CARD, "password": PASSWORD, "customer": "customer-42"}
+        client.send_job("charge", arg, sensitive=["card"],
+                        headers={"Authorization": f"Bearer {TOKEN}", "X-Api-Key": API_KEY, "X-Trace": "ok"})
+        [event] = wait_until(lambda: [e for e in transport.of_type("event") if e.get("exception")],
+                             message="the error event")  # fmt: skip
+        wait_until(lambda: transport.of_type("transaction"), message="the transaction")
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+
+    serialized = json.dumps([payload for _, payload in transport.items])
+    for secret in (CARD, PASSWORD, TOKEN, API_KEY, f"Bearer {TOKEN}"):
+        assert serialized.count(secret) == 0, secret
+    values = event["exception"]["values"]
+    assert values[-1]["value"] == "card ******** declined for ******** (********, ********)"
+    frames = [f for v in values for f in v["stacktrace"]["frames"]]
+    assert any(f["module"].startswith("bgjob.") for f in frames)
+    assert all("vars" not in f for f in frames if f["module"].startswith("bgjob."))
+    handler_frames = [f for f in frames if f["function"] == "charge"]
+    assert handler_frames and all("arg" in f["vars"] for f in handler_frames)  # the user's frame keeps them, masked
+    assert event["contexts"]["bgjob"].get("arg") == (
+        {"card": "********", "password": "********", "customer": "customer-42"} if pii else None)

@@ -13,6 +13,25 @@ something other than a Result. `capture` decides which attempts report them: `"f
 only, so a job retried ten times is one event), `"last"` (only when the job goes to the DLQ), `"every"`.
 A Retry or MoveToDlq with only a message is the handler's decision, not an error, and is not reported.
 
+Sensitive data. Events never carry what bgjob knows to be secret:
+- the values under the job's sensitive arg keys (`send_job(..., sensitive=[...])` and
+  `@mux.handler(..., sensitive=[...])`) and the values of its sensitive headers (Authorization, Cookie,
+  `*token*`, ...) are replaced by `bgjob.redaction.MASK` anywhere in the job's events: exception messages,
+  frame variables, breadcrumbs, extra data;
+- the local variables of bgjob's own frames (which hold messages, bodies, headers and args) are dropped;
+- the job's arg is in the `bgjob` context only with `send_default_pii=True`, its sensitive keys masked.
+The job's `Job` repr shows id, type, queue and attempt only. To mask more (an e-mail address the handler quotes,
+say), add sentry-sdk's own `before_send`:
+
+    def before_send(event, hint):
+        for value in (event.get("exception") or {}).get("values", []):
+            value["value"] = EMAIL.sub("[email]", value.get("value") or "")
+        return event
+
+    sentry_sdk.init(dsn=..., before_send=before_send, integrations=[BgjobIntegration()])
+
+A `bgjob.WorkerHooks.scrub` hook masks the same texts in bgjob's logs, dead letters and stored results.
+
 It is a `bgjob.WorkerHooks` registered process-wide when sentry-sdk sets it up: the scope and transaction
 open in `on_job_start` (the handler's thread) and the outcome tag, error events and the transaction's end come
 from `on_settled`, with the fate the worker really applied. It observes and never changes what the worker does:
@@ -38,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from ..hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, is_unhandled, register_hooks
 from ..job import Job
+from ..redaction import MASK, mask_arg, scrub_text, secret_texts
 from ..result import Result
 
 log = logging.getLogger("bgjob.sentry")
@@ -62,6 +82,7 @@ class BgjobIntegration(Integration):
     def setup_once() -> None:
         register_hooks(_HOOKS)
         add_global_event_processor(_drop_duplicate_dead_letter_log)
+        add_global_event_processor(_drop_bgjob_frame_variables)
 
     def _should_capture(self, job: Job, fate: Fate) -> bool:
         if self.capture == "every":
@@ -99,6 +120,7 @@ class SentryHooks(WorkerHooks):
         try:
             scope = stack.enter_context(sentry_sdk.isolation_scope())
             scope.clear_breadcrumbs()
+            scope.add_event_processor(_masker(job))
             context = _describe_job(scope, job)
             headers = {k.lower(): v for k, v in job.headers.items()}
             transaction = sentry_sdk.continue_trace(headers, op="queue.process", name=job.type, source="task",
@@ -166,7 +188,7 @@ def _describe_job(scope: Any, job: Job) -> dict[str, Any]:
         "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
     }  # fmt: skip
     if sentry_sdk.get_client().should_send_default_pii():
-        context["arg"] = job.arg
+        context["arg"] = mask_arg(job.arg, job.sensitive)
     scope.set_context("bgjob", context)
     return context
 
@@ -190,3 +212,55 @@ def _drop_duplicate_dead_letter_log(event: dict[str, Any], hint: dict[str, Any])
     if record is None or sentry_sdk.get_client().get_integration(BgjobIntegration) is None:
         return event
     return None if getattr(record, "bgjob_handler_ran", False) is True else event
+
+
+def _masker(job: Job) -> Any:
+    """The event processor of one job's scope: every quote of its sensitive values replaced by MASK."""
+    secrets = secret_texts(job.arg, job.sensitive, job.headers)
+    keys = job.sensitive
+
+    def mask(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+        if secrets or keys:
+            with capture_internal_exceptions():
+                return _masked(event, secrets, keys)  # type: ignore[no-any-return]
+        return event
+
+    return mask
+
+
+def _masked(value: Any, secrets: list[str], keys: frozenset[str]) -> Any:
+    """`value` (an event, or part of one) with each of `secrets` in its texts and the values of `keys` masked."""
+    if isinstance(value, str):
+        return scrub_text(value, secrets)
+    if isinstance(value, dict):
+        return {k: (MASK if k in keys else _masked(v, secrets, keys)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, secrets, keys) for v in value]
+    return value
+
+
+def _drop_bgjob_frame_variables(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+    """bgjob's own frames hold messages, bodies, headers and args in local variables: drop them (a handler's
+    frames, the user's code, keep theirs, masked by the job's scope)."""
+    if sentry_sdk.get_client().get_integration(BgjobIntegration) is None:
+        return event
+    with capture_internal_exceptions():
+        for frames in _frame_lists(event):
+            for frame in frames:
+                module = (frame.get("module") if isinstance(frame, dict) else None) or ""
+                if module == "bgjob" or module.startswith(("bgjob.", "bgjob_django")):
+                    frame.pop("vars", None)
+    return event
+
+
+def _frame_lists(event: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    found = []
+    for section in ("exception", "threads"):
+        for value in (event.get(section) or {}).get("values") or []:
+            frames = (value.get("stacktrace") or {}).get("frames")
+            if isinstance(frames, list):
+                found.append(frames)
+    frames = (event.get("stacktrace") or {}).get("frames")
+    if isinstance(frames, list):
+        found.append(frames)
+    return found

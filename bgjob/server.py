@@ -1,4 +1,12 @@
-"""The embedded nats-server (JetStream, file storage) for development and tests, when no NATS URL is set."""
+"""The embedded nats-server (JetStream, file storage) for development and tests, when no NATS URL is set.
+
+Development only. The project's shared server (`ensure_embedded_server`, `run_foreground`) listens on loopback
+and requires a token generated per server (`secrets.token_urlsafe`), which nats-server reads from a config file
+(never its command line, which every local user can see in `ps`). Every file is private to the user who runs
+it: the data dir is 0700; the state file (`server.json`, which holds the URL with the token, so every bgjob
+process of that user finds the server transparently), the lock file, the log file and the config file are
+0600. A state file written by an older bgjob (a URL without a token, a server without auth) keeps working.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BgjobError, ServerNotFound
+from .redaction import mask_url
 
 log = logging.getLogger("bgjob.server")
 
@@ -34,9 +43,44 @@ _PROJECT_MARKERS = ("pyproject.toml", "manage.py", "setup.py", ".git")
 _STATE_FILE = "server.json"
 _LOCK_FILE = "server.lock"
 _LOG_FILE = "nats-server.log"
+_CONFIG_FILE = "nats-server.conf"
 
 #: Detached servers this process started, kept so their Popen objects live (and reap) until exit.
 _started: dict[pathlib.Path, EmbeddedServer] = {}
+
+
+def private_dir(path: pathlib.Path) -> pathlib.Path:
+    """Create directory `path` (and its missing parents) with mode 0700; tighten it to 0700 when it exists, is
+    ours (same uid) and is readable or writable by others. Returns `path`; raises OSError when it cannot be
+    made."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def _open_private(path: pathlib.Path, flags: int) -> int:
+    """os.open with mode 0600 (a file that exists already and is ours is tightened to 0600); returns the fd."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    """Write `text` to `path` atomically, the file 0600 from its first byte (never a world-readable window)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
 
 
 def binary_version(path: str) -> tuple[int, int, int]:
@@ -180,7 +224,13 @@ def _read_info(host: str, port: int, timeout: float = 1.0) -> dict[str, Any] | N
 
 
 class EmbeddedServer:
-    """A nats-server child process with JetStream and file storage in data_dir."""
+    """A nats-server child process with JetStream and file storage in data_dir (created 0700; the log 0600).
+
+    token: when given (a URL-safe string), the server requires it: it is written to a 0600 config file in
+    data_dir (`nats-server.conf`, passed with `-c`, never on the command line) and `url` carries it
+    (`nats://<token>@host:port`). None (the default, for tests): no authentication, unless `extra_args` set
+    some.
+    """
 
     def __init__(
         self,
@@ -191,7 +241,11 @@ class EmbeddedServer:
         binary: str | None = None,
         extra_args: Sequence[str] = (),
         detached: bool = False,
+        token: str | None = None,
     ) -> None:
+        if token is not None and (not token or not re.fullmatch(r"[A-Za-z0-9_-]+", token)):
+            raise BgjobError("an embedded server's token must be a non-empty URL-safe string ([A-Za-z0-9_-])")
+        self.token = token
         self.data_dir = pathlib.Path(data_dir).absolute() if data_dir is not None else default_data_dir()
         self.host = host
         #: the client port; 0 until the first start() picks a free one, then kept across restarts.
@@ -221,7 +275,7 @@ class EmbeddedServer:
         if self.pid is not None:
             return self.url
         self.binary = self.binary or find_binary()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         deadline = time.monotonic() + timeout
         attempts = 1 if self.port else 3
         for attempt in range(1, attempts + 1):
@@ -232,7 +286,8 @@ class EmbeddedServer:
                 if info is not None and info.get("server_name") == self.name and info.get("jetstream"):
                     self.port = port
                     host = f"[{self.host}]" if ":" in self.host else self.host
-                    self.url = f"nats://{host}:{port}"
+                    credentials = f"{self.token}@" if self.token else ""
+                    self.url = f"nats://{credentials}{host}:{port}"
                     if not self.detached and not self._atexit_registered:
                         atexit.register(self.stop)
                         self._atexit_registered = True
@@ -253,7 +308,11 @@ class EmbeddedServer:
         self.name = f"bgjob-{secrets.token_hex(6)}"
         # nats-server keeps JetStream data in <store_dir>/jetstream, i.e. <data_dir>/jetstream.
         args = [binary, "-a", self.host, "-p", str(port), "-n", self.name, "-js", "-sd", str(self.data_dir)]
-        with open(self.log_path, "ab") as logf:
+        if self.token:
+            config = self.data_dir / _CONFIG_FILE
+            _write_private(config, f'authorization {{ token: "{self.token}" }}\n')
+            args += ["-c", str(config)]
+        with os.fdopen(_open_private(self.log_path, os.O_WRONLY | os.O_APPEND), "ab") as logf:
             offset = logf.tell()
             self._proc = subprocess.Popen(
                 [*args, *self.extra_args],
@@ -304,8 +363,8 @@ class EmbeddedServer:
 @contextlib.contextmanager
 def _locked(data_dir: pathlib.Path) -> Iterator[None]:
     """Hold the data dir's lock: one process at a time checks, starts or stops its shared server."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / _LOCK_FILE, "a") as lockf:
+    private_dir(data_dir)
+    with os.fdopen(_open_private(data_dir / _LOCK_FILE, os.O_WRONLY | os.O_APPEND), "a") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         yield
 
@@ -370,6 +429,7 @@ def _live_state(data_dir: pathlib.Path) -> dict[str, Any] | None:
 
 
 def _write_state(server: EmbeddedServer) -> None:
+    """Record the shared server in the data dir's state file, 0600 from its creation: its URL holds the token."""
     state = {
         "pid": server.pid,
         "port": server.port,
@@ -379,9 +439,12 @@ def _write_state(server: EmbeddedServer) -> None:
         "host": server.host,
         "name": server.name,
     }
-    tmp = server.data_dir / f"{_STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state))
-    tmp.replace(server.data_dir / _STATE_FILE)
+    _write_private(server.data_dir / _STATE_FILE, json.dumps(state))
+
+
+def _where(url: str, directory: pathlib.Path) -> str:
+    """A server's URL for display: masked, and where its token is when it has one."""
+    return mask_url(url) + (f" (token in {directory / _STATE_FILE})" if "@" in url else "")
 
 
 def _terminate(pid: int, timeout: float = 10.0) -> None:
@@ -401,7 +464,9 @@ def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, ti
     """The URL of the project's shared embedded server, started (detached, outliving us) if none runs.
 
     data_dir: the server's data dir; None means `default_data_dir()` (the project of the current directory).
-    timeout: seconds the start may take. Which server the URL belongs to is recorded for `embedded_use(url)`;
+    timeout: seconds the start may take. A server started here requires a new token; the URL returned carries
+    it (`nats://<token>@127.0.0.1:<port>`) and the 0600 state file records it for this user's other processes.
+    Which server the URL belongs to is recorded for `embedded_use(url)`;
     starting one on a data dir that held no store is logged as a WARNING (a new, empty server is never silent).
     Raises ServerNotFound (no nats-server binary) or BgjobError (the server did not start).
     """
@@ -415,16 +480,16 @@ def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, ti
                 _uses[url] = EmbeddedUse(url, directory)
             return url
         new_store = not (directory / "jetstream").exists()
-        server = EmbeddedServer(directory, detached=True)
+        server = EmbeddedServer(directory, detached=True, token=secrets.token_urlsafe(32))
         url = server.start(timeout)
         _write_state(server)
         _started[directory] = server
         _uses[url] = EmbeddedUse(url, directory, started=True, new_store=new_store)
     if new_store:
         log.warning("started embedded nats-server at %s (data: %s) with a new, empty store; set BGJOB_DATA_DIR or "
-                    "BGJOB_URL to use another server", url, directory)  # fmt: skip
+                    "BGJOB_URL to use another server", _where(url, directory), directory)  # fmt: skip
     else:
-        log.info("started embedded nats-server at %s (data: %s)", url, directory)
+        log.info("started embedded nats-server at %s (data: %s)", _where(url, directory), directory)
     return url
 
 
@@ -448,21 +513,23 @@ def stop_embedded_server(data_dir: str | os.PathLike[str] | None = None) -> bool
 def run_foreground(
     data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None, host: str = "127.0.0.1"
 ) -> int:
-    """Run the project's server in the foreground until SIGINT/SIGTERM; returns an exit code."""
+    """Run the project's server in the foreground until SIGINT/SIGTERM; returns an exit code (1: one already
+    runs for the data dir). The server requires a new token, recorded in the 0600 state file for this user's
+    bgjob processes; what is printed shows the URL masked and where the token is, never the token."""
     directory = resolve_data_dir(data_dir)
     with _locked(directory):
         state = _live_state(directory)
         if state is not None:
-            running = f"{state['url']} (pid {state['pid']})"
+            running = f"{_where(str(state['url']), directory)} (pid {state['pid']})"
             print(f"a nats-server is already running for {directory} at {running}", file=sys.stderr)
             return 1
-        server = EmbeddedServer(directory, host=host, port=port)
+        server = EmbeddedServer(directory, host=host, port=port, token=secrets.token_urlsafe(32))
         server.start()
         _write_state(server)
     pid = server.pid
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    print(f"nats-server running at {server.url} (data: {directory}); Ctrl-C to stop", flush=True)
+    print(f"nats-server running at {_where(server.url, directory)} (data: {directory}); Ctrl-C to stop", flush=True)
     try:
         while server.pid is not None and not stopping.wait(0.2):
             pass

@@ -103,7 +103,7 @@ async def _read_back(url: str) -> bytes:
 
 
 def _answers(url: str) -> bool:
-    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    host, port = url.removeprefix("nats://").rpartition("@")[2].rsplit(":", 1)
     return server._read_info(host, int(port)) is not None
 
 
@@ -236,7 +236,12 @@ def test_stale_state_dead_pid(data_dir: pathlib.Path, caplog: pytest.LogCaptureF
     _write_state(data_dir, dead.pid, free_port())
     with caplog.at_level(logging.INFO, logger="bgjob.server"):
         url = ensure_embedded_server(data_dir)
-    assert f"started embedded nats-server at {url} (data: {data_dir})" in caplog.text
+    token = url.removeprefix("nats://").partition("@")[0]
+    masked = url.replace(token, "***")
+    assert f"started embedded nats-server at {masked} (token in {data_dir / 'server.json'}) (data: {data_dir})" in (
+        caplog.text
+    )
+    assert token not in caplog.text
     state = json.loads((data_dir / "server.json").read_text())
     assert state["url"] == url and state["pid"] != dead.pid
     assert _servers_for(data_dir) == [state["pid"]]
@@ -276,14 +281,16 @@ def test_run_foreground_shares_and_stops_on_sigint(data_dir: pathlib.Path) -> No
     fg = _python(FOREGROUND, str(data_dir))
     try:
         line = fg.stdout.readline()
-        assert line.startswith("nats-server running at nats://"), (line, fg.stderr.read() if not line else "")
-        url = line.split()[3]
-        assert f"(data: {data_dir})" in line
-        assert ensure_embedded_server(data_dir) == url
+        assert line.startswith("nats-server running at nats://***@"), (line, fg.stderr.read() if not line else "")
+        masked = line.split()[3]
+        assert f"(token in {data_dir / 'server.json'}) (data: {data_dir})" in line
+        url = ensure_embedded_server(data_dir)
+        token = url.removeprefix("nats://").partition("@")[0]
+        assert len(token) >= 32 and token not in line and url.replace(token, "***") == masked
         second = _python(FOREGROUND, str(data_dir))
         _, err = second.communicate(timeout=30)
         assert second.returncode == 1
-        assert url in err and "already running" in err
+        assert masked in err and "already running" in err and token not in err
         fg.send_signal(signal.SIGINT)
         assert fg.wait(timeout=30) == 0
     finally:
@@ -297,12 +304,14 @@ def test_run_foreground_shares_and_stops_on_sigint(data_dir: pathlib.Path) -> No
 
 def test_run_foreground_refuses_in_process_when_running(data_dir: pathlib.Path, capsys) -> None:
     url = ensure_embedded_server(data_dir)
+    token = url.removeprefix("nats://").partition("@")[0]
     assert run_foreground(data_dir) == 1
-    assert url in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert url.replace(token, "***") in err and token not in err
 
 
 # -- which server a project's commands reach, whatever their current directory ---------------------------------------
-LINE = re.compile(r"^server: (nats://127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$")
+LINE = re.compile(r"^server: (nats://\*\*\*@127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$")
 
 
 @pytest.fixture
@@ -353,6 +362,7 @@ def test_bgjob_status_and_worker_from_a_project_subdirectory_reach_the_projects_
                               env=embedded_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert worker.stdout.readline().rstrip("\n") == again.group(0)
+        url = json.loads((data_dir / "server.json").read_text())["url"]  # the token is in the user's state file
         with bgjob.Client(bgjob.Settings(url=url)) as client:  # serving (so draining) before SIGTERM
             _wait_for(lambda: client.workers(), what="the worker in the directory")
     finally:
@@ -398,3 +408,83 @@ def test_server_line_never_shows_credentials(data_dir: pathlib.Path) -> None:
         url = f"nats://alice:s3cret@127.0.0.1:{srv.port}"
         with bgjob.Client(bgjob.Settings(url=url)) as client:
             assert server_line(client) == f"server: nats://***@127.0.0.1:{srv.port}"
+
+
+# -- the shared server is private to the user who runs it ---------------------------------------------------------
+def _token(url: str) -> str:
+    return url.removeprefix("nats://").rpartition("@")[0]
+
+
+def _refusal(url: str) -> str:
+    """What the server answers a client connecting to `url` (fails the test if it lets it in)."""
+
+    async def attempt() -> str:
+        try:
+            nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+        except nats.errors.Error as exc:
+            return str(exc)
+        await nc.close()
+        raise AssertionError(f"{url} was let in")
+
+    return asyncio.run(attempt())
+
+
+def test_the_shared_server_requires_its_token_which_never_appears_on_its_command_line(data_dir) -> None:
+    url = ensure_embedded_server(data_dir)
+    token = _token(url)
+    assert len(token) >= 32, url
+    state = json.loads((data_dir / "server.json").read_text())
+    assert state["url"] == url
+    argv = pathlib.Path(f"/proc/{state['pid']}/cmdline").read_bytes().decode().split("\0")
+    assert not [arg for arg in argv if token in arg], argv  # `ps` shows every user the command line
+    assert argv[argv.index("-c") + 1] == str(data_dir / "nats-server.conf")
+    assert asyncio.run(_account_info(url)).streams == 0
+    assert "Authorization Violation" in _refusal(f"nats://127.0.0.1:{state['port']}")
+    assert "Authorization Violation" in _refusal(f"nats://not-{token}@127.0.0.1:{state['port']}")
+    log_text = (data_dir / "nats-server.log").read_text()
+    assert token not in log_text
+
+
+def test_every_file_of_the_shared_server_is_the_users_alone(data_dir) -> None:
+    ensure_embedded_server(data_dir)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    for name in ("server.json", "server.lock", "nats-server.log", "nats-server.conf"):
+        assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name
+    assert not (data_dir / "server.json.tmp").exists()
+
+
+def test_a_data_dir_of_ours_left_open_by_an_older_bgjob_is_tightened(data_dir) -> None:
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    for name in ("server.lock", "nats-server.log"):
+        (data_dir / name).write_text("")
+        (data_dir / name).chmod(0o644)
+    ensure_embedded_server(data_dir)
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    for name in ("server.json", "server.lock", "nats-server.log"):
+        assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_server_started_by_an_older_bgjob_without_a_token_keeps_working(data_dir) -> None:
+    old = EmbeddedServer(data_dir, detached=True)  # no token, no auth: what bgjob started before
+    old.start()
+    try:
+        state = {"pid": old.pid, "port": old.port, "url": old.url, "binary": old.binary, "started_at": 0,
+                 "host": old.host, "name": old.name}  # fmt: skip
+        (data_dir / "server.json").write_text(json.dumps(state))
+        assert ensure_embedded_server(data_dir) == old.url == f"nats://127.0.0.1:{old.port}"
+        with bgjob.Client(bgjob.Settings(data_dir=str(data_dir))) as client:
+            assert server_line(client) == f"server: {old.url} (embedded, data dir {data_dir})"
+            assert client.queues() == []
+    finally:
+        old.stop()
+
+
+def test_embedded_server_class_takes_a_token_and_refuses_a_token_a_url_cannot_carry(data_dir) -> None:
+    with EmbeddedServer(data_dir, token="t0k-en_1") as srv:
+        assert srv.url == f"nats://t0k-en_1@127.0.0.1:{srv.port}"
+        assert asyncio.run(_account_info(srv.url)).streams == 0
+        assert "Authorization Violation" in _refusal(f"nats://127.0.0.1:{srv.port}")
+    for bad in ("", "a@b", "a/b", 'a"b'):
+        with pytest.raises(BgjobError, match="URL-safe"):
+            EmbeddedServer(data_dir, token=bad)

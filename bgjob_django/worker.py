@@ -171,8 +171,10 @@ class WorkerGroup:
         return healthy
 
 
-def serve_metrics(client: bgjob.Client, port: int, addr: str = "0.0.0.0") -> bgjob.Middleware:
-    """Serve Prometheus metrics (job metrics and queue gauges) on addr:port; returns the Metrics middleware.
+def serve_metrics(client: bgjob.Client, port: int, addr: str = "127.0.0.1") -> bgjob.Middleware:
+    """Serve Prometheus metrics (job metrics and queue gauges) on http://addr:port/metrics (every other path is
+    404); returns the Metrics middleware. addr defaults to 127.0.0.1 (this host only); "0.0.0.0" is the explicit
+    choice to let other hosts scrape it.
 
     Raises ImportError without prometheus-client, OSError when the port is taken.
     """

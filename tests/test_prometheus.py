@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from datetime import timedelta
 
@@ -16,7 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from bgjob.contrib.prometheus import PrometheusMetricStorage, QueueStatsCollector
+from bgjob.cli import build_parser
+from bgjob.contrib.prometheus import PrometheusMetricStorage, QueueStatsCollector, start_metrics_server
 
 from .conftest import ROOT, run_mixed_outcomes, wait_until
 
@@ -114,8 +116,8 @@ def test_worker_command_serves_job_metrics_and_queue_gauges(nats_server, prefix,
     port = _free_port()
     env = {**os.environ, "BGJOB_URL": nats_server.url, "BGJOB_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "bgjob", "worker", "metricjobs", "--metrics-port", str(port), "--metrics-addr",
-         "127.0.0.1", "--max-attempts", "2"],
+        # no --metrics-addr: the default is this host only
+        [sys.executable, "-m", "bgjob", "worker", "metricjobs", "--metrics-port", str(port), "--max-attempts", "2"],
         env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -147,6 +149,7 @@ def test_worker_command_serves_job_metrics_and_queue_gauges(nats_server, prefix,
         assert samples[("bgjob_queue_scheduled", queue)] == 1
         assert samples[("bgjob_queue_retrying", queue)] == 0
         assert samples[("bgjob_queue_pending", queue)] == 0
+        assert _status(f"http://127.0.0.1:{port}/admin") == 404
     finally:
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=30)
@@ -158,3 +161,55 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _status(url: str) -> int:
+    """The HTTP status of a GET of `url` (a real request)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture
+def metrics_server():
+    """start_metrics_server(...) on a fresh registry; every server it started is shut down after the test."""
+    started = []
+
+    def start(*args, **kwargs):
+        httpd, _thread = start_metrics_server(*args, registry=CollectorRegistry(), **kwargs)
+        started.append(httpd)
+        return httpd
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_metrics_server_binds_to_this_host_only_by_default(metrics_server) -> None:
+    httpd = metrics_server(0)
+    assert httpd.server_address[0] == "127.0.0.1"
+    assert _status(f"http://127.0.0.1:{httpd.server_port}/metrics") == 200
+
+
+def test_metrics_server_binds_every_interface_only_when_asked(metrics_server) -> None:
+    httpd = metrics_server(0, "0.0.0.0")
+    assert httpd.server_address[0] == "0.0.0.0"
+    assert _status(f"http://127.0.0.1:{httpd.server_port}/metrics") == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/metricsx", "/metrics/extra", "/favicon.ico", "/admin", "/../metrics"])
+def test_metrics_server_answers_404_on_every_path_but_metrics(metrics_server, path: str) -> None:
+    httpd = metrics_server(0)
+    base = f"http://127.0.0.1:{httpd.server_port}"
+    assert _status(base + path) == 404
+    assert _status(base + "/metrics?name[]=bgjob_queue_stats_up") == 200
+
+
+def test_worker_commands_default_the_metrics_address_to_this_host_and_say_how_to_widen_it() -> None:
+    worker = build_parser()._subparsers._group_actions[0].choices["worker"]  # type: ignore[union-attr]
+    assert worker.parse_args(["mod"]).metrics_addr == "127.0.0.1"
+    text = " ".join(worker.format_help().split())
+    assert "default: 127.0.0.1, this host only; 0.0.0.0 is the explicit choice" in text

@@ -3,17 +3,24 @@
 storage = PrometheusMetricStorage()                     # registers on prometheus_client.REGISTRY
 worker = bgjob.Worker(client, mux, middleware=[bgjob.Recovery(), bgjob.Metrics(storage)])
 start_metrics_server(9100, client=client)               # /metrics, with the queue gauges of `client`
+
+The metrics server binds to 127.0.0.1 unless told otherwise: queue names, depths and job types are not for
+the network. `start_metrics_server(9100, "0.0.0.0", ...)` (or `--metrics-addr 0.0.0.0`) is the explicit choice
+to let a Prometheus on another host scrape it; put it behind a firewall or a private network then.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import socketserver
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 try:
     import prometheus_client
@@ -183,14 +190,53 @@ class QueueStatsCollector(Collector):
         return families
 
 
+#: where the metrics are; every other path is 404.
+METRICS_PATH = "/metrics"
+#: the default address: this host only. Binding wider is an explicit choice.
+DEFAULT_ADDR = "127.0.0.1"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are not worth a line on stderr each."""
+
+
+def _metrics_only(registry: CollectorRegistry) -> Any:
+    """A WSGI app answering GET /metrics with `registry`'s exposition and 404 on every other path."""
+    metrics_app = prometheus_client.make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") == METRICS_PATH:
+            return metrics_app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"not found: the metrics are at {METRICS_PATH}\n".encode()]
+
+    return app
+
+
 def start_metrics_server(
-    port: int, addr: str = "0.0.0.0", *, client: Client | None = None, registry: CollectorRegistry | None = None,
+    port: int, addr: str = DEFAULT_ADDR, *, client: Client | None = None, registry: CollectorRegistry | None = None,
     **collector_options: Any,
 ) -> tuple[Any, threading.Thread]:  # fmt: skip
     """Serve `registry` (default: prometheus_client.REGISTRY) on http://addr:port/metrics in a daemon thread,
-    with the queue gauges of `client` when given (`collector_options` go to QueueStatsCollector)."""
+    with the queue gauges of `client` when given (`collector_options` go to QueueStatsCollector).
+
+    port: TCP port (0 picks a free one: read it from `server.server_port`). addr: the address to bind,
+    default 127.0.0.1 (this host only); "0.0.0.0" or "::" (every interface) is the explicit choice that lets
+    other hosts scrape it. Only GET /metrics answers 200; any other path is 404.
+    Returns (the WSGI server, its thread); `server.shutdown()` stops it. Raises OSError when addr:port cannot
+    be bound.
+    """
     registry = registry if registry is not None else REGISTRY
-    served = prometheus_client.start_http_server(port, addr=addr, registry=registry)
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+
+    class _Server(socketserver.ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True
+
+    httpd = make_server(addr, port, _metrics_only(registry), _Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="bgjob-metrics", daemon=True)
+    thread.start()
     if client is not None:
         registry.register(QueueStatsCollector(client, **collector_options))
-    return served
+    return httpd, thread

@@ -31,7 +31,9 @@ class Command(BaseCommand):
         parser.add_argument("--pool", choices=["threads", "gevent"], default="threads",
                             help="run handlers in threads, or in greenlets (start under gevent's monkey-patching)")
         parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-        parser.add_argument("--metrics-addr", default="0.0.0.0", help="address of the metrics endpoint")
+        parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of the metrics endpoint "
+                            "(default: 127.0.0.1, this host only; 0.0.0.0 is the explicit choice to let other "
+                            "hosts scrape it). Only /metrics answers")  # fmt: skip
         parser.add_argument("--no-schedules", action="store_true",
                             help="do not declare the project's periodic jobs at start")
         parser.add_argument("--log-level", default="INFO", help="used when the project's LOGGING sets no root handler")

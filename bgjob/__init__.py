@@ -3,8 +3,8 @@
 from ._version import __version__ as __version__
 from .client import Client, QueueConfig, QueueStats, connect, default_client, send_job, send_jobs
 from .context import JobContextFilter, current_job, current_request_id
+from .dead_letters import DeadLetter, DeadLetters, DeadLetterScan
 from .directory import WorkerInfo
-from .dlq import DeadLetter, DeadLetters, DeadLetterScan
 from .errors import (
     BgjobError,
     ConfigurationError,

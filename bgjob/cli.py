@@ -177,7 +177,7 @@ def _entry_dict(entry: Any, full: bool = False) -> dict[str, Any]:
 def add_match_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of `dlq find` and `dlq erase` to `parser` (`--match PATH=VALUE` repeated, the filters,
     `--scan-limit`, `--after`, `--yes`, `--json`); run them with `match_command`."""
-    from .dlq import DEFAULT_SCAN_LIMIT
+    from .dead_letters import DEFAULT_SCAN_LIMIT
 
     parser.add_argument("--match", action="append", required=True, metavar="PATH=VALUE",
                         help="a dotted JSON path into the arg and its value (JSON, else text), e.g. customer.id=7; "

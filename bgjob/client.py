@@ -30,8 +30,8 @@ from .signing import signer_for
 from .stats import QueueStats, list_queues, queue_stats
 
 if TYPE_CHECKING:
+    from .dead_letters import DeadLetters
     from .directory import WorkerInfo
-    from .dlq import DeadLetters
     from .periodic import PeriodicJob
 
 log = logging.getLogger("bgjob.client")
@@ -403,7 +403,7 @@ class Client:
     def dlq(self) -> DeadLetters:
         """The dead-letter queue: list, get, retry, delete, purge, count."""
         if self._dlq is None:
-            from .dlq import DeadLetters
+            from .dead_letters import DeadLetters
 
             self._dlq = DeadLetters(self)
         return self._dlq

@@ -30,7 +30,8 @@ from django.views.decorators.http import require_POST
 import bgjob
 from bgjob import job as jobmod
 from bgjob.arg_match import parse_value
-from bgjob.dlq import REASONS, validate_reason
+from bgjob.dlq import REASONS
+from bgjob.job import validate_reason
 
 from .conf import get_client
 from .display import live_workers, pretty_arg

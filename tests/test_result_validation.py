@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 import bgjob
-from bgjob import dlq, job
+from bgjob import dead_letters, job
 from bgjob.errors import InvalidJob, InvalidResult, InvalidSchedule
 from bgjob.result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
 from bgjob.retry_policy import RetryPolicy
@@ -117,7 +117,7 @@ def test_move_to_dlq_accepts_an_exception_a_str_or_none(error: object) -> None:
 
 
 def test_the_dlq_reason_rule_lives_with_the_other_job_validators() -> None:
-    assert dlq.validate_reason is job.validate_reason
+    assert dead_letters.validate_reason is job.validate_reason
     assert job.validate_reason("max_attempts") == "max_attempts"
     with pytest.raises(InvalidJob, match="invalid DLQ reason"):
         job.validate_reason("no spaces")

@@ -1,0 +1,415 @@
+"""Reading the dead-letter queue: `DeadLetter` (raw and masked views), and the `DeadLetters` API that lists, gets,
+retries, deletes, purges, finds and erases dead letters (`client.dlq`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import RawStreamMsg
+
+from . import job as jobmod
+from . import redaction
+from .arg_match import arg_matches, validate_match
+from .codec import requeue_message
+from .encryption import Cipher, DecryptError, cipher_for, decrypt_body
+from .errors import DeadLetterNotFound, InvalidMatch
+from .headers import (
+    CONTENT_TYPE,
+    DLQ_ATTEMPTS,
+    DLQ_ERROR,
+    DLQ_FAILURE_HEADERS,
+    DLQ_FIRST_FAILURE,
+    DLQ_LAST_FAILURE,
+    DLQ_REASON,
+    DLQ_TRACEBACK,
+    HEADER_ENQUEUED_AT,
+    HEADER_ID,
+    HEADER_REQUEST_ID,
+    HEADER_TYPE,
+    without_nats_headers,
+)
+from .job import validate_reason
+from .stats import count_dead_letters
+
+if TYPE_CHECKING:
+    from .core import Core
+
+
+
+@dataclass(frozen=True, repr=False)
+class DeadLetter:
+    """A failed job kept in the DLQ stream, with why and when it failed.
+
+    `arg`, `headers`, `error` and `traceback` are as stored: they may hold personal data and secrets. Anything
+    shown to a person uses the masked views instead (`masked_arg`, `masked_headers`, `masked_error`,
+    `masked_traceback`): the values of the arg keys marked sensitive (`sensitive`), the values of headers whose
+    names look secret, and any quote of those values in the texts, replaced by `bgjob.redaction.MASK`. The repr
+    shows id, seq, queue, type and reason only.
+    """
+
+    id: str
+    seq: int
+    queue: str
+    type: str
+    reason: str
+    error: str
+    traceback: str | None
+    attempts: int
+    first_failure_at: datetime | None
+    last_failure_at: datetime | None
+    body: bytes
+    #: the job's headers as its producer sent them (Bgjob-*, Content-Type and custom ones).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: the reading client's Settings.sensitive_headers (extra header names/globs masked besides the built-in rule).
+    sensitive_header_patterns: tuple[str, ...] = field(default=(), compare=False)
+    #: the reading client's encryption keys (None: it has none): what `arg` decrypts an encrypted body with.
+    cipher: Cipher | None = field(default=None, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        return f"DeadLetter(id={self.id!r}, seq={self.seq}, queue={self.queue!r}, type={self.type!r}, " \
+               f"reason={self.reason!r})"  # fmt: skip
+
+    @property
+    def arg(self) -> Any:
+        """The decoded arg; the raw body when it does not decode. An encrypted body (bgjob.encryption) is
+        decrypted with the reading client's keys; when that cannot be done the arg is a str placeholder,
+        "<encrypted; this client has no key <key id>>" (or "... does not authenticate ..."): never raises."""
+        try:
+            body = decrypt_body(self.body, self.headers, self.cipher, who="client")
+        except DecryptError as exc:
+            if exc.key_id is None or self.cipher is None or exc.key_id not in self.cipher.key_ids:
+                return f"<encrypted; this client has no key {exc.key_id or '?'}>"
+            return f"<encrypted with key {exc.key_id}; the body does not authenticate (tampered with)>"
+        try:
+            return jobmod.decode_arg(body, self.headers.get(CONTENT_TYPE))
+        except jobmod.DecodeError:
+            return body
+
+    @property
+    def sensitive(self) -> frozenset[str]:
+        """The arg keys the job was marked sensitive by (its Bgjob-Sensitive header); empty when none."""
+        return jobmod.sensitive_of(self.headers)
+
+    @property
+    def masked_arg(self) -> Any:
+        """The arg with the value of every `sensitive` key (at any depth) replaced by MASK. An arg that does not
+        decode (bytes) is shown as it is when no key is sensitive, and as MASK when some are (its keys cannot
+        be found in it)."""
+        arg = self.arg
+        if isinstance(arg, bytes):
+            return redaction.MASK if self.sensitive else arg
+        return redaction.mask_arg(arg, self.sensitive)
+
+    @property
+    def masked_headers(self) -> dict[str, str]:
+        """The headers with the values of sensitive ones (Authorization, Cookie, *token*, ... and the client's
+        Settings.sensitive_headers) replaced by MASK."""
+        return redaction.mask_headers(self.headers, self.sensitive_header_patterns)
+
+    @property
+    def masked_error(self) -> str:
+        """The error text with every quote of a sensitive value (arg or header) replaced by MASK."""
+        return redaction.scrub_text(self.error, self._secret_values()) or ""
+
+    @property
+    def masked_traceback(self) -> str | None:
+        """The traceback with every quote of a sensitive value (arg or header) replaced by MASK; None if none."""
+        return redaction.scrub_text(self.traceback, self._secret_values())
+
+    def _secret_values(self) -> list[str]:
+        """The texts a message could quote: the sensitive arg values and the sensitive headers' values."""
+        return redaction.secret_texts(self.arg, self.sensitive, self.headers, self.sensitive_header_patterns)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get(HEADER_REQUEST_ID)
+
+    @property
+    def enqueued_at(self) -> datetime | None:
+        return jobmod.parse_time(self.headers.get(HEADER_ENQUEUED_AT))
+
+
+def stored_headers(raw: RawStreamMsg) -> dict[str, str]:
+    """A stored message's headers as str, UTF-8 included (nats-py's get_msg parses them as e-mail headers,
+    which turns non-ASCII values into email.header.Header objects)."""
+    if not raw.hdrs:
+        return {}
+    block = base64.b64decode(raw.hdrs).decode("utf-8", errors="replace")
+    headers: dict[str, str] = {}
+    for line in block.split("\r\n")[1:]:  # the first line is "NATS/1.0"
+        name, sep, value = line.partition(":")
+        if sep and name:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
+    headers = stored_headers(raw)
+    queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
+
+    def text(name: str) -> str | None:
+        """A JSON-encoded text header (bgjob writes them so); a value written otherwise as it is."""
+        value = headers.get(name)
+        if not value:
+            return None
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+
+    return DeadLetter(
+        id=headers.get(HEADER_ID, job_id),
+        seq=raw.seq,
+        queue=queue,
+        type=headers.get(HEADER_TYPE, job_type),
+        reason=headers.get(DLQ_REASON, reason),
+        error=text(DLQ_ERROR) or "",
+        traceback=text(DLQ_TRACEBACK),
+        attempts=int(headers.get(DLQ_ATTEMPTS) or 0),
+        first_failure_at=jobmod.parse_time(headers.get(DLQ_FIRST_FAILURE)),
+        last_failure_at=jobmod.parse_time(headers.get(DLQ_LAST_FAILURE)),
+        body=raw.data or b"",
+        headers={k: v for k, v in without_nats_headers(headers).items() if k not in DLQ_FAILURE_HEADERS},
+        sensitive_header_patterns=core.settings.sensitive_headers,
+        cipher=cipher_for(core.settings.encryption_keys),
+    )
+
+
+async def _get_next(core: Core, seq: int, subject: str) -> RawStreamMsg | None:
+    try:
+        return await core.js.get_msg(core.topology.dlq_stream, seq=max(seq, 1), next=True, subject=subject)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def _list(core: Core, queue: str | None, job_type: str | None, reason: str | None, limit: int,
+                before: int | None) -> list[DeadLetter]:  # fmt: skip
+    """Newest first: scan windows of sequence numbers backwards, each window forwards."""
+    await core.ensure_dlq()
+    info = await core.js.stream_info(core.topology.dlq_stream)
+    first, last = info.state.first_seq, info.state.last_seq
+    hi = min(last, before - 1) if before else last
+    subject = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
+    window = max(limit, 16)
+    found: list[DeadLetter] = []
+    while hi >= first and len(found) < limit and info.state.messages:
+        lo = max(first, hi - window + 1)
+        batch: list[DeadLetter] = []
+        seq = lo
+        while (raw := await _get_next(core, seq, subject)) is not None and raw.seq <= hi:
+            batch.append(_entry(core, raw))
+            seq = raw.seq + 1
+        found.extend(reversed(batch))
+        hi, window = lo - 1, min(window * 2, 4096)
+    return found[:limit]
+
+
+async def _find(core: Core, entry_id: str) -> DeadLetter:
+    await core.ensure_dlq()
+    if jobmod.is_valid_job_id(entry_id):
+        raw = await _get_next(core, 1, core.topology.dlq_filter(job_id=entry_id))
+        if raw is not None:
+            return _entry(core, raw)
+    raise DeadLetterNotFound(f"no dead letter with id {entry_id!r}")
+
+
+async def _retry(core: Core, entry_id: str) -> str:
+    entry = await _find(core, entry_id)
+    subject, headers = requeue_message(core.topology, entry.queue, entry.type, entry.id, entry.headers,
+                                       entry.first_failure_at)  # fmt: skip
+    await core.publish(subject, entry.body, headers, queue=entry.queue)
+    await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
+    return entry.id
+
+
+async def _delete(core: Core, entry_id: str) -> None:
+    entry = await _find(core, entry_id)
+    await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
+
+
+async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None) -> int:
+    await core.ensure_dlq()
+    count = await count_dead_letters(core, queue, job_type, reason)
+    everything = queue is None and job_type is None and reason is None
+    subject = None if everything else core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
+    await core.js.purge_stream(core.topology.dlq_stream, subject=subject)
+    return count
+
+
+@dataclass(frozen=True)
+class DeadLetterScan:
+    """What `DeadLetters.find` found (or `erase` erased) in one bounded scan of the DLQ, oldest first.
+
+    `matches`: the dead letters whose arg matched (for `erase`: the ones deleted). `scanned`: how many dead
+    letters were read. `complete`: whether the scan reached the end of the DLQ (of the filtered part); when
+    False, scan on with `after=last_seq`. `last_seq`: the DLQ sequence of the last dead letter read (or the
+    `after` given when none was).
+    """
+
+    matches: list[DeadLetter]
+    scanned: int
+    complete: bool
+    last_seq: int
+
+    def __repr__(self) -> str:
+        return (f"DeadLetterScan(matches={[e.id for e in self.matches]!r}, scanned={self.scanned}, "
+                f"complete={self.complete}, last_seq={self.last_seq})")  # fmt: skip
+
+
+#: the most dead letters one find/erase reads unless told otherwise.
+DEFAULT_SCAN_LIMIT = 10_000
+#: the time a scan may take, per dead letter read, on top of the client's usual bound (seconds).
+_SCAN_SECONDS_EACH = 0.01
+
+
+async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None, job_type: str | None,
+                reason: str | None, scan_limit: int, after: int | None, erase: bool) -> DeadLetterScan:  # fmt: skip
+    """Read dead letters oldest first from after `after`, one stream read each, at most `scan_limit`; keep (and
+    with `erase`, delete by sequence) those whose arg matches. One more read says whether the end was reached."""
+    await core.ensure_dlq()
+    subject = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
+    last = after or 0
+    matches: list[DeadLetter] = []
+    scanned = 0
+    while scanned < scan_limit:
+        raw = await _get_next(core, last + 1, subject)
+        if raw is None:
+            return DeadLetterScan(matches, scanned, True, last)
+        scanned, last = scanned + 1, raw.seq
+        entry = _entry(core, raw)
+        if not arg_matches(entry.arg, match):
+            continue
+        if erase:
+            try:
+                await core.js.delete_msg(core.topology.dlq_stream, entry.seq)  # the server erases its bytes too
+            except nats.js.errors.NotFoundError:
+                continue  # retried or deleted by someone else meanwhile
+        matches.append(entry)
+    return DeadLetterScan(matches, scanned, await _get_next(core, last + 1, subject) is None, last)
+
+
+class Runner(Protocol):
+    """What DeadLetters needs of a client: run `await coro_fn(core, *args)` on its loop and block for the result."""
+
+    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any: ...
+
+
+class DeadLetters:
+    """Blocking access to the DLQ of one client (`client.dlq`)."""
+
+    def __init__(self, client: Runner) -> None:
+        self._client = client
+
+    def list(
+        self,
+        queue: str | None = None,
+        job_type: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        reason: str | None = None,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first; pass the last entry's `seq` as `before` for the next page."""
+        _validate_filter(queue, job_type, reason)
+        if limit < 1:
+            return []
+        return self._client.run(_list, queue, job_type, reason, limit, before, idempotent=True)
+
+    def get(self, entry_id: str) -> DeadLetter:
+        """The dead letter of job `entry_id`; raises DeadLetterNotFound."""
+        return self._client.run(_find, entry_id, idempotent=True)
+
+    def retry(self, entry_id: str) -> str:
+        """Send the job back to its queue (with a fresh dedup id) and remove it from the DLQ."""
+        return self._client.run(_retry, entry_id)
+
+    def delete(self, entry_id: str) -> None:
+        self._client.run(_delete, entry_id)
+
+    def purge(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
+        """Remove all dead letters (of a queue / job type / reason); returns how many there were."""
+        _validate_filter(queue, job_type, reason)
+        return self._client.run(_purge, queue, job_type, reason)
+
+    def count(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
+        _validate_filter(queue, job_type, reason)
+        return self._client.run(count_dead_letters, queue, job_type, reason, idempotent=True)
+
+    def find(
+        self,
+        match: Mapping[str, Any],
+        *,
+        queue: str | None = None,
+        job_type: str | None = None,
+        reason: str | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+        after: int | None = None,
+    ) -> DeadLetterScan:
+        """The dead letters whose arg matches `match`, e.g. `{"customer_id": 7}` or `{"customer.id": 7}`.
+
+        `match` maps dotted JSON paths into the arg (dict keys, or list indexes as digits) to values; a dead
+        letter matches when every path holds its value (a number also matches its text, see `arg_matches`).
+        `queue`/`job_type`/`reason` narrow the scan server-side. Dead letters are read oldest first, after DLQ
+        sequence `after` (None: from the start), at most `scan_limit` of them.
+
+        Cost: one stream read (a request to the server) per dead letter scanned, plus one; a scan of 10,000
+        takes seconds. The result says whether the end was reached (`complete`) and where to go on
+        (`last_seq`). Raises InvalidMatch (bad match or scan_limit), InvalidJob (bad filter), ConnectionError.
+        """
+        parsed = self._validated(match, queue, job_type, reason, scan_limit, after)
+        return self._client.run(_scan, parsed, queue, job_type, reason, scan_limit, after, False, idempotent=True,
+                                timeout=self._scan_timeout(scan_limit))  # fmt: skip
+
+    def erase(
+        self,
+        match: Mapping[str, Any],
+        *,
+        queue: str | None = None,
+        job_type: str | None = None,
+        reason: str | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+        after: int | None = None,
+    ) -> DeadLetterScan:
+        """Delete every dead letter `find` would find with these arguments (for a data-subject request:
+        `client.dlq.erase({"customer_id": 7})`); returns the scan, whose `matches` are the deleted ones.
+
+        Each is deleted by its DLQ sequence, so nothing else is touched, and the server overwrites its stored
+        bytes (JetStream's secure delete). Until `complete` is True, call again with `after=last_seq`. Same
+        cost, bounds and errors as `find`; after a ConnectionError part may be deleted: calling again is safe.
+        """
+        parsed = self._validated(match, queue, job_type, reason, scan_limit, after)
+        return self._client.run(_scan, parsed, queue, job_type, reason, scan_limit, after, True,
+                                timeout=self._scan_timeout(scan_limit))  # fmt: skip
+
+    @staticmethod
+    def _validated(match: Any, queue: str | None, job_type: str | None, reason: str | None, scan_limit: Any,
+                   after: Any) -> dict[tuple[str, ...], Any]:  # fmt: skip
+        parsed = validate_match(match)
+        _validate_filter(queue, job_type, reason)
+        if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
+            raise InvalidMatch(f"scan_limit must be a positive int (dead letters to read), not {scan_limit!r}")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise InvalidMatch(f"after must be a DLQ sequence (an int >= 0) or None, not {after!r}")
+        return parsed
+
+    def _scan_timeout(self, scan_limit: int) -> float | None:
+        settings = getattr(self._client, "settings", None)
+        if settings is None:
+            return None
+        return settings.retry_for + settings.request_timeout + 1.0 + scan_limit * _SCAN_SECONDS_EACH
+
+
+def _validate_filter(queue: str | None, job_type: str | None, reason: str | None) -> None:
+    if queue is not None:
+        jobmod.validate_queue(queue)
+    if job_type is not None:
+        jobmod.validate_type(job_type)
+    if reason is not None:
+        validate_reason(reason)

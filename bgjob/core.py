@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_
 from .errors import (
     DUPLICATE_IN_PROCESS,
     BgjobError,
+    ConfigurationError,
     ConnectionError,
     InvalidJob,
     PublishError,
@@ -98,6 +99,37 @@ class QueueConfig:
     max_ack_pending: int | None
 
 
+def nats_servers(url: str) -> tuple[list[str], dict[str, str]]:
+    """The servers of `url` (one NATS URL or several, comma-separated) as nats.connect takes them, and the
+    credentials to pass as nats.connect options (`user`/`password` or `token`; empty when none are needed).
+
+    nats-py reads a URL with `urlparse`, which ends the user info at the first `/`, `?` or `#`: a password such
+    as `p@ss/word` would make it connect to the host `ss`. The user info ends at the *last* `@` here; one that
+    holds such a character is taken out of the URL and passed as options instead (options set in
+    `Settings.nats_options` win). Raises ConfigurationError when two servers of the list carry different such
+    credentials (options hold only one)."""
+    servers: list[str] = []
+    found: dict[str, str] = {}
+    for raw in url.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        scheme, sep, rest = part.partition("://") if "://" in part else ("", "", part)
+        userinfo, at, hostpart = rest.rpartition("@")
+        if at and any(c in userinfo for c in "/?#"):
+            user, colon, password = userinfo.partition(":")
+            credentials = {"user": user, "password": password} if colon else {"token": userinfo}
+            if found and found != credentials:
+                raise ConfigurationError(
+                    f"the servers of {mask_url(url)} carry different credentials holding '/', '?' or '#'; give "
+                    "them as nats_options (user, password or token) instead"
+                )
+            found = credentials
+            part = f"{scheme}{sep}{hostpart}"
+        servers.append(part)
+    return servers, found
+
+
 class Core:
     """The asyncio side of a Client: lives on, and is only used from, the runtime loop."""
 
@@ -112,10 +144,13 @@ class Core:
         self._closing = False
         self._outage = False
         self._buckets: dict[str, KeyValue] = {}
+        #: the URL's credentials are passed as options (see nats_servers): nats-py's URLs lack them.
+        self._moved_credentials = False
 
     async def connect(self) -> None:
-        servers = [u.strip() for u in self.url.split(",") if u.strip()]
-        opts = dict(self.settings.nats_options)
+        servers, credentials = nats_servers(self.url)
+        self._moved_credentials = bool(credentials)
+        opts = {**credentials, **self.settings.nats_options}
         try:
             async for attempt in self._retrying(retry=retry_if_exception(_connect_retryable)):
                 with attempt:
@@ -179,7 +214,10 @@ class Core:
     async def _on_reconnected(self) -> None:
         self._outage = False
         url = self.nc.connected_url if self.nc is not None else None
-        log.warning("nats: reconnected to %s", mask_url(url.geturl()) if url is not None else "?")
+        shown = mask_url(url.geturl()) if url is not None else "?"
+        if self._moved_credentials and "://" in shown and "@" not in shown:
+            shown = shown.replace("://", "://***@", 1)  # as the disconnect line shows it
+        log.warning("nats: reconnected to %s", shown)
 
     async def close(self) -> None:
         self._closing = True

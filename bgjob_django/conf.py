@@ -242,17 +242,21 @@ def schedule_error(spec: ScheduleSpec) -> str | None:
 
 
 def _url_error(url: Any) -> str | None:
+    """What is wrong with a BGJOB URL, in words that never quote its user info (a password or token may hold
+    '@', ':' or '/'; urllib's own messages would quote part of it); None when it is usable."""
     if not isinstance(url, str) or not url.strip():
         return "it must be a non-empty string"
     for part in url.split(","):
         part = part.strip()
         if "://" not in part:
             part = "nats://" + part
+        scheme, _, rest = part.partition("://")
+        # The user info ends at the last '@' (as bgjob.redaction.mask_url and bgjob.core.nats_servers read it).
         try:
-            parsed = urllib.parse.urlsplit(part)
+            parsed = urllib.parse.urlsplit(f"{scheme}://{rest.rpartition('@')[2]}")
             port = parsed.port
-        except ValueError as exc:
-            return str(exc)
+        except ValueError:
+            return "its host:port does not parse (the port must be a number from 1 to 65535)"
         if parsed.scheme not in URL_SCHEMES:
             return f"scheme {parsed.scheme!r} is not one of {', '.join(URL_SCHEMES)}"
         if not parsed.hostname:

@@ -213,3 +213,12 @@ def test_worker_commands_default_the_metrics_address_to_this_host_and_say_how_to
     assert worker.parse_args(["mod"]).metrics_addr == "127.0.0.1"
     text = " ".join(worker.format_help().split())
     assert "default: 127.0.0.1, this host only; 0.0.0.0 is the explicit choice" in text
+
+
+def test_manage_py_bgjob_worker_defaults_the_metrics_address_to_this_host_and_says_how_to_widen_it() -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django.settings", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "django", "bgjob_worker", "--help"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "default: 127.0.0.1, this host only; 0.0.0.0 is the explicit choice" in text, text

@@ -381,10 +381,18 @@ def test_bgjob_status_outside_any_project_says_it_started_a_new_empty_server(emb
     assert "NEW, EMPTY store" in line.group(3) and "BGJOB_DATA_DIR" in line.group(3)
 
 
+@pytest.fixture
+def pinned_dir(tmp_path: pathlib.Path):
+    """A BGJOB_DATA_DIR outside BGJOB_HOME; its server is stopped after the test (it used to outlive the run)."""
+    directory = tmp_path / "pinned"
+    yield directory
+    stop_embedded_server(directory)
+
+
 def test_bgjob_data_dir_pins_one_server_whatever_the_current_directory(
-    embedded_env, tmp_path, monkeypatch, nats_server
+    embedded_env, tmp_path, monkeypatch, nats_server, pinned_dir
 ) -> None:
-    data_dir = tmp_path / "pinned"
+    data_dir = pinned_dir
     env = {**embedded_env, "BGJOB_DATA_DIR": str(data_dir)}
     (tmp_path / "a").mkdir()
     (tmp_path / "b" / ".git").mkdir(parents=True)

@@ -278,3 +278,24 @@ def test_worker_only_takes_jobs_of_its_queue(client, start_worker, queue_name) -
     client.send_job("send", "mine", queue=queue_name)
     assert drain(got, 1) == [(queue_name, "mine")]
     assert client.queue_stats("default").pending == 1
+
+
+def test_closing_the_client_under_a_running_worker_ends_it_with_a_connection_error(make_client) -> None:
+    client = make_client()
+    worker = bgjob.Worker(client, bgjob.Mux(), fetch_timeout=0.5)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - what escapes is the point
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: worker.in_flight == 0 and worker._started.is_set(), message="the worker fetching")
+    client.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert [type(exc) for exc in failures] == [bgjob.ConnectionError]
+    assert "client was closed" in str(failures[0])

@@ -7,6 +7,7 @@ and call the chain, in a pool thread), `settle` (every Result -> JetStream opera
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ from .. import job as jobmod
 from ..client import Client
 from ..core import as_bgjob_error
 from ..encryption import cipher_for
+from ..errors import ConnectionError
 from ..handler import Mux
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
@@ -123,6 +125,9 @@ class Worker:
                 pass  # wake up now and then so signal handlers run in the main thread
             try:
                 call.value()
+            except asyncio.CancelledError:
+                # The client was closed under the running worker: its loop is gone, so is the connection.
+                raise ConnectionError("the worker's client was closed while the worker ran") from None
             except Exception as exc:
                 error = as_bgjob_error(exc)  # never a raw nats-py error out of a public call
                 if error is exc:

@@ -37,6 +37,20 @@ def test_handler_decorator_registers_once_per_type() -> None:
         handler("not a type")
 
 
+def test_handler_decorator_marks_arg_keys_sensitive_and_refuses_bad_ones() -> None:
+    mux = Registry()
+
+    @handler("charge", mux=mux, sensitive=["card", "password"])
+    def charge(job):
+        return bgjob.Complete()
+
+    assert mux.sensitive_keys("charge") == frozenset({"card", "password"})
+    for number, bad in enumerate(("card", ["a,b"], [""], [1])):
+        with pytest.raises(bgjob.HandlerError, match="sensitive"):
+            handler(f"bad-{number}", mux=mux, sensitive=bad)(lambda job: bgjob.Complete())
+    assert mux.types() == ["charge"]
+
+
 def test_periodic_registers_the_handler_and_its_schedule() -> None:
     mux = Registry()
 

@@ -14,6 +14,7 @@ Sentry, reprs). Values layer: no I/O, imports nothing of bgjob's.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
@@ -34,7 +35,12 @@ def mask_url(url: str) -> str:
     when it holds an `@`."""
     if not isinstance(url, str):
         return repr(type(url))
-    return ",".join(_mask_one(part) for part in url.split(","))
+    # Servers are split where a new `scheme://` starts, so a ',' inside a password stays inside its URL.
+    parts = _NEXT_URL.split(url) if "://" in url else url.split(",")
+    return ",".join(_mask_one(part) for part in parts)
+
+
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def _mask_one(part: str) -> str:
@@ -82,14 +88,17 @@ def mask_arg(arg: Any, keys: Collection[str]) -> Any:
 
 
 def sensitive_values(arg: Any, keys: Collection[str]) -> list[str]:
-    """The values held under `keys` in a JSON arg (at any depth), as the texts an error message would quote
-    them by: strings as they are, numbers by `str`, nested containers flattened. Values shorter than 4
-    characters are left out (masking them would mangle unrelated text)."""
+    """The texts an error message could quote the values held under `keys` in a JSON arg (at any depth) by:
+    strings, numbers by `str`, the keys and values of nested containers, each also in its escaped forms
+    (`quoted_forms`), longest first. Values shorter than 4 characters are left out (masking them would mangle
+    unrelated text, such as line numbers)."""
     found: list[str] = []
 
     def collect(value: Any, inside: bool) -> None:
         if isinstance(value, Mapping):
             for k, v in value.items():
+                if inside and isinstance(k, str) and len(k) >= 4:
+                    found.append(k)  # a dict under a sensitive key: its keys are data too (e.g. token -> state)
                 collect(v, inside or k in keys)
         elif isinstance(value, list | tuple):
             for v in value:
@@ -101,7 +110,35 @@ def sensitive_values(arg: Any, keys: Collection[str]) -> list[str]:
 
     if keys:
         collect(arg, False)
-    return sorted(set(found), key=len, reverse=True)
+    return _longest_first(found)
+
+
+def quoted_forms(text: str) -> set[str]:
+    """`text` and the forms an exception message, a traceback, a log line or a frame variable quotes it in: its
+    `repr`, `ascii` and JSON escapes (backslashes, quotes, newlines, non-ASCII), each also escaped once more
+    (a repr of a dict holding it, a JSON log line of such a repr)."""
+    forms = {text}
+    for _ in range(2):
+        forms |= {escape(form) for form in forms for escape in _ESCAPES}
+    return forms
+
+
+_ESCAPES = (
+    lambda text: repr(text)[1:-1],
+    lambda text: ascii(text)[1:-1],
+    # repr picks its quote by what the whole text holds: inside a larger string either quote may be escaped.
+    lambda text: repr(text)[1:-1].replace("'", "\\'"),
+    lambda text: repr(text)[1:-1].replace('"', '\\"'),
+    lambda text: json.dumps(text)[1:-1],
+    lambda text: json.dumps(text, ensure_ascii=False)[1:-1],
+)
+
+
+def _longest_first(texts: Iterable[str]) -> list[str]:
+    """Every text and its quoted forms, at least 4 characters each, longest first (so a text is masked before a
+    shorter one inside it could cut it)."""
+    forms = set().union(*(quoted_forms(text) for text in texts))
+    return sorted((form for form in forms if len(form) >= 4), key=len, reverse=True)
 
 
 def scrub_text(text: str | None, values: Iterable[str]) -> str | None:
@@ -125,4 +162,4 @@ def secret_texts(arg: Any, keys: Collection[str], headers: Mapping[str, str] | N
     for name, value in (headers or {}).items():
         if isinstance(value, str) and is_sensitive_name(name, extra):
             found.update(v for v in (value, *value.split()) if len(v) >= 4)
-    return sorted(found, key=len, reverse=True)
+    return _longest_first(found)

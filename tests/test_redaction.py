@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import bgjob
@@ -13,6 +15,7 @@ from bgjob.redaction import (
     mask_headers,
     mask_url,
     scrub_text,
+    secret_texts,
     sensitive_values,
 )
 
@@ -117,3 +120,34 @@ def test_a_refused_sensitive_header_value_is_not_quoted() -> None:
     with pytest.raises(bgjob.InvalidJob, match="position 7") as raised:
         validate_headers({"X-Token": "PLANTED\udcff"})
     assert "PLANTED" not in str(raised.value)
+
+
+# -- what an attacker found: escaped quotes, keys as data, a ',' in a password ------------------------------------
+ESCAPED = ["abc\\def-secret", "line1\nline2-secret", 'sec"ret-value', "pässwörd-secret", "back\\slash'quote",
+           "mix'\"\\ü\n-secret"]  # fmt: skip
+
+
+def _quotings(value: str, arg: dict) -> set[str]:
+    """The ways code quotes a value in an exception message, a log line or a frame variable."""
+    direct = {value, repr(value), ascii(value), json.dumps(value), json.dumps(value, ensure_ascii=False), repr(arg),
+              json.dumps(arg), ascii(arg), str(KeyError(value)), repr(ValueError(value))}  # fmt: skip
+    return direct | {quoted for text in direct for quoted in (repr(text), json.dumps(text), repr({"x": text}))}
+
+
+@pytest.mark.parametrize("value", ESCAPED, ids=range(len(ESCAPED)))
+def test_scrubbing_catches_a_value_quoted_with_escapes(value: str) -> None:
+    arg = {"pw": value, "nested": [{"pw": value}], "n": 7}
+    texts = secret_texts(arg, {"pw"})
+    leaked = [text for text in _quotings(value, arg) if "secret" in scrub_text(text, texts) or "quote" in
+              scrub_text(text, texts) or "ret-value" in scrub_text(text, texts)]  # fmt: skip
+    assert leaked == []
+
+
+def test_the_keys_of_a_dict_under_a_sensitive_key_are_scrubbed_too() -> None:
+    arg = {"tokens": {"sk_live_DICTKEY": "active"}, "user": "alice"}
+    assert scrub_text("KeyError: 'sk_live_DICTKEY'", sensitive_values(arg, {"tokens"})) == f"KeyError: '{MASK}'"
+
+
+def test_a_comma_in_a_password_is_masked_with_the_rest_of_its_user_info() -> None:
+    assert mask_url("nats://u:pa,ss@h:4222") == "nats://***@h:4222"
+    assert mask_url("nats://u:pa,ss@h1:1, tls://t0k,en@h2:2") == "nats://***@h1:1,tls://***@h2:2"

@@ -4,6 +4,7 @@ line, dead letter and stored result; sensitive headers left out of dead letters;
 from __future__ import annotations
 
 import io
+import json
 import logging
 import queue
 import re
@@ -141,6 +142,30 @@ def test_a_not_a_result_return_and_a_move_to_dlq_message_are_scrubbed_too(client
 
 
 # -- dead letters: sensitive headers ------------------------------------------------------------------------------
+ESCAPED = {"backslash": "abc\\def-secret", "newline": "line1\nline2-secret", "quote": 'sec"ret-value',
+           "non-ascii": "pässwörd-secret", "both quotes": "back\\slash'quo\"te-secret"}  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ESCAPED.values(), ids=ESCAPED.keys())
+def test_a_sensitive_value_quoted_with_escapes_leaves_no_trace_in_logs_dead_letter_or_result(
+    value, client, start_worker, logs
+) -> None:
+    mux = bgjob.Mux()
+
+    def quotes(job: bgjob.Job) -> bgjob.Result:
+        raise ValueError(f"bad {job.arg['pw']!r} in {json.dumps(job.arg)} / {job.arg!r}")
+
+    mux.handle("quote", quotes)
+    start_worker(client, mux, hooks=[LogJobs()], retry_policy=bgjob.RetryPolicy(max_attempts=1))
+    job_id = client.send_job("quote", {"pw": value, "user": "customer-42"}, sensitive=["pw"], store_result=True)
+    entry = wait_until(lambda: client.dlq.get(job_id) if client.dlq.count() else None, message="the dead letter")
+    result = client.result(job_id, wait=10)
+    texts = {"dlq error": entry.error, "dlq traceback": entry.traceback, "logs": logs(),
+             "result": repr([(e.error, e.traceback) for e in result.errors])}  # fmt: skip
+    assert [where for where, text in texts.items() if "secret" in (text or "") or "ret-value" in (text or "")] == []
+    assert "customer-42" in entry.error and MASK in entry.error
+
+
 @pytest.mark.parametrize(("keep", "kept"), [(False, {"X-Trace"}),
                                             (True, {"X-Trace", "Authorization", "X-Api-Key", "X-Customer-Ref"})])
 def test_dead_letters_drop_sensitive_headers_unless_configured_to_keep_them(keep, kept, make_client,

@@ -166,3 +166,11 @@ def decrypt_body(body: bytes, headers: Mapping[str, str], cipher: Cipher | None,
         raise DecryptError(f"the body is encrypted ({parsed[0]}, key {parsed[1]}) but this {who} has no "
                            "encryption_keys", parsed[1])  # fmt: skip
     return cipher.decrypt(body, headers)
+
+
+def placeholder(exc: DecryptError, cipher: Cipher | None) -> str:
+    """What a display shows for a body it cannot decrypt: `<encrypted; this client has no key <id>>`, or, when
+    the client has that key, that the body does not authenticate (it was tampered with)."""
+    if exc.key_id is None or cipher is None or exc.key_id not in cipher.key_ids:
+        return f"<encrypted; this client has no key {exc.key_id or '?'}>"
+    return f"<encrypted with key {exc.key_id}; the body does not authenticate (tampered with)>"

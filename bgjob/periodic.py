@@ -14,6 +14,7 @@ import nats.js.errors
 from nats.js.api import Header
 
 from . import job as jobmod
+from .encryption import Cipher, DecryptError, cipher_for, decrypt_body, placeholder
 from .errors import InvalidSchedule, PublishError
 from .headers import CRON, SCHEDULE_NAME
 from .schedule import ByCron
@@ -183,7 +184,7 @@ async def list_schedules(core: Core, queue: str | None) -> list[PeriodicJob]:
                 job_type=headers.get(jobmod.HEADER_TYPE, "?"),
                 cron=headers.get(CRON, headers.get(Header.SCHEDULE.value, "?")),
                 tz=headers.get(Header.SCHEDULE_TIME_ZONE.value, "UTC"),
-                arg=_arg(raw.data or b"", headers.get(jobmod.CONTENT_TYPE)),
+                arg=_arg(raw.data or b"", headers, cipher_for(core.settings.encryption_keys)),
                 headers=jobmod.user_headers(headers),
                 revision=raw.seq,
             ))  # fmt: skip
@@ -191,8 +192,14 @@ async def list_schedules(core: Core, queue: str | None) -> list[PeriodicJob]:
     return sorted(found, key=lambda p: (p.queue, p.name))
 
 
-def _arg(body: bytes, content_type: str | None) -> Any:
+def _arg(body: bytes, headers: Mapping[str, str], cipher: Cipher | None) -> Any:
+    """The declared arg: decrypted with the reading client's keys (a placeholder str when it cannot be), then
+    decoded (the raw body when it does not decode)."""
     try:
-        return jobmod.decode_arg(body, content_type)
+        body = decrypt_body(body, headers, cipher, who="client")
+    except DecryptError as exc:
+        return placeholder(exc, cipher)
+    try:
+        return jobmod.decode_arg(body, headers.get(jobmod.CONTENT_TYPE))
     except jobmod.DecodeError:
         return body

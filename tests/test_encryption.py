@@ -192,6 +192,10 @@ def test_delayed_and_periodic_jobs_are_stored_encrypted_and_run_as_plaintext(mak
         [(_, raw, headers)] = stored(client, "cron")
         assert_no_plaintext(raw)
         assert headers[ENCRYPTION].count(";") == 1  # not bound to a job id: every firing has its own
+        # Listing the schedules shows the arg to a client with the key, a placeholder to one without.
+        assert [p.arg for p in client.schedules(queue="cron")] == [SECRET]
+        without, key_id = make_client().schedules(queue="cron"), headers[ENCRYPTION].split(";")[1]
+        assert [p.arg for p in without] == [f"<encrypted; this client has no key {key_id}>"]
         mux, ran = collecting_mux()
         start_worker(client, mux, queue="cron")
         assert drain(ran, 1) == [SECRET]

@@ -204,8 +204,10 @@ def test_without_an_active_client_the_instrumented_worker_runs_jobs_as_before(se
 CARD, PASSWORD, TOKEN, API_KEY = "4111111111111111", "hunter2-planted-pw", "planted-token-9f3a", "planted-key-77c1"
 
 
+@pytest.mark.parametrize("password", [PASSWORD, "back\\slash'quo\"te-\u00fc-planted"], ids=["plain", "escaped"])
 @pytest.mark.parametrize("pii", [False, True], ids=["no-pii", "pii"])
-def test_no_event_holds_a_sensitive_arg_value_or_header_even_in_frame_variables(pii, client, start_worker) -> None:
+def test_no_event_holds_a_sensitive_arg_value_or_header_even_in_frame_variables(pii, password, client,
+                                                                                start_worker) -> None:  # fmt: skip
     transport = CapturingTransport()
     sentry_sdk.init(dsn="http://key@127.0.0.1:9/1", transport=transport, traces_sample_rate=1.0,
                     send_default_pii=pii, include_local_variables=True, default_integrations=False,
@@ -226,7 +228,7 @@ def test_no_event_holds_a_sensitive_arg_value_or_header_even_in_frame_variables(
             return bgjob.Complete()
 
         start_worker(client, mux, middleware=[bgjob.Recovery()], retry_policy=bgjob.RetryPolicy(max_attempts=1))
-        arg = {"card": CARD, "password": PASSWORD, "customer": "customer-42"}
+        arg = {"card": CARD, "password": password, "customer": "customer-42"}
         client.send_job("charge", arg, sensitive=["card"],
                         headers={"Authorization": f"Bearer {TOKEN}", "X-Api-Key": API_KEY, "X-Trace": "ok"})
         [event] = wait_until(lambda: [e for e in transport.of_type("event") if e.get("exception")],
@@ -237,8 +239,9 @@ def test_no_event_holds_a_sensitive_arg_value_or_header_even_in_frame_variables(
         sentry_sdk.get_global_scope().set_client(None)
 
     serialized = json.dumps([payload for _, payload in transport.items])
-    for secret in (CARD, PASSWORD, TOKEN, API_KEY, f"Bearer {TOKEN}"):
+    for secret in (CARD, password, TOKEN, API_KEY, f"Bearer {TOKEN}"):
         assert serialized.count(secret) == 0, secret
+    assert "planted" not in serialized  # nor any escaped form of the password, the token or the key
     values = event["exception"]["values"]
     assert values[-1]["value"] == "card ******** declined for ******** (********, ********)"
     frames = [f for v in values for f in v["stacktrace"]["frames"]]

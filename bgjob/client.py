@@ -274,11 +274,19 @@ class Client:
             pause = min(pause * 2, 0.25)
 
     def delete_result(self, job_id: str) -> bool:
-        """Erase the stored result of job `job_id` (a data-subject request): its record and every earlier
-        revision are purged from the results bucket, so `result(job_id)` raises ResultNotFound afterwards.
-        Returns True if a result was stored, False if none was (never raises ResultNotFound). Delete after the
-        job has finished: a worker still running it writes its outcome again. Raises InvalidJob for a job id
-        that is not a non-empty str, ConnectionError when NATS does not answer within retry_for."""
+        """Erase the stored result of job `job_id` (a data-subject request): every revision of its record
+        the results stream holds is deleted by sequence with JetStream's secure erase (the bytes are
+        overwritten in the block file, not only dropped from the index; earlier revisions, which carry earlier
+        attempts' error texts, were already erased by the workers when they wrote the next one), then the key
+        is purged, so `result(job_id)` raises ResultNotFound afterwards. Returns True if a result was stored,
+        False if none was (never raises ResultNotFound). Delete after the job has finished: a worker still
+        running it writes its outcome again. Raises InvalidJob for a job id that is not a non-empty str,
+        ConnectionError when NATS does not answer within retry_for.
+
+        Not covered: the job message itself (its arg) after it was acked, and messages removed by a limit,
+        keep their bytes in their stream's files until JetStream compacts or drops the block; a results bucket
+        created by an earlier bgjob denies deletes by sequence and is only purged. Encryption at rest
+        (`Settings.encryption_keys`, nats-server's JetStream cipher) protects those bytes."""
         if not isinstance(job_id, str) or not job_id:
             raise InvalidJob(f"job_id must be a non-empty str, not {job_id!r}")
         return bool(self.run(job_results.delete_record, job_id))

@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import ConsumerConfig, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
@@ -391,9 +391,12 @@ class Core:
             raise InvalidJob(f"job is too large for the server: {exc}") from exc
 
     async def bucket(
-        self, suffix: str, *, ttl: float, storage: StorageType, description: str, create: bool = True
+        self, suffix: str, *, ttl: float, storage: StorageType, description: str, create: bool = True,
+        history: int = 1, erasable: bool = False,
     ) -> KeyValue | None:
-        """The key-value bucket `<PREFIX>_<suffix>`, created on first use when `create` (else None if missing)."""
+        """The key-value bucket `<PREFIX>_<suffix>`, created on first use when `create` (else None if missing),
+        keeping `history` revisions per key. An `erasable` bucket's stream allows deleting a message by
+        sequence (a KV's stream denies it by default), which is how its bytes are securely erased."""
         kv = self._buckets.get(suffix)
         if kv is None:
             name = self.topology.stream_prefix + suffix
@@ -402,11 +405,22 @@ class Core:
             except nats.js.errors.BucketNotFoundError:
                 if not create:
                     return None
-                kv = await self.js.create_key_value(KeyValueConfig(
-                    bucket=name, ttl=ttl, history=1, storage=storage, replicas=self.settings.replicas,
+                kv_config = KeyValueConfig(
+                    bucket=name, ttl=ttl, history=history, storage=storage, replicas=self.settings.replicas,
                     # Direct gets may be served stale by a replica; results are read right after writes.
                     direct=False, description=description,
-                ))  # fmt: skip
+                )  # fmt: skip
+                if erasable:
+                    await self.js.add_stream(StreamConfig(
+                        name=f"KV_{name}", description=description, subjects=[f"$KV.{name}.>"], allow_direct=False,
+                        allow_rollup_hdrs=True, deny_delete=False, discard=DiscardPolicy.NEW,
+                        duplicate_window=min(120.0, ttl) if ttl else 120.0, max_age=ttl, max_consumers=-1,
+                        max_msgs=-1, max_msgs_per_subject=history, num_replicas=self.settings.replicas,
+                        storage=storage,
+                    ))  # fmt: skip  (nats-py's create_key_value's stream, with deny_delete=False)
+                    kv = await self.js.key_value(name)
+                else:
+                    kv = await self.js.create_key_value(kv_config)
             self._buckets[suffix] = kv
         return kv
 

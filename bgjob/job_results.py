@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 HEADER_STORE_RESULT = STORE_RESULT
 _PLAIN_KEY = re.compile(r"[-_=a-zA-Z0-9]+")
+#: JetStream's "message delete not permitted" (a stream with deny_delete: a results bucket of an older bgjob).
+_DELETE_DENIED = 10057
 
 #: errors kept per record: the last MAX_ERRORS attempts' (a job retried for ever stays bounded).
 MAX_ERRORS = 10
@@ -228,9 +230,12 @@ def result_key(job_id: str) -> str:
 
 
 async def bucket(core: Core, create: bool = True) -> KeyValue | None:
-    """The results bucket; created on first write, so jobs without results never cost one."""
+    """The results bucket; created on first write, so jobs without results never cost one. It keeps two
+    revisions per key: a writer stores the new one, then erases the old one itself (`_erase_older`); with
+    one, the server would drop the old revision by its limit, which leaves its bytes in the block file.
+    Its stream allows deletes by sequence (`erasable`), which a KV's stream denies by default."""
     return await core.bucket("RESULTS", ttl=core.settings.result_ttl, storage=StorageType.FILE,
-                             description="bgjob job results", create=create)  # fmt: skip
+                             description="bgjob job results", create=create, history=2, erasable=True)  # fmt: skip
 
 
 async def _bucket(core: Core) -> KeyValue:
@@ -275,28 +280,84 @@ async def read_record(core: Core, job_id: str) -> dict[str, Any] | None:
 
 
 async def delete_record(core: Core, job_id: str) -> bool:
-    """Erase the stored result of `job_id` and its history: a KV purge (a rollup marker that removes every
-    earlier revision), not a delete marker. Returns whether a result was stored. Nothing is written when the
-    bucket or the key never existed. Transient errors are retried for Settings.retry_for (a purge is
-    idempotent)."""
+    """Securely erase the stored result of `job_id` and every revision of it the stream still holds, then
+    purge the key (a rollup marker, so no later read finds it). Returns whether a result was stored.
 
-    async def purge() -> bool:
+    Each revision is deleted by stream sequence with JetStream's STREAM.MSG.DELETE without `no_erase` (what
+    nats-py's `delete_msg` sends), which overwrites the message's bytes in the block file; a KV purge or
+    delete alone only drops it from the index and leaves its bytes on disk until the block is compacted.
+    Earlier revisions (READY, RUNNING, READY again after a retry: they carry the earlier attempts' error
+    texts) are erased by the writers as soon as a newer revision is stored (`_erase_older`), so the stream
+    holds at most the current one, or two after a writer was interrupted; both are found here. Nothing is
+    written when the bucket or the key never existed. Transient errors are retried for Settings.retry_for
+    (erasing is idempotent); then bgjob.ConnectionError says why.
+
+    Limits: a results bucket created by a bgjob older than this (`history=1`) dropped earlier revisions by
+    its per-key limit, which does not overwrite them; the job message itself (its arg) stays in its queue
+    stream's files after it was acked until JetStream compacts or removes that block. Encryption at rest
+    (`Settings.encryption_keys`, the server's own `encryption` setting) protects those bytes.
+    """
+
+    async def erase() -> bool:
         kv = await bucket(core, create=False)
         if kv is None:
             return False
         key = result_key(job_id)
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return False
-        except nats.js.errors.KeyDeletedError:  # a delete marker: purge the revisions it may leave behind
+        stored, found = await _erase_revisions(core, key, below=None)
+        if found:
             await kv.purge(key)
-            return False
-        await kv.purge(key)
-        return bool(entry.value)
+        return stored
 
-    result: bool = await core.retry(purge)
+    result: bool = await core.retry(erase)
     return result
+
+
+def _stream_and_subject(core: Core, key: str) -> tuple[str, str]:
+    name = core.topology.stream_prefix + "RESULTS"
+    return "KV_" + name, f"$KV.{name}.{key}"
+
+
+async def _erase_revisions(core: Core, key: str, *, below: int | None) -> tuple[bool, bool]:
+    """Securely erase the stream messages of `key`, oldest first (those with a sequence below `below` only,
+    when given). Returns (whether the last one erased held a record, whether any message was erased)."""
+    stream, subject = _stream_and_subject(core, key)
+    stored = found = False
+    seq = 1
+    while below is None or seq < below:
+        try:
+            msg = await core.js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        if msg.seq is None or (below is not None and msg.seq >= below):
+            break
+        found = True
+        stored = bool(msg.data) and not (msg.headers or {}).get("KV-Operation")
+        try:
+            await core.js.delete_msg(stream, msg.seq)  # no `no_erase`: the server overwrites the bytes
+        except nats.js.errors.NotFoundError:
+            pass  # erased by a concurrent writer or delete
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _DELETE_DENIED:
+                raise
+            # A bucket created by an older bgjob denies deletes: the caller's purge is all that can be done.
+            last = await _last_revision(core, stream, subject)
+            stored = last is not None and bool(last.data) and not (last.headers or {}).get("KV-Operation")
+            break
+        seq = msg.seq + 1
+    return stored, found
+
+
+async def _last_revision(core: Core, stream: str, subject: str) -> Any:
+    try:
+        return await core.js.get_msg(stream, subject=subject)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def _erase_older(core: Core, key: str, seq: int) -> None:
+    """Securely erase the revisions of `key` older than `seq` (the one just written): they may hold error
+    texts of earlier attempts, and a revision replaced by a KV limit keeps its bytes in the block file."""
+    await core.retry(_erase_revisions, core, key, below=seq)
 
 
 async def record_running(
@@ -315,7 +376,8 @@ async def record_running(
         record.update(status="RUNNING", attempts=attempt, started_at=_now(), finished_at=None)
         workers = [w for w in record.get("worker_ids", []) if w != worker_id] + [worker_id]
         record["worker_ids"] = workers[-MAX_WORKER_IDS:]
-        await (await _bucket(core)).put(result_key(job_id), encode_record(record, core.max_payload))
+        seq = await (await _bucket(core)).put(result_key(job_id), encode_record(record, core.max_payload))
+        await _erase_older(core, result_key(job_id), seq)
         return record
 
     result: dict[str, Any] = await core.retry(write)
@@ -357,7 +419,8 @@ async def record_outcome(
         _refuse_value(record, exc)
         data = encode_record(record, core.max_payload)
     kv = await core.retry(_bucket, core)
-    await core.retry(kv.put, result_key(record["id"]), data)
+    seq = await core.retry(kv.put, result_key(record["id"]), data)
+    await _erase_older(core, result_key(record["id"]), seq)
 
 
 def _refuse_value(record: dict[str, Any], refused: ResultTooLarge) -> None:

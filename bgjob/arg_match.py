@@ -12,27 +12,57 @@ from typing import Any
 
 from .errors import InvalidMatch
 
+#: the longest match path (characters), and the longest segment of one (a dict key, or a list index in digits).
+MAX_PATH_CHARS = 1_000
+MAX_SEGMENT_CHARS = 200
+#: the longest match value given as text (the CLI's `--match PATH=VALUE`, the admin's form), in characters.
+MAX_VALUE_CHARS = 10_000
+
 
 def validate_match(match: Any) -> dict[tuple[str, ...], Any]:
     """`match` ({"customer.id": 7, ...}: dotted JSON paths to values) as {("customer", "id"): 7, ...}.
 
-    Raises InvalidMatch when it is not a non-empty mapping, or a path is not a str, is empty or has an empty
-    segment ("a..b", ".a")."""
+    Raises InvalidMatch, before anything is read, when it is not a non-empty mapping, or a path is not a str, is
+    empty, has an empty segment ("a..b", ".a"), is longer than MAX_PATH_CHARS or has a segment longer than
+    MAX_SEGMENT_CHARS, or has a numeric segment that is not ASCII digits ("items.²": a list index is 0-9 only)."""
     if not isinstance(match, Mapping) or not match:
         raise InvalidMatch(f"match must be a non-empty dict of JSON paths to values, e.g. {{'customer_id': 7}}, "
                            f"not {match!r}")  # fmt: skip
     parsed: dict[tuple[str, ...], Any] = {}
     for path, value in match.items():
-        if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
-            raise InvalidMatch(f"invalid match path {path!r}: dotted arg keys, e.g. 'customer.id' (no empty part)")
-        parsed[tuple(path.split("."))] = value
+        parsed[_segments(path)] = value
     return parsed
 
 
+def _segments(path: Any) -> tuple[str, ...]:
+    if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
+        raise InvalidMatch(f"invalid match path {_short(path)}: dotted arg keys, e.g. 'customer.id' (no empty part)")
+    if len(path) > MAX_PATH_CHARS:
+        raise InvalidMatch(f"invalid match path {_short(path)}: longer than {MAX_PATH_CHARS} characters")
+    parts = tuple(path.split("."))
+    for part in parts:
+        if len(part) > MAX_SEGMENT_CHARS:
+            raise InvalidMatch(f"invalid match path {_short(path)}: a segment is longer than {MAX_SEGMENT_CHARS} "
+                               "characters")  # fmt: skip
+        if part.isnumeric() and not _is_index(part):
+            raise InvalidMatch(f"invalid match path {_short(path)}: segment {part!r} is numeric but not ASCII "
+                               "digits (a list index is written 0-9)")  # fmt: skip
+    return parts
+
+
+def _is_index(part: str) -> bool:
+    return part.isascii() and part.isdecimal()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def parse_match(pairs: Iterable[str]) -> dict[str, Any]:
-    """`PATH=VALUE` texts (the CLI's `--match customer.id=7`) as a match dict: VALUE is JSON when it parses
-    (7, true, "7", {"a": 1}), else the text itself (`email=a@b.c`). Raises InvalidMatch for a text without '='
-    or an empty path, or no pairs at all."""
+    """`PATH=VALUE` texts (the CLI's `--match customer.id=7`) as a match dict: VALUE as `parse_value` reads it
+    (JSON when it parses, else the text itself: `email=a@b.c`). Raises InvalidMatch for a text without '=', an
+    empty or invalid path (see `validate_match`), a value longer than MAX_VALUE_CHARS, or no pairs at all."""
     match: dict[str, Any] = {}
     for pair in pairs:
         path, sep, text = pair.partition("=")
@@ -44,10 +74,14 @@ def parse_match(pairs: Iterable[str]) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A typed match value: JSON when `text` parses as JSON, else `text` itself."""
+    """A typed match value from text (the CLI's `--match PATH=VALUE`, the admin's "Erase data matching" form):
+    JSON when `text` parses as JSON (7, true, "7", {"a": 1}), else `text` itself (also when it is JSON nested too
+    deeply to parse). Raises InvalidMatch when `text` is longer than MAX_VALUE_CHARS characters."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise InvalidMatch(f"match value too long: {len(text)} characters, at most {MAX_VALUE_CHARS}")
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -65,7 +99,7 @@ def _at(arg: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         if isinstance(arg, Mapping) and part in arg:
             arg = arg[part]
-        elif isinstance(arg, list) and part.isdigit() and int(part) < len(arg):
+        elif isinstance(arg, list) and _is_index(part) and int(part) < len(arg):
             arg = arg[int(part)]
         else:
             return _MISSING

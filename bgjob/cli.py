@@ -152,7 +152,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 return 1
             print(f"purged {dlq.purge(queue=args.queue, job_type=args.type, reason=args.reason)} dead letters")
         elif args.action in ("find", "erase"):
-            print("\n".join(match_command(dlq, vars(args))))
+            lines, warning = match_command(dlq, vars(args))
+            print("\n".join(lines))
+            if warning:
+                print(f"bgjob: warning: {warning}", file=sys.stderr)
+                return 1
     finally:
         client.close()
     return 0
@@ -180,8 +184,9 @@ def add_match_arguments(parser: argparse.ArgumentParser) -> None:
     from .dead_letters import DEFAULT_SCAN_LIMIT
 
     parser.add_argument("--match", action="append", required=True, metavar="PATH=VALUE",
-                        help="a dotted JSON path into the arg and its value (JSON, else text), e.g. customer.id=7; "
-                        "repeat to require several")  # fmt: skip
+                        help="a dotted JSON path into the arg and its value (JSON, else text; at most 10,000 "
+                        "characters), e.g. customer.id=7; repeat to require several. Exits with 1 when some dead "
+                        "letters could not be checked (encrypted with a key this client lacks)")  # fmt: skip
     parser.add_argument("--queue")
     parser.add_argument("--type", dest="job_type", metavar="TYPE")
     parser.add_argument("--reason")
@@ -193,10 +198,13 @@ def add_match_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="find: the matches as JSON (masked)")
 
 
-def match_command(dlq: Any, options: Mapping[str, Any]) -> list[str]:
-    """Run `find` or `erase` (options["action"]) with the options `add_match_arguments` parsed; returns the lines
-    to print. Dead letters are shown masked. `erase` without `yes` deletes nothing and raises BgjobError saying
-    how many would be erased. Raises InvalidMatch/InvalidJob for bad options, ConnectionError."""
+def match_command(dlq: Any, options: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    """Run `find` or `erase` (options["action"]) with the options `add_match_arguments` parsed; returns (the lines
+    to print, a warning or None). The warning (DeadLetterScan.warning) says how many dead letters could not be
+    checked (encrypted with a key this client lacks, not JSON): print it to stderr and exit with 1. Dead letters
+    are shown masked. `erase` without `yes` deletes nothing and raises BgjobError saying how many would be
+    erased (and the warning). Raises InvalidMatch/InvalidJob for bad options (a value over
+    arg_match.MAX_VALUE_CHARS too), ConnectionError."""
     from .arg_match import parse_match
 
     match = parse_match(options["match"])
@@ -207,14 +215,15 @@ def match_command(dlq: Any, options: Mapping[str, Any]) -> list[str]:
     reach = "the whole DLQ" if scan.complete else f"not the end: go on with --after {scan.last_seq}"
     summary = f"scanned {scan.scanned} dead letters ({reach})"
     if erase and not options.get("yes"):
-        raise BgjobError(f"would erase {len(scan.matches)} dead letters ({summary}); add --yes to do it")
+        also = f"; warning: {scan.warning}" if scan.warning else ""
+        raise BgjobError(f"would erase {len(scan.matches)} dead letters ({summary}); add --yes to do it{also}")
     if erase:
-        return [f"erased {len(scan.matches)} dead letters; {summary}"]
+        return [f"erased {len(scan.matches)} dead letters; {summary}"], scan.warning
     if options.get("json"):
-        return [json.dumps([_entry_dict(e, full=True) for e in scan.matches], indent=2, default=str)]
+        return [json.dumps([_entry_dict(e, full=True) for e in scan.matches], indent=2, default=str)], scan.warning
     lines = [f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:20} {json.dumps(e.masked_arg, default=repr)[:80]}"
              for e in scan.matches]  # fmt: skip
-    return [*lines, f"{len(scan.matches)} matching; {summary}"]
+    return [*lines, f"{len(scan.matches)} matching; {summary}"], scan.warning
 
 
 def queue_table(client: Client) -> list[str]:

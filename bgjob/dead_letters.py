@@ -81,16 +81,25 @@ class DeadLetter:
         """The decoded arg; the raw body when it does not decode. An encrypted body (bgjob.encryption) is
         decrypted with the reading client's keys; when that cannot be done the arg is a str placeholder,
         "<encrypted; this client has no key <key id>>" (or "... does not authenticate ..."): never raises."""
+        arg, _ = self._read()
+        return arg
+
+    def _read(self) -> tuple[Any, str | None]:
+        """(the arg as `arg` shows it, None) when the body decrypts and decodes; else (that placeholder or the
+        raw body, why it could not be read: "encrypted with key k1 this client does not have", ...)."""
         try:
             body = decrypt_body(self.body, self.headers, self.cipher, who="client")
         except DecryptError as exc:
             if exc.key_id is None or self.cipher is None or exc.key_id not in self.cipher.key_ids:
-                return f"<encrypted; this client has no key {exc.key_id or '?'}>"
-            return f"<encrypted with key {exc.key_id}; the body does not authenticate (tampered with)>"
+                return (f"<encrypted; this client has no key {exc.key_id or '?'}>",
+                        f"encrypted with key {exc.key_id or '?'} this client does not have")  # fmt: skip
+            return (f"<encrypted with key {exc.key_id}; the body does not authenticate (tampered with)>",
+                    f"encrypted with key {exc.key_id} but the body does not authenticate (tampered with)")  # fmt: skip
         try:
-            return jobmod.decode_arg(body, self.headers.get(CONTENT_TYPE))
+            arg = jobmod.decode_arg(body, self.headers.get(CONTENT_TYPE))
         except jobmod.DecodeError:
-            return body
+            return body, "the body is not JSON"
+        return arg, ("the arg is raw bytes, not JSON" if isinstance(arg, bytes) else None)
 
     @property
     def sensitive(self) -> frozenset[str]:
@@ -252,20 +261,46 @@ class DeadLetterScan:
     letters were read. `complete`: whether the scan reached the end of the DLQ (of the filtered part); when
     False, scan on with `after=last_seq`. `last_seq`: the DLQ sequence of the last dead letter read (or the
     `after` given when none was).
+
+    `unreadable`: how many of the scanned dead letters could not be checked, because their arg could not be
+    read: encrypted with a key this client does not have (or tampered with), or not JSON (raw bytes, or a body
+    that does not decode). They may hold the data looked for, and `erase` leaves them: when `unreadable` > 0
+    the search is not conclusive (`warning` says why; run it again with the keys). `unreadable_ids`: the job ids
+    of the first MAX_UNREADABLE_IDS of them. `unreadable_reasons`: why, e.g.
+    {"encrypted with key 3f2a... this client does not have": 2}, as counts.
     """
 
     matches: list[DeadLetter]
     scanned: int
     complete: bool
     last_seq: int
+    unreadable: int = 0
+    unreadable_ids: list[str] = field(default_factory=list)
+    unreadable_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def warning(self) -> str | None:
+        """None when every scanned dead letter was checked; else one line for a person, e.g. "2 dead letters
+        could not be checked: encrypted with key 3f2a... this client does not have; set BGJOB_ENCRYPTION_KEYS
+        (Settings.encryption_keys) ...". The CLI and manage.py print it and exit with 1; the admin shows it."""
+        if not self.unreadable:
+            return None
+        why = "; ".join(f"{reason}" + (f" ({n})" if len(self.unreadable_reasons) > 1 else "")
+                        for reason, n in self.unreadable_reasons.items())  # fmt: skip
+        ids = ", ".join(self.unreadable_ids) + (", ..." if self.unreadable > len(self.unreadable_ids) else "")
+        fix = ("; set BGJOB_ENCRYPTION_KEYS (Settings.encryption_keys) to the key and run it again"
+               if any("encrypted" in reason for reason in self.unreadable_reasons) else "")  # fmt: skip
+        return f"{self.unreadable} dead letters could not be checked: {why}{fix} (job ids: {ids})"
 
     def __repr__(self) -> str:
         return (f"DeadLetterScan(matches={[e.id for e in self.matches]!r}, scanned={self.scanned}, "
-                f"complete={self.complete}, last_seq={self.last_seq})")  # fmt: skip
+                f"complete={self.complete}, last_seq={self.last_seq}, unreadable={self.unreadable})")  # fmt: skip
 
 
 #: the most dead letters one find/erase reads unless told otherwise.
 DEFAULT_SCAN_LIMIT = 10_000
+#: the most unreadable dead letters a DeadLetterScan names by job id (its count is exact).
+MAX_UNREADABLE_IDS = 100
 #: the time a scan may take, per dead letter read, on top of the client's usual bound (seconds).
 _SCAN_SECONDS_EACH = 0.01
 
@@ -279,13 +314,25 @@ async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None
     last = after or 0
     matches: list[DeadLetter] = []
     scanned = 0
+    unreadable_ids: list[str] = []
+    reasons: dict[str, int] = {}
+
+    def result(complete: bool) -> DeadLetterScan:
+        return DeadLetterScan(matches, scanned, complete, last, sum(reasons.values()), unreadable_ids, reasons)
+
     while scanned < scan_limit:
         raw = await _get_next(core, last + 1, subject)
         if raw is None:
-            return DeadLetterScan(matches, scanned, True, last)
+            return result(True)
         scanned, last = scanned + 1, raw.seq
         entry = _entry(core, raw)
-        if not arg_matches(entry.arg, match):
+        arg, unreadable = entry._read()
+        if unreadable is not None:
+            reasons[unreadable] = reasons.get(unreadable, 0) + 1
+            if len(unreadable_ids) < MAX_UNREADABLE_IDS:
+                unreadable_ids.append(entry.id)
+            continue
+        if not arg_matches(arg, match):
             continue
         if erase:
             try:
@@ -293,7 +340,7 @@ async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None
             except nats.js.errors.NotFoundError:
                 continue  # retried or deleted by someone else meanwhile
         matches.append(entry)
-    return DeadLetterScan(matches, scanned, await _get_next(core, last + 1, subject) is None, last)
+    return result(await _get_next(core, last + 1, subject) is None)
 
 
 class Runner(Protocol):
@@ -361,7 +408,9 @@ class DeadLetters:
 
         Cost: one stream read (a request to the server) per dead letter scanned, plus one; a scan of 10,000
         takes seconds. The result says whether the end was reached (`complete`) and where to go on
-        (`last_seq`). Raises InvalidMatch (bad match or scan_limit), InvalidJob (bad filter), ConnectionError.
+        (`last_seq`). Dead letters whose arg this client cannot read (encrypted with a key it lacks, not JSON)
+        are counted in `unreadable`, not matched: check it (or `warning`) before concluding nothing is there.
+        Raises InvalidMatch (bad match or scan_limit), InvalidJob (bad filter), ConnectionError.
         """
         parsed = self._validated(match, queue, job_type, reason, scan_limit, after)
         return self._client.run(_scan, parsed, queue, job_type, reason, scan_limit, after, False, idempotent=True,
@@ -381,8 +430,10 @@ class DeadLetters:
         `client.dlq.erase({"customer_id": 7})`); returns the scan, whose `matches` are the deleted ones.
 
         Each is deleted by its DLQ sequence, so nothing else is touched, and the server overwrites its stored
-        bytes (JetStream's secure delete). Until `complete` is True, call again with `after=last_seq`. Same
-        cost, bounds and errors as `find`; after a ConnectionError part may be deleted: calling again is safe.
+        bytes (JetStream's secure delete). Until `complete` is True, call again with `after=last_seq`. Dead
+        letters it cannot read (`unreadable` > 0: encrypted with a key this client lacks, ...) are left: erase
+        again from a client with the keys. Same cost, bounds and errors as `find`; after a ConnectionError part
+        may be deleted: calling again is safe.
         """
         parsed = self._validated(match, queue, job_type, reason, scan_limit, after)
         return self._client.run(_scan, parsed, queue, job_type, reason, scan_limit, after, True,

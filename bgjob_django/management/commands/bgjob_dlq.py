@@ -82,7 +82,12 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(entry_details(dlq.get(options["id"])), indent=2, default=str))
 
     def do_find(self, dlq: bgjob.DeadLetters, options: dict[str, Any]) -> None:
-        self.stdout.write("\n".join(match_command(dlq, options)))
+        """find/erase; when some dead letters could not be checked (encrypted with a key this client lacks, ...),
+        their warning goes to stderr and the command exits with 1 (CommandError)."""
+        lines, warning = match_command(dlq, options)
+        self.stdout.write("\n".join(lines))
+        if warning:
+            raise CommandError(f"warning: {warning}", returncode=1)
 
     do_erase = do_find
 

@@ -135,6 +135,7 @@ class DeadLetterViews(_Views):
             search_hidden=[(k, v) for k, v in filters.items() if v],
             purge_url=self.url("purge") + _qs({k: v for k, v in filters.items() if v}),
             erase_url=self.url("erase") + _qs({k: v for k, v in filters.items() if v}),
+            can_erase=self._can_erase(request),
             actions=self._actions(request),
             has_change_permission=self.model_admin.has_change_permission(request),
             has_delete_permission=self.model_admin.has_delete_permission(request),
@@ -217,8 +218,9 @@ class DeadLetterViews(_Views):
     @_unavailable_on_nats_errors
     def erase(self, request: HttpRequest) -> HttpResponse:
         """"Erase data matching": a JSON path and a value (GET: the form); POST: the matches, masked, to confirm;
-        POST with post=yes: delete them (a data-subject request). Needs delete_deadletter."""
-        self.require(self.model_admin.has_delete_permission(request))
+        POST with post=yes: delete them (a data-subject request). Needs delete_deadletter and
+        view_deadletter_payload: matching on content reads it (the matches would tell a guessed value)."""
+        self.require(self._can_erase(request))
         source = request.POST if request.method == "POST" else request.GET
         filters = self._filters(request, source)
         path, text = source.get("path", "").strip(), source.get("value", "").strip()
@@ -241,10 +243,12 @@ class DeadLetterViews(_Views):
             erased = [e.id for e in scan.matches]
             self._log(request, erased, DELETION, f"Erased: arg matched {path}.")
             messages.success(request, f"Erased {len(erased)} dead letters matching {described}.{reach}")
+            if scan.warning:
+                messages.warning(request, f"Not erased: {scan.warning}.")
             return HttpResponseRedirect(self.url("changelist"))
         question = (f"Erase the {len(scan.matches)} dead letters whose arg matches {described}? They cannot be "
                     f"retried afterwards.{reach}")  # fmt: skip
-        return self._confirm(request, title="Erase data matching?", ids=[], question=question,
+        return self._confirm(request, title="Erase data matching?", ids=[], question=question, warning=scan.warning,
                              matches=[(e, pretty_arg(e)) for e in scan.matches], action_url=self.url("erase"),
                              hidden=[("path", path), ("value", text), *form["filters"]])  # fmt: skip
 
@@ -288,6 +292,11 @@ class DeadLetterViews(_Views):
     def _payload_visible(self, request: HttpRequest) -> bool:
         """Whether the user may see arg, headers, error and traceback unmasked (view_deadletter_payload)."""
         return request.user.has_perm(f"{self.opts.app_label}.view_deadletter_payload")
+
+    def _can_erase(self, request: HttpRequest) -> bool:
+        """Whether the user may use "Erase data matching": delete_deadletter and view_deadletter_payload (its
+        confirmation lists the dead letters holding a value, so it reads content)."""
+        return self.model_admin.has_delete_permission(request) and self._payload_visible(request)
 
     def _actions(self, request: HttpRequest) -> dict[str, str]:
         actions = {}

@@ -2,8 +2,8 @@
 
 The data lives in JetStream; `manage.py migrate` creates only the content types and permissions:
 `bgjob_django.view_deadletter` (list and detail, with arg, headers, error and traceback masked),
-`view_deadletter_payload` (see them unmasked), `change_deadletter` (retry), `delete_deadletter` (delete, purge
-and erase by arg content), and `view_queue` (the queues and workers overview).
+`view_deadletter_payload` (see them unmasked), `change_deadletter` (retry), `delete_deadletter` (delete, purge;
+and, with view_deadletter_payload, erase by arg content), and `view_queue` (the queues and workers overview).
 """
 
 from __future__ import annotations

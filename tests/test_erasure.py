@@ -7,6 +7,8 @@ import nats.js.errors
 import pytest
 
 import bgjob
+from bgjob.arg_match import MAX_VALUE_CHARS, parse_match, parse_value
+from bgjob.dead_letters import MAX_UNREADABLE_IDS
 
 from .conftest import wait_until
 from .django.dlq_fill import store_dead_letter
@@ -152,3 +154,155 @@ def test_bgjob_dlq_show_list_and_find_print_masked_and_erase_asks_for_yes(client
     assert main(["dlq", "erase", "--match", "=7", "--yes"]) == 2 and "PATH=VALUE" in capsys.readouterr().err
     assert main(["dlq", "erase", "--match", "customer_id=7", "--yes"]) == 0
     assert "erased 1 dead letters" in capsys.readouterr().out and client.dlq.count() == 0
+
+
+@pytest.fixture
+def listed(client) -> None:
+    """A dead letter whose arg holds a list (hostile list indexes used to raise ValueError on it, mid-scan)."""
+    store_dead_letter(client, "job-items", {"customer_id": 7, "items": [1, 2]})
+    store_dead_letter(client, "job-items-2", {"customer_id": 7, "items": [3, 4]})
+
+
+HOSTILE_PATHS = ["items.²", "items.٣", "items.½", "items.Ⅻ", "items." + "9" * 5000, "items." + "1" * 201, "a" * 201,
+                 ".".join(["a"] * 501), "items.1.²"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_a_hostile_path_segment_is_an_invalid_match_before_anything_is_read_or_deleted(client, listed, path) -> None:
+    for match in ({path: 1}, {"customer_id": 7, path: 1}):
+        with pytest.raises(bgjob.InvalidMatch, match="invalid match path"):
+            client.dlq.find(match)
+        with pytest.raises(bgjob.InvalidMatch, match="invalid match path"):
+            client.dlq.erase(match)
+    assert client.dlq.count() == 2
+    with pytest.raises(bgjob.InvalidMatch):
+        parse_match([f"{path}=1"])
+
+
+def test_a_list_index_is_ascii_digits_and_still_matches(client, listed) -> None:
+    assert [e.id for e in client.dlq.find({"items.1": 4}).matches] == ["job-items-2"]
+    assert [e.id for e in client.dlq.find({"items.01": 2}).matches] == ["job-items"]
+    assert client.dlq.find({"items.7": 2}).matches == [] and client.dlq.find({"items." + "9" * 200: 2}).matches == []
+
+
+@pytest.mark.parametrize("text, value", [("7", 7), ('"7"', "7"), ("a@b.c", "a@b.c"), ('{"a": [1]}', {"a": [1]}),
+                                         ("[" * 9000, "[" * 9000), ("[" * 10_000, "[" * 10_000),
+                                         ("{" * 5000, "{" * 5000)])  # fmt: skip
+def test_a_match_value_is_json_else_text_even_when_nested_too_deeply_to_parse(text, value) -> None:
+    assert parse_value(text) == value
+    assert parse_match([f"pin={text}"]) == {"pin": value}
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "[" * (MAX_VALUE_CHARS + 1), "7" * (MAX_VALUE_CHARS + 1)])
+def test_a_match_value_longer_than_the_bound_is_an_invalid_match(text) -> None:
+    with pytest.raises(bgjob.InvalidMatch, match="too long"):
+        parse_value(text)
+    with pytest.raises(bgjob.InvalidMatch, match="too long"):
+        parse_match([f"pin={text}"])
+
+
+def test_bgjob_dlq_find_and_erase_refuse_a_hostile_path_or_value_with_exit_2(client, listed, nats_server, prefix,
+                                                                             monkeypatch, capsys) -> None:  # fmt: skip
+    from bgjob.cli import main
+
+    monkeypatch.setenv("BGJOB_URL", nats_server.url)
+    monkeypatch.setenv("BGJOB_PREFIX", prefix)
+    for match in ("items.²=1", "items." + "9" * 5000 + "=1", "pin=" + "[" * 100_000):
+        for action in (["find"], ["erase", "--yes"]):
+            assert main(["dlq", *action, "--match", match]) == 2
+            assert "bgjob: error:" in capsys.readouterr().err
+    assert main(["dlq", "find", "--match", "pin=" + "[" * 5000]) == 0  # too deep for JSON: text, matching nothing
+    assert "0 matching" in capsys.readouterr().out and client.dlq.count() == 2
+
+
+@pytest.fixture
+def encrypted_letter(make_client, client, start_worker) -> tuple[str, str, str]:
+    """Customer 7's dead letters from a real worker: one sent encrypted (by a client with a key, to a worker with
+    it that dead-letters it) and one sent plain. Returns (the key, encrypted id, plain id)."""
+    pytest.importorskip("cryptography")
+    from bgjob.encryption import generate_key
+
+    key = generate_key()
+    keyed = make_client(encryption_keys=(key,))
+    mux = bgjob.Mux()
+    mux.handle("charge", lambda job: bgjob.MoveToDlq("card declined"))
+    start_worker(keyed, mux)
+    secret = keyed.send_job("charge", {"customer_id": 7, "card": "4111"})
+    plain = client.send_job("charge", {"customer_id": 7})
+    wait_until(lambda: client.dlq.count() == 2, message="2 dead letters")
+    assert client.dlq.get(secret).headers.get("Bgjob-Encryption")  # stored encrypted
+    return key, secret, plain
+
+
+def key_id_of(key: str) -> str:
+    import base64
+
+    from bgjob.encryption import key_id
+
+    return key_id(base64.urlsafe_b64decode(key))
+
+
+def test_erase_without_the_key_reports_the_encrypted_dead_letter_unreadable_and_with_it_erases_it(
+        make_client, client, encrypted_letter) -> None:  # fmt: skip
+    key, secret, plain = encrypted_letter
+    found = client.dlq.find({"customer_id": 7})
+    assert [e.id for e in found.matches] == [plain] and found.complete
+    assert found.unreadable == 1 and found.unreadable_ids == [secret]
+    assert found.unreadable_reasons == {f"encrypted with key {key_id_of(key)} this client does not have": 1}
+    assert "1 dead letters could not be checked" in found.warning and "BGJOB_ENCRYPTION_KEYS" in found.warning
+    erased = client.dlq.erase({"customer_id": 7})
+    assert [e.id for e in erased.matches] == [plain] and erased.unreadable_ids == [secret]
+    assert [e.id for e in client.dlq.list()] == [secret]  # left, and said so
+    keyed = make_client(encryption_keys=(key,))
+    done = keyed.dlq.erase({"customer_id": 7})
+    assert [e.id for e in done.matches] == [secret] and done.unreadable == 0 and done.warning is None
+    assert client.dlq.count() == 0 and raw_stored_ids(client) == []
+
+
+def test_a_tampered_or_non_json_dead_letter_is_unreadable_too(make_client, client) -> None:
+    pytest.importorskip("cryptography")
+    from bgjob.encryption import generate_key
+
+    key = generate_key()
+    store_dead_letter(client, "job-tampered", {"customer_id": 7},
+                      headers={"Bgjob-Encryption": f"aes256gcm;{key_id_of(key)};id"})  # fmt: skip
+    store_dead_letter(client, "job-text", {"customer_id": 7}, headers={"Content-Type": "text/plain"})
+    store_dead_letter(client, "job-bytes", {"customer_id": 7}, headers={"Content-Type": "application/octet-stream"})
+    store_dead_letter(client, "job-ok", {"customer_id": 7})
+    scan = make_client(encryption_keys=(key,)).dlq.erase({"customer_id": 7})
+    assert [e.id for e in scan.matches] == ["job-ok"] and scan.unreadable == 3
+    assert scan.unreadable_ids == ["job-tampered", "job-text", "job-bytes"]
+    assert "does not authenticate" in scan.warning and "not JSON" in scan.warning
+    assert client.dlq.count() == 3
+
+
+def test_unreadable_ids_are_capped_and_the_count_is_exact(client) -> None:
+    for n in range(MAX_UNREADABLE_IDS + 5):
+        store_dead_letter(client, f"job-{n:04d}", {"customer_id": 7}, headers={"Bgjob-Encryption": "aes256gcm;k1"})
+    scan = client.dlq.find({"customer_id": 7})
+    assert scan.unreadable == MAX_UNREADABLE_IDS + 5 and len(scan.unreadable_ids) == MAX_UNREADABLE_IDS
+    assert scan.warning.startswith(f"{MAX_UNREADABLE_IDS + 5} dead letters could not be checked: encrypted with "
+                                   "key k1 this client does not have; set BGJOB_ENCRYPTION_KEYS")  # fmt: skip
+
+
+def test_bgjob_dlq_find_and_erase_warn_and_exit_1_when_a_dead_letter_could_not_be_checked(
+        encrypted_letter, client, nats_server, prefix, monkeypatch, capsys) -> None:  # fmt: skip
+    from bgjob.cli import main
+
+    key, secret, _ = encrypted_letter
+    monkeypatch.setenv("BGJOB_URL", nats_server.url)
+    monkeypatch.setenv("BGJOB_PREFIX", prefix)
+    monkeypatch.delenv("BGJOB_ENCRYPTION_KEYS", raising=False)
+    warning = f"1 dead letters could not be checked: encrypted with key {key_id_of(key)} this client does not have"
+    for args in (["find"], ["find", "--json"], ["erase", "--yes"]):
+        assert main(["dlq", *args, "--match", "customer_id=7"]) == 1
+        captured = capsys.readouterr()
+        assert f"bgjob: warning: {warning}" in captured.err and "BGJOB_ENCRYPTION_KEYS" in captured.err
+        assert secret in captured.err and "4111" not in captured.out + captured.err
+    assert main(["dlq", "erase", "--match", "customer_id=7"]) == 2  # without --yes: the count and the warning
+    assert warning in capsys.readouterr().err
+    assert [e.id for e in client.dlq.list()] == [secret]
+    monkeypatch.setenv("BGJOB_ENCRYPTION_KEYS", key)
+    assert main(["dlq", "erase", "--match", "customer_id=7", "--yes"]) == 0
+    captured = capsys.readouterr()
+    assert "erased 1 dead letters" in captured.out and "warning" not in captured.err and client.dlq.count() == 0

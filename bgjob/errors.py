@@ -119,8 +119,9 @@ class DeadLetterNotFound(BgjobError, KeyError):
 
 class InvalidMatch(BgjobError, ValueError):
     """A dead-letter search (`client.dlq.find`/`erase`) was given a match that cannot be used: not a non-empty
-    mapping of dotted JSON paths to values, an empty path or path segment, or a scan bound that is not a positive
-    int. Nothing was read or deleted."""
+    mapping of dotted JSON paths to values, an empty path or path segment, a numeric segment not in ASCII digits,
+    a path or text value over its length bound, or a scan bound that is not a positive int. Nothing was read or
+    deleted."""
 
 
 class ConfigurationError(BgjobError, ValueError):

@@ -75,7 +75,9 @@ def test_the_example_site_sends_reschedules_and_dead_letters_jobs(example_env, b
 
 
 # -- fault 10: one project, one embedded server, however its commands are started ----------------------------------
-SERVER_LINE = re.compile(r"^server: (nats://\*\*\*@127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$", re.MULTILINE)
+#: the URL shows masked: the embedded server's carries its token.
+SERVER_LINE = re.compile(r"^server: (nats://\*\*\*@127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$",
+                         re.MULTILINE)
 SEND_ELSEWHERE = "from bgjob_django.conf import get_client; print(get_client().send_job('report', {}, queue='parked'))"
 
 
@@ -127,7 +129,8 @@ def test_commands_started_from_the_repository_root_or_example_project_reach_the_
     try:
         worker.wait_ready()
         assert worker.stdout.splitlines()[0] == same
-        with bgjob.Client(bgjob.Settings(data_dir=data_dir)) as client:  # running, its SIGTERM handler set, before it drains
+        # running, its SIGTERM handler set, before it drains; the server is reached by its data dir (and token)
+        with bgjob.Client(bgjob.Settings(data_dir=data_dir)) as client:
             wait_for(lambda: client.workers(), message="the worker in the directory")
     finally:
         assert worker.stop() == 0

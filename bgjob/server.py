@@ -5,24 +5,29 @@ and requires a token generated per server (`secrets.token_urlsafe`), which nats-
 (never its command line, which every local user can see in `ps`). Every file is private to the user who runs
 it: the data dir is 0700; the state file (`server.json`, which holds the URL with the token, so every bgjob
 process of that user finds the server transparently), the lock file, the log file and the config file are
-0600. A state file written by an older bgjob (a URL without a token, a server without auth) keeps working.
+0600. A data dir that is not the user's, or that others can write to, is refused (ConfigurationError), as are
+files in it another user owns or symbolic links (opened with O_NOFOLLOW). A state file written by an older
+bgjob (a URL without a token, a server without auth) keeps working.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import pwd
 import re
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -32,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BgjobError, ServerNotFound
+from .errors import BgjobError, ConfigurationError, ServerNotFound
 from .redaction import mask_url
 
 log = logging.getLogger("bgjob.server")
@@ -51,21 +56,53 @@ _started: dict[pathlib.Path, EmbeddedServer] = {}
 
 def private_dir(path: pathlib.Path) -> pathlib.Path:
     """Create directory `path` (and its missing parents) with mode 0700; tighten it to 0700 when it exists, is
-    ours (same uid) and is readable or writable by others. Returns `path`; raises OSError when it cannot be
-    made."""
+    ours (same uid) and is readable or writable by others. Then check it as ssh's StrictModes does: it must be
+    owned by the current user and writable by nobody else, else another local user could swap its state file
+    and start a second server on the same store. Returns `path`; raises ConfigurationError (naming the
+    directory, its owner and mode, and what to do) when it is not, OSError when it cannot be made."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
     if info.st_uid == os.getuid() and info.st_mode & 0o077:
         path.chmod(0o700)
+        info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise ConfigurationError(
+            f"the embedded server's data dir {path} is owned by {_owner(info.st_uid)} with mode "
+            f"{oct(info.st_mode & 0o7777)}; it must be owned by you ({_owner(os.getuid())}) and writable by nobody "
+            "else: remove it, or set BGJOB_DATA_DIR to a directory of yours (or, if you own it, chmod 700 it)"
+        )  # fmt: skip
     return path
 
 
+def _owner(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_own_file(path: pathlib.Path, info: os.stat_result) -> None:
+    """Refuse a file of the data dir that another user owns (it could say anything)."""
+    if info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"{path} is owned by {_owner(info.st_uid)}, not by you ({_owner(os.getuid())}); another user may have "
+            "planted it: remove it (and check who can write to its directory)"
+        )  # fmt: skip
+
+
 def _open_private(path: pathlib.Path, flags: int) -> int:
-    """os.open with mode 0600 (a file that exists already and is ours is tightened to 0600); returns the fd."""
-    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    """os.open with mode 0600 and O_NOFOLLOW (a file that exists already and is ours is tightened to 0600);
+    returns the fd. Raises ConfigurationError for a symlink or a file another user owns."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigurationError(f"{path} is a symbolic link; bgjob does not follow one there: remove it") from None
+        raise
     try:
         info = os.fstat(fd)
-        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        _check_own_file(path, info)
+        if info.st_mode & 0o077:
             os.fchmod(fd, 0o600)
     except BaseException:
         os.close(fd)
@@ -73,8 +110,27 @@ def _open_private(path: pathlib.Path, flags: int) -> int:
     return fd
 
 
+def _read_private(path: pathlib.Path) -> str:
+    """The text of a file of the data dir, opened with O_NOFOLLOW; raises FileNotFoundError when it is missing,
+    ConfigurationError for a symlink or a file another user owns."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigurationError(f"{path} is a symbolic link; bgjob does not follow one there: remove it") from None
+        raise
+    with os.fdopen(fd) as f:
+        _check_own_file(path, os.fstat(fd))
+        return f.read()
+
+
 def _write_private(path: pathlib.Path, text: str) -> None:
     """Write `text` to `path` atomically, the file 0600 from its first byte (never a world-readable window)."""
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            raise ConfigurationError(f"{path} is a symbolic link; bgjob does not follow one there: remove it")
+        _check_own_file(path, info)
     tmp = path.with_name(f"{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -397,8 +453,10 @@ def _serves(pid: int, data_dir: pathlib.Path) -> bool:
 
 def _read_state(data_dir: pathlib.Path) -> dict[str, Any] | None:
     try:
-        state = json.loads((data_dir / _STATE_FILE).read_text())
+        state = json.loads(_read_private(data_dir / _STATE_FILE))
         int(state["pid"]), int(state["port"]), str(state["url"])
+    except ConfigurationError:
+        raise  # a planted or symlinked state file: refused, never silently replaced
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return state

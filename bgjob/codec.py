@@ -55,7 +55,9 @@ _MAX_CARRIED = 1_000_000
 def spec_of(item: Any) -> JobSpec:
     if isinstance(item, tuple) and len(item) == 2:
         return JobSpec(item[0], item[1])
-    raise InvalidJob(f"expected a (type, arg) pair or a bgjob.JobSpec, got {item!r}")
+    # Not the item's repr: it holds the arg, which may be personal data (the error reaches logs and Sentry).
+    shown = f"a tuple of {len(item)}" if isinstance(item, tuple) else f"a {type(item).__name__}"
+    raise InvalidJob(f"expected a (type, arg) pair or a bgjob.JobSpec, got {shown}")
 
 
 #: bytes kept free below the server's max_payload, and below JetStream's 64 KiB header limit, so a job can

@@ -151,3 +151,10 @@ def test_the_keys_of_a_dict_under_a_sensitive_key_are_scrubbed_too() -> None:
 def test_a_comma_in_a_password_is_masked_with_the_rest_of_its_user_info() -> None:
     assert mask_url("nats://u:pa,ss@h:4222") == "nats://***@h:4222"
     assert mask_url("nats://u:pa,ss@h1:1, tls://t0k,en@h2:2") == "nats://***@h1:1,tls://***@h2:2"
+
+
+def test_a_malformed_send_jobs_item_is_refused_without_quoting_its_arg(client) -> None:
+    for item in (("charge", {"card": "4111-PLANTED"}, "extra"), {"card": "4111-PLANTED"}, ["charge"]):
+        with pytest.raises(bgjob.InvalidJob, match="expected a \\(type, arg\\) pair") as raised:
+            client.send_jobs([item])
+        assert "PLANTED" not in str(raised.value)

@@ -77,12 +77,26 @@ def _drop_to_nobody() -> None:  # the fallback without setpriv: runs in the chil
     os.setuid(NOBODY)
 
 
+def _readable_nats_py(base: pathlib.Path) -> pathlib.Path:
+    """A copy of nats-py (pure Python) that every user can import: the other user cannot read this virtualenv
+    (CI makes it in a 0700 temporary directory)."""
+    import nats
+
+    lib = base / "pylib"
+    shutil.copytree(pathlib.Path(nats.__file__).parent, lib / "nats", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (lib, *lib.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return lib
+
+
 def _intrude(data_dir: pathlib.Path, url: str, as_nobody: bool = False) -> dict:
     """Run INTRUDER (as uid/gid 65534 when `as_nobody`) against `data_dir` and the NATS `url`; what it saw."""
     prefix = _as_nobody() if as_nobody else []
+    lib = _readable_nats_py(data_dir.parent) if not (data_dir.parent / "pylib").exists() else data_dir.parent / "pylib"
     done = subprocess.run(
         [*prefix, sys.executable, "-c", INTRUDER, str(data_dir), url],
-        capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": os.environ.get("PATH", "")},
+        capture_output=True, text=True, timeout=60, cwd="/",
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(lib)},
         preexec_fn=_drop_to_nobody if as_nobody and not prefix else None,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

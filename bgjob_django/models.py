@@ -1,6 +1,8 @@
-"""Models without tables: they give the admin pages their place in the index and their permissions.
+"""The outbox table, and models without tables that give the admin pages their place and their permissions.
 
-The data lives in JetStream; `manage.py migrate` creates only the content types and permissions:
+`OutboxMessage` is the one real table (`bgjob_outbox`): jobs sent with `outbox=True` (or BGJOB["OUTBOX"]) are
+rows there until the relay publishes them. Everything else lives in JetStream; for the other models
+`manage.py migrate` creates only the content types and permissions:
 `bgjob_django.view_deadletter` (list and detail, with arg, headers, error and traceback masked),
 `view_deadletter_payload` (see them unmasked), `change_deadletter` (retry), `delete_deadletter` (delete, purge;
 and, with view_deadletter_payload, erase by arg content), and `view_queue` (the queues and workers overview).
@@ -9,6 +11,7 @@ and, with view_deadletter_payload, erase by arg content), and `view_queue` (the 
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class DeadLetter(models.Model):
@@ -42,3 +45,35 @@ class Queue(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class OutboxMessage(models.Model):
+    """A prepared job waiting in the transactional outbox (table `bgjob_outbox`) for the relay to publish it.
+
+    Written by `bgjob_django.outbox` in the sender's transaction (the job exists if and only if it commits);
+    read, claimed and deleted after its PubAck by the relay. `record` is `bgjob.PreparedJob.to_record()`: the
+    message as encoded, encrypted and signed at the call (it holds the job's arg, encrypted only with
+    BGJOB["ENCRYPTION_KEYS"]). `claimed_by`/`claimed_until`: the relay that holds the row, and until when (a
+    relay that died loses it then). `attempts`/`last_error`: failed publishes so far. `failed_at`: the server
+    refused the job for good; the row is kept for an operator and never retried automatically.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    job_id = models.CharField(max_length=200)
+    queue = models.CharField(max_length=64)
+    record = models.JSONField()
+    claimed_by = models.CharField(max_length=64, null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "bgjob_outbox"
+        verbose_name = "outbox message"
+        verbose_name_plural = "outbox messages"
+        indexes = (models.Index(fields=["failed_at", "claimed_until", "id"], name="bgjob_outbox_relay_idx"),)
+
+    def __str__(self) -> str:
+        return f"{self.job_id} ({self.queue})"

@@ -41,6 +41,7 @@ APP_DEFAULTS: dict[str, Any] = {
     "GRACE_PERIOD": 30.0,  # seconds in-flight jobs may finish after SIGTERM
     "SCHEDULES": {},  # name -> {"cron", "job", "arg", "queue", "tz"}: periodic jobs declared at worker start
     "ON_COMMIT": False,  # send_job() defers publishing to transaction.on_commit unless told otherwise
+    "OUTBOX": False,  # every Django-side send (send_job, send_jobs, django.tasks) writes the outbox table instead
     "METRICS_PORT": None,  # Prometheus /metrics port of the worker (--metrics-port overrides)
 }
 #: Keys people reach for that are spelled differently here, and what to use instead.
@@ -77,6 +78,7 @@ class Config:
     grace_period: float = 30.0
     schedules: tuple[ScheduleSpec, ...] = ()
     on_commit: bool = False
+    outbox: bool = False
     metrics_port: int | None = None
 
     def retry_policy(self) -> bgjob.RetryPolicy:
@@ -173,6 +175,10 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
     if not isinstance(values["ON_COMMIT"], bool):
         problem("E006", f"BGJOB['ON_COMMIT'] must be True or False, got {values['ON_COMMIT']!r}")
         values["ON_COMMIT"] = False
+    if not isinstance(values["OUTBOX"], bool):
+        problem("E006", f"BGJOB['OUTBOX'] must be True or False, got {values['OUTBOX']!r}",
+                "True sends every job through the outbox table (migrate first), False publishes to NATS")  # fmt: skip
+        values["OUTBOX"] = False
 
     middleware = values["MIDDLEWARE"]
     if isinstance(middleware, str) or not isinstance(middleware, (list, tuple)):
@@ -198,6 +204,7 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
         grace_period=float(values["GRACE_PERIOD"]),
         schedules=schedules,
         on_commit=values["ON_COMMIT"],
+        outbox=values["OUTBOX"],
         metrics_port=values["METRICS_PORT"],
     ), found
 

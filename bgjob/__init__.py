@@ -1,7 +1,7 @@
 """bgjob: background jobs for synchronous Python web apps, on NATS JetStream."""
 
 from ._version import __version__ as __version__
-from .client import Client, QueueConfig, QueueStats, connect, default_client, send_job, send_jobs
+from .client import Client, PreparedJob, QueueConfig, QueueStats, connect, default_client, send_job, send_jobs
 from .context import JobContextFilter, current_job, current_request_id
 from .dead_letters import DeadLetter, DeadLetters, DeadLetterScan
 from .directory import WorkerInfo
@@ -77,6 +77,7 @@ __all__ = [
     "MoveToDlq",
     "Mux",
     "PeriodicJob",
+    "PreparedJob",
     "PublishError",
     "QueueConfig",
     "QueueFull",

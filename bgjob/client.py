@@ -9,16 +9,16 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
 from . import job_results, unique
-from .codec import check_size, periodic_message, prepare_job, spec_of
+from .codec import DEFAULT_MAX_PAYLOAD, PreparedJob, check_size, periodic_message, prepare_job, prepared_job, spec_of
 from .core import Core, QueueConfig, as_bgjob_error, is_transient
 from .encryption import cipher_for
-from .errors import BgjobError, ConnectionError, InvalidJob, ResultNotFound, SendJobsError
+from .errors import BgjobError, ConnectionError, InvalidJob, JobTooLarge, ResultNotFound, SendJobsError
 from .job import JobSpec
 from .job_results import JobResult
 from .provisioning import validate_queue_changes
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bgjob.client")
 
 # Re-exported: Core and prepare_job are what integrations (bgjob_django) build on.
-__all__ = ["Client", "Core", "QueueStats", "connect", "default_client", "is_transient", "prepare_job", "send_job",
-           "send_jobs", "signer_for"]  # fmt: skip
+__all__ = ["Client", "Core", "PreparedJob", "QueueStats", "connect", "default_client", "is_transient", "prepare_job",
+           "send_job", "send_jobs", "signer_for"]  # fmt: skip
 
 
 def _resolve_url(settings: Settings) -> str:
@@ -203,46 +203,131 @@ class Client:
         letters' errors and displays, stored results' errors and Sentry; the job itself carries them intact
         (its handler sees the real arg). The keys travel in the `Bgjob-Sensitive` header; the worker adds the
         handler's own (`Mux.handler(..., sensitive=)`). A lone str or a key with ',' or a space is InvalidJob.
-        """
-        if unique_for is not None:
-            return self._send_unique(job_type, arg, unique_for, queue=queue, delay=delay, at=at, job_id=job_id,
-                                     request_id=request_id, headers=headers, store_result=store_result,
-                                     sensitive=sensitive)  # fmt: skip
-        store = self._stores_result(queue, store_result)
-        subject, body, hdrs, msg_id = prepare_job(
-            self.settings, job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id,
-            request_id=request_id, headers=headers, store_result=store, sensitive=sensitive,
-        )  # fmt: skip
-        runtime, core = self._ensure()
-        check_size(core, body, hdrs)
-        batch = self._publisher.submit([Outgoing(subject, body, hdrs, queue)])  # type: ignore[union-attr]
-        if not runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound()):
-            raise _not_confirmed(ConnectionError("the client's safety bound passed"), msg_id)
-        if batch.errors[0] is not None:
-            raise _not_confirmed(batch.errors[0], msg_id)
-        if store:
-            self._record_ready(runtime, job_results.record_ready(core, msg_id, job_type, queue), (msg_id,))
-        return msg_id
 
-    def _send_unique(self, job_type: str, arg: Any, unique_for: timedelta | float, **options: Any) -> str:
-        """send_job with `unique_for`: validate, reserve the id, send; release the id if the send fails."""
-        ttl = unique.validate_unique_for(unique_for, options["job_id"])
-        prepare_job(self.settings, job_type, arg, **{k: v for k, v in options.items() if k != "store_result"})
-        runtime, core = self._ensure()
-        held = self._call(runtime, unique.reserve(core, options["job_id"], options["queue"], ttl))
-        if held is None:
-            return options["job_id"]  # an earlier send holds this id within its unique_for: not published again
+        The same as `publish_prepared([prepare_job(JobSpec(job_type, arg, ...), queue=queue)])`, except for the
+        errors: one job's own (a refusal, or a ConnectionError that names it), never SendJobsError.
+        """
+        spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
+                       headers=headers, store_result=store_result, unique_for=unique_for,
+                       sensitive=sensitive)  # fmt: skip
+        job = self._prepare(spec, queue, None)  # sized against the server's max_payload once connected, below
         try:
-            return self.send_job(job_type, arg, **options)
+            return self._publish([job], window=1)[0]
+        except SendJobsError as exc:
+            raise _one_job_error(exc, job.job_id) from None
+
+    def send_jobs(
+        self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
+    ) -> list[str]:
+        """Enqueue many jobs, pipelined; returns their ids (in order) once every one is stored.
+
+        `jobs` holds `(type, arg)` pairs or `JobSpec`s. All are validated before anything is published
+        (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
+        some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
+        `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
+        A JobSpec's `sensitive` keys are masked as `send_job`'s are. The same as `publish_prepared` of each
+        job's `prepare_job`.
+        """
+        prepared = []
+        for index, item in enumerate(jobs):
+            try:
+                prepared.append(self._prepare(item if isinstance(item, JobSpec) else spec_of(item), queue, None))
+            except InvalidJob as exc:
+                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
+        return self._publish(prepared, window)
+
+    def prepare_job(self, spec: JobSpec, *, queue: str = "default") -> PreparedJob:
+        """Build `spec` into a PreparedJob now, for `publish_prepared` to publish later (at a transaction's commit,
+        from an outbox table): validated, its arg encoded (read now: changing it afterwards changes nothing),
+        size-checked, encrypted (Settings.encryption_keys) and signed (Settings.signing_key). `queue` is used
+        when `spec.queue` is None. A delay or `at` is fixed now: the job is due at the same moment however late
+        it is published. `store_result` None is decided now too (Settings.result_queues).
+
+        No network I/O: it never connects. The size limit is the connected server's max_payload when this
+        client is connected, else nats-server's default of 1 MiB (`codec.DEFAULT_MAX_PAYLOAD`), less the room
+        kept for a dead letter's error. Raises InvalidJob (nothing to publish), ConfigurationError for unusable
+        encryption keys.
+        """
+        return self._prepare(spec, queue, self._known_max_payload())
+
+    def _prepare(self, spec: JobSpec, queue: str, max_payload: int | None) -> PreparedJob:
+        if not isinstance(spec, JobSpec):
+            raise InvalidJob(f"expected a bgjob.JobSpec, got a {type(spec).__name__}")
+        job_queue = spec.queue if spec.queue is not None else queue
+        ttl = unique.validate_unique_for(spec.unique_for, spec.job_id)
+        return prepared_job(self.settings, spec, queue=queue, store_result=self._stores_result(job_queue,
+                            spec.store_result), max_payload=max_payload, unique_for=ttl)  # fmt: skip
+
+    def _known_max_payload(self) -> int:
+        """The connected server's max_payload, else nats-server's default (nothing is connected for it)."""
+        runtime, core = self._runtime, self._core
+        if runtime is not None and runtime.alive and core is not None and core.nc is not None and core.nc.is_connected:
+            return core.max_payload
+        return DEFAULT_MAX_PAYLOAD
+
+    def publish_prepared(self, jobs: Sequence[PreparedJob], *, window: int = 2000) -> list[str]:
+        """Publish jobs built by `prepare_job` (or read back with `PreparedJob.from_record`), their bytes as they
+        are, pipelined (at most `window` in flight); returns their ids, in order, once every one is stored
+        (PubAck). Publishing a job again is safe: inside the queue's duplicate window the server drops it
+        (its Nats-Msg-Id is its job id), and a job with `unique_for` is published only while it holds its id.
+        Jobs with `store_result` get their READY result record once stored.
+
+        Raises InvalidJob (nothing published) for an item that is not a PreparedJob or was prepared for another
+        prefix, JobTooLarge (nothing published) for one larger than the connected server accepts, SendJobsError
+        when some were published but not all confirmed (`stored`, `not_stored`, `errors`; re-publishing the
+        not_stored ones is the retry), ConnectionError when NATS cannot be reached (before anything is
+        published, or the result records after all were stored: it names the job ids).
+        """
+        jobs = list(jobs)
+        for index, job in enumerate(jobs):
+            if not isinstance(job, PreparedJob):
+                raise InvalidJob(f"job {index}: expected a bgjob.PreparedJob, got a {type(job).__name__}; "
+                                 "nothing was sent")  # fmt: skip
+            try:
+                job.check_prefix(self.settings.prefix)
+            except InvalidJob as exc:
+                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
+        return self._publish(jobs, window)
+
+    def _publish(self, jobs: list[PreparedJob], window: int) -> list[str]:
+        """Size-check against the connected server, reserve unique ids, publish the jobs not reserved by an
+        earlier send (once each), release the reservations of jobs not confirmed stored, record READY results."""
+        runtime, core = self._ensure()
+        for index, job in enumerate(jobs):
+            try:
+                check_size(core.max_payload, job.body, job.headers)
+            except InvalidJob as exc:
+                which = f"job {index}: " if len(jobs) > 1 else ""
+                raise JobTooLarge(f"{which}{exc}; nothing was sent", job_ids=(job.job_id,)) from None
+        uniques = [(job.job_id, job.queue, job.unique_for) for job in jobs if job.unique_for is not None]
+        held: dict[str, unique.Reservation | None] = {}
+        publish = jobs
+        if uniques:
+            held = self._call(runtime, unique.reserve_many(core, uniques))
+            publish, seen = [], set()
+            for job in jobs:
+                if job.job_id in held and (held[job.job_id] is None or job.job_id in seen):
+                    continue  # reserved by an earlier send, or sent earlier in this batch
+                seen.add(job.job_id)
+                publish.append(job)
+        try:
+            self._publish_pipelined(runtime, publish, max(1, window))
         except BaseException as exc:
-            self._release_unique(runtime, core, [held], exc)
+            if held:
+                stored = set(getattr(exc, "stored", ()))
+                self._release_unique(runtime, core, [r for r in held.values() if r and r.job_id not in stored], exc)
             raise
+        with_results = [(job.job_id, job.job_type, job.queue) for job in publish if job.store_result]
+        if with_results:
+            self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))
+        return [job.job_id for job in jobs]
 
     def _release_unique(self, runtime: Runtime, core: Core, held: list[unique.Reservation], exc: BaseException) -> None:
         try:
             unique.note_still_reserved(exc, self._call(runtime, unique.release_all(core, held)))
         except Exception:  # noqa: BLE001 - the runtime itself is gone
             unique.note_still_reserved(exc, [r.job_id for r in held])
+
 
     def _stores_result(self, queue: str, store_result: bool | None) -> bool:
         return store_result if store_result is not None else queue in self.settings.result_queues
@@ -291,74 +376,7 @@ class Client:
             raise InvalidJob(f"job_id must be a non-empty str, not {job_id!r}")
         return bool(self.run(job_results.delete_record, job_id))
 
-    def send_jobs(
-        self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
-    ) -> list[str]:
-        """Enqueue many jobs, pipelined; returns their ids (in order) once every one is stored.
-
-        `jobs` holds `(type, arg)` pairs or `JobSpec`s. All are validated before anything is published
-        (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
-        some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
-        `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
-        A JobSpec's `sensitive` keys are masked as `send_job`'s are.
-        """
-        runtime, core = self._ensure()
-        prepared = []
-        uniques: list[tuple[str, str, int]] = []
-        with_results: list[tuple[str, str, str]] = []
-        for index, item in enumerate(jobs):
-            try:
-                spec = item if isinstance(item, JobSpec) else spec_of(item)
-                job_queue = spec.queue or queue
-                store = self._stores_result(job_queue, spec.store_result)
-                subject, body, hdrs, job_id = prepare_job(
-                    self.settings, spec.type, spec.arg, queue=job_queue, delay=spec.delay, at=spec.at,
-                    job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers, store_result=store,
-                    sensitive=spec.sensitive,
-                )  # fmt: skip
-                check_size(core, body, hdrs)
-                ttl = unique.validate_unique_for(spec.unique_for, spec.job_id)
-            except InvalidJob as exc:
-                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
-            if ttl is not None:
-                uniques.append((job_id, job_queue, ttl))
-            prepared.append((job_id, subject, body, hdrs, job_queue))
-            if store:
-                with_results.append((job_id, spec.type, job_queue))
-        if uniques:
-            return self._send_unique_batch(runtime, core, prepared, uniques, with_results, window)
-        ids = self._publish_pipelined(runtime, prepared, max(1, window))
-        if with_results:
-            self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))
-        return ids
-
-    def _send_unique_batch(self, runtime: Runtime, core: Core, prepared: list[tuple],
-                           uniques: list[tuple[str, str, int]], with_results: list[tuple[str, str, str]],
-                           window: int) -> list[str]:  # fmt: skip
-        """send_jobs when some jobs have `unique_for`: reserve their ids, publish the others and those reserved
-        now (once each), release the reservations of jobs not confirmed stored."""
-        held = self._call(runtime, unique.reserve_many(core, uniques))
-        unique_ids = {job_id for job_id, _, _ in uniques}
-        publish, seen = [], set()
-        for item in prepared:
-            job_id = item[0]
-            if job_id in unique_ids and (held.get(job_id) is None or job_id in seen):
-                continue  # reserved by an earlier send, or sent earlier in this batch
-            seen.add(job_id)
-            publish.append(item)
-        try:
-            self._publish_pipelined(runtime, publish, max(1, window))
-        except BaseException as exc:
-            stored = set(getattr(exc, "stored", ()))
-            self._release_unique(runtime, core, [r for r in held.values() if r and r.job_id not in stored], exc)
-            raise
-        published = {item[0] for item in publish}
-        with_results = [r for r in with_results if r[0] in published]
-        if with_results:
-            self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))
-        return [item[0] for item in prepared]
-
-    def _publish_pipelined(self, runtime: Runtime, prepared: list[tuple], window: int) -> list[str]:
+    def _publish_pipelined(self, runtime: Runtime, prepared: list[PreparedJob], window: int) -> list[str]:
         publisher = self._publisher
         assert publisher is not None
         stored: set[str] = set()
@@ -382,12 +400,13 @@ class Client:
             if errors:
                 break
             part = prepared[start : start + chunk]
-            in_flight.append(([p[0] for p in part], publisher.submit([Outgoing(*p[1:]) for p in part])))
+            in_flight.append(([job.job_id for job in part], publisher.submit(
+                [Outgoing(job.subject, job.body, job.headers, job.queue) for job in part])))
             if len(in_flight) == 2:
                 settle_oldest_chunk()
         while in_flight:
             settle_oldest_chunk()
-        ids = [job_id for job_id, *_ in prepared]
+        ids = [job.job_id for job in prepared]
         if errors or len(stored) < len(set(ids)):
             not_stored = [i for i in ids if i not in stored]
             first = next(iter(errors.values()), None)
@@ -538,6 +557,15 @@ def _not_confirmed(error: BaseException, job_id: str) -> BaseException:
         job_ids=(job_id,),
     )
     result.__cause__ = error
+    return result
+
+
+def _one_job_error(exc: SendJobsError, job_id: str) -> BaseException:
+    """send_job's error for its one job from the SendJobsError of its publish, with that error's notes."""
+    error = exc.errors.get(job_id) or ConnectionError(str(exc), job_ids=(job_id,))
+    result = _not_confirmed(error, job_id)
+    for note in getattr(exc, "__notes__", ()):
+        result.add_note(note)
     return result
 
 

@@ -8,11 +8,15 @@ delivery -> Job (its id, attempt and arg). Dead letters themselves are built, an
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import re
 import uuid
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import Header
@@ -44,9 +48,6 @@ from .settings import Settings
 from .signing import signer_for
 from .topology import Topology
 
-if TYPE_CHECKING:
-    from .core import Core
-
 #: the attempts a header may claim: a hand-written message cannot make a job immortal or pre-exhausted.
 _MAX_CARRIED = 1_000_000
 
@@ -65,18 +66,23 @@ def spec_of(item: Any) -> JobSpec:
 DLQ_HEADROOM = 8 * 1024
 
 
-def check_size(core: Core, body: bytes, headers: dict[str, str]) -> None:
+#: nats-server's default max_payload (bytes): the size limit of a job prepared while not connected.
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+def check_size(max_payload: int | None, body: bytes, headers: dict[str, str]) -> None:
     """Refuse (InvalidJob) a job whose header block or whole message, in bytes as sent, leaves less than
-    DLQ_HEADROOM free under JetStream's header limit or the server's max_payload."""
+    DLQ_HEADROOM free under JetStream's header limit or `max_payload` (the server's, in bytes; None checks the
+    header block only)."""
     block = header_block_size(headers)
     if block > MAX_HEADER_BYTES - 1 - DLQ_HEADROOM:
         raise InvalidJob(f"job headers are {block} bytes as sent; JetStream refuses {MAX_HEADER_BYTES} or more and "
                          f"bgjob keeps {DLQ_HEADROOM} for a dead letter's error: use at most "
                          f"{MAX_HEADER_BYTES - 1 - DLQ_HEADROOM} (put large data in the arg)")  # fmt: skip
     size = len(body) + block
-    if size > core.max_payload - DLQ_HEADROOM:
+    if max_payload is not None and size > max_payload - DLQ_HEADROOM:
         raise InvalidJob(f"job is {size} bytes with its headers; the server accepts at most "
-                         f"{core.max_payload - DLQ_HEADROOM} (its max_payload of {core.max_payload} less "
+                         f"{max_payload - DLQ_HEADROOM} (its max_payload of {max_payload} less "
                          f"{DLQ_HEADROOM} kept for a dead letter's error)")  # fmt: skip
 
 
@@ -179,6 +185,160 @@ def _schedulable(due: datetime, what: str) -> datetime:
         return check_due(due, f"a job sent with this {what}")
     except InvalidSchedule as exc:
         raise InvalidJob(str(exc)) from None
+
+
+#: the `key` of a new delayed job's subject (topology.delayed_subject): 16 hex digits, random.
+_DELAYED_KEY = re.compile(r"[0-9a-f]{16}")
+_RECORD_FIELDS = frozenset({"v", "job_id", "job_type", "queue", "subject", "body", "headers", "store_result",
+                            "unique_for"})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A job validated, encoded, size-checked, encrypted and signed, not yet published (`Client.prepare_job`);
+    `Client.publish_prepared` publishes its bytes as they are, so what is sent is what was checked.
+
+    Store it with `to_record()` (a JSON-serialisable dict) and read it back with `from_record()`. Built or read,
+    it is validated (InvalidJob): the headers carry `job_id` as Bgjob-Id and Nats-Msg-Id (a publish repeated
+    inside the queue's duplicate window is dropped) and `job_type` as Bgjob-Type, and `subject` is the job's
+    subject or, for a delayed job, the subject of its `@at` schedule (due at the time fixed when it was
+    prepared). Its repr shows neither `body` nor `headers` (they may hold personal data or secrets).
+    """
+
+    job_id: str
+    job_type: str
+    queue: str
+    #: where it is published: `<prefix>.<queue>.job.<type>`, or `<prefix>.<queue>.at.<job_id>.<key>` when delayed.
+    subject: str
+    #: the message body as stored (encrypted when Settings.encryption_keys is set).
+    body: bytes = field(repr=False)
+    #: every header as sent (Nats-Msg-Id == job_id, the signature, the `@at` schedule of a delayed job).
+    headers: dict[str, str] = field(repr=False, hash=False)
+    #: whether a READY result record is written when it is stored (Client.result).
+    store_result: bool = False
+    #: seconds (>= 1) its id is reserved when published (bgjob.unique), or None.
+    unique_for: int | None = None
+
+    def __post_init__(self) -> None:
+        jobmod.validate_job_id(self.job_id)
+        jobmod.validate_type(self.job_type)
+        jobmod.validate_queue(self.queue)
+        if not isinstance(self.body, bytes):
+            raise InvalidJob(f"a prepared job's body must be bytes, not {type(self.body).__name__}")
+        if not isinstance(self.headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()):  # fmt: skip
+            raise InvalidJob("a prepared job's headers must be a dict of str to str")
+        for name, expected in ((MSG_ID, self.job_id), (jobmod.HEADER_ID, self.job_id),
+                               (jobmod.HEADER_TYPE, self.job_type)):  # fmt: skip
+            if self.headers.get(name) != expected:
+                raise InvalidJob(f"prepared job {self.job_id!r}: its {name} header is not {expected!r}")
+        if not isinstance(self.store_result, bool) or self.store_result != (self.headers.get(STORE_RESULT) == "1"):
+            raise InvalidJob(f"prepared job {self.job_id!r}: store_result must be a bool that agrees with its "
+                             f"{STORE_RESULT} header")  # fmt: skip
+        if self.unique_for is not None and (isinstance(self.unique_for, bool) or not isinstance(self.unique_for, int)
+                                            or self.unique_for < 1):  # fmt: skip
+            raise InvalidJob(f"prepared job {self.job_id!r}: unique_for must be None or whole seconds >= 1")
+        if not isinstance(self.subject, str) or self.subject != self._expected_subject():
+            raise InvalidJob(f"prepared job {self.job_id!r}: subject {self.subject!r} is not where a "
+                             f"{self.job_type!r} job of queue {self.queue!r} is published")  # fmt: skip
+
+    @property
+    def prefix(self) -> str:
+        """The subject prefix (Settings.prefix) it was prepared for."""
+        return self.subject.split(".", 1)[0]
+
+    @property
+    def due(self) -> datetime | None:
+        """When a delayed job becomes ready (fixed when it was prepared), None for a ready job."""
+        schedule = self.headers.get(Header.SCHEDULE.value)
+        return jobmod.parse_time(schedule[4:]) if schedule else None
+
+    def _expected_subject(self) -> str | None:
+        topology = _topology(self.prefix)
+        target = topology.job_subject(self.queue, self.job_type)
+        schedule = self.headers.get(Header.SCHEDULE.value)
+        if schedule is None and Header.SCHEDULE_TARGET.value not in self.headers:
+            return target
+        key = self.subject.rsplit(".", 1)[-1]
+        if (self.headers.get(Header.SCHEDULE_TARGET.value) != target or schedule is None
+                or not schedule.startswith("@at ")
+                or self.due is None or not _DELAYED_KEY.fullmatch(key)):  # fmt: skip
+            return None
+        return topology.delayed_subject(self.queue, self.job_id, key)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of str, int, bool and None (the body in base64), for a database row or a file;
+        `from_record` reads it back. The body is as stored: encrypted when the client has encryption keys, else
+        the arg in clear (treat the record as you would the job's arg)."""
+        return {
+            "v": 1,
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "queue": self.queue,
+            "subject": self.subject,
+            "body": base64.b64encode(self.body).decode("ascii"),
+            "headers": dict(self.headers),
+            "store_result": self.store_result,
+            "unique_for": self.unique_for,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, prefix: str | None = None) -> PreparedJob:
+        """The PreparedJob a `to_record()` dict (as read back from JSON) describes, validated as when built;
+        `prefix` (a Settings.prefix) also requires its subject to be under that prefix. Raises InvalidJob for a
+        malformed or altered record (a missing, unknown or mistyped field, a body that is not base64, headers
+        whose job id or type disagree with the record's, a subject that is not the job's), naming the field but
+        never quoting the body."""
+        if not isinstance(record, Mapping):
+            raise InvalidJob(f"a prepared job record must be a dict, not {type(record).__name__}")
+        if set(record) != _RECORD_FIELDS:
+            missing, unknown = sorted(_RECORD_FIELDS - set(record)), sorted(map(str, set(record) - _RECORD_FIELDS))
+            raise InvalidJob(f"not a prepared job record (missing fields: {missing}, unknown fields: {unknown})")
+        if record["v"] != 1:
+            raise InvalidJob(f"prepared job record version {record['v']!r} is not one this bgjob reads (1)")
+        body = record["body"]
+        try:
+            if not isinstance(body, str):
+                raise TypeError
+            raw = base64.b64decode(body.encode("ascii"), validate=True)
+        except (TypeError, ValueError, binascii.Error, UnicodeEncodeError):
+            raise InvalidJob("prepared job record: its body is not base64 text") from None
+        headers = record["headers"]
+        job = cls(
+            job_id=record["job_id"],
+            job_type=record["job_type"],
+            queue=record["queue"],
+            subject=record["subject"],
+            body=raw,
+            headers=dict(headers) if isinstance(headers, Mapping) else headers,
+            store_result=record["store_result"],
+            unique_for=record["unique_for"],
+        )
+        if prefix is not None:
+            job.check_prefix(prefix)
+        return job
+
+    def check_prefix(self, prefix: str) -> None:
+        """Raise InvalidJob unless the job was prepared for subject prefix `prefix` (a Settings.prefix)."""
+        if self.prefix != prefix:
+            raise InvalidJob(f"prepared job {self.job_id!r} was prepared for prefix {self.prefix!r}, "
+                             f"not this client's {prefix!r}")  # fmt: skip
+
+
+def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result: bool, max_payload: int | None,
+                 unique_for: int | None) -> PreparedJob:  # fmt: skip
+    """`spec` built into a PreparedJob for queue `queue` (spec.queue, when set, wins): validated, encoded,
+    encrypted and signed (`prepare_job`), and size-checked against `max_payload` (bytes; None: the header block
+    only). `unique_for` is already validated (whole seconds or None). Raises InvalidJob."""
+    if not isinstance(spec, JobSpec):
+        raise InvalidJob(f"expected a bgjob.JobSpec, got a {type(spec).__name__}")
+    job_queue = spec.queue if spec.queue is not None else queue
+    subject, body, headers, job_id = prepare_job(
+        settings, spec.type, spec.arg, queue=job_queue, delay=spec.delay, at=spec.at, job_id=spec.job_id,
+        request_id=spec.request_id, headers=spec.headers, store_result=store_result, sensitive=spec.sensitive,
+    )  # fmt: skip
+    check_size(max_payload, body, headers)
+    return PreparedJob(job_id, spec.type, job_queue, subject, body, headers, store_result, unique_for)
 
 
 # -- deliveries ------------------------------------------------------------------------------------------------

@@ -1,22 +1,31 @@
-"""Sending jobs from Django code: the project's client, the current request id, and on_commit."""
+"""Sending jobs from Django code: the project's client, the current request id, and the three ways to send.
+
+- direct (the default): published now; the call returns once JetStream stored the job.
+- `on_commit=True` (BGJOB["ON_COMMIT"]): prepared now (validated, encoded, size-checked, signed; InvalidJob at the
+  call), published as prepared when the transaction of database `using` commits, never if it rolls back. If NATS
+  is unavailable at commit the unsent jobs go into the outbox table, and the relay sends them.
+- `outbox=True` (BGJOB["OUTBOX"]): prepared now, inserted into the outbox table in the current transaction with
+  no NATS round trip; the relay publishes it after the commit (bgjob_django.outbox, bgjob_django.relay).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Mapping
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, transaction
 
 import bgjob
-from bgjob import job as jobmod
-from bgjob import unique
-from bgjob.client import prepare_job
 from bgjob.codec import spec_of
 
+from . import outbox as outbox_table
 from .conf import get_client, get_config
 from .request_id import get_request_id
+
+log = logging.getLogger("bgjob_django.producer")
 
 
 def send_job(
@@ -33,35 +42,42 @@ def send_job(
     unique_for: timedelta | float | None = None,
     sensitive: Collection[str] | None = None,
     on_commit: bool | None = None,
+    outbox: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> str:
     """Enqueue a job with the project's client; returns its id.
 
-    The job carries the current request id (RequestIdMiddleware, or the job being handled) unless one
-    is given; `store_result` keeps its outcome for `get_client().result(job_id)`. With `on_commit`
-    (default: `BGJOB["ON_COMMIT"]`) it is published when the transaction of database `using` commits,
-    and never if it rolls back; outside a transaction it is published at once. The job is validated
-    now either way (bgjob.InvalidJob). `unique_for` (with `job_id`): see bgjob's send_job; with on_commit
-    the id is reserved when the transaction commits. `sensitive` (arg key names, e.g. `["card"]`): their
-    values are masked in bgjob's logs, dead letters, stored errors, the admin and Sentry (see bgjob's send_job).
+    The job carries the current request id (RequestIdMiddleware, or the job being handled) unless one is given;
+    `store_result` keeps its outcome for `get_client().result(job_id)`; `unique_for` (with `job_id`) and
+    `sensitive` (arg key names whose values are masked) are bgjob's send_job options.
+
+    The job is validated, encoded and size-checked at the call in every mode (bgjob.InvalidJob, nothing sent:
+    the view can roll back), and `arg` is read then: changing it afterwards changes nothing.
+
+    - `outbox` (default BGJOB["OUTBOX"]): the job becomes a row of the outbox table in the current transaction
+      of database `using` (no NATS round trip; outside a transaction the row commits at once); the relay
+      publishes it after the commit, and nothing if the transaction rolls back. With `unique_for` the id is
+      reserved when the relay publishes it. Raises django.db.DatabaseError if the table is missing (migrate).
+    - `on_commit` (default BGJOB["ON_COMMIT"]): the prepared job is published when the transaction of `using`
+      commits (outside one: now), never if it rolls back; with `unique_for` the id is reserved at commit. If
+      the publish fails at commit (NATS unavailable), the job goes into the outbox table and the relay sends
+      it (a WARNING is logged).
+    - neither: published now; ConnectionError when NATS stays unreachable (see bgjob's send_job).
+
+    `outbox` wins over `on_commit` when both are true: it is the stronger guarantee (the job commits with the
+    data). A caller that must publish directly while BGJOB["OUTBOX"] is set passes `outbox=False`.
     """
-    unique.validate_unique_for(unique_for, job_id)
-    if request_id is None:
-        request_id = get_request_id()
-    if on_commit is None:
-        on_commit = get_config().on_commit
-    kwargs = {"queue": queue, "delay": delay, "at": at, "request_id": request_id, "headers": headers,
-              "sensitive": sensitive}  # fmt: skip
-    if not on_commit:
-        return get_client().send_job(job_type, arg, job_id=job_id, store_result=store_result, unique_for=unique_for,
-                                     **kwargs)  # fmt: skip
-    job_id = job_id if job_id is not None else jobmod.new_job_id()
-    prepare_job(get_client().settings, job_type, arg, job_id=job_id, **kwargs)  # refuse bad jobs now, not at commit
-    kwargs["store_result"] = store_result
-    kwargs["unique_for"] = unique_for
-    # A failed publish raises from the commit (the data is committed by then): it is not swallowed.
-    transaction.on_commit(lambda: get_client().send_job(job_type, arg, job_id=job_id, **kwargs), using=using)
-    return job_id
+    spec = bgjob.JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
+                         headers=headers, store_result=store_result, unique_for=unique_for,
+                         sensitive=sensitive)  # fmt: skip
+    spec = _with_request_id(spec, get_request_id())
+    mode = _mode(on_commit, outbox)
+    client = get_client()
+    if mode == "direct":
+        return _send_direct(client, spec)
+    prepared = [client.prepare_job(spec, queue=queue)]
+    _defer(prepared, mode, using)
+    return prepared[0].job_id
 
 
 def send_jobs(
@@ -69,39 +85,94 @@ def send_jobs(
     *,
     queue: str = "default",
     on_commit: bool | None = None,
+    outbox: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> list[str]:
-    """Enqueue many jobs with the project's client, pipelined; returns their ids in order.
+    """Enqueue many jobs with the project's client; returns their ids in order.
 
-    Like send_job: each job carries the current request id unless its JobSpec names one, all are
-    validated now (InvalidJob names the first bad one, nothing is sent), and with `on_commit` they are
-    published together when the transaction commits, never if it rolls back.
+    `jobs` holds `(type, arg)` pairs or bgjob.JobSpecs (a JobSpec's `queue` None means `queue`). Each carries the
+    current request id unless its JobSpec names one. All are validated and encoded at the call (InvalidJob
+    names the index of the first bad one; nothing is sent or written). Then, as send_job: directly (pipelined;
+    SendJobsError says which were stored), at commit (`on_commit`), or as outbox rows in the current
+    transaction, in the order given (`outbox`, which wins over `on_commit`).
     """
     request_id = get_request_id()
     specs = []
     for index, item in enumerate(jobs):
         try:
             spec = item if isinstance(item, bgjob.JobSpec) else spec_of(item)
-            unique.validate_unique_for(spec.unique_for, spec.job_id)
         except bgjob.InvalidJob as exc:
             raise bgjob.InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
-        specs.append(dataclasses.replace(
-            spec,
-            job_id=spec.job_id if spec.job_id is not None else jobmod.new_job_id(),
-            request_id=spec.request_id if spec.request_id is not None else request_id,
-        ))  # fmt: skip
-    if on_commit is None:
-        on_commit = get_config().on_commit
+        specs.append(_with_request_id(spec, request_id))
+    mode = _mode(on_commit, outbox)
     client = get_client()
-    if not on_commit:
+    if mode == "direct":
         return client.send_jobs(specs, queue=queue)
-    for index, spec in enumerate(specs):  # refuse bad jobs now, not at commit
+    prepared = []
+    for index, spec in enumerate(specs):
         try:
-            prepare_job(client.settings, spec.type, spec.arg, queue=spec.queue or queue, delay=spec.delay,
-                        at=spec.at, job_id=spec.job_id, request_id=spec.request_id, headers=spec.headers,
-                        sensitive=spec.sensitive)  # fmt: skip
+            prepared.append(client.prepare_job(spec, queue=queue))
         except bgjob.InvalidJob as exc:
             raise bgjob.InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
-    transaction.on_commit(lambda: get_client().send_jobs(specs, queue=queue), using=using)
-    return [spec.job_id for spec in specs]  # type: ignore[misc]
+    _defer(prepared, mode, using)
+    return [job.job_id for job in prepared]
 
+
+def _with_request_id(spec: bgjob.JobSpec, request_id: str | None) -> bgjob.JobSpec:
+    if spec.request_id is not None or request_id is None:
+        return spec
+    return dataclasses.replace(spec, request_id=request_id)
+
+
+def _mode(on_commit: bool | None, outbox: bool | None) -> str:
+    """'outbox', 'on_commit' or 'direct': the arguments, else the BGJOB defaults; outbox wins."""
+    config = get_config()
+    if outbox if outbox is not None else config.outbox:
+        return "outbox"
+    if on_commit if on_commit is not None else config.on_commit:
+        return "on_commit"
+    return "direct"
+
+
+def _send_direct(client: bgjob.Client, spec: bgjob.JobSpec) -> str:
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("type", "arg")}
+    return client.send_job(spec.type, spec.arg, **fields)
+
+
+def _defer(prepared: list[bgjob.PreparedJob], mode: str, using: str) -> None:
+    if mode == "outbox":
+        outbox_table.add(prepared, using=using)
+    else:
+        transaction.on_commit(lambda: publish_at_commit(prepared, using=using), using=using)
+
+
+def publish_at_commit(jobs: Sequence[bgjob.PreparedJob], *, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Publish prepared jobs (the on_commit hook of send_job/send_jobs); the ones not stored go to the outbox.
+
+    The data is committed when this runs, so a job NATS did not confirm must not be dropped: it is inserted
+    into the outbox table of database `using` (its own transaction) and a WARNING says the relay will send it
+    (re-publishing one that was stored after all is dropped as a duplicate: its job id is its Nats-Msg-Id).
+    If the insert fails too (no table: `manage.py migrate` not run), an ERROR names the job ids and the
+    publish's error (bgjob.ConnectionError, SendJobsError, ...) is raised.
+    """
+    client = get_client()
+    try:
+        client.publish_prepared(jobs)
+        return
+    except bgjob.SendJobsError as exc:
+        not_stored = set(exc.not_stored)
+        unsent = [job for job in jobs if job.job_id in not_stored]
+        error: bgjob.BgjobError = exc
+    except bgjob.BgjobError as exc:  # ConnectionError, a refusal: the relay tries again, and keeps refused ones
+        unsent, error = list(jobs), exc
+    ids = ", ".join(job.job_id for job in unsent)
+    try:
+        outbox_table.add(unsent, using=using)
+    except DatabaseError as db_error:
+        log.error("%d job(s) could not be published at commit (%s) nor written to the outbox table of database %r "
+                  "(%s): they are NOT sent; send them again with the same job ids: %s", len(unsent), error, using,
+                  db_error, ids)  # fmt: skip
+        raise error from db_error
+    log.warning("%d job(s) could not be published at commit (%s); they are in the outbox table of database %r and "
+                "the relay (manage.py bgjob_worker, or bgjob_relay) will send them: %s", len(unsent), error, using,
+                ids)  # fmt: skip

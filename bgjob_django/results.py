@@ -55,6 +55,11 @@ class ResultStore:
         """
         self.client.run(self._put, result_id, record)
 
+    def add(self, result_id: str, record: dict[str, Any]) -> bool:
+        """Store `record` under `result_id` unless a record is there already (a worker's, which is newer); True
+        if it was stored. Raises as `put` does."""
+        return bool(self.client.run(self._add, result_id, record))
+
     def delete(self, result_id: str) -> None:
         self.client.run(self._delete, result_id)
 
@@ -93,6 +98,15 @@ class ResultStore:
         value = encode_record(record, core.max_payload, value_key="return_value")
         kv = await core.retry(self._bucket, core)
         await core.retry(kv.put, result_id, value)
+
+    async def _add(self, core: Core, result_id: str, record: dict[str, Any]) -> bool:
+        value = encode_record(record, core.max_payload, value_key="return_value")
+        kv = await core.retry(self._bucket, core)
+        try:
+            await core.retry(kv.create, result_id, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def _delete(self, core: Core, result_id: str) -> None:
         kv = await self._bucket(core)

@@ -16,6 +16,12 @@ its `queue_name` and `priority`. OPTIONS:
   between attempts its result is READY again, with the error recorded. Retrying it from the DLQ runs it
   again and updates the same result.
 - `RESULT_TTL` (default 7 days): seconds results are kept (JetStream KV bucket `<PREFIX>_TASKS`).
+
+`enqueue` honours BGJOB["OUTBOX"] and BGJOB["ON_COMMIT"] as `bgjob_django.send_job` does: the task's job is an
+outbox row in the current transaction (or is published at its commit), so a task enqueued in a transaction
+that rolls back sends nothing. Its READY result is then written at commit, unless a worker wrote one first
+(until then, and if NATS is unavailable at commit, `get_result` may not find it; the worker records it when the
+task runs).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - Django < 6.0
     raise ImportError("bgjob_django.tasks needs Django >= 6.0 (django.tasks); the rest of bgjob_django works "
                       "without it") from exc
 from django.core import checks
+from django.db import transaction
 from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
@@ -45,7 +52,7 @@ from bgjob import job as jobmod
 from bgjob.errors import describe_error
 from bgjob.job_results import ResultTooLarge
 
-from .conf import get_client, raw_setting
+from .conf import get_client, get_config, raw_setting
 from .producer import send_job
 from .results import ResultStore
 from .worker_ids import worker_id
@@ -155,18 +162,25 @@ class BgjobBackend(BaseTaskBackend):
             backend=self.alias, errors=[], worker_ids=[],
         )  # fmt: skip
         store = self.store()
-        store.put(result.id, _record(result))
+        config = get_config()
+        deferred = config.outbox or config.on_commit
+        if not deferred:
+            store.put(result.id, _record(result))
         run_after = task.run_after
         if run_after is not None and timezone.is_naive(run_after):
             run_after = timezone.make_aware(run_after)
         arg = {"task": task.module_path, "args": result.args, "kwargs": result.kwargs, "priority": task.priority,
                "queue_name": task.queue_name, "backend": self.alias}  # fmt: skip
-        try:
-            send_job(TASK_PREFIX + task.module_path, arg, queue=self.queue_for(task), at=run_after, job_id=result.id,
-                     on_commit=False)  # fmt: skip
-        except BaseException:
-            _forget(store, result.id)
-            raise
+        job_type, queue = TASK_PREFIX + task.module_path, self.queue_for(task)
+        if deferred:  # an outbox row in this transaction, or a publish at its commit (InvalidJob now)
+            send_job(job_type, arg, queue=queue, at=run_after, job_id=result.id)
+            transaction.on_commit(lambda: _record_enqueued(store, result), robust=True)
+        else:
+            try:
+                send_job(job_type, arg, queue=queue, at=run_after, job_id=result.id, on_commit=False, outbox=False)
+            except BaseException:
+                _forget(store, result.id)
+                raise
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -214,6 +228,15 @@ def _load_task(path: str) -> Task:
     if not isinstance(task, Task):
         raise InvalidTask(f"{path!r} is not a django.tasks Task (decorate the function with @task)")
     return task
+
+
+def _record_enqueued(store: ResultStore, result: TaskResult) -> None:
+    """The READY record of a task enqueued in a transaction, written at its commit unless a worker wrote one."""
+    try:
+        store.add(result.id, _record(result))
+    except Exception as exc:  # noqa: BLE001 - the job is sent; the worker records its result when it runs
+        log.warning("could not record task %s (result %s) as READY at commit: %s; its worker will record it",
+                    result.task.module_path, result.id, describe_error(exc))  # fmt: skip
 
 
 def _forget(store: ResultStore, result_id: str) -> None:

@@ -253,7 +253,7 @@ class Client:
     def _prepare(self, spec: JobSpec, queue: str, max_payload: int | None) -> PreparedJob:
         if not isinstance(spec, JobSpec):
             raise InvalidJob(f"expected a bgjob.JobSpec, got a {type(spec).__name__}")
-        job_queue = spec.queue if spec.queue is not None else queue
+        job_queue = spec.queue or queue
         ttl = unique.validate_unique_for(spec.unique_for, spec.job_id)
         return prepared_job(self.settings, spec, queue=queue, store_result=self._stores_result(job_queue,
                             spec.store_result), max_payload=max_payload, unique_for=ttl)  # fmt: skip

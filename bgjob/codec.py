@@ -13,7 +13,7 @@ import binascii
 import functools
 import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -91,61 +91,14 @@ def _topology(prefix: str) -> Topology:
     return Topology(prefix)
 
 
-def prepare_job(
-    settings: Settings,
-    job_type: str,
-    arg: Any,
-    *,
-    queue: str = "default",
-    delay: timedelta | float | None = None,
-    at: datetime | None = None,
-    job_id: str | None = None,
-    request_id: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    store_result: bool = False,
-    sensitive: Collection[str] | None = None,
-) -> tuple[str, bytes, dict[str, str], str]:
-    """Validate a job and build its (subject, body, headers, id); raises InvalidJob, and ConfigurationError for
-    unusable Settings.encryption_keys. With encryption keys the body is encrypted (bgjob.encryption) before it
-    is signed: a signature covers the stored bytes."""
-    topology = _topology(settings.prefix)
-    jobmod.validate_type(job_type)
-    jobmod.validate_queue(queue)
-    job_id = jobmod.validate_job_id(job_id) if job_id is not None else jobmod.new_job_id()
-    if request_id is None:
-        request_id = current_request_id.get()
-    if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()
-                                   or not _encodable(request_id)):  # fmt: skip
-        raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
-    hdrs = jobmod.validate_headers(headers)
-    keys = jobmod.validate_sensitive(sensitive)
-    body, content_type = jobmod.encode_arg(arg)
-    now = datetime.now(timezone.utc)
-    due = _due_time(now, delay, at)
-    hdrs.update({
-        MSG_ID: job_id,
-        jobmod.HEADER_ID: job_id,
-        jobmod.HEADER_TYPE: job_type,
-        jobmod.HEADER_ENQUEUED_AT: jobmod.format_time(now),
-        jobmod.CONTENT_TYPE: content_type,
-    })  # fmt: skip
-    if request_id:
-        hdrs[jobmod.HEADER_REQUEST_ID] = request_id
-    if store_result:
-        hdrs[STORE_RESULT] = "1"
-    if keys:
-        hdrs[SENSITIVE_KEYS] = ",".join(sorted(keys))
-    cipher = cipher_for(settings.encryption_keys)
-    if cipher is not None:
-        body = cipher.encrypt(body, hdrs)
-    if settings.signing_key:
-        signer_for(settings.signing_key).sign(queue, hdrs, body)
-    target = topology.job_subject(queue, job_type)
-    if due is None:
-        return target, body, hdrs, job_id
-    hdrs[Header.SCHEDULE.value] = f"@at {jobmod.format_time(due)}"
-    hdrs[Header.SCHEDULE_TARGET.value] = target
-    return topology.delayed_subject(queue, job_id, uuid.uuid4().hex[:16]), body, hdrs, job_id
+def prepare_job(settings: Settings, job_type: str, arg: Any, *, store_result: bool = False,
+                **options: Any) -> tuple[str, bytes, dict[str, str], str]:  # fmt: skip
+    """The (subject, body, headers, id) of `prepared_job` for `JobSpec(job_type, arg, **options)` (`options`:
+    JobSpec's fields, queue "default" unless given), with no size limit but JetStream's header limit: the
+    message alone, for code that inspects it. Raises InvalidJob, ConfigurationError for unusable keys."""
+    job = prepared_job(settings, JobSpec(job_type, arg, **options), queue="default", store_result=store_result,
+                       max_payload=None, unique_for=None)  # fmt: skip
+    return job.subject, job.body, job.headers, job.job_id
 
 
 def _encodable(text: str) -> bool:
@@ -327,18 +280,52 @@ class PreparedJob:
 
 def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result: bool, max_payload: int | None,
                  unique_for: int | None) -> PreparedJob:  # fmt: skip
-    """`spec` built into a PreparedJob for queue `queue` (spec.queue, when set, wins): validated, encoded,
-    encrypted and signed (`prepare_job`), and size-checked against `max_payload` (bytes; None: the header block
-    only). `unique_for` is already validated (whole seconds or None). Raises InvalidJob."""
+    """`spec` built into a PreparedJob for queue `queue` (spec.queue, when set, wins): validated, its arg encoded,
+    its due time fixed (delay/at: an `@at` schedule), encrypted with Settings.encryption_keys (before it is
+    signed: a signature covers the stored bytes), signed with Settings.signing_key, and size-checked against
+    `max_payload` (bytes; None: JetStream's header limit only). `store_result` is decided and `unique_for`
+    validated (whole seconds or None) by the caller. Raises InvalidJob, ConfigurationError for unusable keys."""
     if not isinstance(spec, JobSpec):
         raise InvalidJob(f"expected a bgjob.JobSpec, got a {type(spec).__name__}")
-    job_queue = spec.queue if spec.queue is not None else queue
-    subject, body, headers, job_id = prepare_job(
-        settings, spec.type, spec.arg, queue=job_queue, delay=spec.delay, at=spec.at, job_id=spec.job_id,
-        request_id=spec.request_id, headers=spec.headers, store_result=store_result, sensitive=spec.sensitive,
-    )  # fmt: skip
-    check_size(max_payload, body, headers)
-    return PreparedJob(job_id, spec.type, job_queue, subject, body, headers, store_result, unique_for)
+    topology = _topology(settings.prefix)
+    job_type, queue = jobmod.validate_type(spec.type), jobmod.validate_queue(spec.queue or queue)
+    job_id = jobmod.validate_job_id(spec.job_id) if spec.job_id is not None else jobmod.new_job_id()
+    request_id = spec.request_id
+    if request_id is None:
+        request_id = current_request_id.get()
+    if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()
+                                   or not _encodable(request_id)):  # fmt: skip
+        raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
+    hdrs = jobmod.validate_headers(spec.headers)
+    keys = jobmod.validate_sensitive(spec.sensitive)
+    body, content_type = jobmod.encode_arg(spec.arg)
+    now = datetime.now(timezone.utc)
+    due = _due_time(now, spec.delay, spec.at)
+    hdrs.update({
+        MSG_ID: job_id,
+        jobmod.HEADER_ID: job_id,
+        jobmod.HEADER_TYPE: job_type,
+        jobmod.HEADER_ENQUEUED_AT: jobmod.format_time(now),
+        jobmod.CONTENT_TYPE: content_type,
+    })  # fmt: skip
+    if request_id:
+        hdrs[jobmod.HEADER_REQUEST_ID] = request_id
+    if store_result:
+        hdrs[STORE_RESULT] = "1"
+    if keys:
+        hdrs[SENSITIVE_KEYS] = ",".join(sorted(keys))
+    cipher = cipher_for(settings.encryption_keys)
+    if cipher is not None:
+        body = cipher.encrypt(body, hdrs)
+    if settings.signing_key:
+        signer_for(settings.signing_key).sign(queue, hdrs, body)
+    subject = topology.job_subject(queue, job_type)
+    if due is not None:
+        hdrs[Header.SCHEDULE.value] = f"@at {jobmod.format_time(due)}"
+        hdrs[Header.SCHEDULE_TARGET.value] = subject
+        subject = topology.delayed_subject(queue, job_id, uuid.uuid4().hex[:16])
+    check_size(max_payload, body, hdrs)
+    return PreparedJob(job_id, job_type, queue, subject, body, hdrs, store_result, unique_for)
 
 
 # -- deliveries ------------------------------------------------------------------------------------------------

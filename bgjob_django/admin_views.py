@@ -20,6 +20,7 @@ from django.contrib import messages
 from django.contrib.admin import ModelAdmin
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -37,6 +38,7 @@ from .conf import get_client
 from .display import live_workers, pretty_arg
 from .models import DeadLetter
 from .registry import registry
+from .relay import backlog
 
 log = logging.getLogger("bgjob_django.admin")
 
@@ -365,7 +367,8 @@ class DeadLetterViews(_Views):
 
 
 class QueueViews(_Views):
-    """The overview: per-queue counts (pending, in flight, retrying, scheduled, dead), periodic jobs, live workers."""
+    """The overview: per-queue counts (pending, in flight, retrying, scheduled, dead), the outbox backlog, periodic
+    jobs, live workers."""
 
     @_unavailable_on_nats_errors
     def overview(self, request: HttpRequest) -> HttpResponse:
@@ -384,8 +387,18 @@ class QueueViews(_Views):
             workers=live_workers(client),
             handlers=registry.types(),
             dlq_url=dlq_url,
+            **_outbox(),
         )
         return TemplateResponse(request, "bgjob_django/admin/overview.html", context)
+
+
+def _outbox() -> dict[str, Any]:
+    """The outbox backlog for the overview (`outbox`), or why it cannot be read (`outbox_error`)."""
+    try:
+        return {"outbox": backlog(), "outbox_error": None}
+    except DatabaseError as exc:
+        log.warning("admin: the outbox table cannot be read: %s", exc)
+        return {"outbox": None, "outbox_error": f"{type(exc).__name__}: {str(exc).strip()}"}
 
 
 def _api(filters: dict[str, str]) -> dict[str, str | None]:

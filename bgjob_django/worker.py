@@ -17,6 +17,7 @@ from bgjob.worker.signals import install_drain_signals
 from .conf import Config, ScheduleSpec
 from .job_middleware import CloseOldConnections
 from .registry import Registry
+from .relay import Relay
 from .worker_ids import remember as remember_worker_ids
 from .worker_ids import worker_id as worker_id  # the public name's old home
 
@@ -115,11 +116,12 @@ def declare_schedules(client: bgjob.Client, specs: Sequence[ScheduleSpec], queue
 
 
 class WorkerGroup:
-    """Workers for several queues in one process, started and drained together."""
+    """Workers for several queues in one process, started and drained together; with `relay` (the default) also
+    an outbox relay thread (bgjob_django.relay) on the default database, stopped with the workers."""
 
     def __init__(self, client: bgjob.Client, mux: Registry, queues: Sequence[str], config: Config,
                  concurrency: int | None = None, extra_middleware: Sequence[bgjob.Middleware] = (),
-                 **worker_options: Any) -> None:  # fmt: skip
+                 relay: bool = True, **worker_options: Any) -> None:  # fmt: skip
         if not queues:
             raise ValueError("a worker needs at least one queue")
         if isinstance(mux, Registry):
@@ -131,16 +133,20 @@ class WorkerGroup:
             for queue in queues
         ]
         remember_worker_ids({worker.queue: worker.id for worker in self.workers})
+        self.relay = Relay(client) if relay else None
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        """Start every worker; returns once all are fetching."""
+        """Start every worker (returns once all are fetching) and the outbox relay."""
         for worker in self.workers:
             self._threads.append(worker.start())
+        if self.relay is not None:
+            self._threads.append(self.relay.start(self._stopped))
 
     def stop(self) -> None:
-        """Stop fetching everywhere and let in-flight jobs drain; safe from any thread or a signal handler."""
+        """Stop fetching everywhere and let in-flight jobs (and the relay's round) drain; safe from any thread or a
+        signal handler."""
         self._stopped.set()
         for worker in self.workers:
             worker.stop()

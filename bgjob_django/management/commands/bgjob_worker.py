@@ -19,7 +19,8 @@ from bgjob_django.worker import WorkerGroup, declare_schedules, default_queues, 
 
 class Command(BaseCommand):
     help = (
-        "Run bgjob workers: the handlers of every app's jobs.py and the project's django.tasks tasks. "
+        "Run bgjob workers: the handlers of every app's jobs.py and the project's django.tasks tasks, and the "
+        "outbox relay (unless --no-relay). "
         "SIGTERM/SIGINT drain in-flight jobs (a second signal exits at once)."
     )
 
@@ -36,6 +37,8 @@ class Command(BaseCommand):
                             "hosts scrape it). Only /metrics answers")  # fmt: skip
         parser.add_argument("--no-schedules", action="store_true",
                             help="do not declare the project's periodic jobs at start")
+        parser.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process "
+                            "(then run `manage.py bgjob_relay` somewhere, if the project uses the outbox)")
         parser.add_argument("--log-level", default="INFO", help="used when the project's LOGGING sets no root handler")
         parser.add_argument("--log-format", choices=["text", "json"], default="text",
                             help="used when the project's LOGGING sets no root handler")
@@ -62,13 +65,14 @@ class Command(BaseCommand):
             if not options["no_schedules"]:
                 declare_schedules(client, [*config.schedules, *registry.periodic_jobs()], queues)
             group = WorkerGroup(client, registry, queues, config, concurrency=options["concurrency"],
-                                extra_middleware=extra, **worker_options)  # fmt: skip
+                                extra_middleware=extra, relay=not options["no_relay"], **worker_options)  # fmt: skip
         except bgjob.BgjobError as exc:
             client.close()
             raise CommandError(str(exc)) from exc
         handlers = ", ".join(registry.types()) or "none"
         self.stdout.write(server_line(client))
-        self.stdout.write(f"bgjob worker: queues {', '.join(queues)}; handlers: {handlers}")
+        relay = "off" if group.relay is None else "on"
+        self.stdout.write(f"bgjob worker: queues {', '.join(queues)}; handlers: {handlers}; outbox relay {relay}")
         self.stdout.flush()
         try:
             healthy = group.run()

@@ -166,6 +166,7 @@ def test_worker_process_runs_tasks_and_serves_the_priority_queues(worker_process
     assert [finished(r.id).return_value for r in results] == [3, "urgent", 7]
 
 
+@pytest.mark.django_db  # the checks of a managed model with a JSONField (the outbox) ask the database
 def test_a_misconfigured_backend_is_a_check_error(settings) -> None:
     import io
 

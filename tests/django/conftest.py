@@ -79,11 +79,14 @@ def run_worker() -> Iterator[Callable[..., object]]:
 
     groups: list[WorkerGroup] = []
 
-    def start(queues: tuple[str, ...] = ("default",), mux: object = None, **config_changes: object) -> WorkerGroup:
+    def start(queues: tuple[str, ...] = ("default",), mux: object = None, relay: bool = False,
+              **config_changes: object) -> WorkerGroup:  # fmt: skip
+        """`relay`: also run the outbox relay (off by default here: most tests' databases are not shared with
+        other threads)."""
         import dataclasses
 
         config = dataclasses.replace(get_config(), **config_changes)
-        group = WorkerGroup(get_client(), mux or registry, list(queues), config)
+        group = WorkerGroup(get_client(), mux or registry, list(queues), config, relay=relay)
         for worker in group.workers:
             worker.fetch_timeout = 0.5
         group.start()

@@ -366,7 +366,8 @@ class EmbeddedServer:
         args = [binary, "-a", self.host, "-p", str(port), "-n", self.name, "-js", "-sd", str(self.data_dir)]
         if self.token:
             config = self.data_dir / _CONFIG_FILE
-            _write_private(config, f'authorization {{ token: "{self.token}" }}\n')
+            # The port is recorded for the next start on this data dir (see _start_again); -p sets it.
+            _write_private(config, f'# port {port}\nauthorization {{ token: "{self.token}" }}\n')
             args += ["-c", str(config)]
         with os.fdopen(_open_private(self.log_path, os.O_WRONLY | os.O_APPEND), "ab") as logf:
             offset = logf.tell()
@@ -522,7 +523,9 @@ def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, ti
     """The URL of the project's shared embedded server, started (detached, outliving us) if none runs.
 
     data_dir: the server's data dir; None means `default_data_dir()` (the project of the current directory).
-    timeout: seconds the start may take. A server started here requires a new token; the URL returned carries
+    timeout: seconds the start may take. A server started here requires a token (the data dir's, kept in its
+    0600 config file, else a new one) and listens on the port it had last time when that is free, so processes
+    that outlived a stopped server reconnect to the one started again; the URL returned carries
     it (`nats://<token>@127.0.0.1:<port>`) and the 0600 state file records it for this user's other processes.
     Which server the URL belongs to is recorded for `embedded_use(url)`;
     starting one on a data dir that held no store is logged as a WARNING (a new, empty server is never silent).
@@ -538,8 +541,7 @@ def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, ti
                 _uses[url] = EmbeddedUse(url, directory)
             return url
         new_store = not (directory / "jetstream").exists()
-        server = EmbeddedServer(directory, detached=True, token=secrets.token_urlsafe(32))
-        url = server.start(timeout)
+        url, server = _start_again(directory, timeout)
         _write_state(server)
         _started[directory] = server
         _uses[url] = EmbeddedUse(url, directory, started=True, new_store=new_store)
@@ -549,6 +551,49 @@ def ensure_embedded_server(data_dir: str | os.PathLike[str] | None = None, *, ti
     else:
         log.info("started embedded nats-server at %s (data: %s)", _where(url, directory), directory)
     return url
+
+
+def _start_again(directory: pathlib.Path, timeout: float) -> tuple[str, EmbeddedServer]:
+    """Start the data dir's shared server as it was last time: on its last port when that is free, with the
+    token of its config file (0600). A worker or relay that outlived the server reconnects to the URL it
+    resolved at start, so the server it finds there must accept that URL; a new port or token would leave it
+    retrying a dead address for ever."""
+    port, token = _last_port_and_token(directory)
+    if port is not None:
+        try:
+            server = EmbeddedServer(directory, detached=True, port=port, token=token)
+            return server.start(timeout), server
+        except BgjobError as exc:  # the port was taken meanwhile: any free one
+            log.debug("nats-server could not start on its last port %d: %s", port, exc)
+    server = EmbeddedServer(directory, detached=True, token=token)
+    return server.start(timeout), server
+
+
+def _last_port_and_token(directory: pathlib.Path) -> tuple[int | None, str]:
+    """The port the data dir's server last listened on (recorded in its config file) if it is free now, and its
+    token (a new one when none is recorded)."""
+    try:
+        text = _read_private(directory / _CONFIG_FILE)
+    except (FileNotFoundError, ConfigurationError):
+        text = ""
+    token = re.search(r'token: "([A-Za-z0-9_-]+)"', text)
+    port = re.search(r"^# port (\d+)$", text, re.MULTILINE)
+    last = int(port.group(1)) if port else None
+    if last is not None and not _port_free(last):
+        last = None
+    return last, token.group(1) if token else secrets.token_urlsafe(32)
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nats-server could listen on host:port now (it sets SO_REUSEADDR: a port whose connections are
+    in TIME_WAIT after a stop is free for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def stop_embedded_server(data_dir: str | os.PathLike[str] | None = None) -> bool:
@@ -572,8 +617,8 @@ def run_foreground(
     data_dir: str | os.PathLike[str] | None = None, *, port: int | None = None, host: str = "127.0.0.1"
 ) -> int:
     """Run the project's server in the foreground until SIGINT/SIGTERM; returns an exit code (1: one already
-    runs for the data dir). The server requires a new token, recorded in the 0600 state file for this user's
-    bgjob processes; what is printed shows the URL masked and where the token is, never the token."""
+    runs for the data dir). The server requires the data dir's token and takes its last port (as
+    `ensure_embedded_server` does), recorded in the 0600 state file for this user's bgjob processes; what is printed shows the URL masked and where the token is, never the token."""
     directory = resolve_data_dir(data_dir)
     with _locked(directory):
         state = _live_state(directory)
@@ -581,7 +626,9 @@ def run_foreground(
             running = f"{_where(str(state['url']), directory)} (pid {state['pid']})"
             print(f"a nats-server is already running for {directory} at {running}", file=sys.stderr)
             return 1
-        server = EmbeddedServer(directory, host=host, port=port, token=secrets.token_urlsafe(32))
+        last_port, token = _last_port_and_token(directory)  # as last time, so running processes find it again
+        server = EmbeddedServer(directory, host=host, port=port or (last_port if host == "127.0.0.1" else None),
+                                token=token)  # fmt: skip
         server.start()
         _write_state(server)
     pid = server.pid

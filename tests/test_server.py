@@ -496,3 +496,16 @@ def test_embedded_server_class_takes_a_token_and_refuses_a_token_a_url_cannot_ca
     for bad in ("", "a@b", "a/b", 'a"b'):
         with pytest.raises(BgjobError, match="URL-safe"):
             EmbeddedServer(data_dir, token=bad)
+
+
+def test_a_client_that_outlived_the_shared_server_reconnects_when_it_is_started_again(data_dir) -> None:
+    url = ensure_embedded_server(data_dir)
+    with bgjob.Client(bgjob.Settings(url=url, prefix="again", retry_for=20.0)) as client:
+        client.send_job("x", 1)
+        assert stop_embedded_server(data_dir)
+        # Another command starts the project's server again: same port, same token, so the URL the running
+        # process resolved at its start is good again and nats-py's reconnects reach it.
+        assert ensure_embedded_server(data_dir) == url
+        client.send_job("x", 2)
+        assert client.queue_stats("default").pending == 2
+    stop_embedded_server(data_dir)

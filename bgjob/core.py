@@ -179,6 +179,7 @@ class Core:
             raise ConnectionError(f"cannot connect to NATS at {mask_url(self.url)}: {exc}") from exc
         self.nc.options["allow_reconnect"] = True
         self.nc.options["max_reconnect_attempts"] = -1
+        self._outage = False  # connected: the next disconnect is worth a warning again
         check_server(self.nc)
         self.js = self.nc.jetstream(timeout=self.settings.request_timeout)
 
@@ -203,8 +204,11 @@ class Core:
         return self.nc.max_payload if self.nc is not None else 1024 * 1024
 
     async def _on_error(self, exc: Exception) -> None:
-        # One warning per outage; the reconnect attempts that follow are only worth a debug line.
+        # One warning per outage; the reconnect attempts that follow are only worth a debug line. A first
+        # connect that keeps failing is an outage too: one warning, then its retries at debug level.
         log.log(logging.DEBUG if self._outage else logging.WARNING, "nats: %s", _describe(exc))
+        if self.nc is None or not self.nc.is_connected:
+            self._outage = True
 
     async def _on_disconnected(self) -> None:
         if not self._closing and not self._outage:
@@ -213,6 +217,10 @@ class Core:
 
     async def _on_reconnected(self) -> None:
         self._outage = False
+        # The server may have restarted: a memory-stored bucket (the worker directory) is gone, and so is a
+        # stream if its store was replaced. Look them up (and create them) again on next use.
+        self._buckets.clear()
+        self._provisioned.clear()
         url = self.nc.connected_url if self.nc is not None else None
         shown = mask_url(url.geturl()) if url is not None else "?"
         if self._moved_credentials and "://" in shown and "@" not in shown:
@@ -389,6 +397,11 @@ class Core:
             raise
         except nats.errors.MaxPayloadError as exc:
             raise InvalidJob(f"job is too large for the server: {exc}") from exc
+
+    def forget_bucket(self, suffix: str) -> None:
+        """Drop the cached handle of bucket `<PREFIX>_<suffix>`: its stream is gone (a memory-stored bucket after
+        a server restart); the next `bucket()` looks it up, or creates it, again."""
+        self._buckets.pop(suffix, None)
 
     async def bucket(
         self, suffix: str, *, ttl: float, storage: StorageType, description: str, create: bool = True,

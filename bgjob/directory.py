@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 import nats.js.errors
 from nats.js.api import StorageType
 from nats.js.kv import KeyValue
@@ -33,16 +34,31 @@ class WorkerInfo:
     version: str
 
 
+_SUFFIX = "WORKERS"
+
+
 async def _bucket(core: Core, create: bool) -> KeyValue | None:
-    return await core.bucket("WORKERS", ttl=core.settings.worker_ttl, storage=StorageType.MEMORY,
+    return await core.bucket(_SUFFIX, ttl=core.settings.worker_ttl, storage=StorageType.MEMORY,
                              description="bgjob live workers", create=create)  # fmt: skip
 
 
+#: what a bucket whose stream is gone answers (the directory is stored in memory: a server restart drops it).
+_GONE = (nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)
+
+
 async def announce(core: Core, entry: dict[str, Any]) -> None:
-    """Store (or refresh) a worker's entry; it expires unless refreshed within Settings.worker_ttl."""
-    kv = await _bucket(core, create=True)
-    assert kv is not None
-    await kv.put(entry["id"], json.dumps(entry).encode())
+    """Store (or refresh) a worker's entry; it expires unless refreshed within Settings.worker_ttl. A bucket
+    lost with a server restart is created again."""
+    for last_try in (False, True):
+        kv = await _bucket(core, create=True)
+        assert kv is not None
+        try:
+            await kv.put(entry["id"], json.dumps(entry).encode())
+            return
+        except _GONE:
+            core.forget_bucket(_SUFFIX)
+            if last_try:
+                raise
 
 
 async def withdraw(core: Core, worker_id: str) -> None:
@@ -58,6 +74,9 @@ async def list_workers(core: Core) -> list[WorkerInfo]:
     try:
         keys = await kv.keys()
     except nats.js.errors.NoKeysError:
+        return []
+    except _GONE:  # lost with a server restart: no worker has announced itself since
+        core.forget_bucket(_SUFFIX)
         return []
     found = []
     for key in keys:

@@ -6,6 +6,7 @@ the defaults (noticed within 20 s)."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable
@@ -95,3 +96,15 @@ def test_a_worker_notices_a_half_open_connection_reconnects_and_handles_every_jo
     wait_until(lambda: seen.update(drain_available(handled)) or seen >= {1, 2, 3, 4, 5}, timeout=30,
                message="every job sent while the worker's connection was dead to be handled")  # fmt: skip
 
+
+
+def test_a_first_connect_that_keeps_failing_warns_once_then_raises(caplog) -> None:
+    """Found by a new user: every retry of a failing first connect logged a WARNING (42 lines in 15 s)."""
+    from bgjob.server import free_port
+
+    settings = bgjob.Settings(url=f"nats://127.0.0.1:{free_port()}", retry_for=2.0, connect_timeout=0.5)
+    with caplog.at_level(logging.DEBUG, logger="bgjob"), pytest.raises(bgjob.ConnectionError):
+        bgjob.Client(settings).connect()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.getMessage().startswith("nats:")]
+    retries = [r for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage().startswith("nats:")]
+    assert len(warnings) == 1 and retries, [r.getMessage() for r in caplog.records]

@@ -51,3 +51,20 @@ def test_a_killed_worker_disappears_within_the_ttl(nats_server, prefix, make_cli
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_worker_is_listed_again_after_the_server_restarts(own_server, prefix) -> None:
+    """Found by a new user: the directory is a memory-stored bucket, gone when the server restarts; the worker's
+    cached handle then failed every heartbeat and it never showed again while it went on working."""
+    client = bgjob.Client(bgjob.Settings(url=own_server.url, prefix=prefix, worker_ttl=3.0, retry_for=10.0))
+    worker = bgjob.Worker(client, bgjob.Mux(), fetch_timeout=0.5)
+    thread = worker.start()
+    try:
+        wait_until(lambda: [w.id for w in client.workers()] == [worker.id], message="the worker listed")
+        own_server.restart()
+        wait_until(lambda: [w.id for w in client.workers()] == [worker.id], timeout=30,
+                   message="the worker listed again after the restart")  # fmt: skip
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        client.close()

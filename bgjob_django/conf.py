@@ -8,6 +8,7 @@ nats-server is started on first use. `problems()` lists what is wrong (for the s
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import pathlib
 import sys
@@ -130,7 +131,9 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
         if key in INSTEAD:
             problem("E002", f"BGJOB[{key!r}] is not a bgjob_django setting", f"use {INSTEAD[key]}")
         elif key not in KNOWN_KEYS:
-            problem("E002", f"unknown key BGJOB[{key!r}]", f"known keys: {', '.join(sorted(KNOWN_KEYS))}")
+            close = difflib.get_close_matches(str(key).upper(), sorted(KNOWN_KEYS), n=2)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            problem("E002", f"unknown key BGJOB[{key!r}]", f"{hint}known keys: {', '.join(sorted(KNOWN_KEYS))}")
     values = {**APP_DEFAULTS, **{k: v for k, v in raw.items() if k in APP_DEFAULTS}}
 
     url, source = raw.get("URL"), "BGJOB['URL']"

@@ -84,6 +84,7 @@ def test_invalid_cron_or_time_zone_in_schedules_is_a_check_error(settings) -> No
 def test_unknown_keys_bad_queues_and_numbers_are_check_errors(settings) -> None:
     out = check_errors(settings, {"CONCURENCY": 4})
     assert "bgjob_django.E002" in out and "unknown key BGJOB['CONCURENCY']" in out and "CONCURRENCY" in out
+    assert "did you mean 'OUTBOX'?" in check_errors(settings, {"OUTBX": True})
     assert "bgjob_django.E005" in check_errors(settings, {"QUEUES": ["Mail Queue"]})
     assert "bgjob_django.E006" in check_errors(settings, {"CONCURRENCY": 0})
     assert "bgjob_django.E004" in check_errors(settings, {"PREFIX": "Not Valid"})

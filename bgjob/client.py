@@ -210,7 +210,8 @@ class Client:
         spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                        headers=headers, store_result=store_result, unique_for=unique_for,
                        sensitive=sensitive)  # fmt: skip
-        job = self._prepare(spec, queue, None)  # sized against the server's max_payload once connected, below
+        # Sized now against the server's max_payload when connected; else once connected, in _publish.
+        job = self._prepare(spec, queue, self._connected_max_payload())
         try:
             return self._publish([job], window=1)[0]
         except SendJobsError as exc:
@@ -260,10 +261,14 @@ class Client:
 
     def _known_max_payload(self) -> int:
         """The connected server's max_payload, else nats-server's default (nothing is connected for it)."""
+        return self._connected_max_payload() or DEFAULT_MAX_PAYLOAD
+
+    def _connected_max_payload(self) -> int | None:
+        """The connected server's max_payload (bytes), None when this client is not connected."""
         runtime, core = self._runtime, self._core
         if runtime is not None and runtime.alive and core is not None and core.nc is not None and core.nc.is_connected:
             return core.max_payload
-        return DEFAULT_MAX_PAYLOAD
+        return None
 
     def publish_prepared(self, jobs: Sequence[PreparedJob], *, window: int = 2000) -> list[str]:
         """Publish jobs built by `prepare_job` (or read back with `PreparedJob.from_record`), their bytes as they
@@ -294,6 +299,8 @@ class Client:
         earlier send (once each), release the reservations of jobs not confirmed stored, record READY results."""
         runtime, core = self._ensure()
         for index, job in enumerate(jobs):
+            if job.size_checked_for(core.max_payload):
+                continue
             try:
                 check_size(core.max_payload, job.body, job.headers)
             except InvalidJob as exc:
@@ -311,7 +318,10 @@ class Client:
                 seen.add(job.job_id)
                 publish.append(job)
         try:
-            self._publish_pipelined(runtime, publish, max(1, window))
+            if len(publish) == 1:
+                self._publish_one(runtime, publish[0])  # send_job: the pipelining book-keeping costs a tenth
+            else:
+                self._publish_pipelined(runtime, publish, max(1, window))
         except BaseException as exc:
             if held:
                 stored = set(getattr(exc, "stored", ()))
@@ -376,6 +386,16 @@ class Client:
             raise InvalidJob(f"job_id must be a non-empty str, not {job_id!r}")
         return bool(self.run(job_results.delete_record, job_id))
 
+    def _publish_one(self, runtime: Runtime, job: PreparedJob) -> None:
+        """Publish one job and wait for its PubAck; SendJobsError (as `_publish_pipelined`'s) if not stored."""
+        batch = self._publisher.submit([Outgoing(job.subject, job.body, job.headers, job.queue)])  # type: ignore[union-attr]
+        runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound())
+        if batch.settled[0] and batch.errors[0] is None:
+            return
+        error = batch.errors[0] if batch.settled[0] else None
+        _raise_unsent([job.job_id], set(), {job.job_id: error or ConnectionError("not confirmed in time",
+                                                                                 job_ids=(job.job_id,))})  # fmt: skip
+
     def _publish_pipelined(self, runtime: Runtime, prepared: list[PreparedJob], window: int) -> list[str]:
         publisher = self._publisher
         assert publisher is not None
@@ -408,21 +428,7 @@ class Client:
             settle_oldest_chunk()
         ids = [job.job_id for job in prepared]
         if errors or len(stored) < len(set(ids)):
-            not_stored = [i for i in ids if i not in stored]
-            first = next(iter(errors.values()), None)
-            refused = [i for i in not_stored if i in errors and not isinstance(errors[i], ConnectionError)]
-            unsure = [i for i in not_stored if isinstance(errors.get(i), ConnectionError)]
-            parts = [f"{len(refused)} refused by the server, not stored ({errors[refused[0]]})"] if refused else []
-            if unsure:
-                parts.append(f"{len(unsure)} not confirmed ({errors[unsure[0]]}): they may have been stored")
-            if len(not_stored) > len(refused) + len(unsure):
-                parts.append(f"{len(not_stored) - len(refused) - len(unsure)} not sent after the first error")
-            what = "; ".join(parts) or f"not confirmed ({first})"
-            raise SendJobsError(
-                f"{len(stored)} of {len(ids)} jobs stored, {what}; sending the not_stored ones again with the same "
-                "job ids is safe and is the way to retry (a send without those ids could run a job twice)",
-                stored=[i for i in ids if i in stored], not_stored=not_stored, errors=errors,
-            )  # fmt: skip
+            _raise_unsent(ids, stored, errors)
         return ids
 
     # -- operating ---------------------------------------------------------------------------------
@@ -543,6 +549,26 @@ class Client:
         if queue is not None:
             jobmod.validate_queue(queue)
         return self.run(periodic.list_schedules, queue, idempotent=True)
+
+
+def _raise_unsent(ids: list[str], stored: set[str], errors: dict[str, BaseException]) -> None:
+    """SendJobsError for a publish of `ids` of which only `stored` were confirmed (`errors` by job id); shared
+    by `Client._publish_one` and `Client._publish_pipelined`."""
+    not_stored = [i for i in ids if i not in stored]
+    first = next(iter(errors.values()), None)
+    refused = [i for i in not_stored if i in errors and not isinstance(errors[i], ConnectionError)]
+    unsure = [i for i in not_stored if isinstance(errors.get(i), ConnectionError)]
+    parts = [f"{len(refused)} refused by the server, not stored ({errors[refused[0]]})"] if refused else []
+    if unsure:
+        parts.append(f"{len(unsure)} not confirmed ({errors[unsure[0]]}): they may have been stored")
+    if len(not_stored) > len(refused) + len(unsure):
+        parts.append(f"{len(not_stored) - len(refused) - len(unsure)} not sent after the first error")
+    what = "; ".join(parts) or f"not confirmed ({first})"
+    raise SendJobsError(
+        f"{len(stored)} of {len(ids)} jobs stored, {what}; sending the not_stored ones again with the same "
+        "job ids is safe and is the way to retry (a send without those ids could run a job twice)",
+        stored=[i for i in ids if i in stored], not_stored=not_stored, errors=errors,
+    )  # fmt: skip
 
 
 def _not_confirmed(error: BaseException, job_id: str) -> BaseException:

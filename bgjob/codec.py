@@ -171,6 +171,8 @@ class PreparedJob:
     store_result: bool = False
     #: seconds (>= 1) its id is reserved when published (bgjob.unique), or None.
     unique_for: int | None = None
+    #: the max_payload (bytes) its whole size was checked against when it was built; None: not yet.
+    _checked_for: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         jobmod.validate_job_id(self.job_id)
@@ -194,6 +196,22 @@ class PreparedJob:
         if not isinstance(self.subject, str) or self.subject != self._expected_subject():
             raise InvalidJob(f"prepared job {self.job_id!r}: subject {self.subject!r} is not where a "
                              f"{self.job_type!r} job of queue {self.queue!r} is published")  # fmt: skip
+
+    @classmethod
+    def _built(cls, job_id: str, job_type: str, queue: str, subject: str, body: bytes, headers: dict[str, str],
+               store_result: bool, unique_for: int | None, checked_for: int | None) -> PreparedJob:  # fmt: skip
+        """A PreparedJob that `prepared_job` has just built from validated parts: the checks of `__post_init__`
+        would only repeat its own (they cost a sixth of a send_job)."""
+        job = object.__new__(cls)
+        for name, value in (("job_id", job_id), ("job_type", job_type), ("queue", queue), ("subject", subject),
+                            ("body", body), ("headers", headers), ("store_result", store_result),
+                            ("unique_for", unique_for), ("_checked_for", checked_for)):  # fmt: skip
+            object.__setattr__(job, name, value)
+        return job
+
+    def size_checked_for(self, max_payload: int) -> bool:
+        """Whether its whole size was checked against this max_payload (bytes) when it was built."""
+        return self._checked_for == max_payload
 
     @property
     def prefix(self) -> str:
@@ -325,7 +343,7 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
         hdrs[Header.SCHEDULE_TARGET.value] = subject
         subject = topology.delayed_subject(queue, job_id, uuid.uuid4().hex[:16])
     check_size(max_payload, body, hdrs)
-    return PreparedJob(job_id, job_type, queue, subject, body, hdrs, store_result, unique_for)
+    return PreparedJob._built(job_id, job_type, queue, subject, body, hdrs, store_result, unique_for, max_payload)
 
 
 # -- deliveries ------------------------------------------------------------------------------------------------

@@ -618,7 +618,8 @@ def run_foreground(
 ) -> int:
     """Run the project's server in the foreground until SIGINT/SIGTERM; returns an exit code (1: one already
     runs for the data dir). The server requires the data dir's token and takes its last port (as
-    `ensure_embedded_server` does), recorded in the 0600 state file for this user's bgjob processes; what is printed shows the URL masked and where the token is, never the token."""
+    `ensure_embedded_server` does), recorded in the 0600 state file for this user's bgjob processes; what is
+    printed shows the URL masked and where the token is, never the token."""
     directory = resolve_data_dir(data_dir)
     with _locked(directory):
         state = _live_state(directory)

@@ -306,7 +306,8 @@ class Client:
             except InvalidJob as exc:
                 which = f"job {index}: " if len(jobs) > 1 else ""
                 raise JobTooLarge(f"{which}{exc}; nothing was sent", job_ids=(job.job_id,)) from None
-        uniques = [(job.job_id, job.queue, job.unique_for) for job in jobs if job.unique_for is not None]
+        uniques = [(job.job_id, job.queue, job.unique_for, job.reservation_token) for job in jobs
+                   if job.unique_for is not None]
         held: dict[str, unique.Reservation | None] = {}
         publish = jobs
         if uniques:
@@ -327,6 +328,9 @@ class Client:
                 stored = set(getattr(exc, "stored", ()))
                 self._release_unique(runtime, core, [r for r in held.values() if r and r.job_id not in stored], exc)
             raise
+        reserved = [r for r in held.values() if r is not None]
+        if reserved:
+            self._call(runtime, unique.mark_published(core, reserved))
         with_results = [(job.job_id, job.job_type, job.queue) for job in publish if job.store_result]
         if with_results:
             self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))

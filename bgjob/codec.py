@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -212,6 +213,15 @@ class PreparedJob:
     def size_checked_for(self, max_payload: int) -> bool:
         """Whether its whole size was checked against this max_payload (bytes) when it was built."""
         return self._checked_for == max_payload
+
+    @property
+    def reservation_token(self) -> str:
+        """What names this prepared job's `unique_for` reservation: the same for every attempt to publish it
+        (a relay that died between reserving and publishing is succeeded by one that finds the reservation to be
+        its own), different for another preparation of the same job id (which an earlier send's reservation
+        holds off)."""
+        stamp = f"{self.job_id}|{self.subject}|{self.headers.get(jobmod.HEADER_ENQUEUED_AT, '')}"
+        return hashlib.sha256(stamp.encode()).hexdigest()[:32]
 
     @property
     def prefix(self) -> str:

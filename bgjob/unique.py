@@ -25,9 +25,9 @@ import json
 import logging
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -59,6 +59,8 @@ class Reservation:
     job_id: str
     key: str
     revision: int
+    #: what the reservation holds (id, queue, time, unique_for, token).
+    value: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def validate_unique_for(unique_for: timedelta | float | None, job_id: str | None) -> int | None:
@@ -87,8 +89,13 @@ async def _bucket(core: Core) -> KeyValue:
     return kv
 
 
-async def reserve(core: Core, job_id: str, queue: str, unique_for: int) -> Reservation | None:
+async def reserve(core: Core, job_id: str, queue: str, unique_for: int, token: str | None = None) -> Reservation | None:
     """Reserve `job_id` for `unique_for` seconds; None when an earlier send holds it (do not publish).
+
+    `token` names this send: a reservation found with the same token is this send's own (made by an attempt
+    that died before it published: a relay killed between reserving and publishing an outbox row), so it
+    counts as reserved and the job is published. A prepared job's token is the same for every attempt to
+    publish it (`PreparedJob.reservation_token`); None: a new one.
 
     Transient errors are retried for Settings.retry_for (a create that was stored but not confirmed is
     recognised by its token), then bgjob.ConnectionError; a refusal by the server is bgjob.PublishError (the
@@ -96,22 +103,24 @@ async def reserve(core: Core, job_id: str, queue: str, unique_for: int) -> Reser
     """
     # A re-send from this process after a create that was not confirmed reuses that create's token, so it finds
     # the reservation (if the server stored it late) to be its own and publishes, instead of deduplicating itself.
-    key, token = result_key(job_id), _unconfirmed.pop(job_id, None) or uuid.uuid4().hex
+    key, token = result_key(job_id), _unconfirmed.pop(job_id, None) or token or uuid.uuid4().hex
     value = json.dumps({"id": job_id, "queue": queue, "at": jobmod.format_time(datetime.now(timezone.utc)),
                         "unique_for": unique_for, "token": token}).encode()  # fmt: skip
 
     async def create() -> Reservation | None:
         kv = await _bucket(core)
         try:
-            return Reservation(job_id, key, await kv.create(key, value, msg_ttl=unique_for))
+            return Reservation(job_id, key, await kv.create(key, value, msg_ttl=unique_for), json.loads(value))
         except nats.js.errors.KeyWrongLastSequenceError:
             try:
                 entry = await kv.get(key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 raise nats.errors.TimeoutError from None  # expired meanwhile: try the create again
             held = json.loads(entry.value or b"{}")
-            if held.get("token") == token:  # our own create, stored before its reply was lost
-                return Reservation(job_id, key, entry.revision or 0)
+            if held.get("token") == token and not await _published(kv, key):
+                # Our own create (stored before its reply was lost, or made by an attempt that died before it
+                # published): ours to publish. Once marked published (`mark_published`), a retry stores nothing.
+                return Reservation(job_id, key, entry.revision or 0, held)
             return None
 
     try:
@@ -140,10 +149,10 @@ def _remember_unconfirmed(job_id: str, token: str) -> None:
         _unconfirmed.pop(next(iter(_unconfirmed)))
 
 
-async def reserve_many(core: Core, jobs: list[tuple[str, str, int]]) -> dict[str, Reservation | None]:
-    """`reserve` for each distinct (job_id, queue, unique_for), concurrently; {job_id: Reservation or None}.
+async def reserve_many(core: Core, jobs: list[tuple[str, str, int, str | None]]) -> dict[str, Reservation | None]:
+    """`reserve` for each distinct (job_id, queue, unique_for, token), concurrently; {job_id: Reservation or None}.
     If one fails, those reserved are released and the error is raised."""
-    distinct = list({job_id: (job_id, queue, ttl) for job_id, queue, ttl in reversed(jobs)}.values())[::-1]
+    distinct = list({job[0]: job for job in reversed(jobs)}.values())[::-1]
     outcomes = await asyncio.gather(*(reserve(core, *job) for job in distinct), return_exceptions=True)
     error = next((o for o in outcomes if isinstance(o, BaseException)), None)
     if error is not None:
@@ -152,6 +161,38 @@ async def reserve_many(core: Core, jobs: list[tuple[str, str, int]]) -> dict[str
             error.job_ids = tuple(job[0] for job in distinct)  # none of the batch was published
         raise error
     return {job[0]: outcome for job, outcome in zip(distinct, outcomes, strict=True)}  # type: ignore[misc]
+
+
+_PUBLISHED = ".published"
+
+
+async def _published(kv: KeyValue, key: str) -> bool:
+    """Whether the job holding reservation `key` was recorded stored (`mark_published`)."""
+    try:
+        await kv.get(key + _PUBLISHED)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return False
+    return True
+
+
+async def mark_published(core: Core, reservations: list[Reservation]) -> None:
+    """Record that these reservations' jobs are stored, so a later attempt with the same token (a relay that died
+    after the PubAck, before deleting its outbox row) publishes nothing, even after the duplicate window. One
+    attempt each, bounded by Settings.request_timeout; never raises (a failure leaves that window open: logged)."""
+
+    async def mark(reservation: Reservation) -> None:
+        held = reservation.value
+        at = jobmod.parse_time(held.get("at")) or datetime.now(timezone.utc)
+        left = int(held.get("unique_for", 1)) - (datetime.now(timezone.utc) - at).total_seconds()
+        try:
+            kv = await _bucket(core)
+            # A key of its own beside the reservation, expiring with it (a KV update cannot carry a TTL).
+            await asyncio.wait_for(kv.create(reservation.key + _PUBLISHED, b"1", msg_ttl=max(1, math.ceil(left))),
+                                   core.settings.request_timeout)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the job is stored; only a late retry's dedup is at stake
+            log.info("unique job id %r: could not record it published (%s)", reservation.job_id, exc)
+
+    await asyncio.gather(*(mark(r) for r in reservations))
 
 
 async def release(core: Core, reservation: Reservation) -> bool:

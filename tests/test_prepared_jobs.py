@@ -210,3 +210,19 @@ def test_a_job_prepared_for_another_prefix_is_refused(offline_client: bgjob.Clie
     with pytest.raises(bgjob.InvalidJob, match=r"job 0: expected a bgjob\.PreparedJob"):
         client.publish_prepared([job.to_record()])  # type: ignore[list-item]
     assert stream_ids(client) == []
+
+
+def test_a_unique_job_whose_publisher_died_after_reserving_is_published_by_the_next_attempt(client) -> None:
+    """Found by an attack on the outbox: a relay killed between reserving a unique id and publishing left the
+    reservation; the next relay found the id held, skipped the publish, counted the job stored and deleted the
+    row: a committed job lost. The reservation names its prepared job, so the next attempt finds it its own."""
+    from bgjob import unique
+
+    job = client.prepare_job(bgjob.JobSpec("invoice", {"n": 42}, job_id="invoice-42", unique_for=3600))
+    client.run(unique.reserve, job.job_id, job.queue, job.unique_for, job.reservation_token)  # then "killed"
+    assert client.publish_prepared([job]) == ["invoice-42"]
+    assert stream_ids(client) == ["invoice-42"]
+    # Another preparation of the same id is still held off by that reservation.
+    again = client.prepare_job(bgjob.JobSpec("invoice", {"n": 43}, job_id="invoice-42", unique_for=3600))
+    assert again.reservation_token != job.reservation_token
+    assert client.publish_prepared([again]) == ["invoice-42"] and stream_ids(client) == ["invoice-42"]

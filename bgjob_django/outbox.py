@@ -3,20 +3,17 @@
 A job sent with `outbox=True` (or BGJOB["OUTBOX"]) is a row of `OutboxMessage` written in the sender's
 transaction, on its database connection: it exists if and only if that transaction commits, and sending it
 costs no NATS round trip. The relay (`bgjob_django.relay`) publishes the rows in order of `id` and deletes each
-after its PubAck. On PostgreSQL the insert also issues `NOTIFY bgjob_outbox` (delivered at commit), so a relay
-LISTENing on CHANNEL picks the rows up at once.
+after its PubAck; it polls for them (every 50 ms when idle). No NOTIFY is sent: with nothing listening it only
+cost commits (15-30% of PostgreSQL's commit rate from 16 threads, measured).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db import connections, transaction
+from django.db import transaction
 
 import bgjob
-
-#: The PostgreSQL notification channel a committed insert signals.
-CHANNEL = "bgjob_outbox"
 
 
 def add(jobs: Sequence[bgjob.PreparedJob], *, using: str) -> None:
@@ -32,9 +29,5 @@ def add(jobs: Sequence[bgjob.PreparedJob], *, using: str) -> None:
     if not jobs:
         return
     rows = [OutboxMessage(job_id=job.job_id, queue=job.queue, record=job.to_record()) for job in jobs]
-    connection = connections[using]
     with transaction.atomic(using=using, savepoint=False):
         OutboxMessage.objects.using(using).bulk_create(rows)
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(f"NOTIFY {CHANNEL}")

@@ -53,6 +53,8 @@ log = logging.getLogger("bgjob_django.relay")
 POLL = 0.05
 #: The longest wait of a row between two failed publishes, and of a relay after an error (seconds).
 MAX_BACKOFF = 10.0
+#: seconds a relay statement waits for a lock on the outbox table (PostgreSQL) before it fails and is retried.
+LOCK_TIMEOUT = 5.0
 #: last_error is cut to this many characters.
 ERROR_CHARS = 2000
 
@@ -117,6 +119,9 @@ class Relay:
         #: Identifies this relay in `claimed_by` (with a round number): host, pid and a random part.
         self.id = f"{socket.gethostname()[:24]}-{os.getpid()}-{secrets.token_hex(4)}"
         self._round = 0
+        #: the last round stored nothing and has jobs to send again (NATS out of reach).
+        self.unreachable = False
+        self._lock_bounded: object = None  # the database connection whose lock_timeout is set
         self._undeleted: list[int] = []  # stored but not yet deleted (the database failed after the PubAck)
 
     # -- one round -------------------------------------------------------------------------------------
@@ -126,6 +131,7 @@ class Relay:
         Raises a database error (django.db.Error) if the database fails before anything was published; a NATS
         failure is not raised: it is recorded on the rows (attempts, last_error, backoff).
         """
+        self._bound_lock_waits()
         if self._undeleted:
             self._delete(self._undeleted)
             self._undeleted = []
@@ -156,6 +162,9 @@ class Relay:
             raise
         self._settle(token, failed, {row_id: error for job_id, error in retry.items()
                                      for row_id in by_job.get(job_id, ())})  # fmt: skip
+        # Nothing stored and jobs to send again: NATS is out of this relay's reach. `run` waits before it claims
+        # more, so a relay cut off from NATS does not keep taking (and delaying) the rows other relays could send.
+        self.unreachable = bool(retry) and not stored
         return len(done)
 
     def _claim(self) -> list[tuple[str, int, dict[str, Any]]]:
@@ -241,7 +250,21 @@ class Relay:
 
     def pending(self) -> bool:
         """Whether a row is ready to be claimed now (one cheap indexed read)."""
+        self._bound_lock_waits()
         return OutboxMessage.objects.using(self.using).filter(_ready(timezone.now())).exists()
+
+    def _bound_lock_waits(self) -> None:
+        """On PostgreSQL, bound this relay's waits for a lock on the outbox table (a migration or a manual LOCK
+        TABLE holds it): after LOCK_TIMEOUT a statement fails, is logged and retried with a backoff, and a stop
+        is never held up longer. Set once per database connection (the relay's thread has its own)."""
+        connection = connections[self.using]
+        if connection.vendor != "postgresql":
+            return
+        connection.ensure_connection()
+        if self._lock_bounded is not connection.connection:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
+            self._lock_bounded = connection.connection
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -268,6 +291,10 @@ class Relay:
                 if last_error:
                     log.info("outbox relay: the database answers again")
                     last_error = ""
+                if self.unreachable:  # NATS out of reach: leave the rows to relays that can send them, for a while
+                    backoff = min(MAX_BACKOFF, max(0.5, backoff * 2))
+                    stop.wait(backoff)
+                    continue
                 backoff = 0.0
                 if published < self.batch:
                     stop.wait(self.poll)

@@ -108,6 +108,25 @@ def test_a_refused_row_is_marked_failed_and_does_not_hold_back_the_rows_after_it
     assert backlog() == backlog().__class__(count=0, oldest_age_seconds=None, failed=2)
 
 
+def test_a_relay_that_cannot_reach_nats_backs_off_and_leaves_the_rows_to_others(bgjob_client: bgjob.Client) -> None:
+    """Found by an attack: a relay cut off from NATS claimed a fresh batch every 50 ms, holding each row for
+    retry_for, so rows waited tens of seconds though a healthy relay was running."""
+    from bgjob.server import free_port
+
+    cut_off = bgjob.Client(bgjob.Settings(url=f"nats://127.0.0.1:{free_port()}", prefix=bgjob_client.settings.prefix,
+                                          retry_for=0.5, connect_timeout=0.2))  # fmt: skip
+    first = send_job("report", {"user": 1}, outbox=True)
+    bad = Relay(cut_off)
+    assert bad.run_once() == 0 and bad.unreachable  # `run` now waits (0.5 s, doubling) before it claims again
+    send_job("report", {"user": 2}, outbox=True)
+    good = Relay(bgjob_client)
+    wait_for(lambda: good.run_once() or not OutboxMessage.objects.exists(), timeout=30, message="the rows sent")
+    wait_for(lambda: (good.run_once() or True) and not OutboxMessage.objects.exists(), timeout=30,
+             message="every row sent by the healthy relay")  # fmt: skip
+    assert first in stream_ids(bgjob_client) and not good.unreachable
+    cut_off.close()
+
+
 def test_the_backlog_is_on_the_admin_overview_and_in_bgjob_status(admin_client, bgjob_client: bgjob.Client) -> None:
     bgjob_client.ensure_queue("default")
     send_jobs([("report", {"user": n}) for n in range(3)], outbox=True)

@@ -220,20 +220,6 @@ def test_the_job_carries_the_request_id_and_unique_for(unreachable) -> None:
     assert job_id == "order-7" and job.unique_for == 60 and job.headers["Bgjob-Request-Id"] == "req-7"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="NOTIFY is PostgreSQL's")
-def test_outbox_notifies_listeners_at_commit_on_postgresql(unreachable) -> None:
-    import psycopg
-
-    params = connection.get_connection_params()
-    with psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True) as listener:
-        listener.execute("LISTEN bgjob_outbox")
-        with transaction.atomic():
-            send_job("mark", "a", outbox=True)
-            assert list(listener.notifies(timeout=0.2)) == []  # not before the commit
-        got = next(listener.notifies(timeout=10), None)
-    assert got is not None and got.channel == "bgjob_outbox"
-
-
 # -- BGJOB["OUTBOX"] ----------------------------------------------------------------------------------------------
 def test_bgjob_outbox_setting_makes_the_outbox_the_default(settings, unreachable) -> None:
     settings.BGJOB = {**unreachable, "OUTBOX": True}

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
-from . import job_results, unique
-from .codec import DEFAULT_MAX_PAYLOAD, PreparedJob, check_size, periodic_message, prepare_job, prepared_job, spec_of
+from . import job_results
+from .codec import PreparedJob, periodic_message, prepare_job
 from .core import Core, QueueConfig, as_bgjob_error, is_transient
 from .encryption import cipher_for
-from .errors import BgjobError, ConnectionError, InvalidJob, JobTooLarge, ResultNotFound, SendJobsError
+from .errors import BgjobError, InvalidJob, ResultNotFound
 from .job import JobSpec
 from .job_results import JobResult
 from .provisioning import validate_queue_changes
-from .publisher import Outgoing, PublishBatch, Publisher
+from .publisher import Publisher
 from .redaction import mask_url
 from .runtime import Runtime, in_gevent_hub_thread
+from .sending import Sending
 from .settings import Settings
 from .signing import signer_for
 from .stats import QueueStats, list_queues, queue_stats
@@ -52,7 +52,7 @@ def _resolve_url(settings: Settings) -> str:
     return ensure_embedded_server(settings.data_dir or os.environ.get("BGJOB_DATA_DIR") or None)
 
 
-class Client:
+class Client(Sending):
     """A connection to NATS JetStream, safe to share between threads and across fork()."""
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -171,191 +171,9 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- producing ---------------------------------------------------------------------------------
-    def send_job(
-        self,
-        job_type: str,
-        arg: Any = None,
-        *,
-        queue: str = "default",
-        delay: timedelta | float | None = None,
-        at: datetime | None = None,
-        job_id: str | None = None,
-        request_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        store_result: bool | None = None,
-        unique_for: timedelta | float | None = None,
-        sensitive: Collection[str] | None = None,
-    ) -> str:
-        """Enqueue a job; returns its id once JetStream has stored it (PubAck).
+    # -- producing: inherited from bgjob.sending.Sending (send_job, send_jobs, prepare_job, publish_prepared)
 
-        `delay`/`at` hand the job to a server-side schedule; `job_id` makes sending idempotent within
-        the duplicate window; `store_result` keeps its status and return value for `result()` (default:
-        whether `queue` is in Settings.result_queues). Raises InvalidJob (nothing published) or
-        ConnectionError (not confirmed).
-
-        `unique_for` (timedelta or seconds, 1 s to 30 days; needs `job_id`): the id is reserved for that long
-        in the `<PREFIX>_UNIQUE` bucket, across server restarts; a send of a reserved id returns it without
-        publishing (see bgjob.unique for what happens when a publish fails).
-
-        `sensitive` (a list of arg key names, e.g. `["card", "password"]`; exact names, matched at any depth of
-        a JSON arg): the values under those keys are masked (`bgjob.redaction.MASK`) in bgjob's logs, dead
-        letters' errors and displays, stored results' errors and Sentry; the job itself carries them intact
-        (its handler sees the real arg). The keys travel in the `Bgjob-Sensitive` header; the worker adds the
-        handler's own (`Mux.handler(..., sensitive=)`). A lone str or a key with ',' or a space is InvalidJob.
-
-        The same as `publish_prepared([prepare_job(JobSpec(job_type, arg, ...), queue=queue)])`, except for the
-        errors: one job's own (a refusal, or a ConnectionError that names it), never SendJobsError.
-        """
-        spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
-                       headers=headers, store_result=store_result, unique_for=unique_for,
-                       sensitive=sensitive)  # fmt: skip
-        # Sized now against the server's max_payload when connected; else once connected, in _publish.
-        job = self._prepare(spec, queue, self._connected_max_payload())
-        try:
-            return self._publish([job], window=1)[0]
-        except SendJobsError as exc:
-            raise _one_job_error(exc, job.job_id) from None
-
-    def send_jobs(
-        self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
-    ) -> list[str]:
-        """Enqueue many jobs, pipelined; returns their ids (in order) once every one is stored.
-
-        `jobs` holds `(type, arg)` pairs or `JobSpec`s. All are validated before anything is published
-        (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
-        some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
-        `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
-        A JobSpec's `sensitive` keys are masked as `send_job`'s are. The same as `publish_prepared` of each
-        job's `prepare_job`.
-        """
-        prepared = []
-        for index, item in enumerate(jobs):
-            try:
-                prepared.append(self._prepare(item if isinstance(item, JobSpec) else spec_of(item), queue, None))
-            except InvalidJob as exc:
-                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
-        return self._publish(prepared, window)
-
-    def prepare_job(self, spec: JobSpec, *, queue: str = "default") -> PreparedJob:
-        """Build `spec` into a PreparedJob now, for `publish_prepared` to publish later (at a transaction's commit,
-        from an outbox table): validated, its arg encoded (read now: changing it afterwards changes nothing),
-        size-checked, encrypted (Settings.encryption_keys) and signed (Settings.signing_key). `queue` is used
-        when `spec.queue` is None. A delay or `at` is fixed now: the job is due at the same moment however late
-        it is published. `store_result` None is decided now too (Settings.result_queues).
-
-        No network I/O: it never connects. The size limit is the connected server's max_payload when this
-        client is connected, else nats-server's default of 1 MiB (`codec.DEFAULT_MAX_PAYLOAD`), less the room
-        kept for a dead letter's error. Raises InvalidJob (nothing to publish), ConfigurationError for unusable
-        encryption keys.
-        """
-        return self._prepare(spec, queue, self._known_max_payload())
-
-    def _prepare(self, spec: JobSpec, queue: str, max_payload: int | None) -> PreparedJob:
-        if not isinstance(spec, JobSpec):
-            raise InvalidJob(f"expected a bgjob.JobSpec, got a {type(spec).__name__}")
-        job_queue = spec.queue or queue
-        ttl = unique.validate_unique_for(spec.unique_for, spec.job_id)
-        return prepared_job(self.settings, spec, queue=queue, store_result=self._stores_result(job_queue,
-                            spec.store_result), max_payload=max_payload, unique_for=ttl)  # fmt: skip
-
-    def _known_max_payload(self) -> int:
-        """The connected server's max_payload, else nats-server's default (nothing is connected for it)."""
-        return self._connected_max_payload() or DEFAULT_MAX_PAYLOAD
-
-    def _connected_max_payload(self) -> int | None:
-        """The connected server's max_payload (bytes), None when this client is not connected."""
-        runtime, core = self._runtime, self._core
-        if runtime is not None and runtime.alive and core is not None and core.nc is not None and core.nc.is_connected:
-            return core.max_payload
-        return None
-
-    def publish_prepared(self, jobs: Sequence[PreparedJob], *, window: int = 2000) -> list[str]:
-        """Publish jobs built by `prepare_job` (or read back with `PreparedJob.from_record`), their bytes as they
-        are, pipelined (at most `window` in flight); returns their ids, in order, once every one is stored
-        (PubAck). Publishing a job again is safe: inside the queue's duplicate window the server drops it
-        (its Nats-Msg-Id is its job id), and a job with `unique_for` is published only while it holds its id.
-        Jobs with `store_result` get their READY result record once stored.
-
-        Raises InvalidJob (nothing published) for an item that is not a PreparedJob or was prepared for another
-        prefix, JobTooLarge (nothing published) for one larger than the connected server accepts, SendJobsError
-        when some were published but not all confirmed (`stored`, `not_stored`, `errors`; re-publishing the
-        not_stored ones is the retry), ConnectionError when NATS cannot be reached (before anything is
-        published, or the result records after all were stored: it names the job ids).
-        """
-        jobs = list(jobs)
-        for index, job in enumerate(jobs):
-            if not isinstance(job, PreparedJob):
-                raise InvalidJob(f"job {index}: expected a bgjob.PreparedJob, got a {type(job).__name__}; "
-                                 "nothing was sent")  # fmt: skip
-            try:
-                job.check_prefix(self.settings.prefix)
-            except InvalidJob as exc:
-                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
-        return self._publish(jobs, window)
-
-    def _publish(self, jobs: list[PreparedJob], window: int) -> list[str]:
-        """Size-check against the connected server, reserve unique ids, publish the jobs not reserved by an
-        earlier send (once each), release the reservations of jobs not confirmed stored, record READY results."""
-        runtime, core = self._ensure()
-        for index, job in enumerate(jobs):
-            if job.size_checked_for(core.max_payload):
-                continue
-            try:
-                check_size(core.max_payload, job.body, job.headers)
-            except InvalidJob as exc:
-                which = f"job {index}: " if len(jobs) > 1 else ""
-                raise JobTooLarge(f"{which}{exc}; nothing was sent", job_ids=(job.job_id,)) from None
-        uniques = [(job.job_id, job.queue, job.unique_for, job.reservation_token) for job in jobs
-                   if job.unique_for is not None]
-        held: dict[str, unique.Reservation | None] = {}
-        publish = jobs
-        if uniques:
-            held = self._call(runtime, unique.reserve_many(core, uniques))
-            publish, seen = [], set()
-            for job in jobs:
-                if job.job_id in held and (held[job.job_id] is None or job.job_id in seen):
-                    continue  # reserved by an earlier send, or sent earlier in this batch
-                seen.add(job.job_id)
-                publish.append(job)
-        try:
-            if len(publish) == 1:
-                self._publish_one(runtime, publish[0])  # send_job: the pipelining book-keeping costs a tenth
-            else:
-                self._publish_pipelined(runtime, publish, max(1, window))
-        except BaseException as exc:
-            if held:
-                stored = set(getattr(exc, "stored", ()))
-                self._release_unique(runtime, core, [r for r in held.values() if r and r.job_id not in stored], exc)
-            raise
-        reserved = [r for r in held.values() if r is not None]
-        if reserved:
-            self._call(runtime, unique.mark_published(core, reserved))
-        with_results = [(job.job_id, job.job_type, job.queue) for job in publish if job.store_result]
-        if with_results:
-            self._record_ready(runtime, _record_ready_all(core, with_results), tuple(i for i, *_ in with_results))
-        return [job.job_id for job in jobs]
-
-    def _release_unique(self, runtime: Runtime, core: Core, held: list[unique.Reservation], exc: BaseException) -> None:
-        try:
-            unique.note_still_reserved(exc, self._call(runtime, unique.release_all(core, held)))
-        except Exception:  # noqa: BLE001 - the runtime itself is gone
-            unique.note_still_reserved(exc, [r.job_id for r in held])
-
-
-    def _stores_result(self, queue: str, store_result: bool | None) -> bool:
-        return store_result if store_result is not None else queue in self.settings.result_queues
-
-    def _record_ready(self, runtime: Runtime, coro: Any, job_ids: tuple[str, ...]) -> None:
-        """Write the READY result records of jobs already stored; ConnectionError (with the ids) if that fails."""
-        try:
-            self._call(runtime, coro, job_ids=job_ids)
-        except BgjobError as exc:
-            raise ConnectionError(
-                f"job(s) {', '.join(job_ids)} stored, but their result record could not be written ({exc}); the "
-                "job(s) will run, result() may not find them until a worker records their outcome", job_ids=job_ids,
-            ) from exc
-
+    # -- results ---------------------------------------------------------------------------------
     def result(self, job_id: str, wait: float | None = None) -> JobResult:
         """The stored result of a job sent with store_result; with `wait`, block up to that many seconds
         for it to finish (then return whatever it is). Raises ResultNotFound when nothing is stored."""
@@ -389,51 +207,6 @@ class Client:
         if not isinstance(job_id, str) or not job_id:
             raise InvalidJob(f"job_id must be a non-empty str, not {job_id!r}")
         return bool(self.run(job_results.delete_record, job_id))
-
-    def _publish_one(self, runtime: Runtime, job: PreparedJob) -> None:
-        """Publish one job and wait for its PubAck; SendJobsError (as `_publish_pipelined`'s) if not stored."""
-        batch = self._publisher.submit([Outgoing(job.subject, job.body, job.headers, job.queue)])  # type: ignore[union-attr]
-        runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound())
-        if batch.settled[0] and batch.errors[0] is None:
-            return
-        error = batch.errors[0] if batch.settled[0] else None
-        _raise_unsent([job.job_id], set(), {job.job_id: error or ConnectionError("not confirmed in time",
-                                                                                 job_ids=(job.job_id,))})  # fmt: skip
-
-    def _publish_pipelined(self, runtime: Runtime, prepared: list[PreparedJob], window: int) -> list[str]:
-        publisher = self._publisher
-        assert publisher is not None
-        stored: set[str] = set()
-        errors: dict[str, BaseException] = {}
-        in_flight: collections.deque[tuple[list[str], PublishBatch]] = collections.deque()
-
-        def settle_oldest_chunk() -> None:
-            ids, batch = in_flight.popleft()
-            runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound())
-            for job_id, error, settled in zip(ids, batch.errors, list(batch.settled), strict=True):
-                if not settled:
-                    errors.setdefault(job_id, ConnectionError("not confirmed in time", job_ids=(job_id,)))
-                elif error is None:
-                    stored.add(job_id)
-                else:
-                    errors.setdefault(job_id, error)
-
-        # Two chunks in flight: the next is on the wire while we wait for the PubAcks of the current.
-        chunk = max(1, window // 2)
-        for start in range(0, len(prepared), chunk):
-            if errors:
-                break
-            part = prepared[start : start + chunk]
-            in_flight.append(([job.job_id for job in part], publisher.submit(
-                [Outgoing(job.subject, job.body, job.headers, job.queue) for job in part])))
-            if len(in_flight) == 2:
-                settle_oldest_chunk()
-        while in_flight:
-            settle_oldest_chunk()
-        ids = [job.job_id for job in prepared]
-        if errors or len(stored) < len(set(ids)):
-            _raise_unsent(ids, stored, errors)
-        return ids
 
     # -- operating ---------------------------------------------------------------------------------
     @property
@@ -553,55 +326,6 @@ class Client:
         if queue is not None:
             jobmod.validate_queue(queue)
         return self.run(periodic.list_schedules, queue, idempotent=True)
-
-
-def _raise_unsent(ids: list[str], stored: set[str], errors: dict[str, BaseException]) -> None:
-    """SendJobsError for a publish of `ids` of which only `stored` were confirmed (`errors` by job id); shared
-    by `Client._publish_one` and `Client._publish_pipelined`."""
-    not_stored = [i for i in ids if i not in stored]
-    first = next(iter(errors.values()), None)
-    refused = [i for i in not_stored if i in errors and not isinstance(errors[i], ConnectionError)]
-    unsure = [i for i in not_stored if isinstance(errors.get(i), ConnectionError)]
-    parts = [f"{len(refused)} refused by the server, not stored ({errors[refused[0]]})"] if refused else []
-    if unsure:
-        parts.append(f"{len(unsure)} not confirmed ({errors[unsure[0]]}): they may have been stored")
-    if len(not_stored) > len(refused) + len(unsure):
-        parts.append(f"{len(not_stored) - len(refused) - len(unsure)} not sent after the first error")
-    what = "; ".join(parts) or f"not confirmed ({first})"
-    raise SendJobsError(
-        f"{len(stored)} of {len(ids)} jobs stored, {what}; sending the not_stored ones again with the same "
-        "job ids is safe and is the way to retry (a send without those ids could run a job twice)",
-        stored=[i for i in ids if i in stored], not_stored=not_stored, errors=errors,
-    )  # fmt: skip
-
-
-def _not_confirmed(error: BaseException, job_id: str) -> BaseException:
-    """The error send_job raises for `job_id` after its publish left the process: a refusal as it is (the server
-    answered; the job was not stored), anything else a ConnectionError that says the job may be stored."""
-    if not isinstance(error, ConnectionError) and isinstance(error, BgjobError):
-        return as_bgjob_error(error, job_ids=(job_id,))
-    why = str(as_bgjob_error(error))
-    result = ConnectionError(
-        f"job {job_id!r} not confirmed ({why}); it may have been stored all the same: send it again with "
-        f"job_id={job_id!r}, which is safe and is the way to retry (a send without that job id could run it twice)",
-        job_ids=(job_id,),
-    )
-    result.__cause__ = error
-    return result
-
-
-def _one_job_error(exc: SendJobsError, job_id: str) -> BaseException:
-    """send_job's error for its one job from the SendJobsError of its publish, with that error's notes."""
-    error = exc.errors.get(job_id) or ConnectionError(str(exc), job_ids=(job_id,))
-    result = _not_confirmed(error, job_id)
-    for note in getattr(exc, "__notes__", ()):
-        result.add_note(note)
-    return result
-
-
-async def _record_ready_all(core: Core, jobs: list[tuple[str, str, str]]) -> None:
-    for job_id, job_type, queue in jobs:
-        await job_results.record_ready(core, job_id, job_type, queue)
 
 
 # -- the process-wide default client -----------------------------------------------------------------

@@ -29,7 +29,7 @@ class Registry(bgjob.Mux):
         self._periodic: dict[str, ScheduleSpec] = {}
         self._types_of: dict[Callable[..., Any], str] = {}
         self._resolvers: dict[str, Resolver] = {}
-        self._resolved: dict[str, HandlerFunc | None] = {}
+        self._resolved: dict[str, HandlerFunc] = {}
         self._lock = threading.Lock()
 
     def handle(self, job_type: str, handler: Any, *, sensitive: Collection[str] | None = None) -> None:
@@ -43,7 +43,10 @@ class Registry(bgjob.Mux):
         """Let `resolve` supply the handler of every job type starting with `prefix` that has no handler.
 
         `resolve(rest)` gets the job type without `prefix` (a str) and returns the handler function, or None
-        for an unknown job type; it is asked once per job type, and its answer kept. Handlers registered with
+        for an unknown job type. A handler it returns is kept (it is normally asked once per job type); None is
+        not kept, so job types published by anyone cannot grow the registry, and a job type unknown now may be
+        known later. It is called without the registry's lock held, and must never import or run anything the
+        job type names (job types come from whoever can publish to a queue). Handlers registered with
         `handle` / @handler win over resolvers. Adding the same resolver for the same prefix again does
         nothing; raises bgjob.HandlerError if `prefix` is empty, not a str, or has another resolver already.
         """
@@ -56,22 +59,29 @@ class Registry(bgjob.Mux):
             if existing is not None and existing != resolve:
                 raise bgjob.HandlerError(f"job types starting with {prefix!r} already have a resolver: {existing!r}")
             self._resolvers[prefix] = resolve
-            self._resolved.clear()  # job types found unknown before may be known now
+            self._resolved.clear()  # a longer prefix may now decide job types resolved before
 
     def get(self, job_type: str) -> HandlerFunc | None:
         found = super().get(job_type)
         if found is not None or not self._resolvers:
             return found
         with self._lock:
-            if job_type not in self._resolved:
-                self._resolved[job_type] = self._resolve(job_type)
-            return self._resolved[job_type]
+            known = self._resolved.get(job_type)
+            resolvers = dict(self._resolvers)
+        if known is not None:
+            return known
+        found = self._resolve(resolvers, job_type)
+        if found is None:
+            return None
+        with self._lock:
+            return self._resolved.setdefault(job_type, found)
 
-    def _resolve(self, job_type: str) -> HandlerFunc | None:
+    @staticmethod
+    def _resolve(resolvers: dict[str, Resolver], job_type: str) -> HandlerFunc | None:
         # The longest matching prefix decides, so "task:" and "task:reports." can both have resolvers.
-        for prefix in sorted(self._resolvers, key=len, reverse=True):
+        for prefix in sorted(resolvers, key=len, reverse=True):
             if job_type.startswith(prefix):
-                return self._resolvers[prefix](job_type[len(prefix) :])
+                return resolvers[prefix](job_type[len(prefix) :])
         return None
 
     def add_periodic(self, spec: ScheduleSpec) -> None:

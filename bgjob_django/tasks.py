@@ -17,6 +17,13 @@ its `queue_name` and `priority`. OPTIONS:
   again and updates the same result.
 - `RESULT_TTL` (default 7 days): seconds results are kept (JetStream KV bucket `<PREFIX>_TASKS`).
 
+Which tasks a worker runs: only tasks it knows without importing anything a job names. A job's type (and its
+payload) come from whoever can publish to the queue, so `task:<module path>` is never imported: the task
+resolves only if its module is already imported in the process, after bgjob_django imported every installed
+app's `tasks` module (once, when a task is first looked up). Define tasks in an app's `tasks.py`, or import
+their module from one (or from an AppConfig.ready()); any other `task:` job is dead-lettered with reason
+unknown_handler. `get_result` finds tasks by the same rule.
+
 `enqueue` honours BGJOB["OUTBOX"] and BGJOB["ON_COMMIT"] as `bgjob_django.send_job` does: the task's job is an
 outbox row in the current transaction (or is published at its commit), so a task enqueued in a transaction
 that rolls back sends nothing. Its READY result is then written at commit, unless a worker wrote one first
@@ -27,6 +34,8 @@ task runs).
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import traceback
 from collections.abc import Mapping
 from datetime import datetime
@@ -45,7 +54,7 @@ from django.core import checks
 from django.db import transaction
 from django.utils import timezone
 from django.utils.json import normalize_json
-from django.utils.module_loading import import_string
+from django.utils.module_loading import autodiscover_modules
 
 import bgjob
 from bgjob import job as jobmod
@@ -220,11 +229,44 @@ def _task_result(result_id: str, record: Mapping[str, Any]) -> TaskResult:
     return result
 
 
+_discovered = False
+_discover_lock = threading.Lock()
+
+
+def discover_tasks() -> None:
+    """Import every installed app's `tasks` module (once per process), so their tasks can be found.
+
+    The modules imported are the project's own (INSTALLED_APPS), never ones a job names. Raises what importing
+    one of them raises (and tries again at the next call).
+    """
+    global _discovered
+    if _discovered:
+        return
+    with _discover_lock:
+        if not _discovered:
+            autodiscover_modules("tasks")
+            _discovered = True
+
+
 def _load_task(path: str) -> Task:
+    """The Task at module path `path`, found WITHOUT importing anything `path` names (see the module docstring).
+
+    Raises InvalidTask when the module is not imported (after `discover_tasks`), or the name there is no Task.
+    """
+    if not isinstance(path, str):
+        raise InvalidTask(f"a task path must be a str, got {type(path).__name__}")
     try:
-        task = import_string(path)
-    except ImportError as exc:
-        raise InvalidTask(f"cannot import task {path!r}: {exc}") from exc
+        discover_tasks()
+    except Exception as exc:  # a project tasks module that fails to import: no task is known
+        raise InvalidTask(f"cannot look up task {path!r}: importing the apps' tasks modules failed: "
+                          f"{describe_error(exc)}") from exc  # fmt: skip
+    module_name, _, name = path.rpartition(".")
+    module = sys.modules.get(module_name) if module_name else None
+    if module is None:
+        raise InvalidTask(f"unknown task {path!r}: its module is not imported by the project (tasks are looked "
+                          "up, never imported: define them in an installed app's tasks module)")  # fmt: skip
+    # vars(), not getattr(): a module's __getattr__ (PEP 562) could import what the path names.
+    task = vars(module).get(name)
     if not isinstance(task, Task):
         raise InvalidTask(f"{path!r} is not a django.tasks Task (decorate the function with @task)")
     return task
@@ -266,18 +308,16 @@ def _valid_queue(queue: str) -> bool:
 def task_handler(path: str) -> Any:
     """The bgjob handler running the task at module path `path` (a job type without TASK_PREFIX).
 
-    The resolver of TASK_PREFIX in a worker's registry (`registry.add_resolver(TASK_PREFIX, task_handler)`);
-    the task is imported when a job runs, and one that cannot be is dead-lettered (reason unknown_handler).
+    The resolver of TASK_PREFIX in a worker's registry (`registry.add_resolver(TASK_PREFIX, task_handler)`).
+    Returns None (the worker dead-letters the job, reason unknown_handler) unless `path` is a task the project
+    has imported (see the module docstring): nothing named by the job type is ever imported.
     """
-
-    def run(job: bgjob.Job) -> bgjob.Result:
-        try:
-            _load_task(path)
-        except InvalidTask as exc:
-            return bgjob.MoveToDlq(str(exc), reason="unknown_handler")
-        return run_task(job)
-
-    return run
+    try:
+        _load_task(path)
+    except InvalidTask as exc:
+        log.warning("no task for job type %r: %s", TASK_PREFIX + path, exc)
+        return None
+    return run_task
 
 
 def run_task(job: bgjob.Job) -> bgjob.Result:

@@ -74,6 +74,34 @@ def test_the_example_site_sends_reschedules_and_dead_letters_jobs(example_env, b
         assert worker.stop() == 0
 
 
+# -- issue 15, item 12: the example a project is copied from passes `check --deploy` where it can -----------------
+#: what `check --deploy` may still say about the example (its settings say why): DEBUG, its public SECRET_KEY,
+#: and the HTTPS-only settings a site served over plain http by runserver cannot have.
+LOCAL_ONLY = {"security.W004", "security.W008", "security.W009", "security.W012", "security.W016", "security.W018"}
+
+PURGE_PAGE = """
+from django.test import Client
+client = Client()
+assert client.login(username="admin", password="admin")
+response = client.get("/admin/bgjob_django/deadletter/purge/")
+assert response.status_code == 200, response
+print("x-frame-options:", response.headers.get("X-Frame-Options"))
+print("nosniff:", response.headers.get("X-Content-Type-Options"))
+"""
+
+
+def test_the_example_project_cannot_be_framed_and_passes_the_deploy_checks_it_can(example_env) -> None:
+    done = manage(example_env, "check", "--deploy")
+    assert done.returncode == 0, done.stderr
+    found = set(re.findall(r"\((security\.[EW]\d+)\)", done.stdout + done.stderr))
+    assert "security.W002" not in found  # XFrameOptionsMiddleware: no clickjacking of the admin's confirmations
+    assert found <= LOCAL_ONLY, found - LOCAL_ONLY
+    assert manage(example_env, "migrate", "-v0").returncode == 0
+    page = manage(example_env, "shell", "-c", PURGE_PAGE)
+    assert page.returncode == 0, page.stderr
+    assert "x-frame-options: DENY" in page.stdout and "nosniff: nosniff" in page.stdout
+
+
 # -- fault 10: one project, one embedded server, however its commands are started ----------------------------------
 #: the URL shows masked: the embedded server's carries its token.
 SERVER_LINE = re.compile(r"^server: (nats://\*\*\*@127\.0\.0\.1:\d+) \(embedded, data dir (\S+?)(;.*)?\)$",

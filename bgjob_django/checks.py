@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import django
 from django.core import checks
 
 from .conf import get_config, problems, raw_setting
 from .registry import registry
 
 TAG = "bgjob"
+
+if django.VERSION >= (6, 0):
+    # Django registers its check of the TASKS backends (BgjobBackend.check: queues, priority bands, OPTIONS) only
+    # when django.tasks is imported, which settings rarely do: without this, a bad TASKS passed `manage.py check`.
+    import django.tasks
 
 
 @checks.register(TAG)

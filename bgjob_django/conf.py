@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import pathlib
+import re
 import sys
 import threading
 import urllib.parse
@@ -25,6 +27,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 import bgjob
+from bgjob import encryption, signing
 from bgjob import job as jobmod
 from bgjob.periodic import validate_name as validate_schedule_name
 from bgjob.redaction import mask_url
@@ -53,6 +56,21 @@ INSTEAD = {
 }
 KNOWN_KEYS = set(CLIENT_KEYS) | set(APP_DEFAULTS)
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
+_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+_SECONDS_HINT = "a number of seconds (e.g. 86400 for a day, 604800 for a week); strings such as '1d' are not read"
+#: The hint of a bad client key (the others: see bgjob.Settings.<field>).
+CLIENT_HINTS = {
+    **{key: _SECONDS_HINT for key, field in CLIENT_KEYS.items()
+       if field in ("ack_wait", "duplicate_window", "dlq_max_age", "result_ttl", "worker_ttl", "connect_timeout",
+                    "request_timeout", "retry_for", "ping_interval")},
+    "REPLICAS": "an integer from 1 to 5: 1 for a single server, 3 for a production cluster",
+    "SIGNING_KEY": "the private half of bgjob.signing.generate_keypair() (base64 of a 32-byte ed25519 key)",
+    "VERIFY_KEYS": "a list of public halves of bgjob.signing.generate_keypair() (base64 of 32-byte ed25519 keys)",
+    "ENCRYPTION_KEYS": "a list of keys made by bgjob.encryption.generate_key() (base64 of 32 bytes)",
+    "NAME": "a non-empty string, the connection name shown by the server's monitoring",
+    "DATA_DIR": "a path (str), relative to the project root or absolute; only used without a URL",
+    "PREFIX": "lower-case letters, digits, '_' and '-', starting with a letter (max 32), e.g. 'shop'",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,9 @@ class Problem:
 
 
 def raw_setting() -> Any:
-    return getattr(django_settings, "BGJOB", None) or {}
+    """settings.BGJOB as written ({} when it is missing or None; anything else, even [], is checked)."""
+    value = getattr(django_settings, "BGJOB", None)
+    return {} if value is None else value
 
 
 def problems(raw: Any = None) -> list[Problem]:
@@ -151,10 +171,26 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
         problem("E004", "BGJOB['OPTIONS'] must be a dict of nats.connect keyword arguments")
         options = {}
     overrides = {field: raw[key] for key, field in CLIENT_KEYS.items() if key in raw}
-    try:
-        client_settings = bgjob.Settings.from_env(**overrides, nats_options=dict(options))
-    except (TypeError, ValueError) as exc:
-        problem("E004", f"BGJOB client settings are invalid: {exc}", "see bgjob.Settings for the allowed values")
+    # Each key on its own, with the code that runs (bgjob.Settings, the signing and encryption keys' decoders),
+    # so that one bad key does not hide another and each message names its key.
+    bad_keys = False
+    for key, field in CLIENT_KEYS.items():
+        if key in raw and raw[key] is not None and key != "URL":  # URL: E003 above
+            error = client_key_error(field, raw[key])
+            if error:
+                bad_keys = True
+                problem("E004", f"BGJOB[{key!r}] is invalid: {error}",
+                        CLIENT_HINTS.get(key, f"see bgjob.Settings.{field} for the allowed values"))  # fmt: skip
+    error = client_key_error("nats_options", dict(options))
+    if error:
+        bad_keys = True
+        problem("E004", f"BGJOB['OPTIONS'] is invalid: {error}", "OPTIONS holds nats.connect keyword arguments "
+                "that bgjob does not set itself (user, password, token, tls, user_credentials, ...)")  # fmt: skip
+    if not bad_keys:
+        try:  # together, with the BGJOB_* environment variables
+            client_settings = bgjob.Settings.from_env(**overrides, nats_options=dict(options))
+        except (TypeError, ValueError) as exc:
+            problem("E004", f"BGJOB client settings are invalid: {exc}", "see bgjob.Settings for the allowed values")
 
     queues = values["QUEUES"]
     if isinstance(queues, str) or not isinstance(queues, (list, tuple)) or not queues:
@@ -229,24 +265,60 @@ def _parse_schedules(raw: Any, problem: Any) -> tuple[ScheduleSpec, ...]:
             problem("E008", f"{where} has unknown keys {sorted(unknown)}", f"allowed: {sorted(allowed)}")
         spec = ScheduleSpec(name=name, cron=entry["cron"], job_type=entry["job"], arg=entry.get("arg"),
                             queue=entry.get("queue", "default"), tz=entry.get("tz", "UTC"))  # fmt: skip
-        error = schedule_error(spec)
-        if error:
-            problem("E009", f"{where}: {error}", "cron has 5 fields 'minute hour day month weekday' (e.g. '0 3 * * *') "
-                    "or 6 with seconds first; tz is an IANA name like 'Europe/Berlin'")  # fmt: skip
-        else:
+        errors = schedule_errors(spec)
+        for error, hint in errors:
+            problem("E009", f"{where}: {error}", hint)
+        if not errors:
             specs.append(spec)
     return tuple(specs)
 
 
+def schedule_errors(spec: ScheduleSpec) -> list[tuple[str, str]]:
+    """Everything that keeps a periodic job from being declared, as (error, hint) pairs; empty when it is fine.
+
+    Each part (name, cron and tz, job type, queue, arg) is checked on its own, by the code the worker runs."""
+    checks: tuple[tuple[Any, str], ...] = (
+        (lambda: validate_schedule_name(spec.name),
+         "rename the SCHEDULES entry: letters, digits, '_' and '-' (max 100), e.g. 'nightly-report'"),
+        (lambda: bgjob.ByCron(spec.cron, spec.tz),
+         "cron has 5 fields 'minute hour day month weekday' (e.g. '0 3 * * *') or 6 with seconds first; "
+         "tz is an IANA name like 'Europe/Berlin'"),
+        (lambda: jobmod.validate_type(spec.job_type),
+         "'job' is the job type a jobs.py handler registers, e.g. 'report' or 'billing.invoice'"),
+        (lambda: jobmod.validate_queue(spec.queue),
+         "'queue' is a bgjob queue name (lower-case letters, digits, '_' and '-', max 64) that a worker serves"),
+        (lambda: jobmod.encode_arg(spec.arg),
+         "'arg' must be JSON data (dict, list, str, int, float, bool, None) or bytes"),
+    )  # fmt: skip
+    found = []
+    for run, hint in checks:
+        try:
+            run()
+        except (bgjob.InvalidSchedule, bgjob.InvalidJob, TypeError, ValueError) as exc:
+            found.append((str(exc), hint))
+    return found
+
+
 def schedule_error(spec: ScheduleSpec) -> str | None:
-    """Why a periodic job cannot be declared, or None."""
+    """Why a periodic job cannot be declared (its problems joined by '; '), or None."""
+    errors = schedule_errors(spec)
+    return "; ".join(error for error, _ in errors) or None
+
+
+def client_key_error(field: str, value: Any) -> str | None:
+    """Why `value` is not usable as bgjob.Settings.<field>, in words that never quote a secret; None when it is.
+
+    Checked as the client and workers use it: bgjob.Settings validates it, and the signing, verify and
+    encryption keys are decoded (which needs PyNaCl, or cryptography, installed)."""
     try:
-        validate_schedule_name(spec.name)
-        bgjob.ByCron(spec.cron, spec.tz)
-        jobmod.validate_type(spec.job_type)
-        jobmod.validate_queue(spec.queue)
-        jobmod.encode_arg(spec.arg)
-    except (bgjob.InvalidSchedule, bgjob.InvalidJob, TypeError) as exc:
+        settings = bgjob.Settings(**{field: value})
+        if field == "signing_key" and settings.signing_key:
+            signing.Signer(settings.signing_key)
+        elif field == "verify_keys" and settings.verify_keys:
+            signing.Verifier(settings.verify_keys)
+        elif field == "encryption_keys" and settings.encryption_keys:
+            encryption.cipher_for(settings.encryption_keys)
+    except (bgjob.BgjobError, TypeError, ValueError) as exc:
         return str(exc)
     return None
 
@@ -271,9 +343,21 @@ def _url_error(url: Any) -> str | None:
             return f"scheme {parsed.scheme!r} is not one of {', '.join(URL_SCHEMES)}"
         if not parsed.hostname:
             return "no host"
+        if not _valid_host(parsed.hostname):
+            return f"host {parsed.hostname!r} is not a host name or an IP address"
         if port == 0:
             return "port 0"
     return None
+
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:  # IPv6, brackets already taken off by urlsplit
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        return True
+    return bool(_HOST.fullmatch(host))
 
 
 def _valid(validate: Any, value: Any) -> bool:

@@ -110,3 +110,60 @@ def test_changing_the_setting_gives_a_new_client(settings, bgjob_client, nats_se
     from bgjob_django import get_client
 
     assert get_client() is not bgjob_client and get_client().settings.prefix == "other"
+
+
+SECRET_KEY_TEXT = "c2VjcmV0LWtleS10aGF0LWlzLTI0LWJ5"  # base64 of 24 bytes: not a key
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ({"URL": "not a url at all"}, ["bgjob_django.E003", "host 'not a url at all' is not a host name"]),
+    ([], ["bgjob_django.E001", "must be a dict, got list"]),
+    ({"RESULT_TTL": "1d"}, ["BGJOB['RESULT_TTL'] is invalid", "HINT: a number of seconds"]),
+    ({"DLQ_MAX_AGE": "week"}, ["BGJOB['DLQ_MAX_AGE'] is invalid", "HINT: a number of seconds"]),
+    ({"SIGNING_KEY": "abc"}, ["BGJOB['SIGNING_KEY'] is invalid: signing_key is not base64", "generate_keypair()"]),
+    ({"SIGNING_KEY": SECRET_KEY_TEXT}, ["BGJOB['SIGNING_KEY'] is invalid: signing_key must be 32 bytes"]),
+    ({"REPLICAS": 7}, ["BGJOB['REPLICAS'] is invalid: replicas must be 1 to 5", "HINT: an integer from 1 to 5"]),
+    ({"VERIFY_KEYS": "abc"}, ["BGJOB['VERIFY_KEYS'] is invalid: verify key is not base64", "generate_keypair()"]),
+    ({"ENCRYPTION_KEYS": [SECRET_KEY_TEXT]}, ["BGJOB['ENCRYPTION_KEYS'] is invalid", "generate_key()"]),
+    ({"NAME": 5}, ["BGJOB['NAME'] is invalid: name must be a non-empty str"]),
+    ({"DATA_DIR": 5}, ["BGJOB['DATA_DIR'] is invalid: data_dir must be a path"]),
+    ({"RETRY_FOR": -1}, ["BGJOB['RETRY_FOR'] is invalid: retry_for must be seconds > 0"]),
+    ({"REPLICAS": "three", "ACK_WAIT": "30s"}, ["BGJOB['REPLICAS'] is invalid: replicas must be an int",
+                                                "BGJOB['ACK_WAIT'] is invalid: ack_wait must be seconds"]),
+    ({"OPTIONS": {"servers": ["nats://x"]}}, ["BGJOB['OPTIONS'] is invalid: nats_options['servers']"]),
+])  # fmt: skip
+def test_settings_that_fail_at_run_time_are_check_errors_naming_their_key(settings, setting, expected) -> None:
+    """Each key is validated on its own by the code that runs (bgjob.Settings, the key decoders)."""
+    if isinstance(setting, dict) and "URL" not in setting:
+        setting = {"URL": "nats://127.0.0.1:4222", **setting}
+    out = check_errors(settings, setting)
+    for text in expected:
+        assert text in out
+    assert SECRET_KEY_TEXT not in out
+
+
+def test_a_bad_signing_key_or_url_password_is_never_quoted(settings) -> None:
+    out = check_errors(settings, {"URL": "nats://user:hunter2-secret@not a host", "SIGNING_KEY": "hunter3-secret",
+                                  "ENCRYPTION_KEYS": "hunter4-secret"})  # fmt: skip
+    assert out.count("bgjob_django.E00") == 3
+    assert "hunter" not in out
+
+
+@pytest.mark.parametrize(("entry", "error", "hint"), [
+    ({"cron": "0 3 * *", "job": "report"}, "invalid cron expression", "HINT: cron has 5 fields"),
+    ({"cron": "0 3 * * *", "job": "report", "queue": "Mail Q"}, "invalid queue name 'Mail Q'",
+     "HINT: 'queue' is a bgjob queue name"),
+    ({"cron": "0 3 * * *", "job": "report", "arg": {1, 2}}, "JSON-serialisable", "HINT: 'arg' must be JSON data"),
+    ({"cron": "0 3 * * *", "job": "not a type"}, "invalid job type 'not a type'", "HINT: 'job' is the job type"),
+])  # fmt: skip
+def test_each_schedule_problem_gets_a_hint_about_itself(settings, entry, error, hint) -> None:
+    out = check_errors(settings, {"SCHEDULES": {"nightly": entry}})
+    assert "bgjob_django.E009" in out and error in out and hint in out
+    if "cron has" not in hint:
+        assert "cron has" not in out
+
+
+def test_a_bad_schedule_name_queue_and_cron_are_all_reported(settings) -> None:
+    out = check_errors(settings, {"SCHEDULES": {"Night Run": {"cron": "x", "job": "report", "queue": "Q Q"}}})
+    assert "invalid schedule name 'Night Run'" in out and "HINT: rename the SCHEDULES entry" in out
+    assert "invalid cron expression 'x'" in out and "invalid queue name 'Q Q'" in out

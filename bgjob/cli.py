@@ -8,12 +8,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .client import Client
 from .core import QueueConfig
-from .errors import BgjobError, ConfigurationError
+from .errors import BgjobError, ConfigurationError, DeadLetterNotFound
 from .handler import Mux
 from .logs import configure_logging
 from .provisioning import QUEUE_OPTIONS, show_value
@@ -37,8 +37,11 @@ def load_mux(target: str) -> Mux:
     return obj
 
 
-def _client() -> Client:
-    return Client(Settings.from_env()).connect()
+def _client(interactive: bool = False) -> Client:
+    """A connected client from the environment's settings; `interactive` (dlq, status): bounded to about
+    INTERACTIVE_BOUND seconds when NATS is unreachable (`interactive_settings`)."""
+    settings = Settings.from_env()
+    return Client(interactive_settings(settings) if interactive else settings).connect()
 
 
 def server_line(client: Client) -> str:
@@ -118,63 +121,166 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    client = _client()
+    client = _client(interactive=True)
     try:
-        dlq = client.dlq
-        if args.action == "list":
-            entries = dlq.list(queue=args.queue, job_type=args.type, reason=args.reason, limit=args.limit,
-                               before=args.before)  # fmt: skip
-            if args.json:
-                print(json.dumps([_entry_dict(e) for e in entries], indent=2, default=str))
-            else:
-                print(f"{'ID':34} {'QUEUE':12} {'TYPE':20} {'REASON':16} {'ATTEMPTS':>8}  LAST FAILURE         ERROR")
-                for e in entries:
-                    last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
-                    error = e.masked_error
-                    print(f"{e.id:34} {e.queue:12} {e.type:20} {e.reason:16} {e.attempts:>8}  {last:20} "
-                          f"{error.splitlines()[0][:60] if error else ''}")  # fmt: skip
-                total = dlq.count(queue=args.queue, job_type=args.type, reason=args.reason)
-                print(f"({len(entries)} shown of {total})")
-        elif args.action == "show":
-            print(json.dumps(_entry_dict(dlq.get(args.id), full=True), indent=2, default=str))
-        elif args.action == "retry":
-            for entry_id in args.ids:
-                dlq.retry(entry_id)
-                print(f"retried {entry_id}")
-        elif args.action == "delete":
-            for entry_id in args.ids:
-                dlq.delete(entry_id)
-                print(f"deleted {entry_id}")
-        elif args.action == "purge":
-            if not args.yes:
-                count = dlq.count(queue=args.queue, job_type=args.type, reason=args.reason)
-                print(f"would purge {count} dead letters; add --yes to do it", file=sys.stderr)
-                return 1
-            print(f"purged {dlq.purge(queue=args.queue, job_type=args.type, reason=args.reason)} dead letters")
-        elif args.action in ("find", "erase"):
-            lines, warning = match_command(dlq, vars(args))
-            print("\n".join(lines))
-            if warning:
-                print(f"bgjob: warning: {warning}", file=sys.stderr)
-                return 1
+        return dlq_command(client.dlq, vars(args), out=print, err=lambda line: print(f"bgjob: {line}", file=sys.stderr))
     finally:
         client.close()
-    return 0
 
 
-def _entry_dict(entry: Any, full: bool = False) -> dict[str, Any]:
-    """A dead letter as shown by `bgjob dlq list --json`/`show`: masked (DeadLetter.masked_*), never raw."""
+# -- bgjob dlq (also manage.py bgjob_dlq): one implementation -------------------------------------------------------
+#: seconds an interactive command (bgjob dlq/status, manage.py bgjob_dlq/bgjob_status, the admin pages) waits for
+#: an unreachable NATS before it says so: Settings.retry_for and connect_timeout are capped to it.
+INTERACTIVE_BOUND = 2.0
+
+
+def interactive_settings(settings: Settings) -> Settings:
+    """`settings` with retry_for and connect_timeout capped to INTERACTIVE_BOUND: someone is waiting for the
+    answer, so an unreachable NATS is reported within about two seconds instead of retried for retry_for."""
+    import dataclasses
+
+    return dataclasses.replace(settings, retry_for=min(settings.retry_for, INTERACTIVE_BOUND),
+                               connect_timeout=min(settings.connect_timeout, INTERACTIVE_BOUND))  # fmt: skip
+
+
+def _add_filters(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--queue", help=f"only the dead letters of this queue ({what})")
+    parser.add_argument("--type", dest="job_type", metavar="TYPE", help=f"only this job type ({what})")
+    parser.add_argument("--reason", help=f"only this reason: handler, max_attempts, decode, ... ({what})")
+
+
+def add_dlq_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the sub-commands of `bgjob dlq` to `parser` (also manage.py bgjob_dlq's): list, show, retry, delete,
+    purge, find, erase. Run them with `dlq_command`."""
+    sub = parser.add_subparsers(dest="action", required=True, metavar="list|show|retry|delete|purge|find|erase")
+    p = sub.add_parser("list", help="dead letters, newest first")
+    _add_filters(p, "combinable")
+    p.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
+    p.add_argument("--before", type=int, metavar="SEQ", help="entries older than this seq (the next page)")
+    p.add_argument("--json", action="store_true", help="as JSON (masked; dates in ISO 8601)")
+    p = sub.add_parser("show", help="one dead letter as JSON, masked: its arg (as JSON), headers, error and "
+                       "traceback (a list of its lines)")  # fmt: skip
+    p.add_argument("id")
+    p = sub.add_parser("retry", help="send dead letters back to their queues")
+    p.add_argument("ids", nargs="*", metavar="id", help="all are tried; each one not found is reported (exit 1)")
+    p.add_argument("--all", action="store_true", help="every dead letter matching the filters")
+    _add_filters(p, "with --all")
+    p = sub.add_parser("delete", help="delete dead letters")
+    p.add_argument("ids", nargs="+", metavar="id", help="all are tried; each one not found is reported (exit 1)")
+    p = sub.add_parser("purge", help="delete all dead letters (matching the filters)")
+    _add_filters(p, "combinable")
+    p.add_argument("--yes", action="store_true", help="really purge")
+    p = sub.add_parser("find", help="dead letters whose arg matches --match PATH=VALUE (bounded scan), masked")
+    add_match_arguments(p)
+    p = sub.add_parser("erase", help="delete the dead letters whose arg matches (a data-subject request)")
+    add_match_arguments(p)
+
+
+def dlq_command(dlq: Any, options: Mapping[str, Any], *, out: Callable[[str], None],
+                err: Callable[[str], None]) -> int:  # fmt: skip
+    """Run the `bgjob dlq` sub-command `options["action"]` (the options `add_dlq_arguments` parsed): lines for
+    the user go to `out`, problems to `err`. Returns the exit status: 0, or 1 when some ids were not found
+    (retry/delete try every id and report each miss), purge lacks --yes, or find/erase could not check some dead
+    letters. Raises BgjobError (DeadLetterNotFound for `show`, ConnectionError, ...) for what stops it. Dead
+    letters are always shown masked (DeadLetter.masked_*)."""
+    action = options["action"]
+    filters = {"queue": options.get("queue"), "job_type": options.get("job_type"), "reason": options.get("reason")}
+    if action == "list":
+        entries = dlq.list(limit=options["limit"], before=options.get("before"), **filters)
+        if options.get("json"):
+            out(json.dumps([entry_dict(e) for e in entries], indent=2, ensure_ascii=False))
+            return 0
+        out(f"{'SEQ':>8} {'ID':34} {'QUEUE':12} {'TYPE':24} {'REASON':16} {'ATTEMPTS':>8}  {'LAST FAILURE':20} ERROR")
+        for e in entries:
+            last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
+            error = cut(e.masked_error.splitlines()[0], 60) if e.error else ""
+            out(f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:24} {e.reason:16} {e.attempts:>8}  {last:20} {error}")
+        total = dlq.count(**filters)
+        more = f"; next page: --before {entries[-1].seq}" if entries and len(entries) < total else ""
+        out(f"({len(entries)} shown of {total}{more})")
+        return 0
+    if action == "show":
+        out(json.dumps(entry_dict(dlq.get(options["id"]), full=True), indent=2, ensure_ascii=False))
+        return 0
+    if action in ("retry", "delete"):
+        if action == "retry" and options.get("all") == bool(options["ids"]):
+            raise BgjobError("give dead letter ids, or --all (with --queue/--type/--reason to narrow it)")
+        if options["ids"]:
+            return _each_id(getattr(dlq, action), options["ids"], "retried" if action == "retry" else "deleted",
+                            out, err)  # fmt: skip
+        retried, before = 0, None
+        # Page downwards from the newest entry now: jobs that fail again while we retry come back above it.
+        while page := dlq.list(limit=100, before=before, **filters):
+            for entry in page:
+                try:
+                    dlq.retry(entry.id)
+                except DeadLetterNotFound:
+                    continue  # retried or deleted by someone else meanwhile
+                retried += 1
+            before = page[-1].seq
+        out(f"retried {retried} dead letters")
+        return 0
+    if action == "purge":
+        if not options.get("yes"):
+            err(f"would purge {dlq.count(**filters)} dead letters; add --yes to do it")
+            return 1
+        out(f"purged {dlq.purge(**filters)} dead letters")
+        return 0
+    if action in ("find", "erase"):
+        lines, warning = match_command(dlq, options)
+        out("\n".join(lines))
+        if warning:
+            err(f"warning: {warning}")
+            return 1
+        return 0
+    raise BgjobError(f"unknown dlq action {action!r}")
+
+
+def _each_id(act: Callable[[str], Any], ids: Sequence[str], done: str, out: Callable[[str], None],
+             err: Callable[[str], None]) -> int:  # fmt: skip
+    """`act(id)` for every id, a miss (DeadLetterNotFound) reported and the rest still done; 1 if any missed."""
+    missed = 0
+    for entry_id in ids:
+        try:
+            act(entry_id)
+        except DeadLetterNotFound as exc:
+            err(f"error: {exc}")
+            missed += 1
+            continue
+        out(f"{done} {entry_id}")
+    if missed:
+        err(f"error: {missed} of {len(ids)} dead letters not found ({done} {len(ids) - missed})")
+    return 1 if missed else 0
+
+
+def cut(text: str, width: int) -> str:
+    """`text` shortened to `width` characters, with an ellipsis when something was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def entry_dict(entry: Any, full: bool = False) -> dict[str, Any]:
+    """A dead letter as the commands show it (`list --json`, `show`), JSON-ready: masked (DeadLetter.masked_*),
+    never raw; dates in ISO 8601 (None when unknown). `full` adds the arg (as JSON; bytes as a Python literal),
+    headers and traceback: a list of its lines (each printed on a line of its own, not one string of `\\n`s), or
+    None."""
     data = {
         "id": entry.id, "seq": entry.seq, "queue": entry.queue, "type": entry.type, "reason": entry.reason,
-        "error": entry.masked_error, "attempts": entry.attempts, "first_failure_at": entry.first_failure_at,
-        "last_failure_at": entry.last_failure_at, "request_id": entry.request_id,
+        "error": entry.masked_error, "attempts": entry.attempts, "first_failure_at": _iso(entry.first_failure_at),
+        "last_failure_at": _iso(entry.last_failure_at), "enqueued_at": _iso(entry.enqueued_at),
+        "request_id": entry.request_id,
     }  # fmt: skip
     if full:
         arg = entry.masked_arg
         data["arg"] = arg if not isinstance(arg, bytes) else repr(arg)
-        data["headers"] = entry.masked_headers
-        data["traceback"] = entry.masked_traceback
+        data["headers"] = dict(entry.masked_headers)
+        traceback = entry.masked_traceback
+        data["traceback"] = traceback.rstrip("\n").splitlines() if traceback else None
     return data
+
 
 
 # -- bgjob dlq find|erase (also manage.py bgjob_dlq) ---------------------------------------------------------------
@@ -220,8 +326,9 @@ def match_command(dlq: Any, options: Mapping[str, Any]) -> tuple[list[str], str 
     if erase:
         return [f"erased {len(scan.matches)} dead letters; {summary}"], scan.warning
     if options.get("json"):
-        return [json.dumps([_entry_dict(e, full=True) for e in scan.matches], indent=2, default=str)], scan.warning
-    lines = [f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:20} {json.dumps(e.masked_arg, default=repr)[:80]}"
+        found = [entry_dict(e, full=True) for e in scan.matches]
+        return [json.dumps(found, indent=2, ensure_ascii=False)], scan.warning
+    lines = [f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:20} {cut(json.dumps(e.masked_arg, default=repr), 80)}"
              for e in scan.matches]  # fmt: skip
     return [*lines, f"{len(scan.matches)} matching; {summary}"], scan.warning
 
@@ -236,25 +343,38 @@ def queue_table(client: Client) -> list[str]:
     return lines
 
 
+def status_lines(client: Client, outbox_line: str | None = None) -> list[str]:
+    """What `bgjob status` and `manage.py bgjob_status` print: the server, the queue table, `outbox_line` (the
+    Django outbox's backlog) when given, the periodic jobs and the live workers, counted as processes (one
+    process serving three queues is one process with three queue workers). Raises bgjob errors."""
+    lines = [server_line(client), *queue_table(client)]
+    if outbox_line is not None:
+        lines += ["", outbox_line]
+    periodic = client.schedules()
+    if periodic:
+        lines += ["", f"{'SCHEDULE':24} {'QUEUE':16} {'TYPE':24} {'CRON':18} {'TZ':16} NEXT RUN (UTC)"]
+        for p in periodic:
+            next_run = p.next_run().strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"{p.name:24} {p.queue:16} {p.job_type:24} {p.cron:18} {p.tz:16} {next_run}")
+    workers = client.workers()
+    processes = len({(w.host, w.pid) for w in workers})
+    lines += ["", f"live workers: {processes} process{'' if processes == 1 else 'es'} "
+              f"({len(workers)} queue worker{'' if len(workers) == 1 else 's'})"]  # fmt: skip
+    if workers:
+        lines.append(f"{'WORKER':40} {'HOST:PID':24} {'QUEUES':16} {'CONC':>5} {'IN-FLIGHT':>9} {'PROCESSED':>10}  "
+                     "LAST BEAT (UTC)")  # fmt: skip
+        for w in sorted(workers, key=lambda w: (w.host, w.pid, w.id)):
+            beat = w.last_beat.strftime("%H:%M:%S") if w.last_beat else "-"
+            where = cut(f"{w.host}:{w.pid}", 24)
+            lines.append(f"{w.id:40} {where:24} {','.join(w.queues):16} {w.concurrency:>5} {w.in_flight:>9} "
+                         f"{w.processed:>10}  {beat}")  # fmt: skip
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _client()
+    client = _client(interactive=True)
     try:
-        print(server_line(client))
-        print("\n".join(queue_table(client)))
-        periodic = client.schedules()
-        if periodic:
-            print(f"\n{'SCHEDULE':24} {'QUEUE':12} {'TYPE':20} {'CRON':18} {'TZ':16} NEXT RUN (UTC)")
-            for p in periodic:
-                next_run = p.next_run().strftime("%Y-%m-%d %H:%M:%S")
-                print(f"{p.name:24} {p.queue:12} {p.job_type:20} {p.cron:18} {p.tz:16} {next_run}")
-        workers = client.workers()
-        print(f"\n{len(workers)} live worker(s)")
-        if workers:
-            print(f"{'WORKER':40} {'QUEUES':16} {'CONC':>5} {'IN-FLIGHT':>9} {'PROCESSED':>10}  LAST BEAT (UTC)")
-            for w in workers:
-                beat = w.last_beat.strftime("%H:%M:%S") if w.last_beat else "-"
-                queues = ",".join(w.queues)
-                print(f"{w.id:40} {queues:16} {w.concurrency:>5} {w.in_flight:>9} {w.processed:>10}  {beat}")
+        print("\n".join(status_lines(client)))
     finally:
         client.close()
     return 0
@@ -378,28 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("dlq", help="browse and act on the dead-letter queue")
-    dlq = p.add_subparsers(dest="action", required=True)
-    q = dlq.add_parser("list")
-    q.add_argument("--queue")
-    q.add_argument("--type")
-    q.add_argument("--reason")
-    q.add_argument("--limit", type=int, default=50)
-    q.add_argument("--before", type=int, help="show entries older than this seq (paging)")
-    q.add_argument("--json", action="store_true")
-    q = dlq.add_parser("show")
-    q.add_argument("id")
-    for action in ("retry", "delete"):
-        q = dlq.add_parser(action)
-        q.add_argument("ids", nargs="+", metavar="id")
-    q = dlq.add_parser("purge")
-    q.add_argument("--queue")
-    q.add_argument("--type")
-    q.add_argument("--reason")
-    q.add_argument("--yes", action="store_true")
-    q = dlq.add_parser("find", help="dead letters whose arg matches (bounded scan, oldest first), masked")
-    add_match_arguments(q)
-    q = dlq.add_parser("erase", help="delete the dead letters whose arg matches (a data-subject request)")
-    add_match_arguments(q)
+    add_dlq_arguments(p)
     p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("status", help="queues: pending, in-flight, retrying, scheduled, dead letters")

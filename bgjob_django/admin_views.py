@@ -34,8 +34,7 @@ from bgjob.arg_match import parse_value
 from bgjob.dlq import REASONS
 from bgjob.job import validate_reason
 
-from .conf import get_client
-from .display import live_workers, pretty_arg
+from .display import interactive_client, live_workers, pretty_arg
 from .models import DeadLetter
 from .registry import registry
 from .relay import backlog
@@ -49,7 +48,8 @@ FILTERS = (("queue", "queue"), ("type", "job type"), ("reason", "reason"))
 
 
 def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """NATS unreachable or refusing: a clear admin page (503), not a server error."""
+    """NATS unreachable or refusing: a clear admin page (503), not a server error. The views read through
+    display.interactive_client(), whose retries stop after about two seconds, so the page comes that fast."""
 
     @functools.wraps(view)
     def wrapper(self: _Views, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -108,7 +108,7 @@ class DeadLetterViews(_Views):
         self.require(self.model_admin.has_view_permission(request))
         if request.method == "POST":
             return self._action(request)
-        dlq = get_client().dlq
+        dlq = interactive_client().dlq
         filters = self._filters(request)
         query = request.GET.get("q", "").strip()
         before = _positive_int(request.GET.get("before"))
@@ -175,7 +175,7 @@ class DeadLetterViews(_Views):
     def _retry_one(self, request: HttpRequest, object_id: str) -> HttpResponse:
         self.require(self.model_admin.has_change_permission(request))
         try:
-            get_client().dlq.retry(object_id)
+            interactive_client().dlq.retry(object_id)
         except bgjob.DeadLetterNotFound:
             messages.warning(request, f"Dead letter {object_id} is gone (retried, deleted or purged meanwhile).")
         else:
@@ -189,7 +189,7 @@ class DeadLetterViews(_Views):
         entry = self._get(object_id)
         if request.method == "POST":
             try:
-                get_client().dlq.delete(entry.id)
+                interactive_client().dlq.delete(entry.id)
             except bgjob.DeadLetterNotFound:
                 pass
             self._log(request, [entry.id], DELETION, "Deleted from the dead-letter queue.")
@@ -204,7 +204,7 @@ class DeadLetterViews(_Views):
         self.require(self.model_admin.has_delete_permission(request))
         source = request.POST if request.method == "POST" else request.GET
         filters = self._filters(request, source)
-        dlq = get_client().dlq
+        dlq = interactive_client().dlq
         if request.method == "POST":
             purged = dlq.purge(**_api(filters))
             described = _describe(filters)
@@ -231,7 +231,7 @@ class DeadLetterViews(_Views):
             return self._erase_form(request, form)
         try:
             match = {path: parse_value(text)}
-            dlq = get_client().dlq
+            dlq = interactive_client().dlq
             if request.POST.get("post") == "yes":
                 scan = dlq.erase(match, scan_limit=ERASE_SCAN_LIMIT, **_api(filters))
             else:
@@ -271,7 +271,7 @@ class DeadLetterViews(_Views):
         if not ids:
             messages.warning(request, "Select dead letters to act on first.")
             return HttpResponseRedirect(back)
-        dlq = get_client().dlq
+        dlq = interactive_client().dlq
         done, gone = [], 0
         if action == "delete_selected" and request.POST.get("post") != "yes":
             return self._confirm(request, title="Delete dead letters?", ids=ids, action_url=self.url("changelist"),
@@ -310,7 +310,7 @@ class DeadLetterViews(_Views):
 
     def _get(self, object_id: str) -> bgjob.DeadLetter:
         try:
-            return get_client().dlq.get(object_id)
+            return interactive_client().dlq.get(object_id)
         except bgjob.DeadLetterNotFound as exc:
             raise Http404(f"No dead letter with id {object_id!r} (retried, deleted or purged?)") from exc
 
@@ -337,7 +337,7 @@ class DeadLetterViews(_Views):
         return found
 
     def _filter_specs(self, filters: dict[str, str], params: dict[str, str]) -> list[dict[str, Any]]:
-        client = get_client()
+        client = interactive_client()
         choices = {
             "queue": client.queues(),
             "type": registry.types(),
@@ -373,7 +373,7 @@ class QueueViews(_Views):
     @_unavailable_on_nats_errors
     def overview(self, request: HttpRequest) -> HttpResponse:
         self.require(self.model_admin.has_view_permission(request))
-        client = get_client()
+        client = interactive_client()
         stats = [client.queue_stats(name) for name in client.queues()]
         can_see_dlq = request.user.has_perm(f"{self.opts.app_label}.view_deadletter")
         dlq_url = reverse(f"admin:{self.opts.app_label}_deadletter_changelist") if can_see_dlq else None

@@ -3,31 +3,50 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
 import bgjob
+from bgjob.cli import interactive_settings
+
+_lock = threading.Lock()
+_interactive: bgjob.Client | None = None
 
 
-def entry_summary(entry: bgjob.DeadLetter, *, masked: bool = True) -> dict[str, Any]:
-    """A dead letter's fields, without its body and traceback; its error scrubbed of sensitive values unless
-    `masked` is False (for someone allowed to see payloads)."""
-    return {
-        "id": entry.id, "seq": entry.seq, "queue": entry.queue, "type": entry.type, "reason": entry.reason,
-        "error": entry.masked_error if masked else entry.error, "attempts": entry.attempts,
-        "first_failure_at": entry.first_failure_at, "last_failure_at": entry.last_failure_at,
-        "enqueued_at": entry.enqueued_at, "request_id": entry.request_id,
-    }  # fmt: skip
+def interactive_client() -> bgjob.Client:
+    """The client of the admin pages and the management commands: the project's (bgjob_django.conf) settings
+    with retry_for and connect_timeout capped to about two seconds (bgjob.cli.interactive_settings), so that an
+    unreachable NATS is reported at once rather than retried for retry_for while someone waits. One per process,
+    connected lazily (on first use), apart from get_client()'s; closed when settings.BGJOB changes."""
+    global _interactive
+    client = _interactive
+    if client is None:
+        from .conf import get_config, project_settings
+
+        settings = interactive_settings(project_settings(get_config().client))
+        with _lock:
+            if _interactive is None:
+                _interactive = bgjob.Client(settings)
+            client = _interactive
+    return client
 
 
-def entry_details(entry: bgjob.DeadLetter, *, masked: bool = True) -> dict[str, Any]:
-    """`entry_summary` plus the arg (`pretty_arg`), headers and traceback: what `show` prints. Masked (sensitive
-    arg keys, sensitive headers, quotes of their values) unless `masked` is False."""
-    return {
-        **entry_summary(entry, masked=masked),
-        "arg": pretty_arg(entry, masked=masked),
-        "headers": entry.masked_headers if masked else dict(entry.headers),
-        "traceback": entry.masked_traceback if masked else entry.traceback,
-    }
+def reset_interactive_client() -> None:
+    """Close and forget the interactive client (settings.BGJOB changed)."""
+    global _interactive
+    with _lock:
+        client, _interactive = _interactive, None
+    if client is not None:
+        client.close()
+
+
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "BGJOB":
+        reset_interactive_client()
 
 
 def pretty_arg(entry: bgjob.DeadLetter, *, masked: bool = True) -> str:

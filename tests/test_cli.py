@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,7 @@ def test_worker_runs_a_module_mux_and_drains_on_sigterm(cli_env, client, tmp_pat
     assert listed.returncode == 0 and failed in listed.stdout and "always fails" in listed.stdout
     shown = bgjob_cli(cli_env, "dlq", "show", failed)
     assert shown.returncode == 0 and '"reason": "handler"' in shown.stdout and '"x": 1' in shown.stdout
+    assert json.loads(shown.stdout)["traceback"] is None  # MoveToDlq: no exception
     status = bgjob_cli(cli_env, "status")
     assert status.returncode == 0
     assert [line.split() for line in status.stdout.splitlines() if line.startswith("default")] == [
@@ -105,7 +107,60 @@ def test_status_lists_periodic_jobs_and_live_workers(cli_env, client, start_work
     out = bgjob_cli(cli_env, "status")
     assert out.returncode == 0
     assert "nightly-report" in out.stdout and "0 3 * * *" in out.stdout and "Europe/Berlin" in out.stdout
-    assert "1 live worker(s)" in out.stdout and worker.id in out.stdout
+    assert "live workers: 1 process (1 queue worker)" in out.stdout and worker.id in out.stdout
+    assert f":{os.getpid()} " in out.stdout  # the worker's host:pid
+
+
+def test_dlq_delete_and_retry_do_every_id_and_report_each_miss(cli_env, client, start_worker) -> None:
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("x"))
+    start_worker(client, mux)
+    ids = []
+    for n in range(4):
+        ids.append(client.send_job("fail", n))
+        wait_until(lambda n=n: client.dlq.count() == n + 1, message=f"dead letter {n + 1}")
+    out = bgjob_cli(cli_env, "dlq", "delete", ids[0], "missing", ids[1])
+    assert out.returncode == 1 and out.stdout.splitlines() == [f"deleted {ids[0]}", f"deleted {ids[1]}"]
+    assert out.stderr.splitlines() == ["bgjob: error: no dead letter with id 'missing'",
+                                       "bgjob: error: 1 of 3 dead letters not found (deleted 2)"]  # fmt: skip
+    assert {e.id for e in client.dlq.list()} == {ids[2], ids[3]}
+    out = bgjob_cli(cli_env, "dlq", "retry", "gone", ids[2], ids[3])
+    assert out.returncode == 1 and out.stdout.splitlines() == [f"retried {ids[2]}", f"retried {ids[3]}"]
+    assert "no dead letter with id 'gone'" in out.stderr  # (the retried jobs fail again: no count to check)
+
+
+def test_dlq_list_json_has_iso_dates_and_retry_all(cli_env, client, start_worker) -> None:
+    from datetime import datetime
+
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("a very long error " * 10))
+    start_worker(client, mux)
+    client.send_job("fail", {"n": 1})
+    wait_until(lambda: client.dlq.count() == 1, message="dead letter")
+    out = bgjob_cli(cli_env, "dlq", "list", "--json")
+    [entry] = json.loads(out.stdout)
+    assert datetime.fromisoformat(entry["last_failure_at"]).utcoffset() is not None and "T" in entry["last_failure_at"]
+    listed = bgjob_cli(cli_env, "dlq", "list").stdout
+    assert "a very long error a very" in listed and "…" in listed  # cut, and saying so
+    assert "--reason" in bgjob_cli(cli_env, "dlq", "list", "--help").stdout
+    out = bgjob_cli(cli_env, "dlq", "retry", "--all")
+    assert out.returncode == 0 and "retried 1 dead letters" in out.stdout
+
+
+def test_status_and_dlq_fail_at_once_when_nats_is_unreachable(cli_env) -> None:
+    import time
+
+    from bgjob.server import free_port
+
+    env = {**cli_env, "BGJOB_URL": f"nats://127.0.0.1:{free_port()}"}  # retry_for: 15 s
+    for args in (("status",), ("dlq", "list")):
+        started = time.monotonic()
+        out = bgjob_cli(env, *args)
+        took = time.monotonic() - started
+        print(f"bgjob {' '.join(args)}: exit {out.returncode} after {took:.2f}s")
+        assert out.returncode == 2 and "cannot connect to NATS" in out.stderr.splitlines()[-1]
+        assert len([ln for ln in out.stderr.splitlines() if "WARNING" in ln]) <= 1, out.stderr
+        assert took < 10, f"bgjob {args} took {took:.1f}s"
 
 
 def test_dlq_show_unknown_id_is_a_clear_error(cli_env, client) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime
 
 import pytest
 from django.core.management import CommandError, call_command
 
+import bgjob
 from bgjob_django import send_job
 
 from ..conftest import wait_until
@@ -39,14 +41,35 @@ def test_dlq_list_shows_the_newest_first_with_a_total(dead_letters) -> None:
     assert "(2 shown of 4; next page: --before" in lines[-1]
     listed = json.loads(run("bgjob_dlq", "list", "--queue", "default", "--json"))
     assert [e["id"] for e in listed] == dead_letters[2::-1] and listed[0]["reason"] == "handler"
+    for field in ("first_failure_at", "last_failure_at", "enqueued_at"):  # ISO 8601, with the UTC offset
+        assert datetime.fromisoformat(listed[0][field]).utcoffset() is not None, listed[0][field]
+        assert "T" in listed[0][field]
 
 
 def test_dlq_show_prints_arg_headers_and_error(dead_letters) -> None:
     shown = json.loads(run("bgjob_dlq", "show", dead_letters[1]))
-    assert shown["id"] == dead_letters[1] and shown["arg"] == "1" and shown["error"] == "cannot handle 1"
+    assert shown["id"] == dead_letters[1] and shown["arg"] == 1 and shown["error"] == "cannot handle 1"
     assert shown["headers"]["Bgjob-Type"] == "fail"
-    with pytest.raises(CommandError, match="no dead letter with id 'nope'"):
-        run("bgjob_dlq", "show", "nope")
+    assert shown["traceback"] is None  # MoveToDlq: no exception
+
+
+def test_dlq_show_prints_the_arg_as_json_and_the_traceback_as_lines(bgjob_client, run_worker) -> None:
+    mux = bgjob.Mux()
+
+    @mux.handler("explode")
+    def explode(job: bgjob.Job) -> bgjob.Result:
+        raise ValueError("exploded")
+
+    run_worker(mux=mux, max_attempts=1)
+    job_id = send_job("explode", {"user": 7, "password": "hunter2", "items": [1, 2]}, sensitive=["password"])
+    wait_until(lambda: bgjob_client.dlq.count() == 1, message="dead letter")
+    out = run("bgjob_dlq", "show", job_id)
+    shown = json.loads(out)
+    assert shown["arg"]["user"] == 7 and shown["arg"]["items"] == [1, 2]  # JSON in the JSON, not a string
+    assert shown["arg"]["password"] != "hunter2" and "hunter2" not in out  # masked, as before
+    lines = shown["traceback"]  # a list of lines, each printed on its own line
+    assert lines[0].startswith("Traceback") and lines[-1] == "ValueError: exploded"
+    assert '"traceback": [\n    "Traceback (most recent call last):",\n' in out
 
 
 def test_dlq_retry_delete_and_purge(dead_letters, bgjob_client) -> None:
@@ -63,6 +86,20 @@ def test_dlq_retry_delete_and_purge(dead_letters, bgjob_client) -> None:
         run("bgjob_dlq", "retry")
 
 
+@pytest.mark.parametrize("action", ["delete", "retry"])
+def test_dlq_delete_and_retry_do_every_id_and_report_each_miss(action, dead_letters, bgjob_client) -> None:
+    out = io.StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("bgjob_dlq", action, dead_letters[0], "missing-1", dead_letters[1], "missing-2", stdout=out)
+    done = "deleted" if action == "delete" else "retried"
+    assert out.getvalue().splitlines() == [f"{done} {dead_letters[0]}", f"{done} {dead_letters[1]}"]
+    message = str(caught.value)
+    assert "no dead letter with id 'missing-1'" in message and "no dead letter with id 'missing-2'" in message
+    assert "2 of 4 dead letters not found" in message and caught.value.returncode == 1
+    if action == "delete":  # (a retried job fails again and comes back with its id: its output line says it)
+        assert {e.id for e in bgjob_client.dlq.list()} == {dead_letters[2], dead_letters[3]}
+
+
 def test_status_lists_queues_schedules_and_live_workers(dead_letters, bgjob_client) -> None:
     bgjob_client.schedule("nightly", "0 3 * * *", "report", {"user": 1}, tz="Europe/Berlin")
     out = run("bgjob_status")
@@ -72,7 +109,11 @@ def test_status_lists_queues_schedules_and_live_workers(dead_letters, bgjob_clie
         ["mail", "0", "0", "0", "0", "1"],
     ]
     assert "nightly" in out and "Europe/Berlin" in out
-    assert "workers: 2" in out and "queues default" in out and "queues mail" in out
+    # one process (the test's) serving two queues: one process, two queue workers
+    assert "live workers: 1 process (2 queue workers)" in out
+    rows = [ln.split() for ln in out.splitlines() if ln.split()[:1] and ln.split()[0] in
+            {w.id for w in bgjob_client.workers()}]  # fmt: skip
+    assert sorted(row[2] for row in rows) == ["default", "mail"]
 
 
 def test_queue_shows_and_configures_a_queue_like_bgjob_queue(bgjob_client) -> None:

@@ -344,7 +344,6 @@ def run_task(job: bgjob.Job) -> bgjob.Result:
             value = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
         else:
             value = task.call(*result.args, **result.kwargs)
-        value = normalize_json(value)
     except Exception as exc:  # noqa: BLE001 - the task's failure goes into its result, then a retry or the DLQ
         result.errors.append(TaskError(exception_class_path=_class_path(type(exc)),
                                        traceback="".join(traceback.format_exception(exc))))  # fmt: skip
@@ -356,6 +355,19 @@ def run_task(job: bgjob.Job) -> bgjob.Result:
         _save(store, job, result)
         task_finished.send(sender, task_result=result)  # inside the except: Django logs it with the traceback
         return bgjob.MoveToDlq(exc, reason=DLQ_REASON)
+    try:
+        value = normalize_json(value)
+    except (TypeError, ValueError) as exc:
+        # The task ran and its value can never be stored: a retry would only repeat its side effects.
+        refusal = TypeError(f"task {task.module_path} returned a value JSON cannot encode "
+                            f"({type(value).__module__}.{type(value).__qualname__}): {exc}")  # fmt: skip
+        result.errors.append(TaskError(exception_class_path=_class_path(TypeError),
+                                       traceback="".join(traceback.format_exception_only(refusal))))  # fmt: skip
+        _set(result, status=TaskResultStatus.FAILED, finished_at=timezone.now())
+        _save(store, job, result)
+        log.error("%s; the result is FAILED", refusal)
+        task_finished.send(sender, task_result=result)
+        return bgjob.MoveToDlq(refusal, reason=DLQ_REASON)
     _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=timezone.now(), _return_value=value)
     refused = _save(store, job, result, value)
     if refused is not None:

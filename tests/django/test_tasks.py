@@ -34,6 +34,17 @@ if django.VERSION >= (6, 0):
         return "x" * 2 * 1024 * 1024
 
 
+#: attempts of returns_a_set, as it ran in this process's workers.
+SET_RUNS: list[int] = []
+
+if django.VERSION >= (6, 0):
+
+    @task(takes_context=True)
+    def returns_a_set(context) -> set:
+        SET_RUNS.append(context.attempt)
+        return {1, 2}
+
+
 def finished(result_id: str, task=None):
     """The TaskResult once it is SUCCESSFUL or FAILED."""
     get = task.get_result if task is not None else default_task_backend.get_result
@@ -216,3 +227,22 @@ def test_task_result_records_are_bounded_like_bgjob_results(bgjob_client) -> Non
     with pytest.raises(ResultTooLarge, match=r"return value too large \(2097154 bytes; the limit is \d+\)"):
         store.put(result.id, {**store.get(result.id), "return_value": "x" * 2 * 1024 * 1024})
     assert default_task_backend.get_result(result.id).status == TaskResultStatus.READY  # nothing was written
+
+
+def test_a_task_returning_a_value_json_cannot_encode_runs_once_fails_and_is_dead_lettered(
+    bgjob_client, run_worker, signals, monkeypatch
+) -> None:
+    """A value that is not JSON never becomes JSON: no retry repeats the task's side effects."""
+    monkeypatch.setattr(task_backends["default"], "max_attempts", 3)  # BGJOB['MAX_ATTEMPTS'] is 3 too
+    SET_RUNS.clear()
+    run_worker()
+    result = returns_a_set.enqueue()
+    done = finished(result.id)
+    assert done.status == TaskResultStatus.FAILED and done.finished_at is not None
+    [error] = done.errors
+    assert error.exception_class is TypeError
+    assert "returned a value JSON cannot encode (builtins.set)" in error.traceback
+    entry = wait_until(lambda: bgjob_client.dlq.list(), message="the dead letter")[0]
+    assert entry.id == result.id and entry.reason == "task" and "builtins.set" in entry.error
+    assert SET_RUNS == [1] and done.attempts == 1
+    assert signals[-1] == ("finished", TaskResultStatus.FAILED)

@@ -34,7 +34,8 @@ from bgjob.arg_match import parse_value
 from bgjob.dlq import REASONS
 from bgjob.job import validate_reason
 
-from .display import interactive_client, live_workers, pretty_arg
+from .conf import interactive_client
+from .display import live_workers, pretty_arg
 from .models import DeadLetter
 from .registry import registry
 from .relay import backlog
@@ -49,7 +50,7 @@ FILTERS = (("queue", "queue"), ("type", "job type"), ("reason", "reason"))
 
 def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """NATS unreachable or refusing: a clear admin page (503), not a server error. The views read through
-    display.interactive_client(), whose retries stop after about two seconds, so the page comes that fast."""
+    conf.interactive_client(), whose retries stop after about two seconds, so the page comes that fast."""
 
     @functools.wraps(view)
     def wrapper(self: _Views, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

@@ -390,6 +390,7 @@ def _load_middleware(path: Any) -> bgjob.Middleware:
 _lock = threading.Lock()
 _config: Config | None = None
 _client: bgjob.Client | None = None
+_interactive: bgjob.Client | None = None
 
 
 def get_config() -> Config:
@@ -414,6 +415,24 @@ def get_client() -> bgjob.Client:
             if _client is None:
                 _client = bgjob.Client(project_settings(config.client))
             client = _client
+    return client
+
+
+def interactive_client() -> bgjob.Client:
+    """The client of the admin pages and the management commands: the project's settings with retry_for and
+    connect_timeout capped to about two seconds (bgjob.cli.interactive_settings), so that an unreachable NATS is
+    reported at once rather than retried for retry_for while someone waits. One per process, apart from
+    get_client()'s, connected lazily (on first use); closed by `reset()` like it."""
+    global _interactive
+    client = _interactive
+    if client is None:
+        from bgjob.cli import interactive_settings
+
+        settings = interactive_settings(project_settings(get_config().client))
+        with _lock:
+            if _interactive is None:
+                _interactive = bgjob.Client(settings)
+            client = _interactive
     return client
 
 
@@ -449,11 +468,12 @@ def project_settings(client_settings: bgjob.Settings) -> bgjob.Settings:
 
 def reset() -> None:
     """Forget the config and close the client (settings changed, or a test is done with them)."""
-    global _config, _client
+    global _config, _client, _interactive
     with _lock:
-        client, _client, _config = _client, None, None
-    if client is not None:
-        client.close()
+        clients, _client, _interactive, _config = (_client, _interactive), None, None, None
+    for client in clients:
+        if client is not None:
+            client.close()
 
 
 @receiver(setting_changed)

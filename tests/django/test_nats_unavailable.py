@@ -1,5 +1,5 @@
 """NATS unreachable: the admin pages and the management commands say so within a couple of seconds (their
-client's retries are bounded: display.interactive_client), with one clear message, however long retry_for is."""
+client's retries are bounded: conf.interactive_client), with one clear message, however long retry_for is."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import bgjob
 from bgjob.cli import add_dlq_arguments, dlq_command
-from bgjob_django.display import interactive_client
+from bgjob_django.conf import interactive_client
 
 
 class Command(BaseCommand):

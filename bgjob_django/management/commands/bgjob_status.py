@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 import bgjob
 from bgjob.cli import status_lines
-from bgjob_django.display import interactive_client
+from bgjob_django.conf import interactive_client
 from bgjob_django.relay import backlog
 
 

@@ -512,8 +512,11 @@ def requeue_message(
 ) -> tuple[str, dict[str, str]]:  # fmt: skip
     """A dead letter sent back to its queue: (subject, headers); the body is the dead letter's. It keeps the
     time of its first failure (a second dead letter then says since when it fails) and gets a fresh
-    `Nats-Msg-Id`: the original may still be inside the duplicate window."""
+    `Nats-Msg-Id`: the original may still be inside the duplicate window. A job sent without a valid Bgjob-Id
+    goes back under the id it was dead-lettered with (`job_id`), so it keeps that one id from then on."""
     hdrs = dict(headers)
+    if not jobmod.is_valid_job_id(hdrs.get(jobmod.HEADER_ID)):
+        hdrs[jobmod.HEADER_ID] = job_id
     hdrs[CARRIED_FIRST_FAILURE] = jobmod.format_time(first_failure_at or datetime.now(timezone.utc))
     hdrs[MSG_ID] = f"{job_id}:retry:{uuid.uuid4().hex[:12]}"
     return topology.job_subject(queue, job_type), hdrs

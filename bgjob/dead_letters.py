@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import RawStreamMsg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from . import job as jobmod
 from . import redaction
@@ -27,12 +27,9 @@ from .headers import (
     DLQ_FAILURE_HEADERS,
     DLQ_FIRST_FAILURE,
     DLQ_LAST_FAILURE,
-    DLQ_REASON,
     DLQ_TRACEBACK,
     HEADER_ENQUEUED_AT,
-    HEADER_ID,
     HEADER_REQUEST_ID,
-    HEADER_TYPE,
     without_nats_headers,
 )
 from .job import validate_reason
@@ -174,12 +171,14 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
             return value
         return decoded if isinstance(decoded, str) else value
 
+    # id, type, queue and reason come from the subject, where the worker put them validated (a job sent with
+    # an invalid Bgjob-Id is stored under the id it ran with, `seq-<n>`): the one id every lookup finds it by.
     return DeadLetter(
-        id=headers.get(HEADER_ID, job_id),
+        id=job_id,
         seq=raw.seq,
         queue=queue,
-        type=headers.get(HEADER_TYPE, job_type),
-        reason=headers.get(DLQ_REASON, reason),
+        type=job_type,
+        reason=reason,
         error=text(DLQ_ERROR) or "",
         traceback=text(DLQ_TRACEBACK),
         attempts=int(headers.get(DLQ_ATTEMPTS) or 0),
@@ -200,13 +199,23 @@ async def _get_next(core: Core, seq: int, subject: str) -> RawStreamMsg | None:
 
 
 async def _list(core: Core, queue: str | None, job_type: str | None, reason: str | None, limit: int,
-                before: int | None) -> list[DeadLetter]:  # fmt: skip
-    """Newest first: scan windows of sequence numbers backwards, each window forwards."""
+                before: int | None, after: int | None = None) -> list[DeadLetter]:  # fmt: skip
+    """Newest first: scan windows of sequence numbers backwards, each window forwards. With `after`: the
+    `limit` oldest ones stored after it (read forwards), newest first."""
     await core.ensure_dlq()
+    subject = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
+    if after is not None:
+        newer: list[DeadLetter] = []
+        seq = after + 1
+        while len(newer) < limit and (raw := await _get_next(core, seq, subject)) is not None:
+            if before is not None and raw.seq >= before:
+                break
+            newer.append(_entry(core, raw))
+            seq = raw.seq + 1
+        return newer[::-1]
     info = await core.js.stream_info(core.topology.dlq_stream)
     first, last = info.state.first_seq, info.state.last_seq
     hi = min(last, before - 1) if before else last
-    subject = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
     window = max(limit, 16)
     found: list[DeadLetter] = []
     while hi >= first and len(found) < limit and info.state.messages:
@@ -244,13 +253,57 @@ async def _delete(core: Core, entry_id: str) -> None:
     await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
 
 
-async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None) -> int:
+async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None,
+                 up_to: int | None) -> int:  # fmt: skip
+    """One server-side purge (filtered, and bounded by sequence `up_to` when given); returns what the server
+    says it removed."""
     await core.ensure_dlq()
-    count = await count_dead_letters(core, queue, job_type, reason)
-    everything = queue is None and job_type is None and reason is None
-    subject = None if everything else core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
-    await core.js.purge_stream(core.topology.dlq_stream, subject=subject)
-    return count
+    request: dict[str, Any] = {}
+    if queue is not None or job_type is not None or reason is not None:
+        request["filter"] = core.topology.dlq_filter(queue=queue, job_type=job_type, reason=reason)
+    if up_to is not None:
+        request["seq"] = up_to + 1  # the server purges below this sequence
+    reply = await core.nc.request(f"{core.js._prefix}.STREAM.PURGE.{core.topology.dlq_stream}",
+                                  json.dumps(request).encode(), timeout=core.settings.request_timeout)  # fmt: skip
+    data = json.loads(reply.data)
+    if "error" in data:
+        raise nats.js.errors.APIError(**{k: data["error"].get(k) for k in ("code", "err_code", "description")})
+    return int(data.get("purged") or 0)
+
+
+async def _job_types(core: Core, queue: str | None, reason: str | None, scan_limit: int) -> list[str]:
+    """The job types among the newest `scan_limit` dead letters (of a queue / reason), read from their subjects
+    by one ephemeral headers-only consumer: one fetch, however many there are."""
+    await core.ensure_dlq()
+    stream = core.topology.dlq_stream
+    info = await core.js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    start = max(info.state.first_seq, info.state.last_seq - scan_limit + 1)
+    sub = await core.js.pull_subscribe(
+        core.topology.dlq_filter(queue=queue, reason=reason), stream=stream,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+                              ack_policy=AckPolicy.NONE, headers_only=True, mem_storage=True, num_replicas=1,
+                              inactive_threshold=5.0),
+    )  # fmt: skip
+    types: set[str] = set()
+    try:
+        pending = (await sub.consumer_info()).num_pending
+        while pending > 0:
+            try:
+                msgs = await sub.fetch(min(pending, scan_limit), timeout=core.settings.request_timeout)
+            except nats.errors.TimeoutError:
+                break
+            for msg in msgs:
+                types.add(core.topology.parse_dlq_subject(msg.subject)[3])
+            pending -= len(msgs)
+    finally:
+        try:
+            await sub.unsubscribe()
+            await core.js.delete_consumer(stream, (await sub.consumer_info()).name)
+        except Exception:  # noqa: BLE001 - it expires after its inactive threshold
+            pass
+    return sorted(types)
 
 
 @dataclass(frozen=True)
@@ -362,12 +415,16 @@ class DeadLetters:
         limit: int = 50,
         before: int | None = None,
         reason: str | None = None,
+        after: int | None = None,
     ) -> list[DeadLetter]:
-        """Dead letters, newest first; pass the last entry's `seq` as `before` for the next page."""
+        """Dead letters, newest first, at most `limit`: the newest ones stored before DLQ sequence `before`
+        (None: the newest of all); pass the last entry's `seq` as `before` for the next (older) page. With
+        `after` (a DLQ sequence): the `limit` dead letters stored next after it, still newest first: pass the
+        first entry's `seq` as `after` for the previous (newer) page. Raises InvalidJob for a bad filter."""
         _validate_filter(queue, job_type, reason)
         if limit < 1:
             return []
-        return self._client.run(_list, queue, job_type, reason, limit, before, idempotent=True)
+        return self._client.run(_list, queue, job_type, reason, limit, before, after, idempotent=True)
 
     def get(self, entry_id: str) -> DeadLetter:
         """The dead letter of job `entry_id`; raises DeadLetterNotFound."""
@@ -380,14 +437,37 @@ class DeadLetters:
     def delete(self, entry_id: str) -> None:
         self._client.run(_delete, entry_id)
 
-    def purge(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
-        """Remove all dead letters (of a queue / job type / reason); returns how many there were."""
+    def purge(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None, *,
+              up_to: int | None = None) -> int:  # fmt: skip
+        """Remove the dead letters (all, or of a queue / job type / reason) in one server-side purge; returns
+        how many were removed. `up_to` (a DLQ sequence, e.g. `last_seq()` read when the purge was confirmed)
+        bounds it: dead letters stored after it stay. Raises InvalidJob for a bad filter, ValueError for a bad
+        `up_to`, ConnectionError."""
         _validate_filter(queue, job_type, reason)
-        return self._client.run(_purge, queue, job_type, reason)
+        _validate_seq("up_to", up_to)
+        return self._client.run(_purge, queue, job_type, reason, up_to)
 
-    def count(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None) -> int:
+    def count(self, queue: str | None = None, job_type: str | None = None, reason: str | None = None, *,
+              after: int | None = None) -> int:  # fmt: skip
+        """How many dead letters there are (of a queue / job type / reason; only those stored after DLQ
+        sequence `after` when given), counted by the server. Raises InvalidJob for a bad filter."""
         _validate_filter(queue, job_type, reason)
-        return self._client.run(count_dead_letters, queue, job_type, reason, idempotent=True)
+        _validate_seq("after", after)
+        return self._client.run(count_dead_letters, queue, job_type, reason, after, idempotent=True)
+
+    def last_seq(self) -> int:
+        """The DLQ sequence of the newest dead letter stored so far (0 when none was): what a confirmed purge
+        passes as `up_to`."""
+        return self._client.run(_last_seq, idempotent=True)
+
+    def job_types(self, queue: str | None = None, reason: str | None = None, *, scan_limit: int = 1000) -> list[str]:
+        """The job types present among the newest `scan_limit` dead letters (of a queue / reason), sorted: what
+        failed, including types no handler here knows. One server read however many. Raises InvalidJob for a
+        bad filter, ValueError for a bad `scan_limit`."""
+        _validate_filter(queue, None, reason)
+        if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
+            raise ValueError(f"scan_limit must be a positive int, not {scan_limit!r}")
+        return self._client.run(_job_types, queue, reason, scan_limit, idempotent=True)
 
     def find(
         self,
@@ -455,6 +535,16 @@ class DeadLetters:
         if settings is None:
             return None
         return settings.retry_for + settings.request_timeout + 1.0 + scan_limit * _SCAN_SECONDS_EACH
+
+
+async def _last_seq(core: Core) -> int:
+    await core.ensure_dlq()
+    return (await core.js.stream_info(core.topology.dlq_stream)).state.last_seq
+
+
+def _validate_seq(name: str, seq: Any) -> None:
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+        raise ValueError(f"{name} must be a DLQ sequence (an int >= 0) or None, not {seq!r}")
 
 
 def _validate_filter(queue: str | None, job_type: str | None, reason: str | None) -> None:

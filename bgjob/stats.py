@@ -33,14 +33,16 @@ class QueueStats:
     retrying: int = 0
 
 
-async def count_matching(core: Core, stream: str, subject: str) -> int:
-    """Messages of `stream` on subjects matching `subject`, counted by the server: an ephemeral consumer that
-    never pulls reports its matches (per-subject totals would not scale to one subject per job). A work-queue
-    stream allows one consumer per filter: when another process counts at the same moment, wait and retry."""
+async def count_matching(core: Core, stream: str, subject: str, *, after: int | None = None) -> int:
+    """Messages of `stream` on subjects matching `subject` (only those stored after sequence `after`, when
+    given), counted by the server: an ephemeral consumer that never pulls reports its matches (per-subject
+    totals would not scale to one subject per job). A work-queue stream allows one consumer per filter: when
+    another process counts at the same moment, wait and retry."""
     config = ConsumerConfig(
         filter_subject=subject,
         ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.ALL if not after else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after + 1 if after else None,
         inactive_threshold=5.0,  # removed by the server even if we cannot delete it
         mem_storage=True,
         num_replicas=1,
@@ -65,18 +67,22 @@ async def count_matching(core: Core, stream: str, subject: str) -> int:
 
 
 async def count_dead_letters(
-    core: Core, queue: str | None = None, job_type: str | None = None, reason: str | None = None
-) -> int:
-    """Dead letters, all or of one queue / job type / reason; 0 while the DLQ stream does not exist."""
+    core: Core, queue: str | None = None, job_type: str | None = None, reason: str | None = None,
+    after: int | None = None,
+) -> int:  # fmt: skip
+    """Dead letters, all or of one queue / job type / reason, all or those stored after DLQ sequence `after`;
+    0 while the DLQ stream does not exist."""
     stream = core.topology.dlq_stream
     try:
         info = await core.js.stream_info(stream)
     except nats.js.errors.NotFoundError:
         return 0  # no dead letter yet: nothing to count, nothing to create
-    if queue is None and job_type is None and reason is None:
+    if queue is None and job_type is None and reason is None and not after:
         return info.state.messages
+    if after and after >= info.state.last_seq:
+        return 0
     return await count_matching(core, stream, core.topology.dlq_filter(queue=queue, job_type=job_type,
-                                                                       reason=reason))
+                                                                       reason=reason), after=after)
 
 
 async def queue_stats(core: Core, queue: str) -> QueueStats:

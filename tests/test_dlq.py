@@ -121,3 +121,64 @@ def test_delete_and_purge(client, dead) -> None:
     assert client.dlq.count() == 3
     assert client.dlq.purge() == 3
     assert client.dlq.list() == []
+
+
+def test_newer_pages_with_after_and_counts_after_a_sequence(client, dead) -> None:
+    dead(7)
+    page1 = client.dlq.list(limit=3)
+    page2 = client.dlq.list(limit=3, before=page1[-1].seq)
+    assert client.dlq.list(limit=3, after=page2[0].seq) == page1
+    assert [e.arg for e in client.dlq.list(limit=2, after=page2[0].seq)] == [5, 4]  # the next newer, newest first
+    assert [e.arg for e in client.dlq.list(limit=3, after=0)] == [2, 1, 0]
+    assert client.dlq.list(after=page1[0].seq) == []
+    assert client.dlq.count(after=page2[0].seq) == 3 and client.dlq.count(after=page1[0].seq) == 0
+    assert client.dlq.count(job_type="fail", after=page2[-1].seq - 1) == 6
+    with pytest.raises(ValueError, match="after must be a DLQ sequence"):
+        client.dlq.count(after=-1)
+
+
+def test_purge_up_to_a_sequence_leaves_the_dead_letters_stored_after_it(client, dead) -> None:
+    """A confirmed purge deletes what was confirmed: dead letters arriving after it stay (issue 15 item 6)."""
+    dead(3)
+    confirmed = client.dlq.last_seq()
+    later = dead(2)
+    assert client.dlq.purge(job_type="fail", up_to=confirmed) == 3
+    assert sorted(e.id for e in client.dlq.list()) == sorted(later)
+    assert client.dlq.purge(up_to=client.dlq.last_seq()) == 2 and client.dlq.count() == 0
+    with pytest.raises(ValueError, match="up_to must be"):
+        client.dlq.purge(up_to="5")  # type: ignore[arg-type]
+
+
+def test_job_types_are_the_types_present_in_the_dlq(client, dead) -> None:
+    """Unknown and task: types that failed are offered too, not only the types with handlers (item 4)."""
+    assert client.dlq.job_types() == []
+    dead(2)
+    dead(1, job_type="other", queue_name="mail")
+    client.send_job("task:reports.tasks.gone", {})
+    client.send_job("nobody.handles-this", None)
+    wait_until(lambda: client.dlq.count() == 5, message="5 dead letters")
+    assert client.dlq.job_types() == ["fail", "nobody.handles-this", "other", "task:reports.tasks.gone"]
+    assert client.dlq.job_types(queue="mail") == ["other"]
+    assert client.dlq.job_types(reason="unknown_handler") == ["nobody.handles-this", "task:reports.tasks.gone"]
+    assert client.dlq.job_types(scan_limit=1) == [client.dlq.list(limit=1)[0].type]
+    assert client.dlq.count(job_type="task:reports.tasks.gone") == 1
+
+
+@pytest.mark.parametrize("raw_id", ["a/b", "<b>x</b>", "", "x" * 300, "has space", "dots.in.id"])
+def test_a_job_sent_with_an_invalid_id_has_one_id_everywhere(client, dead, raw_id) -> None:
+    """The dead letter is listed, found, retried and deleted under the id the worker ran it with (item 7)."""
+
+    async def publish(core) -> None:
+        await core.ensure_queue("default")
+        await core.js.publish(core.topology.job_subject("default", "fail"), b"1", headers={"Bgjob-Id": raw_id})
+
+    client.run(publish)
+    [entry] = wait_until(lambda: client.dlq.list(), message="the dead letter")
+    assert entry.id == f"seq-{entry.id.removeprefix('seq-')}" and entry.id.removeprefix("seq-").isdigit()
+    assert client.dlq.get(entry.id) == entry
+    assert client.dlq.list(limit=1)[0].id == entry.id
+    assert client.dlq.retry(entry.id) == entry.id
+    again = wait_until(lambda: client.dlq.list(), message="dead-lettered again")[0]
+    assert again.id == entry.id and again.headers["Bgjob-Id"] == entry.id  # it keeps that id from then on
+    client.dlq.delete(again.id)
+    assert client.dlq.count() == 0

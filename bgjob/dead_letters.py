@@ -19,7 +19,7 @@ from . import redaction
 from .arg_match import arg_matches, validate_match
 from .codec import requeue_message
 from .encryption import Cipher, DecryptError, cipher_for, decrypt_body
-from .errors import DeadLetterNotFound, InvalidMatch
+from .errors import DeadLetterNotFound, InvalidJob, InvalidMatch
 from .headers import (
     CONTENT_TYPE,
     DLQ_ATTEMPTS,
@@ -68,6 +68,9 @@ class DeadLetter:
     sensitive_header_patterns: tuple[str, ...] = field(default=(), compare=False)
     #: the reading client's encryption keys (None: it has none): what `arg` decrypts an encrypted body with.
     cipher: Cipher | None = field(default=None, compare=False, repr=False)
+    #: False for a message something else than bgjob published to the DLQ's subjects (its subject names no
+    #: queue, reason, id and type): it is listed under id `dlq-seq-<seq>` and can be deleted, not retried.
+    from_bgjob: bool = field(default=True, compare=False)
 
     def __repr__(self) -> str:
         return f"DeadLetter(id={self.id!r}, seq={self.seq}, queue={self.queue!r}, type={self.type!r}, " \
@@ -158,7 +161,12 @@ def stored_headers(raw: RawStreamMsg) -> dict[str, str]:
 
 def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
     headers = stored_headers(raw)
-    queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
+    from_bgjob = True
+    try:
+        queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
+    except ValueError:  # published to the DLQ's subjects by something else than bgjob: shown, found by seq
+        queue, reason, job_id, job_type = "unknown", "unknown", _by_seq(raw.seq), "unknown"
+        from_bgjob = False
 
     def text(name: str) -> str | None:
         """A JSON-encoded text header (bgjob writes them so); a value written otherwise as it is."""
@@ -181,14 +189,24 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
         reason=reason,
         error=text(DLQ_ERROR) or "",
         traceback=text(DLQ_TRACEBACK),
-        attempts=int(headers.get(DLQ_ATTEMPTS) or 0),
+        attempts=_count(headers.get(DLQ_ATTEMPTS)),
         first_failure_at=jobmod.parse_time(headers.get(DLQ_FIRST_FAILURE)),
         last_failure_at=jobmod.parse_time(headers.get(DLQ_LAST_FAILURE)),
         body=raw.data or b"",
         headers={k: v for k, v in without_nats_headers(headers).items() if k not in DLQ_FAILURE_HEADERS},
         sensitive_header_patterns=core.settings.sensitive_headers,
         cipher=cipher_for(core.settings.encryption_keys),
+        from_bgjob=from_bgjob,
     )
+
+
+def _by_seq(seq: int) -> str:
+    """The id of a dead letter whose subject names none: its DLQ sequence."""
+    return f"dlq-seq-{seq}"
+
+
+def _count(text: str | None) -> int:
+    return int(text) if text and text.isascii() and text.isdigit() else 0
 
 
 async def _get_next(core: Core, seq: int, subject: str) -> RawStreamMsg | None:
@@ -236,11 +254,19 @@ async def _find(core: Core, entry_id: str) -> DeadLetter:
         raw = await _get_next(core, 1, core.topology.dlq_filter(job_id=entry_id))
         if raw is not None:
             return _entry(core, raw)
+        seq = entry_id.removeprefix(_by_seq(0)[:-1])
+        if seq != entry_id and seq.isascii() and seq.isdigit():
+            raw = await _get_next(core, int(seq), f"{core.topology.prefix}.dlq.>")
+            if raw is not None and raw.seq == int(seq) and _entry(core, raw).id == entry_id:
+                return _entry(core, raw)
     raise DeadLetterNotFound(f"no dead letter with id {entry_id!r}")
 
 
 async def _retry(core: Core, entry_id: str) -> str:
     entry = await _find(core, entry_id)
+    if not entry.from_bgjob:
+        raise InvalidJob(f"dead letter {entry.id} was not stored by bgjob (its subject names no queue to send it "
+                         "back to): it cannot be retried, only deleted")  # fmt: skip
     subject, headers = requeue_message(core.topology, entry.queue, entry.type, entry.id, entry.headers,
                                        entry.first_failure_at)  # fmt: skip
     await core.publish(subject, entry.body, headers, queue=entry.queue)
@@ -271,22 +297,23 @@ async def _purge(core: Core, queue: str | None, job_type: str | None, reason: st
     return int(data.get("purged") or 0)
 
 
-async def _job_types(core: Core, queue: str | None, reason: str | None, scan_limit: int) -> list[str]:
-    """The job types among the newest `scan_limit` dead letters (of a queue / reason), read from their subjects
-    by one ephemeral headers-only consumer: one fetch, however many there are."""
+async def _present(core: Core, queue: str | None, scan_limit: int) -> tuple[list[str], list[str]]:
+    """(job types, reasons) among the newest `scan_limit` dead letters (of a queue), sorted, read from their
+    subjects by one ephemeral headers-only consumer: one fetch, however many there are."""
     await core.ensure_dlq()
     stream = core.topology.dlq_stream
     info = await core.js.stream_info(stream)
     if not info.state.messages:
-        return []
+        return [], []
     start = max(info.state.first_seq, info.state.last_seq - scan_limit + 1)
     sub = await core.js.pull_subscribe(
-        core.topology.dlq_filter(queue=queue, reason=reason), stream=stream,
+        core.topology.dlq_filter(queue=queue), stream=stream,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
                               ack_policy=AckPolicy.NONE, headers_only=True, mem_storage=True, num_replicas=1,
                               inactive_threshold=5.0),
     )  # fmt: skip
     types: set[str] = set()
+    reasons: set[str] = set()
     try:
         pending = (await sub.consumer_info()).num_pending
         while pending > 0:
@@ -295,15 +322,21 @@ async def _job_types(core: Core, queue: str | None, reason: str | None, scan_lim
             except nats.errors.TimeoutError:
                 break
             for msg in msgs:
-                types.add(core.topology.parse_dlq_subject(msg.subject)[3])
+                try:
+                    _, reason, _, job_type = core.topology.parse_dlq_subject(msg.subject)
+                except ValueError:  # not stored by bgjob
+                    continue
+                types.add(job_type)
+                reasons.add(reason)
             pending -= len(msgs)
     finally:
         try:
+            name = (await sub.consumer_info()).name
             await sub.unsubscribe()
-            await core.js.delete_consumer(stream, (await sub.consumer_info()).name)
+            await core.js.delete_consumer(stream, name)
         except Exception:  # noqa: BLE001 - it expires after its inactive threshold
             pass
-    return sorted(types)
+    return sorted(types), sorted(reasons)
 
 
 @dataclass(frozen=True)
@@ -431,7 +464,8 @@ class DeadLetters:
         return self._client.run(_find, entry_id, idempotent=True)
 
     def retry(self, entry_id: str) -> str:
-        """Send the job back to its queue (with a fresh dedup id) and remove it from the DLQ."""
+        """Send the job back to its queue (with a fresh dedup id) and remove it from the DLQ; returns its id.
+        Raises DeadLetterNotFound, InvalidJob for a message bgjob did not store (`from_bgjob` False)."""
         return self._client.run(_retry, entry_id)
 
     def delete(self, entry_id: str) -> None:
@@ -460,14 +494,23 @@ class DeadLetters:
         passes as `up_to`."""
         return self._client.run(_last_seq, idempotent=True)
 
-    def job_types(self, queue: str | None = None, reason: str | None = None, *, scan_limit: int = 1000) -> list[str]:
-        """The job types present among the newest `scan_limit` dead letters (of a queue / reason), sorted: what
-        failed, including types no handler here knows. One server read however many. Raises InvalidJob for a
-        bad filter, ValueError for a bad `scan_limit`."""
-        _validate_filter(queue, None, reason)
+    def job_types(self, queue: str | None = None, *, scan_limit: int = 1000) -> list[str]:
+        """The job types present among the newest `scan_limit` dead letters (of a queue), sorted: what failed,
+        including types no handler here knows. One server read however many. Raises InvalidJob for a bad
+        queue, ValueError for a bad `scan_limit`."""
+        return self._present(queue, scan_limit)[0]
+
+    def reasons(self, queue: str | None = None, *, scan_limit: int = 1000) -> list[str]:
+        """The DLQ reasons present among the newest `scan_limit` dead letters (of a queue), sorted: bgjob's
+        (`bgjob.dlq.REASONS`) and the handlers' own (`MoveToDlq(reason=...)`). Same cost and errors as
+        `job_types`."""
+        return self._present(queue, scan_limit)[1]
+
+    def _present(self, queue: str | None, scan_limit: int) -> tuple[list[str], list[str]]:
+        _validate_filter(queue, None, None)
         if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
             raise ValueError(f"scan_limit must be a positive int, not {scan_limit!r}")
-        return self._client.run(_job_types, queue, reason, scan_limit, idempotent=True)
+        return self._client.run(_present, queue, scan_limit, idempotent=True)
 
     def find(
         self,

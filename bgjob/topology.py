@@ -85,7 +85,10 @@ class Topology:
         job_id: str | None = None,
         reason: str | None = None,
     ) -> str:
-        """A subject filter for dead letters; every criterion left None matches anything."""
+        """A subject filter for dead letters; every criterion left None matches anything (none given: every
+        message on the DLQ's subjects, those something else published there included)."""
+        if queue is None and job_type is None and job_id is None and reason is None:
+            return f"{self.prefix}.dlq.>"
         base = f"{self.prefix}.dlq.{queue or '*'}.{reason or '*'}.{job_id or '*'}"
         return f"{base}.{job_type}" if job_type else f"{base}.>"
 

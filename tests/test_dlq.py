@@ -159,7 +159,7 @@ def test_job_types_are_the_types_present_in_the_dlq(client, dead) -> None:
     wait_until(lambda: client.dlq.count() == 5, message="5 dead letters")
     assert client.dlq.job_types() == ["fail", "nobody.handles-this", "other", "task:reports.tasks.gone"]
     assert client.dlq.job_types(queue="mail") == ["other"]
-    assert client.dlq.job_types(reason="unknown_handler") == ["nobody.handles-this", "task:reports.tasks.gone"]
+    assert client.dlq.reasons() == ["handler", "unknown_handler"] and client.dlq.reasons(queue="mail") == ["handler"]
     assert client.dlq.job_types(scan_limit=1) == [client.dlq.list(limit=1)[0].type]
     assert client.dlq.count(job_type="task:reports.tasks.gone") == 1
 
@@ -182,3 +182,24 @@ def test_a_job_sent_with_an_invalid_id_has_one_id_everywhere(client, dead, raw_i
     assert again.id == entry.id and again.headers["Bgjob-Id"] == entry.id  # it keeps that id from then on
     client.dlq.delete(again.id)
     assert client.dlq.count() == 0
+
+
+def test_a_message_bgjob_did_not_store_in_the_dlq_is_listed_found_and_deleted_by_its_sequence(client, dead) -> None:
+    """Something else publishing to the DLQ's subjects breaks no listing: the message is shown under id
+    dlq-seq-<seq>, can be deleted, and a retry is refused with a named error (nothing to send it back to)."""
+    [real] = dead(1)
+
+    async def publish(core) -> int:
+        ack = await core.js.publish(f"{core.topology.prefix}.dlq.not-a-dead-letter", b"{}",
+                                    headers={"Bgjob-Dlq-Attempts": "many"})  # fmt: skip
+        return ack.seq
+
+    seq = client.run(publish)
+    entries = client.dlq.list()
+    assert [e.id for e in entries] == [f"dlq-seq-{seq}", real]
+    stray = client.dlq.get(f"dlq-seq-{seq}")
+    assert stray.attempts == 0 and not stray.from_bgjob and client.dlq.get(real).from_bgjob
+    with pytest.raises(bgjob.InvalidJob, match="cannot be retried"):
+        client.dlq.retry(stray.id)
+    client.dlq.delete(stray.id)
+    assert [e.id for e in client.dlq.list()] == [real]

@@ -433,8 +433,12 @@ def next_run_message(
         headers[ATTEMPTS_USED] = str(attempts)
     else:
         headers.pop(ATTEMPTS_USED, None)
-    if kind == "next":
+    if kind == "next":  # a new run: its failures, if any, start afresh
         headers[jobmod.HEADER_ENQUEUED_AT] = jobmod.format_time(datetime.now(timezone.utc))
+        headers.pop(CARRIED_FIRST_FAILURE, None)
+    else:  # a retry: the time of the first failed attempt goes along, for the dead letter if it comes to that
+        headers[CARRIED_FIRST_FAILURE] = carried_first_failure(headers) or jobmod.format_time(
+            datetime.now(timezone.utc))  # fmt: skip
     if arg is not KEEP_ARG:
         headers.pop(ENCRYPTION, None)
         if cipher is not None:
@@ -448,6 +452,13 @@ def next_run_message(
     subject = topology.retry_subject(queue, job_id, key) if kind == "retry" else topology.delayed_subject(
         queue, job_id, key)  # fmt: skip
     return subject, body, headers
+
+
+def carried_first_failure(headers: Mapping[str, str] | None) -> str | None:
+    """The time of the job's first failed attempt, as carried by its message (Bgjob-First-Failure, RFC 3339),
+    when it carries a valid one; else None."""
+    text = (headers or {}).get(CARRIED_FIRST_FAILURE)
+    return text if text and len(text) <= 64 and jobmod.parse_time(text) else None
 
 
 def delivery_key(msg: Msg) -> str:

@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 
 from . import job as jobmod
 from . import redaction
+from .codec import carried_first_failure
 from .errors import DeadLetterRefused, InvalidJob
 from .headers import (
     ATTEMPTS_USED,
@@ -112,11 +113,11 @@ async def move_to_dlq(
     keys = jobmod.sensitive_of(job_headers) | frozenset(sensitive)
     if keys:
         job_headers[SENSITIVE_KEYS] = ",".join(sorted(keys))
-    carried = (msg.headers or {}).get(CARRIED_FIRST_FAILURE)
+    carried = carried_first_failure(msg.headers)
     failure = {
         DLQ_REASON: reason,
         DLQ_ATTEMPTS: str(attempts),
-        DLQ_FIRST_FAILURE: carried if carried and len(carried) <= 64 and jobmod.parse_time(carried) else now,
+        DLQ_FIRST_FAILURE: carried or now,
         DLQ_LAST_FAILURE: now,
         DLQ_ORIGINAL_SUBJECT: msg.subject,
         MSG_ID: derived_msg_id("dlq", job_id, msg),

@@ -203,3 +203,31 @@ def test_a_message_bgjob_did_not_store_in_the_dlq_is_listed_found_and_deleted_by
         client.dlq.retry(stray.id)
     client.dlq.delete(stray.id)
     assert [e.id for e in client.dlq.list()] == [real]
+
+
+@pytest.mark.parametrize("delays", [(0.05, 0.05), (0.05, 1.5)], ids=["nak-retries", "nak-then-schedule"])
+def test_first_failure_is_the_time_of_the_first_failed_attempt(client, start_worker, delays) -> None:
+    """Not the time of dead-lettering (issue 15 item 8): the retry after the first failure carries it, whether
+    later retries are naks or schedules."""
+    from datetime import datetime, timezone
+
+    started: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    @mux.handler("flaky")
+    def flaky(job: bgjob.Job) -> bgjob.Result:
+        started.put(datetime.now(timezone.utc))
+        raise RuntimeError(f"attempt {job.attempt} failed")
+
+    retry = bgjob.RetryPolicy(max_attempts=3, base_delay=delays[0], multiplier=delays[1] / delays[0], jitter=0)
+    start_worker(client, mux, retry_policy=retry)
+    job_id = client.send_job("flaky", None)
+    times = drain(started, 3, timeout=30)
+    entry = wait_until(lambda: client.dlq.list(), message="the dead letter")[0]
+    assert entry.id == job_id and entry.attempts == 3
+
+    def ms(moment: datetime) -> datetime:  # stored times have millisecond precision
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+    assert ms(times[0]) <= entry.first_failure_at <= times[1]
+    assert entry.last_failure_at >= ms(times[2])

@@ -3,7 +3,7 @@
 | outcome                                 | operation                                            | fate            |
 |-----------------------------------------|------------------------------------------------------|-----------------|
 | Complete                                | ack (ack_sync with double_ack)                       | acked           |
-| Retry / Failure, attempts left, <= 1 s  | nak with delay                                       | retry_scheduled |
+| Retry / Failure, attempts left, <= 1 s  | nak with delay (the job's first failure: as below)   | retry_scheduled |
 | Retry / Failure, attempts left, longer  | `@at` retry schedule (attempts carried), then ack    | retry_scheduled |
 | Retry / Failure, last attempt           | DLQ publish (PubAck), then term                      | dead_lettered   |
 | MoveToDlq, or no handler ran (reason)   | DLQ publish (PubAck), then term                      | dead_lettered   |
@@ -12,7 +12,10 @@
 
 A crash between two steps yields a duplicate, never a loss: every publish made on a delivery's behalf carries
 a `Nats-Msg-Id` derived from the stored message, so doing it again after a redelivery stores nothing new.
-Long retry delays go through schedules so that a job backing off holds no ack-pending slot.
+Long retry delays go through schedules so that a job backing off holds no ack-pending slot. So does a job's
+first failure, whatever the delay: the retry schedule carries the time of that failure (Bgjob-First-Failure), which
+a nak cannot, so that a dead letter says since when the job fails (the server fires schedules on a tick of about
+a quarter of a second: a shorter first retry delay runs that much later).
 
 Every error text and traceback settled here is scrubbed (`HookSet.scrub`: the job's sensitive values, then the
 hooks' `scrub`) before it is logged, stored in a dead letter or a result, or reported in the Fate.
@@ -27,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .. import job_results
-from ..codec import handed_back_message, next_run_message
+from ..codec import carried_first_failure, handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
 from ..encryption import cipher_for
@@ -142,7 +145,7 @@ class Settler:
 
     async def _retry(self, item: Delivery, delay: float, error: str | None, trace: str | None) -> Fate:
         error = error or None
-        if delay <= NAK_DELAY_LIMIT:
+        if delay <= NAK_DELAY_LIMIT and carried_first_failure(item.msg.headers):
             await item.msg.nak(delay=delay)
             return Fate.retry_scheduled(delay, error=error, traceback=trace)
         due = datetime.now(timezone.utc) + timedelta(seconds=delay)

@@ -17,7 +17,9 @@ class CloseOldConnections:
 
     Stale, broken or over-age connections (CONN_MAX_AGE, CONN_HEALTH_CHECKS) are closed before and
     after the job; a transaction the handler left open (autocommit switched off) is rolled back, so the
-    next job on this thread starts with a clean connection whatever the previous one did.
+    next job on this thread starts with a clean connection whatever the previous one did. (Under `--pool gevent`
+    a connection is a greenlet's; the pool's greenlets, like its threads, run job after job, so a young one is
+    reused by the next job there rather than left open by a greenlet that ended.)
     """
 
     def __call__(self, job: bgjob.Job, call_next: Handler) -> bgjob.Result:

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 
 import bgjob
 from bgjob.logs import LogJobs
@@ -161,7 +162,10 @@ class WorkerGroup:
         """Start, then block until SIGTERM/SIGINT (a second one exits at once) or stop(); then drain.
 
         Returns False if a worker died on its own (its error is logged) rather than being stopped.
+        The database connections this thread opened while starting (the system checks may) are closed first: it
+        runs no job, so they would stay open beside the pool's for the life of the process.
         """
+        connections.close_all()
         restore = install_drain_signals(self.stop)
         healthy = True
         try:

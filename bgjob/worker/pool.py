@@ -61,32 +61,62 @@ class ThreadPool:
 
 
 class GeventPool:
-    """Runs each task as a greenlet in the gevent hub of the thread that created the pool.
+    """Up to `size` long-lived greenlets in the gevent hub of the thread that created the pool, started on demand.
 
-    `submit` may be called from another OS thread (the runtime's): tasks are handed over through a
-    gevent async watcher, the one thing another thread may poke.
+    As with `ThreadPool`, a greenlet runs job after job: whatever a job's code keeps per thread (under gevent's
+    patching, per greenlet: Django's database connections under CONN_MAX_AGE, for one) is reused by the next job
+    there, so at most `size` of each exist, instead of one more per job left for the garbage collector.
+
+    `submit` may be called from another OS thread (the runtime's): tasks are handed over through a gevent async
+    watcher, the one thing another thread may poke. Everything else runs in the hub's thread.
     """
 
     def __init__(self, size: int) -> None:
         import gevent
+        from gevent.queue import SimpleQueue
 
         self._size = size
         self._spawn = gevent.spawn
-        self._tasks: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._incoming: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._tasks: SimpleQueue = SimpleQueue()
+        self._greenlets = 0
+        self._idle = 0  # idle greenlets minus tasks queued for them (as ThreadPool counts)
         self._watcher = gevent.get_hub().loop.async_()
-        self._watcher.start(self._spawn_all)
+        self._watcher.start(self._hand_over)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._tasks.append((fn, args))
+        self._incoming.append((fn, args))
         self._watcher.send()
 
-    def _spawn_all(self) -> None:
-        while self._tasks:
-            fn, args = self._tasks.popleft()
-            self._spawn(fn, *args)
+    def _hand_over(self) -> None:
+        """In the hub: queue what was submitted, starting a greenlet for it unless an idle one will take it."""
+        while self._incoming:
+            item = self._incoming.popleft()
+            if self._idle <= 0 and self._greenlets < self._size:
+                self._greenlets += 1
+                self._spawn(self._work)
+            else:
+                self._idle -= 1
+            self._tasks.put(item)
+
+    def _work(self) -> None:
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException:  # fn reports its own outcome; this only guards against bugs
+                log.exception("bgjob pool task failed")
+            self._idle += 1
 
     def shutdown(self) -> None:
+        """Let idle greenlets exit; busy ones finish their job first. Called in the hub's thread (the worker's)."""
         self._watcher.close()
+        self._hand_over()
+        for _ in range(self._greenlets):
+            self._tasks.put(None)
 
 
 def make_pool(kind: str, size: int, name: str) -> Pool:

@@ -76,6 +76,10 @@ BGJOB = {
 }
 
 # bgjob's log filter adds " [job-type job-id request=...]" to every line logged while a job runs.
+# The "django" logger is named so its lines (django.tasks' "Task id=... state=..." among them) reach the console once,
+# through the root's handler: Django's default logging gives it a console handler of its own while DEBUG is on, and
+# a root handler besides would print each of them twice. (Naming it drops Django's default mail_admins handler too:
+# a copy of this that runs with DEBUG off and should mail errors adds a django.utils.log.AdminEmailHandler to it.)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -83,5 +87,5 @@ LOGGING = {
     "formatters": {"text": {"format": "%(asctime)s %(levelname)s %(name)s%(job_context)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["job_context"], "formatter": "text"}},
     "root": {"handlers": ["console"], "level": "INFO"},
-    "loggers": {"nats": {"level": "WARNING"}, "django.db.backends": {"level": "INFO"}},
+    "loggers": {"django": {"level": "INFO"}, "nats": {"level": "WARNING"}, "django.db.backends": {"level": "INFO"}},
 }

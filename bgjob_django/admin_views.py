@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,21 +22,22 @@ from django.contrib.admin import ModelAdmin
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.db.models import BLANK_CHOICE_DASH
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST
+from django.utils.translation import ngettext
 
 import bgjob
 from bgjob import job as jobmod
 from bgjob.arg_match import parse_value
-from bgjob.dlq import REASONS
 from bgjob.job import validate_reason
 
 from .conf import interactive_client
-from .display import live_workers, pretty_arg
+from .display import live_workers, pretty_arg, shown_payload
 from .models import DeadLetter
 from .registry import registry
 from .relay import backlog
@@ -46,6 +48,8 @@ PAGE_SIZE = 50
 #: the most dead letters one "Erase data matching" scans (one stream read each); the page says if it stopped.
 ERASE_SCAN_LIMIT = 10_000
 FILTERS = (("queue", "queue"), ("type", "job type"), ("reason", "reason"))
+#: the job type and reason filters offer what the newest this many dead letters hold (one server read).
+FILTER_SCAN_LIMIT = 1000
 
 
 def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -86,8 +90,9 @@ class _Views:
             "app_label": self.opts.app_label,
             "has_view_permission": self.model_admin.has_view_permission(request),
             "crumbs": crumbs,
-            # Django 6 marks breadcrumbs up as a list; 5.2 as a div with separators.
-            "ol_breadcrumbs": django.VERSION >= (6, 0),
+            # Django 6.1's admin marks breadcrumbs up as a list (its CSS styles ol.breadcrumbs); 5.2 and 6.0 as a
+            # div with separators (their CSS styles only div.breadcrumbs).
+            "ol_breadcrumbs": django.VERSION >= (6, 1),
             **extra,
         }
 
@@ -106,6 +111,9 @@ class DeadLetterViews(_Views):
     # -- reading -------------------------------------------------------------------------------------
     @_unavailable_on_nats_errors
     def changelist(self, request: HttpRequest) -> HttpResponse:
+        """The list, rendered by the running Django's own admin/change_list.html (search form, actions, filter
+        panel and their layout are the version's); the table and the pager are ours. Pages go by DLQ sequence:
+        `before=SEQ` the older page, `after=SEQ` the newer one."""
         self.require(self.model_admin.has_view_permission(request))
         if request.method == "POST":
             return self._action(request)
@@ -113,52 +121,118 @@ class DeadLetterViews(_Views):
         filters = self._filters(request)
         query = request.GET.get("q", "").strip()
         before = _positive_int(request.GET.get("before"))
+        after = None if before else _positive_int(request.GET.get("after"))
         if query:
-            entries, has_more = self._search(dlq, query, filters), False
-            total = len(entries)
+            entries = self._search(dlq, query, filters)
+            total, newer, has_older = len(entries), 0, False
         else:
-            entries = dlq.list(limit=PAGE_SIZE + 1, before=before, **_api(filters))
-            entries, has_more = entries[:PAGE_SIZE], len(entries) > PAGE_SIZE
+            if after:
+                entries = dlq.list(limit=PAGE_SIZE, after=after, **_api(filters))
+            else:
+                entries = dlq.list(limit=PAGE_SIZE + 1, before=before, **_api(filters))
+            has_older, entries = len(entries) > PAGE_SIZE, entries[:PAGE_SIZE]
             total = dlq.count(**_api(filters))
+            # the first page has nothing newer; another one's position is how many are stored after its first
+            newer = dlq.count(**_api(filters), after=entries[0].seq) if entries and (before or after) else 0
+            if after:
+                has_older = newer + len(entries) < total
         params = {k: v for k, v in {**filters, "q": query}.items() if v}
+        paged = bool(before or after)
+        visible = self._payload_visible(request)
+        rows = [(e, e.error if visible else e.masked_error) for e in entries]
+        actions = self._actions(request)
         context = self.context(
             request,
             title="Dead letters",
             subtitle=None,
             entries=entries,
-            rows=[(e, e.error if self._payload_visible(request) else e.masked_error) for e in entries],
+            rows=[{"entry": e, "error": error, "url": self._detail_url(e.id)} for e, error in rows],
             total=total,
+            first_position=newer + 1,
+            last_position=newer + len(entries),
             query=query,
-            filters=filters,
-            filter_specs=self._filter_specs(filters, params),
             has_filters_active=any(filters.values()),
-            clear_filters_url=_qs({"q": query} if query else {}),
-            newest_url=_qs(params) if before else None,
-            older_url=_qs({**params, "before": entries[-1].seq}) if has_more else None,
-            search_hidden=[(k, v) for k, v in filters.items() if v],
+            newest_url=_qs(params) if paged and (newer or not entries) else None,
+            newer_url=_qs({**params, "after": entries[0].seq}) if entries and newer else None,
+            older_url=_qs({**params, "before": entries[-1].seq}) if entries and has_older else None,
             purge_url=self.url("purge") + _qs({k: v for k, v in filters.items() if v}),
             erase_url=self.url("erase") + _qs({k: v for k, v in filters.items() if v}),
             can_erase=self._can_erase(request),
-            actions=self._actions(request),
+            actions=actions,
             has_change_permission=self.model_admin.has_change_permission(request),
             has_delete_permission=self.model_admin.has_delete_permission(request),
+            # Django 6.0+ puts the pager in a footer bar (div.changelist-footer > nav.paginator); 5.2 a p.paginator
+            changelist_footer=django.VERSION >= (6, 0),
+            **self._native_changelist(request, filters, query, entries, actions),
         )
         return TemplateResponse(request, "bgjob_django/admin/deadletter_list.html", context)
+
+    def _native_changelist(self, request: HttpRequest, filters: dict[str, str], query: str,
+                           entries: list[bgjob.DeadLetter], actions: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+        """What Django's admin/change_list.html, search_form.html, filter.html and actions.html read, as
+        ModelAdmin.changelist_view would pass it: `cl` (a stand-in for its ChangeList: this page's dead letters,
+        the search, the filter specs), `action_form`, `media` (actions.js and the rest), the selection notes.
+
+        "Select all N across pages" is not offered (result_count is this page's): the actions act on the ids
+        sent, never on a select_across."""
+        active = {k: v for k, v in filters.items() if v}
+        specs = [SimpleNamespace(template="admin/filter.html", title=spec["title"],
+                                 choices=lambda cl, choices=spec["choices"]: choices)
+                 for spec in self._filter_specs(filters, {**active, "q": query} if query else active)]  # fmt: skip
+        cl = SimpleNamespace(
+            opts=self.opts, formset=None, date_hierarchy=None, is_popup=False, add_facets=False,
+            is_facets_optional=False, has_filters=True, filter_specs=specs, has_active_filters=bool(active),
+            clear_all_filters_qs=_qs({"q": query} if query else {}), search_fields=("id",), query=query,
+            search_help_text="Find a dead letter by its exact job id.", params=active, result_list=entries,
+            result_count=len(entries), full_result_count=len(entries), show_admin_actions=bool(actions),
+        )  # fmt: skip
+        action_form = None
+        media = self.model_admin.media
+        if actions:
+            action_form = self.model_admin.action_form(auto_id=None)
+            action_form.fields["action"].choices = [*BLANK_CHOICE_DASH, *actions.items()]
+            media += action_form.media
+        selected_all = ngettext("%(total_count)s selected", "All %(total_count)s selected", len(entries))
+        return {
+            "cl": cl,
+            "action_form": action_form,
+            "media": media,
+            "actions_on_top": self.model_admin.actions_on_top,
+            "actions_on_bottom": self.model_admin.actions_on_bottom,
+            "actions_selection_counter": self.model_admin.actions_selection_counter,
+            "module_name": str(self.opts.verbose_name_plural),
+            "selection_note": _("0 of %(cnt)s selected") % {"cnt": len(entries)},
+            "selection_note_all": selected_all % {"total_count": len(entries)},
+        }
+
+    def _detail_url(self, entry_id: str) -> str | None:
+        """The detail page of a dead letter; None for an id no URL can hold (the row shows it unlinked)."""
+        try:
+            return self.url("change", entry_id)
+        except NoReverseMatch:
+            return None
 
     @_unavailable_on_nats_errors
     def detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
         self.require(self.model_admin.has_view_permission(request))
-        entry = self._get(object_id)
+        entry = self._get(request, object_id)
+        if entry is None:
+            return self._gone(request, object_id)
         unmasked = self._payload_visible(request)
+        payload, payload_cut, payload_shown = shown_payload(entry, masked=not unmasked)
         context = self.context(
             request,
             title=f"Dead letter {entry.id}",
+            time_zone=timezone.get_current_timezone_name(),
+            payload_cut=payload_cut,
+            payload_shown=payload_shown,
+            sent_id=entry.headers.get("Bgjob-Id"),
             here=entry.id,
             subtitle=None,
             object=DeadLetter(id=entry.id),
             entry=entry,
             masked=not unmasked,
-            payload=pretty_arg(entry, masked=not unmasked),
+            payload=payload,
             headers=sorted((entry.headers if unmasked else entry.masked_headers).items()),
             error=entry.error if unmasked else entry.masked_error,
             traceback=entry.traceback if unmasked else entry.masked_traceback,
@@ -171,14 +245,21 @@ class DeadLetterViews(_Views):
     # -- changing ------------------------------------------------------------------------------------
     @_unavailable_on_nats_errors
     def retry(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        return require_POST(self._retry_one)(request, object_id)
-
-    def _retry_one(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: send the job back to its queue. GET (a link followed, a reload): ask first, as delete does."""
         self.require(self.model_admin.has_change_permission(request))
+        if request.method != "POST":
+            entry = self._get(request, object_id)
+            if entry is None:
+                return self._gone(request, object_id)
+            return self._confirm(request, title="Retry dead letter?", object=DeadLetter(id=entry.id), ids=[entry.id],
+                                 question=f"Send job {entry.id} ({entry.type}) back to queue {entry.queue}?",
+                                 action_url=self.url("retry", entry.id), confirm_label="Yes, retry it")  # fmt: skip
         try:
             interactive_client().dlq.retry(object_id)
         except bgjob.DeadLetterNotFound:
             messages.warning(request, f"Dead letter {object_id} is gone (retried, deleted or purged meanwhile).")
+        except bgjob.InvalidJob as exc:
+            messages.error(request, f"Dead letter {object_id} was not retried: {exc}")
         else:
             self._log(request, [object_id], CHANGE, "Retried: sent back to its queue.")
             messages.success(request, f"Dead letter {object_id} was sent back to its queue.")
@@ -187,7 +268,9 @@ class DeadLetterViews(_Views):
     @_unavailable_on_nats_errors
     def delete(self, request: HttpRequest, object_id: str) -> HttpResponse:
         self.require(self.model_admin.has_delete_permission(request))
-        entry = self._get(object_id)
+        entry = self._get(request, object_id)
+        if entry is None:
+            return self._gone(request, object_id)
         if request.method == "POST":
             try:
                 interactive_client().dlq.delete(entry.id)
@@ -206,15 +289,25 @@ class DeadLetterViews(_Views):
         source = request.POST if request.method == "POST" else request.GET
         filters = self._filters(request, source)
         dlq = interactive_client().dlq
+        described = _describe(filters)
         if request.method == "POST":
-            purged = dlq.purge(**_api(filters))
-            described = _describe(filters)
-            self._log(request, ["*"], DELETION, f"Purged {purged} dead letters ({described}).")
-            messages.success(request, f"Purged {purged} dead letters ({described}).")
-            return HttpResponseRedirect(self.url("changelist"))
-        count = dlq.count(**_api(filters))
-        question = f"Delete all {count} dead letters ({_describe(filters)})? This cannot be undone."
-        hidden = [(k, v) for k, v in filters.items() if v]
+            up_to = _positive_int(request.POST.get("up_to")) if request.POST.get("up_to") != "0" else 0
+            if up_to is None:
+                messages.error(request, "The purge was not confirmed from its confirmation page: nothing was deleted.")
+                return HttpResponseRedirect(self.url("purge") + _query(filters))
+            purged = dlq.purge(**_api(filters), up_to=up_to)
+            kept = dlq.count(**_api(filters), after=up_to)
+            self._log_purge(request, purged, described)
+            text = f"Purged {_dead_letters(purged)} ({described})."
+            if kept:
+                text += f" {_dead_letters(kept)} that arrived after you confirmed {'were' if kept > 1 else 'was'} kept."
+            messages.success(request, text)
+            return HttpResponseRedirect(self.url("changelist") + _query(filters))
+        up_to = dlq.last_seq()  # the purge deletes what this page counts, nothing stored after it
+        count = dlq.count(**_api(filters)) - dlq.count(**_api(filters), after=up_to)
+        question = (f"Delete all {_dead_letters(count)} ({described})? This cannot be undone. Dead letters "
+                    "arriving after this page was shown are kept.")  # fmt: skip
+        hidden = [*((k, v) for k, v in filters.items() if v), ("up_to", up_to)]
         return self._confirm(request, title="Purge dead letters?", count=count, filters=filters, ids=[],
                              question=question, action_url=self.url("purge"), hidden=hidden)
 
@@ -265,7 +358,7 @@ class DeadLetterViews(_Views):
     def _action(self, request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action", "")
         ids = [i for i in request.POST.getlist("_selected_action") if i]
-        back = self.url("changelist") + _qs({k: v for k, v in self._filters(request).items() if v})
+        back = self.url("changelist") + _query(self._filters(request))
         if action not in self._actions(request):
             messages.error(request, "Choose an action you are allowed to take.")
             return HttpResponseRedirect(back)
@@ -278,17 +371,22 @@ class DeadLetterViews(_Views):
             return self._confirm(request, title="Delete dead letters?", ids=ids, action_url=self.url("changelist"),
                                  question=f"Delete these {len(ids)} dead letters? They cannot be retried afterwards.",
                                  hidden=[("action", action)])  # fmt: skip
+        refused: list[str] = []
         for entry_id in ids:
             try:
                 (dlq.retry if action == "retry_selected" else dlq.delete)(entry_id)
             except bgjob.DeadLetterNotFound:
                 gone += 1
+            except bgjob.InvalidJob as exc:
+                refused.append(f"{entry_id}: {exc}")
             else:
                 done.append(entry_id)
         verb = "Retried" if action == "retry_selected" else "Deleted"
         self._log(request, done, CHANGE if action == "retry_selected" else DELETION, f"{verb} from the admin.")
         text = f"{verb} {len(done)} dead letter{'s' if len(done) != 1 else ''}."
         messages.success(request, text + (f" {gone} were gone already." if gone else ""))
+        for refusal in refused:
+            messages.error(request, f"Not {verb.lower()}: {refusal}")
         return HttpResponseRedirect(back)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -309,11 +407,18 @@ class DeadLetterViews(_Views):
             actions["delete_selected"] = "Delete selected dead letters"
         return actions
 
-    def _get(self, object_id: str) -> bgjob.DeadLetter:
+    def _get(self, request: HttpRequest, object_id: str) -> bgjob.DeadLetter | None:
+        """The dead letter, or None when there is none by that id (retried, deleted or purged meanwhile)."""
         try:
             return interactive_client().dlq.get(object_id)
-        except bgjob.DeadLetterNotFound as exc:
-            raise Http404(f"No dead letter with id {object_id!r} (retried, deleted or purged?)") from exc
+        except bgjob.DeadLetterNotFound:
+            return None
+
+    def _gone(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Back to the list, saying so: what the admin does for an object that does not exist."""
+        messages.warning(request, f"There is no dead letter with job id “{object_id}”: it was retried, deleted or "
+                                  "purged, or the id is wrong.")  # fmt: skip
+        return HttpResponseRedirect(self.url("changelist"))
 
     @staticmethod
     def _search(dlq: bgjob.DeadLetters, query: str, filters: dict[str, str]) -> list[bgjob.DeadLetter]:
@@ -341,8 +446,9 @@ class DeadLetterViews(_Views):
         client = interactive_client()
         choices = {
             "queue": client.queues(),
-            "type": registry.types(),
-            "reason": [*REASONS, "task"],
+            # what failed (unknown types and task: types included), not only what this site handles
+            "type": client.dlq.job_types(scan_limit=FILTER_SCAN_LIMIT),
+            "reason": client.dlq.reasons(scan_limit=FILTER_SCAN_LIMIT),
         }
         specs = []
         for key, what in FILTERS:
@@ -360,6 +466,12 @@ class DeadLetterViews(_Views):
     def _confirm(self, request: HttpRequest, **extra: Any) -> HttpResponse:
         context = self.context(request, subtitle=None, here=extra["title"], cancel_url=self.url("changelist"), **extra)
         return TemplateResponse(request, "bgjob_django/admin/deadletter_confirm.html", context)
+
+    def _log_purge(self, request: HttpRequest, purged: int, described: str) -> None:
+        """One history entry for a purge, named for what it removed (it has no single object)."""
+        LogEntry.objects.create(user_id=request.user.pk, content_type_id=_content_type_id(DeadLetter),
+                                object_id=None, object_repr=f"Purge of {_dead_letters(purged)} ({described})"[:200],
+                                action_flag=DELETION, change_message=f"Purged {_dead_letters(purged)} ({described}).")
 
     def _log(self, request: HttpRequest, ids: list[str], flag: int, message: str) -> None:
         if ids:
@@ -382,6 +494,7 @@ class QueueViews(_Views):
             request,
             title="Queues and workers",
             subtitle=None,
+            time_zone=timezone.get_current_timezone_name(),
             server=client.url,
             queues=[{"stats": s, "dlq_url": dlq_url + _qs({"queue": s.queue}) if dlq_url else None} for s in stats],
             schedules=client.schedules(),
@@ -422,6 +535,22 @@ def _describe(filters: dict[str, str]) -> str:
 
 def _positive_int(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() and int(text) > 0 else None
+
+
+def _query(filters: dict[str, str]) -> str:
+    """The filters as a query string for a redirect or a link: "" when none (no stray "?")."""
+    clean = {k: v for k, v in filters.items() if v}
+    return "?" + urlencode(clean) if clean else ""
+
+
+def _dead_letters(count: int) -> str:
+    return f"{count} dead letter{'' if count == 1 else 's'}"
+
+
+def _content_type_id(model: type) -> int:
+    from django.contrib.contenttypes.models import ContentType
+
+    return ContentType.objects.get_for_model(model, for_concrete_model=False).id
 
 
 def _qs(params: dict[str, Any]) -> str:

@@ -78,7 +78,9 @@ def test_detail_shows_payload_headers_error_traceback_and_times(admin_client, de
     assert "cannot handle {&#x27;n&#x27;: 0" in html  # the error, escaped
     assert "Bgjob-Request-Id" in html and "req-0" in html and "Last failure" in html and "Traceback" in html
     assert 'id="bgjob-retry"' in html and "deletelink" in html
-    assert admin_client.get(f"{DLQ}nope/change/").status_code == 404
+    gone = admin_client.get(f"{DLQ}nope/change/")
+    assert gone.status_code == 302 and gone["Location"] == DLQ  # like the admin for a missing object
+    assert "There is no dead letter with job id “nope”" in admin_client.get(DLQ).content.decode()
 
 
 @pytest.mark.django_db
@@ -87,9 +89,12 @@ def test_retry_sends_the_job_back_to_its_queue_and_logs_it(admin_client, dead, b
     assert response.status_code == 302 and response["Location"] == DLQ
     assert bgjob_client.dlq.count() == 3 and bgjob_client.queue_stats().pending == 1
     assert LogEntry.objects.get(object_id=dead[0]).change_message == "Retried: sent back to its queue."
-    assert admin_client.get(f"{DLQ}{dead[0]}/retry/").status_code == 405  # POST only
+    assert admin_client.get(f"{DLQ}{dead[0]}/retry/").status_code == 302  # gone: back to the list, saying so
     follow = admin_client.post(f"{DLQ}{dead[0]}/retry/", follow=True).content.decode()
     assert "is gone" in follow
+    ask = admin_client.get(f"{DLQ}{dead[1]}/retry/").content.decode()  # GET asks first; only POST retries
+    assert f"Send job {dead[1]} (fail) back to queue default?" in ask and 'value="Yes, retry it"' in ask
+    assert bgjob_client.dlq.count() == 3
 
 
 @pytest.mark.django_db
@@ -117,7 +122,9 @@ def test_purge_removes_only_the_filtered_dead_letters_after_confirmation(admin_c
     page = admin_client.get(f"{DLQ}purge/", {"queue": "default"}).content.decode()
     assert "Delete all 3 dead letters (queue default)?" in page
     assert bgjob_client.dlq.count() == 4
-    admin_client.post(f"{DLQ}purge/", {"queue": "default", "post": "yes"})
+    up_to = re.search(r'name="up_to" value="(\d+)"', page).group(1)
+    done = admin_client.post(f"{DLQ}purge/", {"queue": "default", "post": "yes", "up_to": up_to})
+    assert done["Location"] == f"{DLQ}?queue=default"
     assert [e.id for e in bgjob_client.dlq.list()] == [dead[3]]
 
 

@@ -170,6 +170,8 @@ def add_dlq_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("purge", help="delete all dead letters (matching the filters)")
     _add_filters(p, "combinable")
     p.add_argument("--yes", action="store_true", help="really purge")
+    p.add_argument("--up-to", type=int, metavar="SEQ", dest="up_to",
+                   help="only dead letters stored up to this DLQ sequence (the one a dry run printed): newer stay")
     p = sub.add_parser("find", help="dead letters whose arg matches --match PATH=VALUE (bounded scan), masked")
     add_match_arguments(p)
     p = sub.add_parser("erase", help="delete the dead letters whose arg matches (a data-subject request)")
@@ -221,10 +223,19 @@ def dlq_command(dlq: Any, options: Mapping[str, Any], *, out: Callable[[str], No
         out(f"retried {retried} dead letters")
         return 0
     if action == "purge":
+        up_to = options.get("up_to")
+        if up_to is not None and up_to < 0:
+            err(f"--up-to must be a DLQ sequence (>= 0), not {up_to}")
+            return 2
         if not options.get("yes"):
-            err(f"would purge {dlq.count(**filters)} dead letters; add --yes to do it")
+            bound = dlq.last_seq() if up_to is None else up_to
+            count = dlq.count(**filters) - dlq.count(**filters, after=bound)
+            err(f"would purge {count} dead letters (up to DLQ sequence {bound}); add --yes --up-to {bound} to purge "
+                "just those, or --yes for all at the time")  # fmt: skip
             return 1
-        out(f"purged {dlq.purge(**filters)} dead letters")
+        purged = dlq.purge(**filters, up_to=up_to)
+        kept = dlq.count(**filters, after=up_to) if up_to is not None else 0
+        out(f"purged {purged} dead letters" + (f"; {kept} stored after sequence {up_to} kept" if kept else ""))
         return 0
     if action in ("find", "erase"):
         lines, warning = match_command(dlq, options)

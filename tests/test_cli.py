@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,23 @@ def test_dlq_purge_asks_for_confirmation(cli_env, client, start_worker) -> None:
     assert out.returncode == 1 and "would purge 1" in out.stderr and client.dlq.count() == 1
     out = bgjob_cli(cli_env, "dlq", "purge", "--yes")
     assert out.returncode == 0 and "purged 1" in out.stdout and client.dlq.count() == 0
+
+
+def test_dlq_purge_up_to_the_sequence_its_dry_run_printed_keeps_newer_ones(cli_env, client, start_worker) -> None:
+    """What was counted is what is purged: dead letters arriving between the dry run and --yes stay."""
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("no"))
+    start_worker(client, mux)
+    client.send_job("fail", 1)
+    wait_until(lambda: client.dlq.count() == 1, message="dead letter")
+    dry = bgjob_cli(cli_env, "dlq", "purge")
+    bound = re.search(r"add --yes --up-to (\d+) ", dry.stderr).group(1)
+    assert "would purge 1 dead letters (up to DLQ sequence" in dry.stderr
+    client.send_job("fail", 2)
+    wait_until(lambda: client.dlq.count() == 2, message="a newer dead letter")
+    out = bgjob_cli(cli_env, "dlq", "purge", "--yes", "--up-to", bound)
+    assert out.returncode == 0 and "purged 1 dead letters; 1 stored after sequence" in out.stdout
+    assert [e.arg for e in client.dlq.list()] == [2]
 
 
 def test_status_lists_periodic_jobs_and_live_workers(cli_env, client, start_worker) -> None:

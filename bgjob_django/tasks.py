@@ -371,8 +371,8 @@ def run_task(job: bgjob.Job) -> bgjob.Result:
     _set(result, status=TaskResultStatus.SUCCESSFUL, finished_at=timezone.now(), _return_value=value)
     refused = _save(store, job, result, value)
     if refused is not None:
-        # The task ran: its value is refused here, never by running it again (nor by a dead letter that
-        # would invite a retry repeating its side effects only to be refused again).
+        # The task ran and its value can never be stored: as for a value JSON cannot encode, the result is
+        # FAILED and the job dead-lettered at once (an operator sees it; a retry would repeat its side effects).
         result.errors.append(TaskError(exception_class_path=_class_path(ResultTooLarge),
                                        traceback="".join(traceback.format_exception_only(refused))))  # fmt: skip
         _set(result, status=TaskResultStatus.FAILED, _return_value=None)
@@ -380,7 +380,8 @@ def run_task(job: bgjob.Job) -> bgjob.Result:
         log.error("task %s (result %s) returned a value that cannot be stored: %s; the result is FAILED",
                   task.module_path, job.id, refused)  # fmt: skip
         task_finished.send(sender, task_result=result)
-        return bgjob.Complete()
+        return bgjob.MoveToDlq(f"task {task.module_path} returned a value that cannot be stored: {refused}",
+                               reason=DLQ_REASON)  # fmt: skip
     task_finished.send(sender, task_result=result)
     return bgjob.Complete(value)
 

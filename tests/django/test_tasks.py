@@ -196,8 +196,8 @@ def test_a_misconfigured_backend_is_a_check_error(settings) -> None:
 def test_a_task_returning_a_value_too_large_to_store_runs_once_and_fails_with_a_clear_error(
     bgjob_client, run_worker, signals
 ) -> None:
-    """The value is refused where it is stored: the result FAILED, the job acked, nothing dead-lettered
-    (a dead letter would only invite a retry that repeats the task's side effects and is refused again)."""
+    """The value is refused where it is stored: the result FAILED and the job dead-lettered at once, by the same
+    rule as a value JSON cannot encode (no retry repeats the task's side effects)."""
     TWO_MIB_RUNS.clear()
     run_worker()
     result = returns_two_mib.enqueue()
@@ -208,8 +208,9 @@ def test_a_task_returning_a_value_too_large_to_store_runs_once_and_fails_with_a_
     assert re.search(r"return value too large \(2097154 bytes; the limit is \d+\)", error.traceback)
     with pytest.raises(ValueError, match="Task failed"):
         _ = done.return_value
-    wait_until(lambda: (s := bgjob_client.queue_stats()).pending == 0 and s.in_flight == 0, message="the job acked")
-    assert TWO_MIB_RUNS == [1] and done.attempts == 1 and bgjob_client.dlq.count() == 0
+    entry = wait_until(lambda: bgjob_client.dlq.list(), message="the dead letter")[0]
+    assert entry.id == result.id and entry.reason == "task" and "returned a value that cannot be stored" in entry.error
+    assert TWO_MIB_RUNS == [1] and done.attempts == 1
     assert signals[-1] == ("finished", TaskResultStatus.FAILED)
 
 

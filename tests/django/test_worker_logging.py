@@ -40,9 +40,12 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           timeout=120)  # fmt: skip
 
 
-@pytest.fixture
-def example_env(nats_server, prefix, tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "task_settings.py").write_text(TASK_SETTINGS)
+@pytest.fixture(params=["example LOGGING", "no LOGGING"])
+def example_env(request, nats_server, prefix, tmp_path: Path) -> dict[str, str]:
+    """The example's settings; with "no LOGGING", as a project that configures no logging (Django's defaults:
+    a console handler on the `django` logger under DEBUG, bgjob's handler on the root)."""
+    extra = "\nLOGGING = {}\n" if request.param == "no LOGGING" else ""
+    (tmp_path / "task_settings.py").write_text(TASK_SETTINGS + extra)
     (tmp_path / "linetasks").mkdir()
     (tmp_path / "linetasks" / "__init__.py").write_text("")
     (tmp_path / "linetasks" / "tasks.py").write_text(TASK_MODULE)

@@ -113,6 +113,12 @@ def _configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         configure_logging(level, fmt)
+        # bgjob's root handler now prints django.* lines too (with the job's context): Django's default console
+        # handler on the `django` logger (DEFAULT_LOGGING, under DEBUG) would print each a second time.
+        django_logger = logging.getLogger("django")
+        for handler in list(django_logger.handlers):
+            if handler.get_name() == "console" and isinstance(handler, logging.StreamHandler):
+                django_logger.removeHandler(handler)
         return
     for handler in root.handlers:
         if not any(isinstance(f, ContextFilter) for f in handler.filters):

@@ -27,7 +27,7 @@ from .errors import (
     ServerVersionError,
     StorageFull,
 )
-from .handler import Mux, SyncHandlerAdapter
+from .handler import HandlerOptions, Mux, SyncHandlerAdapter
 from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
 from .job import Job, JobSpec
 from .job_results import JobError, JobResult, ResultStatus
@@ -59,6 +59,7 @@ __all__ = [
     "Fate",
     "FateKind",
     "HandlerError",
+    "HandlerOptions",
     "InMemoryMetricStorage",
     "InvalidJob",
     "InvalidMatch",

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import reprlib
-from collections.abc import Callable, Collection, Iterator
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .errors import HandlerError, InvalidJob
 from .job import Job, validate_sensitive, validate_type
 from .result import Result
+from .retry_policy import RetryPolicy
+
+if TYPE_CHECKING:  # bgjob.middleware imports this module (Recovery uses not_a_result)
+    from .middleware.base import Middleware
 
 #: A plain function handler.
 HandlerFunc = Callable[[Job], Result]
@@ -33,28 +40,103 @@ class SyncHandlerAdapter(Protocol):
     def handle(self, job: Job) -> Result: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandlerOptions:
+    """What a handler declared about the jobs of its type, beside the function itself (`Mux.options`).
+
+    - `sensitive`: arg keys whose values are masked for every job of this type (see `Mux.handle`).
+    - `retry_policy`: this type's RetryPolicy, or None for the worker's; a job's own `max_attempts` (sent with
+      it) still wins over its max_attempts.
+    - `middleware`: middleware run around this handler only, inside the worker's global chain (the first
+      listed runs outermost), as in choria asyncjobs' per-route middleware.
+    - `time_limit`: seconds (a float > 0) the handler may run, or None for the worker's default; the worker
+      enforces it (bgjob.worker.time_limit).
+
+    Built by `Mux.handle` from its keyword arguments, which validates them (HandlerError).
+    """
+
+    sensitive: frozenset[str] = frozenset()
+    retry_policy: RetryPolicy | None = None
+    middleware: tuple[Middleware, ...] = ()
+    time_limit: float | None = None
+
+
+#: The options of a type registered without any (and of unknown types).
+DEFAULT_OPTIONS = HandlerOptions()
+
+
+def _options(job_type: str, sensitive: Collection[str] | None, retry_policy: RetryPolicy | None,
+             middleware: Sequence[Middleware] | None,
+             time_limit: float | timedelta | None) -> HandlerOptions:  # fmt: skip
+    """Validated HandlerOptions for `job_type`; raises HandlerError naming the option at fault."""
+    try:
+        keys = validate_sensitive(sensitive)
+    except InvalidJob as exc:
+        raise HandlerError(f"handler for {job_type!r}: {exc}") from exc
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise HandlerError(f"handler for {job_type!r}: retry_policy must be a bgjob.RetryPolicy or None, "
+                           f"got {reprlib.repr(retry_policy)}")  # fmt: skip
+    if middleware is None:
+        chain: tuple[Middleware, ...] = ()
+    elif isinstance(middleware, (str, bytes)) or not isinstance(middleware, Sequence):
+        raise HandlerError(f"handler for {job_type!r}: middleware must be a list of middleware callables, "
+                           f"got {reprlib.repr(middleware)}")  # fmt: skip
+    else:
+        chain = tuple(middleware)
+        for mw in chain:
+            if not callable(mw) or isinstance(mw, type):
+                raise HandlerError(f"handler for {job_type!r}: middleware must be callables "
+                                   f"(job, call_next) -> Result, got {reprlib.repr(mw)}")  # fmt: skip
+    return HandlerOptions(sensitive=keys, retry_policy=retry_policy, middleware=chain,
+                          time_limit=_time_limit(job_type, time_limit))  # fmt: skip
+
+
+def _time_limit(job_type: str, value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise HandlerError(f"handler for {job_type!r}: time_limit must be seconds (an int or float) or a "
+                           f"timedelta, got {type(value).__name__} {reprlib.repr(value)}")  # fmt: skip
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise HandlerError(f"handler for {job_type!r}: time_limit must be a finite number of seconds > 0, "
+                           f"got {reprlib.repr(value)}")  # fmt: skip
+    return seconds
+
+
 class Mux:
-    """Routes jobs to handlers by job type; a type has exactly one handler."""
+    """Routes jobs to handlers by job type; a type has exactly one handler, with its HandlerOptions."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerFunc] = {}
-        self._sensitive: dict[str, frozenset[str]] = {}
+        self._options: dict[str, HandlerOptions] = {}
 
     def handle(self, job_type: str, handler: HandlerFunc | SyncHandlerAdapter, *,
-               sensitive: Collection[str] | None = None) -> None:  # fmt: skip
-        """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`.
+               sensitive: Collection[str] | None = None, retry_policy: RetryPolicy | None = None,
+               middleware: Sequence[Middleware] | None = None,
+               time_limit: float | timedelta | None = None) -> None:  # fmt: skip
+        """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`, with its options.
 
-        `sensitive`: arg key names (a list of str, exact names, matched at any depth of the arg) whose values
-        are sensitive for every job of this type, whatever its producer marked: the worker adds them to
-        `job.sensitive`, so they are masked in bgjob's logs, dead letters, stored results' errors and Sentry.
+        - `sensitive`: arg key names (a list of str, exact names, matched at any depth of the arg) whose values
+          are sensitive for every job of this type, whatever its producer marked: the worker adds them to
+          `job.sensitive`, so they are masked in bgjob's logs, dead letters, stored results' errors and Sentry.
+        - `retry_policy`: a RetryPolicy for this type instead of the worker's (max attempts, delays,
+          non-retryable exceptions); a job sent with its own `max_attempts` keeps that limit.
+        - `middleware`: a list of middleware (`mw(job, call_next) -> Result`) around this handler only, inside
+          the worker's global middleware (asyncjobs' per-route middleware).
+        - `time_limit`: seconds (int/float > 0) or a timedelta the handler may run; None: the worker's default.
+
         Raises InvalidJob for a bad job type, HandlerError for a duplicate type, a handler that is not
-        callable or bad `sensitive` keys.
+        callable or a bad option (named in the message).
         """
         validate_type(job_type)
-        try:
-            keys = validate_sensitive(sensitive)
-        except InvalidJob as exc:
-            raise HandlerError(f"handler for {job_type!r}: {exc}") from exc
+        options = _options(job_type, sensitive, retry_policy, middleware, time_limit)
         if job_type in self._handlers:
             raise HandlerError(f"a handler for job type {job_type!r} is already registered")
         if isinstance(handler, SyncHandlerAdapter) and not isinstance(handler, type):
@@ -67,15 +149,18 @@ class Mux:
                 f"handle(job); got {handler!r}"
             )
         self._handlers[job_type] = fn
-        if keys:
-            self._sensitive[job_type] = keys
+        if options != DEFAULT_OPTIONS:
+            self._options[job_type] = options
 
-    def handler(self, job_type: str, *, sensitive: Collection[str] | None = None
-                ) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
-        """Decorator form of `handle`: `@mux.handler("charge", sensitive=["card", "password"])`."""
+    def handler(self, job_type: str, *, sensitive: Collection[str] | None = None,
+                retry_policy: RetryPolicy | None = None, middleware: Sequence[Middleware] | None = None,
+                time_limit: float | timedelta | None = None) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
+        """Decorator form of `handle`, same options:
+        `@mux.handler("charge", sensitive=["card"], retry_policy=RetryPolicy(max_attempts=3), time_limit=30)`."""
 
         def register(fn: HandlerFunc) -> HandlerFunc:
-            self.handle(job_type, fn, sensitive=sensitive)
+            self.handle(job_type, fn, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
+                        time_limit=time_limit)  # fmt: skip
             return fn
 
         return register
@@ -83,9 +168,13 @@ class Mux:
     def get(self, job_type: str) -> HandlerFunc | None:
         return self._handlers.get(job_type)
 
+    def options(self, job_type: str) -> HandlerOptions:
+        """The HandlerOptions `job_type` was registered with (the defaults for a type without a handler)."""
+        return self._options.get(job_type, DEFAULT_OPTIONS)
+
     def sensitive_keys(self, job_type: str) -> frozenset[str]:
         """The arg keys the handler of `job_type` marked sensitive (empty when none, or no such handler)."""
-        return self._sensitive.get(job_type, frozenset())
+        return self.options(job_type).sensitive
 
     def types(self) -> list[str]:
         return sorted(self._handlers)

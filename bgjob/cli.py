@@ -16,7 +16,7 @@ from .core import QueueConfig
 from .errors import BgjobError, ConfigurationError, DeadLetterNotFound
 from .handler import Mux
 from .logs import configure_logging
-from .provisioning import QUEUE_OPTIONS, show_value
+from .provisioning import NO_LIMIT, QUEUE_OPTIONS, show_value
 from .settings import Settings
 
 
@@ -392,16 +392,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- bgjob queue show|configure (also manage.py bgjob_queue) -------------------------------------------------------
-def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+def add_queue_arguments(parser: argparse.ArgumentParser, *, from_settings: str | None = None) -> None:
     """Add the `show [QUEUE]` and `configure QUEUE --ack-wait S ...` sub-commands to `parser` (the `bgjob queue`
-    parser, or manage.py bgjob_queue's); run them with `queue_command`."""
+    parser, or manage.py bgjob_queue's); run them with `queue_command`. `from_settings` (a help text): configure
+    also takes `--from-settings` instead of QUEUE (manage.py bgjob_queue applies the settings' QUEUES entries)."""
     sub = parser.add_subparsers(dest="action", required=True, metavar="show|configure")
     p = sub.add_parser("show", help="a queue's configuration as the server has it (no QUEUE: every queue)")
     p.add_argument("queue", nargs="?")
-    p = sub.add_parser("configure", help="change a queue's consumer (ack wait, max ack pending) or stream settings",
-                       description="Change a queue's configuration on the server. Workers pick a new ack wait up "
-                       "at their next start: restart them after lowering it.")  # fmt: skip
-    p.add_argument("queue")
+    p = sub.add_parser("configure", help="change a queue's limits, consumer (ack wait, max ack pending) or stream "
+                       "settings", description="Change a queue's configuration on the server. Workers read ack "
+                       "wait, max age and max deliveries when they start: restart them after a change.")  # fmt: skip
+    p.add_argument("queue", nargs="?" if from_settings else None)
+    if from_settings:
+        p.add_argument("--from-settings", action="store_true", help=from_settings)
     p.add_argument("--ack-wait", type=float, metavar="SECONDS", help="seconds a delivered job may go unacknowledged "
                    "before it is redelivered (workers send heartbeats every third of it)")  # fmt: skip
     p.add_argument("--max-ack-pending", type=int, metavar="N", help="jobs delivered and unsettled at once, "
@@ -411,6 +414,30 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
                    "id is dropped")  # fmt: skip
     p.add_argument("--allow-msg-schedules", action="store_true", default=None,
                    help="switch message schedules on (delayed, retried and periodic jobs need them)")  # fmt: skip
+    p.add_argument("--max-entries", type=_limit(int), metavar="N|none", help="refuse a send (QueueFull) when the "
+                   "queue's stream holds N messages (ready, running, delayed, retrying, periodic schedules); none "
+                   "removes the limit")  # fmt: skip
+    p.add_argument("--max-age", type=_limit(float), metavar="SECONDS|none", help="dead-letter a job ready that "
+                   "long before a worker takes it (reason expired) instead of running it; delayed jobs age from "
+                   "when they become due; none removes the limit")  # fmt: skip
+    p.add_argument("--max-deliveries", type=_limit(int), metavar="N|none", help="the server delivers a message at "
+                   "most N times (>= 2); the worker dead-letters the last delivery unrun (reason max_deliveries); "
+                   "none removes the cap")  # fmt: skip
+
+
+def _limit(kind: type) -> Callable[[str], Any]:
+    """An argparse type for a limit: a number, or `none` (NO_LIMIT: remove the limit)."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() in ("none", "off", "unlimited"):
+            return NO_LIMIT
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
 
 
 def queue_command(client: Client, options: Mapping[str, Any]) -> list[str]:
@@ -429,6 +456,9 @@ def queue_command(client: Client, options: Mapping[str, Any]) -> list[str]:
                                  "or a worker starts")  # fmt: skip
             lines.extend(_queue_lines(config))
         return lines
+    if not options.get("queue"):
+        raise ConfigurationError("configure needs a QUEUE" + (" (or --from-settings)" if "from_settings" in options
+                                                               else ""))  # fmt: skip
     changes = {name: options.get(name) for name in QUEUE_OPTIONS}
     if all(value is None for value in changes.values()):
         flags = ", ".join(flag for flag, _ in QUEUE_OPTIONS.values())
@@ -451,6 +481,10 @@ def _queue_lines(config: QueueConfig) -> list[str]:
         f"  {'replicas':20} {config.replicas}",
         f"  {'duplicate_window':20} {show_value(config.duplicate_window)}",
         f"  {'allow_msg_schedules':20} {show_value(config.allow_msg_schedules)}",
+        f"  {'max_entries':20} {show_value(config.max_entries) if config.max_entries else 'no limit'}",
+        f"  {'max_age':20} {show_value(config.max_age) if config.max_age else 'no limit'}",
+        f"  {'max_deliveries':20} "
+        + (show_value(config.max_deliveries) if config.max_deliveries else "no cap" if config.consumer else "-"),
     ]
 
 

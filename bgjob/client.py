@@ -232,22 +232,33 @@ class Client(Sending):
         replicas: int | None = None,
         duplicate_window: float | timedelta | None = None,
         allow_msg_schedules: bool | None = None,
+        max_entries: int | None = None,
+        max_age: float | timedelta | None = None,
+        max_deliveries: int | None = None,
     ) -> dict[str, tuple[Any, Any]]:
         """Change a queue's configuration on the server: the explicit act, since provisioning never changes
-        what exists. Arguments left None are kept as they are.
+        what exists (a process starting with other Settings never undoes it). Arguments left None are kept as
+        they are; a limit given as 0 (`bgjob.provisioning.NO_LIMIT`) is removed.
 
-        `ack_wait` (seconds or timedelta, >= 1) and `max_ack_pending` (jobs delivered and unsettled, queue-wide)
-        belong to the queue's consumer; `replicas` (1-5), `duplicate_window` (seconds or timedelta) and
-        `allow_msg_schedules` (True only) to its stream. A missing stream is created from Settings; a missing
-        consumer only when one of its fields is given. Running workers pick a new ack_wait up at their next
-        start (they pace heartbeats to the value they read then): restart them after lowering it.
-        Returns {field: (old, new)} for what changed (old None: the consumer was created). Raises
-        ConfigurationError for a bad value or one the server refuses, naming it.
+        `ack_wait` (seconds or timedelta, >= 1), `max_ack_pending` (jobs delivered and unsettled, queue-wide: the
+        queue's concurrency across all workers) and `max_deliveries` (>= 2: the server delivers one message at
+        most that often; the worker dead-letters the last delivery unrun, reason "max_deliveries", so nothing
+        stays undeliverable) belong to the queue's consumer; `replicas` (1-5), `duplicate_window` (seconds or
+        timedelta) and `allow_msg_schedules` (True only) to its stream. `max_entries` (>= 1: a send is refused with
+        QueueFull when the stream holds that many messages; delayed, retrying and periodic ones count) and
+        `max_age` (seconds or timedelta, >= 1: a job ready that long before its first delivery is dead-lettered
+        unrun, reason "expired"; delayed jobs and schedules age from when they fire) are kept in the stream's
+        metadata. A missing stream is created from Settings; a missing consumer only when one of its fields is
+        given. Running workers read ack_wait, max_age and max_deliveries when they start: restart them after a
+        change; producers read max_entries within 30 s (this client at once).
+        Returns {field: (old, new)} for what changed (old None: the consumer was created, or no limit was set).
+        Raises ConfigurationError for a bad value or one the server refuses, naming it.
         """
         jobmod.validate_queue(queue)
         changes = validate_queue_changes(
             ack_wait=ack_wait, max_ack_pending=max_ack_pending, replicas=replicas,
             duplicate_window=duplicate_window, allow_msg_schedules=allow_msg_schedules,
+            max_entries=max_entries, max_age=max_age, max_deliveries=max_deliveries,
         )  # fmt: skip
         return self.run(Core.configure_queue, queue, changes) if changes else {}
 

@@ -24,6 +24,7 @@ from .errors import (
     ConnectionError,
     InvalidJob,
     PublishError,
+    QueueFull,
     ServerRefused,
     publish_refusal,
 )
@@ -33,11 +34,13 @@ from .provisioning import (
     Difference,
     asked_for,
     configure_queue,
+    deliveries_cap,
     differences,
     ensure_consumer,
     how_to_change,
     provision_dlq,
     provision_queue,
+    queue_limits,
     show_value,
 )
 from .redaction import mask_url
@@ -95,8 +98,30 @@ class QueueConfig:
     allow_msg_schedules: bool
     #: seconds; None while the consumer does not exist.
     ack_wait: float | None
-    #: None while the consumer does not exist.
+    #: jobs delivered and unsettled at once across every worker of the queue (queue-wide concurrency, asyncjobs'
+    #: MaxConcurrent); None while the consumer does not exist (or when it has no cap).
     max_ack_pending: int | None
+    #: the most messages the queue's stream may hold when a job is sent (ready, running, delayed, waiting for a
+    #: retry, and one per periodic schedule); a send beyond it is refused with QueueFull. None: no limit.
+    max_entries: int | None = None
+    #: seconds after which a job that became ready and was never delivered is dead-lettered unrun (reason
+    #: "expired") instead of running; delayed jobs and schedules age only once they fire. None: no limit.
+    max_age: float | None = None
+    #: the server's cap on deliveries of one message; the worker dead-letters the last one unrun (reason
+    #: "max_deliveries"). None: no cap (or no consumer yet).
+    max_deliveries: int | None = None
+
+
+@dataclass
+class _Room:
+    """What a producer knows of a queue's max_entries: the limit and when it last read it (time.monotonic())."""
+
+    max_entries: int | None
+    read_at: float
+
+
+#: seconds a producer trusts what it read of an unlimited queue's max_entries before reading it again.
+LIMIT_REFRESH = 30.0
 
 
 def nats_servers(url: str) -> tuple[list[str], dict[str, str]]:
@@ -144,6 +169,8 @@ class Core:
         self._closing = False
         self._outage = False
         self._buckets: dict[str, KeyValue] = {}
+        #: what this process read of each queue's max_entries (see `admit`).
+        self._rooms: dict[str, _Room] = {}
         #: the URL's credentials are passed as options (see nats_servers): nats-py's URLs lack them.
         self._moved_credentials = False
 
@@ -315,12 +342,15 @@ class Core:
         except nats.js.errors.NotFoundError:
             return None
         consumer = await self._consumer_config(queue)
+        max_entries, max_age = queue_limits(config)
         return QueueConfig(
             queue=queue, stream=stream, consumer=consumer.durable_name if consumer else None,
             replicas=config.num_replicas or 1, duplicate_window=config.duplicate_window or 0.0,
             allow_msg_schedules=bool(config.allow_msg_schedules),
             ack_wait=consumer.ack_wait if consumer else None,
-            max_ack_pending=consumer.max_ack_pending if consumer else None,
+            max_ack_pending=consumer.max_ack_pending if consumer and consumer.max_ack_pending != -1 else None,
+            max_entries=max_entries, max_age=max_age,
+            max_deliveries=deliveries_cap(consumer.max_deliver) if consumer else None,
         )  # fmt: skip
 
     async def _consumer_config(self, queue: str) -> ConsumerConfig | None:
@@ -336,10 +366,59 @@ class Core:
         changed = await configure_queue(self.js, self.nc, self.topology, self.settings, queue, changes,
                                         retry=self.retry)  # fmt: skip
         self._provisioned.add(queue)
+        self._rooms.pop(queue, None)  # this process's next send reads the new limit
         if changed:
             text = ", ".join(f"{k} {show_value(old)} -> {show_value(new)}" for k, (old, new) in changed.items())
             log.info("queue %r configured: %s", queue, text)
         return changed
+
+    def must_admit(self, queues: set[str]) -> bool:
+        """Whether a send to `queues` has to ask the server first (`admit`): one of them has a max_entries, or
+        this process has not read its limit within LIMIT_REFRESH seconds. Cheap; called from any thread."""
+        now = time.monotonic()
+        for queue in queues:
+            room = self._rooms.get(queue)
+            if room is None or room.max_entries is not None or now - room.read_at > LIMIT_REFRESH:
+                return True
+        return False
+
+    async def admit(self, counts: dict[str, list[str]], *, deadline: float | None = None) -> None:
+        """Refuse a send that would take a queue past its max_entries: QueueFull naming the queue, the limit, what
+        the stream holds and the job ids (nothing is published). `counts`: {queue: [job ids about to be sent]}.
+
+        The limit is bgjob's, not the stream's: JetStream's max_msgs needs discard "new" to refuse rather than
+        drop, which a stream with message schedules refuses. So it is checked here, before the publish, against
+        the stream's message count: sends in flight at once from several producers can each be admitted, the
+        queue then holding a few more than max_entries, and nothing stored is ever dropped. A missing stream is
+        empty (publishing creates it). Transient errors are retried until `deadline`.
+        """
+        for queue, job_ids in counts.items():
+            try:
+                info = await self.retry(self.js.stream_info, self.topology.queue_stream(queue), deadline=deadline)
+            except nats.js.errors.NotFoundError:
+                self._rooms[queue] = _Room(None, time.monotonic())
+                continue
+            max_entries, _ = queue_limits(info.config)
+            self._rooms[queue] = _Room(max_entries, time.monotonic())
+            held = info.state.messages
+            if max_entries is not None and held + len(job_ids) > max_entries:
+                error = QueueFull(
+                    f"queue {queue!r} is full: it holds {held} messages and its max_entries is {max_entries}; job "
+                    f"{', '.join(job_ids)} {'was' if len(job_ids) == 1 else 'were'} not stored (nothing was sent); "
+                    "send again (same job id) once workers have drained the queue, or raise the limit with `bgjob "
+                    f"queue configure {queue} --max-entries N`", job_ids=job_ids,
+                )  # fmt: skip
+                error.queue, error.max_entries = queue, max_entries  # type: ignore[attr-defined]
+                raise error
+
+    async def delivery_limits(self, queue: str, consumer: ConsumerConfig) -> tuple[float | None, int | None]:
+        """(max_age in seconds, max_deliveries) the worker of `queue` enforces, read from the server now (the
+        stream's metadata and `consumer`, the config ensure_consumer returned); None: no limit."""
+        try:
+            config = (await self.retry(self.js.stream_info, self.topology.queue_stream(queue))).config
+        except nats.js.errors.NotFoundError:
+            return None, deliveries_cap(consumer.max_deliver)
+        return queue_limits(config)[1], deliveries_cap(consumer.max_deliver)
 
     async def retry(self, fn: Any, *args: Any, deadline: float | None = None, **kwargs: Any) -> Any:
         """Call `await fn(...)`, retrying transient errors until `deadline` (time.monotonic(); default retry_for

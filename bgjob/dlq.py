@@ -65,7 +65,9 @@ _MINIMAL_KEEP = (HEADER_ID, HEADER_TYPE, CONTENT_TYPE, HEADER_ENQUEUED_AT, HEADE
 _REFUSALS = (nats.js.errors.APIError, nats.errors.BadHeaderError, InvalidJob)
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
-REASONS = ("handler", "max_attempts", "unknown_handler", "decode", "decrypt", "signature", "internal_error")
+REASONS = ("handler", "max_attempts", "non_retryable", "deadline", "expired", "max_deliveries", "time_limit",
+           "unknown_handler", "decode", "decrypt", "signature",
+           "internal_error")  # fmt: skip
 
 async def move_to_dlq(
     core: Core,

@@ -41,18 +41,30 @@ STREAM_FIELDS = {
 CONSUMER_FIELDS = {
     "ack_wait": "ack_wait",
     "max_ack_pending": "max_ack_pending",
-    "max_deliver": "max_deliver",
+    # max_deliver is not compared: bgjob creates consumers without a cap, and a cap set by configure_queue
+    # (max_deliveries) is the queue's own, which no process's defaults argue with.
     "filter_subject": "filter_subject",
     "ack_policy": "ack_policy",
 }
-#: What configure_queue can change: keyword -> (`bgjob queue configure` option, whether it is the stream's).
+#: configure_queue keyword -> ConsumerConfig field, where the names differ.
+CONSUMER_ATTRS = {"max_deliveries": "max_deliver"}
+#: What configure_queue can change: keyword -> (`bgjob queue configure` option, where it lives: "consumer",
+#: "stream" (a StreamConfig field) or "metadata" (a bgjob limit kept in the stream's metadata)).
 QUEUE_OPTIONS = {
-    "ack_wait": ("--ack-wait", False),
-    "max_ack_pending": ("--max-ack-pending", False),
-    "replicas": ("--replicas", True),
-    "duplicate_window": ("--duplicate-window", True),
-    "allow_msg_schedules": ("--allow-msg-schedules", True),
+    "ack_wait": ("--ack-wait", "consumer"),
+    "max_ack_pending": ("--max-ack-pending", "consumer"),
+    "max_deliveries": ("--max-deliveries", "consumer"),
+    "replicas": ("--replicas", "stream"),
+    "duplicate_window": ("--duplicate-window", "stream"),
+    "allow_msg_schedules": ("--allow-msg-schedules", "stream"),
+    "max_entries": ("--max-entries", "metadata"),
+    "max_age": ("--max-age", "metadata"),
 }
+#: The stream metadata keys of the limits bgjob enforces itself (JetStream's own limits would drop jobs: a stream
+#: with message schedules refuses discard "new", and its max_age deletes delayed jobs and periodic schedules).
+METADATA_KEYS = {"max_entries": "bgjob.max_entries", "max_age": "bgjob.max_age"}
+#: configure_queue's value that removes a limit (max_entries, max_age, max_deliveries); the CLI's `none`.
+NO_LIMIT = 0
 
 Retry = Callable[..., Awaitable[Any]]
 
@@ -210,10 +222,23 @@ def validate_queue_changes(
     replicas: int | None = None,
     duplicate_window: float | timedelta | None = None,
     allow_msg_schedules: bool | None = None,
+    max_entries: int | None = None,
+    max_age: float | timedelta | None = None,
+    max_deliveries: int | None = None,
 ) -> dict[str, Any]:
     """The requested changes of a queue's configuration, checked and normalised (seconds as float); the
-    arguments left None are not in the result. Raises ConfigurationError naming the bad argument."""
+    arguments left None are not in the result. A limit (`max_entries`, `max_age`, `max_deliveries`) given as
+    NO_LIMIT (0) is removed: None in the result. Raises ConfigurationError naming the bad argument."""
     changes: dict[str, Any] = {}
+    if max_entries is not None:
+        changes["max_entries"] = _limit("max_entries", max_entries, lambda v: _count("max_entries", v, 1, 2**62))
+    if max_age is not None:
+        changes["max_age"] = _limit("max_age", max_age, lambda v: _seconds("max_age", v, minimum=1.0))
+    if max_deliveries is not None:
+        # The worker dead-letters the server's last delivery of a message unrun (reason max_deliveries), so that no
+        # message stays undeliverable in the stream: a cap of 1 would never let a job run.
+        changes["max_deliveries"] = _limit("max_deliveries", max_deliveries,
+                                           lambda v: _count("max_deliveries", v, 2, 1_000_000))  # fmt: skip
     if ack_wait is not None:
         changes["ack_wait"] = _seconds("ack_wait", ack_wait, minimum=1.0)
     if max_ack_pending is not None:
@@ -230,6 +255,32 @@ def validate_queue_changes(
             )
         changes["allow_msg_schedules"] = True
     return changes
+
+
+def _limit(name: str, value: Any, check: Callable[[Any], Any]) -> Any:
+    """None for NO_LIMIT (0, 0.0 or a zero timedelta: remove the limit), else `check(value)`."""
+    if not isinstance(value, bool) and (value == NO_LIMIT or (isinstance(value, timedelta) and not value)):
+        return None
+    return check(value)
+
+
+def queue_limits(config: StreamConfig) -> tuple[int | None, float | None]:
+    """(max_entries, max_age in seconds) kept in a queue stream's metadata; None for a limit that is not set
+    (or unreadable: a hand-edited value that is not a positive number is no limit)."""
+    metadata = config.metadata or {}
+    found: list[Any] = []
+    for name, kind in (("max_entries", int), ("max_age", float)):
+        try:
+            value = kind(metadata[METADATA_KEYS[name]])
+        except (KeyError, ValueError, TypeError):
+            value = None
+        found.append(value if value is not None and math.isfinite(value) and value > 0 else None)
+    return found[0], found[1]
+
+
+def deliveries_cap(max_deliver: int | None) -> int | None:
+    """A consumer's max_deliver as bgjob shows it: None when unlimited (JetStream's -1 or 0)."""
+    return max_deliver if max_deliver is not None and max_deliver > 0 else None
 
 
 def _seconds(name: str, value: Any, minimum: float) -> float:
@@ -261,39 +312,54 @@ async def configure_queue(
     retry: Retry,
 ) -> dict[str, tuple[Any, Any]]:
     """Apply `changes` (from validate_queue_changes) to the queue's stream and consumer; returns
-    {field: (old, new)} for what changed (old None: the consumer was created with it).
+    {field: (old, new)} for what changed (old None: the consumer was created with it, or the limit was unset).
 
     The stream is created from `settings` first when missing. A consumer that does not exist yet is created
-    (from `settings` plus `changes`) only when a consumer field is asked for. `retry(fn, *args)` calls with the
-    caller's retries of transient errors. Raises ConfigurationError with the server's description when it refuses
-    a change (e.g. replicas > 1 on a single server).
+    (from `settings` plus `changes`) only when a consumer field is asked for. The limits bgjob enforces itself
+    (max_entries, max_age) go into the stream's metadata, every other key of it kept. `retry(fn, *args)` calls
+    with the caller's retries of transient errors. Raises ConfigurationError with the server's description when
+    it refuses a change (e.g. replicas > 1 on a single server).
     """
     stream = topology.queue_stream(queue)
     timeout = settings.request_timeout
     changed: dict[str, tuple[Any, Any]] = {}
     current = await retry(provision_queue, js, topology, settings, queue)
 
-    wanted = {k: v for k, v in changes.items() if QUEUE_OPTIONS[k][1]}
+    wanted = {k: v for k, v in changes.items() if QUEUE_OPTIONS[k][1] == "stream"}
     old: dict[str, Any] = {k: getattr(current, STREAM_FIELDS[k]) for k in wanted}
     old.update({k: bool(old[k]) for k, v in wanted.items() if isinstance(v, bool)})  # a flag that is off: absent
-    if any(old[k] != v for k, v in wanted.items()):
-        updated = current.evolve(**{STREAM_FIELDS[k]: v for k, v in wanted.items()})
+    fields = {STREAM_FIELDS[k]: v for k, v in wanted.items() if old[k] != v}
+    limits = {k: v for k, v in changes.items() if QUEUE_OPTIONS[k][1] == "metadata"}
+    max_entries, max_age = queue_limits(current)
+    old.update({k: {"max_entries": max_entries, "max_age": max_age}[k] for k in limits})
+    if any(old[k] != v for k, v in limits.items()):
+        metadata = dict(current.metadata or {})
+        for name, value in limits.items():
+            if value is None:
+                metadata.pop(METADATA_KEYS[name], None)
+            else:
+                metadata[METADATA_KEYS[name]] = f"{value:g}" if isinstance(value, float) else str(value)
+        fields["metadata"] = metadata
+    if fields:
         try:
-            await retry(js.update_stream, updated)
+            await retry(js.update_stream, current.evolve(**fields))
         except nats.js.errors.APIError as exc:
             raise ConfigurationError(f"the server refused to change stream {stream}: {_server_says(exc)}") from exc
-        changed.update({k: (old[k], v) for k, v in wanted.items() if old[k] != v})
+        changed.update({k: (old[k], v) for k, v in {**wanted, **limits}.items() if old[k] != v})
 
-    wanted = {k: v for k, v in changes.items() if not QUEUE_OPTIONS[k][1]}
+    wanted = {k: v for k, v in changes.items() if QUEUE_OPTIONS[k][1] == "consumer"}
     if wanted:
+        fields = {CONSUMER_ATTRS.get(k, k): -1 if k == "max_deliveries" and v is None else v for k, v in wanted.items()}
         try:
             existing = (await retry(js.consumer_info, stream, topology.consumer(queue))).config
         except nats.js.errors.NotFoundError:
-            request, action = queue_consumer_config(topology, settings, queue).evolve(**wanted), "create"
+            request, action = queue_consumer_config(topology, settings, queue).evolve(**fields), "create"
             old = dict.fromkeys(wanted)
         else:
-            request, action = ConsumerConfig.from_response(existing.as_dict()).evolve(**wanted), "update"
-            old = {k: getattr(existing, CONSUMER_FIELDS[k]) for k in wanted}
+            request, action = ConsumerConfig.from_response(existing.as_dict()).evolve(**fields), "update"
+            old = {k: getattr(existing, CONSUMER_ATTRS.get(k, k)) for k in wanted}
+            if "max_deliveries" in old:
+                old["max_deliveries"] = deliveries_cap(old["max_deliveries"])
         if any(old[k] != v for k, v in wanted.items()):
             try:
                 await retry(consumer_request, nc, stream, request, action, timeout)

@@ -169,6 +169,11 @@ class Sending:
             except InvalidJob as exc:
                 which = f"job {index}: " if len(jobs) > 1 else ""
                 raise JobTooLarge(f"{which}{exc}; nothing was sent", job_ids=(job.job_id,)) from None
+        by_queue: dict[str, list[str]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, []).append(job.job_id)
+        if core.must_admit(set(by_queue)):  # a queue with max_entries: QueueFull, nothing sent, if it is full
+            self._call(runtime, core.admit(by_queue))
         uniques = [(job.job_id, job.queue, job.unique_for, job.reservation_token) for job in jobs
                    if job.unique_for is not None]
         held: dict[str, unique.Reservation | None] = {}

@@ -99,6 +99,9 @@ class Config:
     on_commit: bool = False
     outbox: bool = False
     metrics_port: int | None = None
+    #: (queue, configure_queue keywords) of the QUEUES entries that carry a configuration (`{"name": "mail",
+    #: "max_entries": 10000}`): applied by `manage.py bgjob_queue configure --from-settings` only.
+    queue_configs: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def retry_policy(self) -> bgjob.RetryPolicy:
         return bgjob.RetryPolicy(max_attempts=self.max_attempts)
@@ -115,6 +118,41 @@ class Problem:
     id: str
     msg: str
     hint: str | None = None
+
+
+def _queue_entries(entries: Any, problem: Any) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The queue names of BGJOB['QUEUES'] and the configuration its dict entries carry ({queue: the
+    configure_queue keywords as written}), reporting what is wrong through `problem(id, msg, hint)`."""
+    from bgjob.provisioning import QUEUE_OPTIONS, validate_queue_changes
+
+    names: list[str] = []
+    configs: dict[str, dict[str, Any]] = {}
+    keys = ", ".join(QUEUE_OPTIONS)
+    for entry in entries:
+        name, options = (entry.get("name"), {k: v for k, v in entry.items() if k != "name"}) \
+            if isinstance(entry, dict) else (entry, {})  # fmt: skip
+        if not _valid(jobmod.validate_queue, name):
+            problem("E005", f"BGJOB['QUEUES'] has an invalid queue name {name!r}",
+                    "use lower-case letters, digits, '_' and '-' (max 64); a queue with its configuration is "
+                    '{"name": "mail", "max_entries": 10000, "max_age": 3600}')  # fmt: skip
+            continue
+        names.append(name)
+        unknown = sorted(str(k) for k in options if k not in QUEUE_OPTIONS)
+        if unknown:
+            problem("E005", f"BGJOB['QUEUES'] entry {name!r} has unknown keys: {', '.join(unknown)}",
+                    f"a queue's configuration may set {keys}")  # fmt: skip
+            continue
+        try:
+            validate_queue_changes(**options)
+        except bgjob.ConfigurationError as exc:
+            problem("E005", f"BGJOB['QUEUES'] entry {name!r} is invalid: {exc}",
+                    "see `bgjob queue configure --help` for each limit's meaning and range (0 removes a limit)")
+            continue
+        if name in configs and configs[name] != options:
+            problem("E005", f"BGJOB['QUEUES'] configures queue {name!r} twice, differently", "keep one entry")
+        if options:
+            configs[name] = options
+    return names, configs
 
 
 def raw_setting() -> Any:
@@ -196,10 +234,7 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
     if isinstance(queues, str) or not isinstance(queues, (list, tuple)) or not queues:
         problem("E005", "BGJOB['QUEUES'] must be a non-empty list of queue names", 'e.g. ["default", "mail"]')
         queues = ["default"]
-    for queue in queues:
-        if not _valid(jobmod.validate_queue, queue):
-            problem("E005", f"BGJOB['QUEUES'] has an invalid queue name {queue!r}",
-                    "use lower-case letters, digits, '_' and '-' (max 64)")  # fmt: skip
+    queues, queue_configs = _queue_entries(queues, problem)
     for key, minimum in (("CONCURRENCY", 1), ("MAX_ATTEMPTS", 1)):
         if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < minimum:
             problem("E006", f"BGJOB[{key!r}] must be an integer >= {minimum}, got {values[key]!r}")
@@ -237,6 +272,7 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
     return Config(
         client=client_settings,
         queues=tuple(dict.fromkeys(queues)),
+        queue_configs=tuple(queue_configs.items()),
         concurrency=values["CONCURRENCY"],
         middleware=tuple(middleware),
         max_attempts=values["MAX_ATTEMPTS"],

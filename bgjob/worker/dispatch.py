@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -109,6 +110,10 @@ class Dispatcher:
         self.verifier = verifier
         #: the worker's encryption keys (None: it has none, and dead-letters encrypted jobs as "decrypt").
         self.cipher = cipher
+        #: the queue's limits, read from the server when the worker starts (FetchLoop.serve): seconds a ready job
+        #: may wait for its first delivery (stream metadata) and the consumer's cap on deliveries of a message.
+        self.max_age: float | None = None
+        self.max_deliveries: int | None = None
         self._chains: dict[str, Handler] = {}
 
     def run(self, item: Delivery) -> None:
@@ -139,6 +144,13 @@ class Dispatcher:
             item.outcome = Failure(_past_max_attempts(item.attempt, msg.metadata.num_delivered, limit))
             item.reason = "max_attempts"
             return
+        if self.max_deliveries is not None and msg.metadata.num_delivered >= self.max_deliveries:
+            # The server will not deliver it again: a failure now (or a crash) would strand it in the stream.
+            item.job = self._bare_job(item, job_id, job_type)
+            item.outcome = Failure(f"delivered {msg.metadata.num_delivered} times, the queue's max_deliveries: the "
+                                   "server would not deliver it again, so it was not run")  # fmt: skip
+            item.reason = "max_deliveries"
+            return
         refusal = self.verifier.check(self.queue, headers, msg.data) if self.verifier else None
         if refusal is not None:
             item.job = self._bare_job(item, job_id, job_type)
@@ -153,6 +165,12 @@ class Dispatcher:
         except jobmod.DecodeError as exc:
             item.job = self._bare_job(item, job_id, job_type)
             item.outcome, item.reason = Failure(f"DecodeError: {exc}"), "decode"
+            return
+        waited = _waited_past(msg, self.max_age)
+        if waited is not None:
+            item.outcome = Failure(f"expired: ready for {waited:.0f}s before a worker took it, more than the queue's "
+                                   f"max_age of {self.max_age:g}s; not run")  # fmt: skip
+            item.reason = "expired"
             return
         extra = self.mux.sensitive_keys(job_type)
         if extra - item.job.sensitive:  # the handler's keys join the producer's
@@ -199,6 +217,18 @@ class Dispatcher:
             return outcome
         finally:
             current_job.reset(token)
+
+
+def _waited_past(msg: Msg, max_age: float | None) -> float | None:
+    """Seconds a first delivery waited since its message was stored when that is more than `max_age`, else None.
+
+    A message is stored when its job became ready: sent without a delay, or when the server fired its delayed,
+    retry or periodic schedule (those wait in other messages, which age nothing here). A redelivery is not
+    checked: the job already ran, or was taken, and its retry policy rules it."""
+    if max_age is None or msg.metadata.num_delivered != 1:
+        return None
+    waited = (datetime.now(UTC) - msg.metadata.timestamp).total_seconds()
+    return waited if waited > max_age else None
 
 
 def _past_max_attempts(attempt: int, delivered: int, limit: int) -> str:

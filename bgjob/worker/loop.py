@@ -87,6 +87,7 @@ class FetchLoop:
         await core.ensure_dlq()
         config = await core.ensure_consumer(self.queue)
         self.ack_wait = config.ack_wait or core.settings.ack_wait
+        self.dispatcher.max_age, self.dispatcher.max_deliveries = await core.delivery_limits(self.queue, config)
         stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
         pull = PullRequests(core, stream, consumer, expires=self.fetch_timeout)
         inbox = core.nc.new_inbox()

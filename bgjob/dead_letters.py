@@ -161,12 +161,13 @@ def stored_headers(raw: RawStreamMsg) -> dict[str, str]:
 
 def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
     headers = stored_headers(raw)
-    from_bgjob = True
     try:
         queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
-    except ValueError:  # published to the DLQ's subjects by something else than bgjob: shown, found by seq
-        queue, reason, job_id, job_type = "unknown", "unknown", _by_seq(raw.seq), "unknown"
+        from_bgjob = _valid_parts(queue, reason, job_id, job_type)
+    except ValueError:
         from_bgjob = False
+    if not from_bgjob:  # published to the DLQ's subjects by something else than bgjob: shown, found by seq
+        queue, reason, job_id, job_type = "unknown", "unknown", _by_seq(raw.seq), "unknown"
 
     def text(name: str) -> str | None:
         """A JSON-encoded text header (bgjob writes them so); a value written otherwise as it is."""
@@ -198,6 +199,17 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
         cipher=cipher_for(core.settings.encryption_keys),
         from_bgjob=from_bgjob,
     )
+
+
+def _valid_parts(queue: str, reason: str, job_id: str, job_type: str) -> bool:
+    """Whether a dead letter's subject names what bgjob writes there: a valid queue, reason, job id and type."""
+    try:
+        jobmod.validate_queue(queue)
+        validate_reason(reason)
+        jobmod.validate_type(job_type)
+    except InvalidJob:
+        return False
+    return jobmod.is_valid_job_id(job_id)
 
 
 def _by_seq(seq: int) -> str:
@@ -251,14 +263,15 @@ async def _list(core: Core, queue: str | None, job_type: str | None, reason: str
 async def _find(core: Core, entry_id: str) -> DeadLetter:
     await core.ensure_dlq()
     if jobmod.is_valid_job_id(entry_id):
-        raw = await _get_next(core, 1, core.topology.dlq_filter(job_id=entry_id))
-        if raw is not None:
-            return _entry(core, raw)
         seq = entry_id.removeprefix(_by_seq(0)[:-1])
-        if seq != entry_id and seq.isascii() and seq.isdigit():
+        if seq != entry_id and seq.isascii() and seq.isdigit() and 0 < int(seq) <= MAX_SEQ:
+            # a message bgjob did not store, by its sequence (checked first: a job may be named dlq-seq-<n> too)
             raw = await _get_next(core, int(seq), f"{core.topology.prefix}.dlq.>")
-            if raw is not None and raw.seq == int(seq) and _entry(core, raw).id == entry_id:
-                return _entry(core, raw)
+            if raw is not None and raw.seq == int(seq) and (entry := _entry(core, raw)).id == entry_id:
+                return entry
+        raw = await _get_next(core, 1, core.topology.dlq_filter(job_id=entry_id))
+        if raw is not None and (entry := _entry(core, raw)).id == entry_id:
+            return entry
     raise DeadLetterNotFound(f"no dead letter with id {entry_id!r}")
 
 
@@ -267,6 +280,11 @@ async def _retry(core: Core, entry_id: str) -> str:
     if not entry.from_bgjob:
         raise InvalidJob(f"dead letter {entry.id} was not stored by bgjob (its subject names no queue to send it "
                          "back to): it cannot be retried, only deleted")  # fmt: skip
+    try:
+        await core.js.stream_info(core.topology.queue_stream(entry.queue))
+    except nats.js.errors.NotFoundError:
+        raise InvalidJob(f"dead letter {entry.id} names queue {entry.queue!r}, which does not exist (no worker "
+                         "would run it): it was not retried") from None  # fmt: skip
     subject, headers = requeue_message(core.topology, entry.queue, entry.type, entry.id, entry.headers,
                                        entry.first_failure_at)  # fmt: skip
     await core.publish(subject, entry.body, headers, queue=entry.queue)
@@ -453,8 +471,11 @@ class DeadLetters:
         """Dead letters, newest first, at most `limit`: the newest ones stored before DLQ sequence `before`
         (None: the newest of all); pass the last entry's `seq` as `before` for the next (older) page. With
         `after` (a DLQ sequence): the `limit` dead letters stored next after it, still newest first: pass the
-        first entry's `seq` as `after` for the previous (newer) page. Raises InvalidJob for a bad filter."""
+        first entry's `seq` as `after` for the previous (newer) page. Raises InvalidJob for a bad filter,
+        ValueError for a bad `before` or `after`."""
         _validate_filter(queue, job_type, reason)
+        _validate_seq("before", before)
+        _validate_seq("after", after)
         if limit < 1:
             return []
         return self._client.run(_list, queue, job_type, reason, limit, before, after, idempotent=True)
@@ -585,9 +606,13 @@ async def _last_seq(core: Core) -> int:
     return (await core.js.stream_info(core.topology.dlq_stream)).state.last_seq
 
 
+#: the largest stream sequence JetStream has (an unsigned 64-bit number), less one: `up_to + 1` must fit.
+MAX_SEQ = 2**64 - 2
+
+
 def _validate_seq(name: str, seq: Any) -> None:
-    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
-        raise ValueError(f"{name} must be a DLQ sequence (an int >= 0) or None, not {seq!r}")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ):
+        raise ValueError(f"{name} must be a DLQ sequence (an int from 0 to 2**64 - 2) or None, not {seq!r}")
 
 
 def _validate_filter(queue: str | None, job_type: str | None, reason: str | None) -> None:

@@ -34,6 +34,7 @@ from django.utils.translation import ngettext
 import bgjob
 from bgjob import job as jobmod
 from bgjob.arg_match import parse_value
+from bgjob.dead_letters import MAX_SEQ
 from bgjob.job import validate_reason
 
 from .conf import interactive_client
@@ -60,7 +61,7 @@ def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[.
     def wrapper(self: _Views, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             return view(self, request, *args, **kwargs)
-        except (bgjob.ConnectionError, bgjob.ServerVersionError, bgjob.ServerNotFound) as exc:
+        except (bgjob.ConnectionError, bgjob.ServerVersionError, bgjob.ServerNotFound, bgjob.ServerRefused) as exc:
             log.warning("admin: bgjob unavailable: %s", exc)
             context = self.context(request, title="Background jobs are unavailable", here="Unavailable", error=str(exc))
             return TemplateResponse(request, "bgjob_django/admin/unavailable.html", context, status=503)
@@ -190,7 +191,7 @@ class DeadLetterViews(_Views):
         media = self.model_admin.media
         if actions:
             action_form = self.model_admin.action_form(auto_id=None)
-            action_form.fields["action"].choices = [*BLANK_CHOICE_DASH, *actions.items()]
+            action_form.fields["action"].choices = [*_blank_choice(), *actions.items()]
             media += action_form.media
         selected_all = ngettext("%(total_count)s selected", "All %(total_count)s selected", len(entries))
         return {
@@ -292,6 +293,9 @@ class DeadLetterViews(_Views):
         described = _describe(filters)
         if request.method == "POST":
             up_to = _positive_int(request.POST.get("up_to")) if request.POST.get("up_to") != "0" else 0
+            if any(source.get(key, "").strip() and not filters[key] for key, _ in FILTERS):
+                messages.error(request, "Nothing was purged: a filter was invalid, and a purge never widens.")
+                return HttpResponseRedirect(self.url("changelist") + _query(filters))
             if up_to is None:
                 messages.error(request, "The purge was not confirmed from its confirmation page: nothing was deleted.")
                 return HttpResponseRedirect(self.url("purge") + _query(filters))
@@ -300,7 +304,8 @@ class DeadLetterViews(_Views):
             self._log_purge(request, purged, described)
             text = f"Purged {_dead_letters(purged)} ({described})."
             if kept:
-                text += f" {_dead_letters(kept)} that arrived after you confirmed {'were' if kept > 1 else 'was'} kept."
+                text += (f" {_dead_letters(kept)} that arrived after the confirmation page was shown "
+                         f"{'were' if kept > 1 else 'was'} kept.")  # fmt: skip
             messages.success(request, text)
             return HttpResponseRedirect(self.url("changelist") + _query(filters))
         up_to = dlq.last_seq()  # the purge deletes what this page counts, nothing stored after it
@@ -309,7 +314,8 @@ class DeadLetterViews(_Views):
                     "arriving after this page was shown are kept.")  # fmt: skip
         hidden = [*((k, v) for k, v in filters.items() if v), ("up_to", up_to)]
         return self._confirm(request, title="Purge dead letters?", count=count, filters=filters, ids=[],
-                             question=question, action_url=self.url("purge"), hidden=hidden)
+                             question=question, action_url=self.url("purge"), hidden=hidden,
+                             cancel_url=self.url("changelist") + _query(filters))  # fmt: skip
 
     @_unavailable_on_nats_errors
     def erase(self, request: HttpRequest) -> HttpResponse:
@@ -368,9 +374,10 @@ class DeadLetterViews(_Views):
         dlq = interactive_client().dlq
         done, gone = [], 0
         if action == "delete_selected" and request.POST.get("post") != "yes":
-            return self._confirm(request, title="Delete dead letters?", ids=ids, action_url=self.url("changelist"),
-                                 question=f"Delete these {len(ids)} dead letters? They cannot be retried afterwards.",
-                                 hidden=[("action", action)])  # fmt: skip
+            these = "this dead letter" if len(ids) == 1 else f"these {len(ids)} dead letters"
+            return self._confirm(request, title="Delete dead letters?", ids=ids, action_url=back,
+                                 question=f"Delete {these}? {'It' if len(ids) == 1 else 'They'} cannot be retried "
+                                 "afterwards.", hidden=[("action", action)], cancel_url=back)  # fmt: skip
         refused: list[str] = []
         for entry_id in ids:
             try:
@@ -464,7 +471,8 @@ class DeadLetterViews(_Views):
         return specs
 
     def _confirm(self, request: HttpRequest, **extra: Any) -> HttpResponse:
-        context = self.context(request, subtitle=None, here=extra["title"], cancel_url=self.url("changelist"), **extra)
+        extra.setdefault("cancel_url", self.url("changelist"))
+        context = self.context(request, subtitle=None, here=extra["title"], **extra)
         return TemplateResponse(request, "bgjob_django/admin/deadletter_confirm.html", context)
 
     def _log_purge(self, request: HttpRequest, purged: int, described: str) -> None:
@@ -533,8 +541,21 @@ def _describe(filters: dict[str, str]) -> str:
     return ", ".join(parts) if parts else "all queues, types and reasons"
 
 
+def _blank_choice() -> list[tuple[str, str]]:
+    """The action menu's empty choice as this Django version labels it ("- Select an option -" from 6.1)."""
+    try:
+        from django.db.models.utils import get_blank_choice_label
+    except ImportError:  # Django < 6.1
+        return list(BLANK_CHOICE_DASH)
+    return [("", get_blank_choice_label())]
+
+
 def _positive_int(text: str | None) -> int | None:
-    return int(text) if text and text.isdigit() and int(text) > 0 else None
+    """A DLQ sequence from a query or form value (ASCII digits, 1 to MAX_SEQ); None for anything else."""
+    if not text or len(text) > 20 or not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_SEQ else None
 
 
 def _query(filters: dict[str, str]) -> str:

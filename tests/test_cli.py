@@ -110,11 +110,11 @@ def test_dlq_purge_up_to_the_sequence_its_dry_run_printed_keeps_newer_ones(cli_e
     wait_until(lambda: client.dlq.count() == 1, message="dead letter")
     dry = bgjob_cli(cli_env, "dlq", "purge")
     bound = re.search(r"add --yes --up-to (\d+) ", dry.stderr).group(1)
-    assert "would purge 1 dead letters (up to DLQ sequence" in dry.stderr
+    assert "would purge 1 dead letter (up to DLQ sequence" in dry.stderr
     client.send_job("fail", 2)
     wait_until(lambda: client.dlq.count() == 2, message="a newer dead letter")
     out = bgjob_cli(cli_env, "dlq", "purge", "--yes", "--up-to", bound)
-    assert out.returncode == 0 and "purged 1 dead letters; 1 stored after sequence" in out.stdout
+    assert out.returncode == 0 and "purged 1 dead letter; 1 stored after sequence" in out.stdout
     assert [e.arg for e in client.dlq.list()] == [2]
 
 
@@ -162,7 +162,7 @@ def test_dlq_list_json_has_iso_dates_and_retry_all(cli_env, client, start_worker
     assert "a very long error a very" in listed and "…" in listed  # cut, and saying so
     assert "--reason" in bgjob_cli(cli_env, "dlq", "list", "--help").stdout
     out = bgjob_cli(cli_env, "dlq", "retry", "--all")
-    assert out.returncode == 0 and "retried 1 dead letters" in out.stdout
+    assert out.returncode == 0 and "retried 1 dead letter" in out.stdout
 
 
 def test_status_and_dlq_fail_at_once_when_nats_is_unreachable(cli_env) -> None:
@@ -192,3 +192,15 @@ def test_worker_with_a_bad_target_says_what_is_wrong(cli_env, tmp_path) -> None:
     (tmp_path / "notamux.py").write_text("mux = 42\n")
     out = bgjob_cli(cli_env, "worker", "notamux", cwd=str(tmp_path))
     assert out.returncode == 2 and "is not a bgjob.Mux" in out.stderr
+
+
+def test_dlq_list_writes_control_characters_as_escapes(cli_env, client, start_worker) -> None:
+    """Stored text never drives the operator's terminal (ESC sequences, NUL)."""
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("bad \x00\x1b[31mred\x9b"))
+    start_worker(client, mux)
+    client.send_job("fail", None)
+    wait_until(lambda: client.dlq.count() == 1, message="dead letter")
+    out = bgjob_cli(cli_env, "dlq", "list")
+    assert out.returncode == 0 and "bad \\x00\\x1b[31mred\\x9b" in out.stdout
+    assert "\x1b" not in out.stdout and "\x00" not in out.stdout

@@ -231,3 +231,19 @@ def test_first_failure_is_the_time_of_the_first_failed_attempt(client, start_wor
 
     assert ms(times[0]) <= entry.first_failure_at <= times[1]
     assert entry.last_failure_at >= ms(times[2])
+
+
+def test_retry_into_a_queue_that_does_not_exist_is_refused(client, dead) -> None:
+    """A dead letter naming a queue with no stream (published there by hand) is not sent into a new stream no
+    worker reads."""
+
+    async def publish(core) -> int:
+        await core.ensure_dlq()
+        return (await core.js.publish(f"{core.topology.prefix}.dlq.nosuchqueue.handler.job-1.fail", b"{}")).seq
+
+    client.run(publish)
+    with pytest.raises(bgjob.InvalidJob, match="names queue 'nosuchqueue', which does not exist"):
+        client.dlq.retry("job-1")
+    assert client.dlq.get("job-1").queue == "nosuchqueue" and "nosuchqueue" not in client.queues()
+    with pytest.raises(ValueError, match="after must be a DLQ sequence"):
+        client.dlq.list(after=2**64)

@@ -150,10 +150,10 @@ def test_bgjob_dlq_show_list_and_find_print_masked_and_erase_asks_for_yes(client
         out = capsys.readouterr().out
         assert "job-seven" in out and "4111111111111111" not in out and "tok-SECRET-123" not in out, args
     assert main(["dlq", "erase", "--match", "customer_id=7"]) == 2
-    assert "would erase 1 dead letters" in capsys.readouterr().err and client.dlq.count() == 1
+    assert "would erase 1 dead letter" in capsys.readouterr().err and client.dlq.count() == 1
     assert main(["dlq", "erase", "--match", "=7", "--yes"]) == 2 and "PATH=VALUE" in capsys.readouterr().err
     assert main(["dlq", "erase", "--match", "customer_id=7", "--yes"]) == 0
-    assert "erased 1 dead letters" in capsys.readouterr().out and client.dlq.count() == 0
+    assert "erased 1 dead letter" in capsys.readouterr().out and client.dlq.count() == 0
 
 
 @pytest.fixture
@@ -305,4 +305,4 @@ def test_bgjob_dlq_find_and_erase_warn_and_exit_1_when_a_dead_letter_could_not_b
     monkeypatch.setenv("BGJOB_ENCRYPTION_KEYS", key)
     assert main(["dlq", "erase", "--match", "customer_id=7", "--yes"]) == 0
     captured = capsys.readouterr()
-    assert "erased 1 dead letters" in captured.out and "warning" not in captured.err and client.dlq.count() == 0
+    assert "erased 1 dead letter" in captured.out and "warning" not in captured.err and client.dlq.count() == 0

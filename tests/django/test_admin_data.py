@@ -107,8 +107,8 @@ def test_purge_deletes_what_was_confirmed_and_keeps_what_arrived_after(admin_cli
     wait_until(lambda: bgjob_client.dlq.count() == 10, message="10 dead letters")
     done = admin_client.post(f"{DLQ}purge/", {"type": "race-type", "post": "yes", "up_to": up_to}, follow=True)
     text = done.content.decode()
-    assert "Purged 3 dead letters (job type race-type). 7 dead letters that arrived after you confirmed were kept." \
-        in text
+    assert "Purged 3 dead letters (job type race-type). 7 dead letters that arrived after the confirmation page " \
+        "was shown were kept." in text
     assert bgjob_client.dlq.count() == 7
     entry = LogEntry.objects.get(action_flag=DELETION)
     assert entry.object_repr == "Purge of 3 dead letters (job type race-type)" and entry.object_id is None
@@ -155,3 +155,59 @@ def test_redirects_have_no_stray_question_mark(admin_client, bgjob_client, worke
     assert response["Location"] == DLQ
     filtered = admin_client.post(DLQ + "?queue=default", {"action": "retry_selected", "_selected_action": ["gone"]})
     assert filtered["Location"] == DLQ + "?queue=default"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["²", "9" * 5000, "18446744073709551615", "99999999999999999999", "-1", "abc", ""])
+def test_hostile_sequences_in_urls_and_forms_never_500(admin_client, bgjob_client, worker, value) -> None:
+    """Attacker review: before/after/up_to and dlq-seq-<n> ids that look like numbers but are not sequences."""
+    job_id = send_job("fail", {})
+    wait_until(lambda: bgjob_client.dlq.count() == 1, message="the dead letter")
+    for params in ({"before": value}, {"after": value}, {"after": value, "queue": "default"}):
+        assert admin_client.get(DLQ, params).status_code == 200, params
+    purge = admin_client.post(f"{DLQ}purge/", {"post": "yes", "up_to": value})
+    assert purge.status_code == 302 and bgjob_client.dlq.count() == 1
+    for view in ("change", "retry", "delete"):
+        assert admin_client.get(f"{DLQ}dlq-seq-{value}/{view}/").status_code in (302, 404), view
+    admin_client.post(DLQ, {"action": "retry_selected", "_selected_action": [f"dlq-seq-{value}"]})
+    assert [e.id for e in bgjob_client.dlq.list()] == [job_id]
+
+
+@pytest.mark.django_db
+def test_a_purge_with_an_invalid_filter_purges_nothing(admin_client, bgjob_client, worker) -> None:
+    """A tampered purge form must not widen to everything: it is refused."""
+    send_job("fail", {})
+    wait_until(lambda: bgjob_client.dlq.count() == 1, message="the dead letter")
+    done = admin_client.post(f"{DLQ}purge/", {"post": "yes", "up_to": "1000", "type": "<x>"}, follow=True)
+    assert "Nothing was purged" in done.content.decode() and bgjob_client.dlq.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("subject", ["default.<b>r</b>.<i>id</i>.<u>type</u>", "déf.händ.ïd.tÿpe",
+                                     f"default.handler.{'x' * 300}.fail", "x"])  # fmt: skip
+def test_dead_letters_under_subjects_bgjob_never_writes_are_shown_and_deletable(admin_client, bgjob_client,
+                                                                                 subject) -> None:  # fmt: skip
+    async def publish(core) -> int:
+        await core.ensure_dlq()
+        return (await core.js.publish(f"{core.topology.prefix}.dlq.{subject}", b"{}")).seq
+
+    seq = bgjob_client.run(publish)
+    html = admin_client.get(DLQ).content.decode()
+    assert job_ids(html) == [f"dlq-seq-{seq}"] and "<b>r</b>" not in html and "<i>id</i>" not in html
+    admin_client.post(DLQ, {"action": "delete_selected", "_selected_action": [f"dlq-seq-{seq}"], "post": "yes"})
+    assert bgjob_client.dlq.count() == 0
+
+
+@pytest.mark.django_db
+def test_confirmations_keep_the_active_filters(admin_client, bgjob_client, worker) -> None:
+    """New-user review: "Delete selected" and the purge's "No, take me back" returned to the unfiltered list."""
+    job_id = send_job("fail", {})
+    wait_until(lambda: bgjob_client.dlq.count() == 1, message="the dead letter")
+    listed = DLQ + "?type=fail"
+    confirm = admin_client.post(listed, {"action": "delete_selected", "_selected_action": [job_id]}).content.decode()
+    assert 'action="/admin/bgjob_django/deadletter/?type=fail"' in confirm
+    assert 'href="/admin/bgjob_django/deadletter/?type=fail" class="button cancel-link"' in confirm
+    done = admin_client.post(listed, {"action": "delete_selected", "_selected_action": [job_id], "post": "yes"})
+    assert done["Location"] == listed and bgjob_client.dlq.count() == 0
+    purge = admin_client.get(f"{DLQ}purge/", {"reason": "handler"}).content.decode()
+    assert 'href="/admin/bgjob_django/deadletter/?reason=handler" class="button cancel-link"' in purge

@@ -75,9 +75,9 @@ def test_dlq_show_prints_the_arg_as_json_and_the_traceback_as_lines(bgjob_client
 def test_dlq_retry_delete_and_purge(dead_letters, bgjob_client) -> None:
     assert f"deleted {dead_letters[0]}" in run("bgjob_dlq", "delete", dead_letters[0])
     assert bgjob_client.dlq.count() == 3
-    with pytest.raises(CommandError, match=r"would purge 1 dead letters \(up to DLQ sequence \d+\); add --yes"):
+    with pytest.raises(CommandError, match=r"would purge 1 dead letter \(up to DLQ sequence \d+\); add --yes"):
         run("bgjob_dlq", "purge", "--queue", "mail")
-    assert "purged 1 dead letters" in run("bgjob_dlq", "purge", "--queue", "mail", "--yes")
+    assert "purged 1 dead letter" in run("bgjob_dlq", "purge", "--queue", "mail", "--yes")
     assert f"retried {dead_letters[1]}" in run("bgjob_dlq", "retry", dead_letters[1])
     # the retried job fails again and comes back: retry --all only takes the ones there when it started
     wait_until(lambda: bgjob_client.dlq.count() == 2, message="the retried job back in the DLQ")

@@ -184,7 +184,7 @@ def test_bgjob_dlq_show_list_and_find_are_masked_and_erase_erases(bgjob_client, 
         assert not leaks(output) and "job-seven" in output
     from django.core.management import CommandError
 
-    with pytest.raises(CommandError, match="would erase 1 dead letters"):
+    with pytest.raises(CommandError, match="would erase 1 dead letter"):
         run("bgjob_dlq", "erase", "--match", "customer_id=7")
-    assert "erased 1 dead letters" in run("bgjob_dlq", "erase", "--match", "customer_id=7", "--yes")
+    assert "erased 1 dead letter" in run("bgjob_dlq", "erase", "--match", "customer_id=7", "--yes")
     assert [e.id for e in bgjob_client.dlq.list()] == ["job-eight"]

@@ -24,7 +24,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         problems: list[str] = []
         try:
-            status = dlq_command(interactive_client().dlq, options, out=self.stdout.write, err=problems.append)
+            # "CommandError: " starts what Django prints: no "error: " after it
+            status = dlq_command(interactive_client().dlq, options, out=self.stdout.write,
+                                 err=lambda line: problems.append(line.removeprefix("error: ")))
         except bgjob.BgjobError as exc:
             raise CommandError(str(exc)) from exc
         if status:

@@ -26,6 +26,7 @@ from .errors import (
     ServerRefused,
     ServerVersionError,
     StorageFull,
+    TimeLimitExceeded,
 )
 from .handler import HandlerOptions, Mux, SyncHandlerAdapter
 from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
@@ -103,6 +104,7 @@ __all__ = [
     "Settings",
     "StorageFull",
     "SyncHandlerAdapter",
+    "TimeLimitExceeded",
     "unregister_hooks",
     "Worker",
     "WorkerHooks",

@@ -70,7 +70,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             middleware.append(Metrics(_serve_metrics(client, args.metrics_addr, args.metrics_port)))
         worker = Worker(client, mux, queue=args.queue, concurrency=args.concurrency, grace_period=args.grace,
                         middleware=middleware, retry_policy=RetryPolicy(max_attempts=args.max_attempts),
-                        pool=args.pool)  # fmt: skip
+                        pool=args.pool, time_limit=args.time_limit)  # fmt: skip
         print(server_line(client), flush=True)
         worker.run()
     finally:
@@ -514,6 +514,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo()
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0 (a time limit); argparse reports anything else."""
+    from .worker.time_limit import time_limit_seconds
+
+    try:
+        seconds = time_limit_seconds(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0") from exc
+    assert seconds is not None
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgjob", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("BGJOB_LOG_LEVEL", "INFO"))
@@ -528,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", choices=["threads", "gevent"], default="threads")
     p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight jobs may finish after SIGTERM")
     p.add_argument("--max-attempts", type=int, default=10)
+    p.add_argument("--time-limit", type=positive_seconds, metavar="SECONDS",
+                   help="seconds a handler may run before TimeLimitExceeded is raised inside it (handlers with their "
+                   "own time_limit keep theirs); default: no limit")  # fmt: skip
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (needs prometheus-client)")
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address of the metrics endpoint (default: "
                    "127.0.0.1, this host only; 0.0.0.0 is the explicit choice to let other hosts scrape it). Only "

@@ -99,6 +99,23 @@ class HandlerError(BgjobError):
     """A handler or Mux registration is invalid (duplicate type, not callable, ...)."""
 
 
+class TimeLimitExceeded(BaseException):
+    """Raised inside a handler still running at its time limit (`@mux.handler(..., time_limit=seconds)` or
+    `Worker(time_limit=seconds)`); the job then fails like any exception: retried, or dead-lettered with reason
+    `time_limit` on its last attempt.
+
+    A BaseException, not a BgjobError (as Dramatiq's and gevent's Timeout are), so that a handler's
+    `except Exception:` does not swallow it; a handler may catch it to clean up, then should re-raise it.
+    `time_limit` is the limit in seconds (None when raised without one). In a thread pool it arrives as an
+    asynchronous exception, between two bytecodes: a thread blocked in C code (a long `time.sleep`, a socket read
+    without a timeout) gets it only when that call returns.
+    """
+
+    def __init__(self, message: str = "the handler ran past its time limit", time_limit: float | None = None):
+        super().__init__(message)
+        self.time_limit = time_limit
+
+
 class InvalidSchedule(BgjobError, ValueError):
     """A cron expression, time zone or delay cannot be used for scheduling."""
 

@@ -31,6 +31,7 @@ from bgjob import encryption, signing
 from bgjob import job as jobmod
 from bgjob.periodic import validate_name as validate_schedule_name
 from bgjob.redaction import mask_url
+from bgjob.worker.time_limit import time_limit_seconds
 
 #: BGJOB keys that map one-to-one onto bgjob.Settings fields: URL, PREFIX, REPLICAS, ACK_WAIT, RESULT_TTL, ...
 #: (OPTIONS holds the nats.connect keyword arguments).
@@ -43,6 +44,7 @@ APP_DEFAULTS: dict[str, Any] = {
     "MIDDLEWARE": [],  # dotted paths of bgjob middleware (callables, or classes instantiated without arguments)
     "MAX_ATTEMPTS": 10,  # deliveries before a failing job is dead-lettered
     "GRACE_PERIOD": 30.0,  # seconds in-flight jobs may finish after SIGTERM
+    "TIME_LIMIT": None,  # seconds a handler may run (then TimeLimitExceeded is raised in it); handlers' own win
     "SCHEDULES": {},  # name -> {"cron", "job", "arg", "queue", "tz"}: periodic jobs declared at worker start
     "ON_COMMIT": False,  # send_job() defers publishing to transaction.on_commit unless told otherwise
     "OUTBOX": False,  # every Django-side send (send_job, send_jobs, django.tasks) writes the outbox table instead
@@ -95,6 +97,8 @@ class Config:
     middleware: tuple[str, ...] = ()
     max_attempts: int = 10
     grace_period: float = 30.0
+    #: the workers' default time limit in seconds (None: none); a handler's own time_limit wins.
+    time_limit: float | None = None
     schedules: tuple[ScheduleSpec, ...] = ()
     on_commit: bool = False
     outbox: bool = False
@@ -242,6 +246,12 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
     if not isinstance(values["GRACE_PERIOD"], (int, float)) or values["GRACE_PERIOD"] < 0:
         problem("E006", f"BGJOB['GRACE_PERIOD'] must be seconds >= 0, got {values['GRACE_PERIOD']!r}")
         values["GRACE_PERIOD"] = APP_DEFAULTS["GRACE_PERIOD"]
+    try:
+        values["TIME_LIMIT"] = time_limit_seconds(values["TIME_LIMIT"])
+    except ValueError as exc:
+        problem("E006", f"BGJOB['TIME_LIMIT'] is invalid: {exc}", "seconds (e.g. 300) a handler may run before "
+                "bgjob.TimeLimitExceeded is raised inside it, or None for no limit")  # fmt: skip
+        values["TIME_LIMIT"] = None
     port = values["METRICS_PORT"]
     if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536):
         problem("E006", f"BGJOB['METRICS_PORT'] must be a TCP port number or None, got {port!r}")
@@ -277,6 +287,7 @@ def _parse(raw: Any) -> tuple[Config | None, list[Problem]]:
         middleware=tuple(middleware),
         max_attempts=values["MAX_ATTEMPTS"],
         grace_period=float(values["GRACE_PERIOD"]),
+        time_limit=values["TIME_LIMIT"],
         schedules=schedules,
         on_commit=values["ON_COMMIT"],
         outbox=values["OUTBOX"],

@@ -2,7 +2,8 @@
 
 The package, one concern a module: `loop` (pull requests, leases, drain, on the event loop), `dispatch` (decode
 and call the chain, in a pool thread), `settle` (every Result -> JetStream operation, and the hooks),
-`pull` (pull requests and their statuses), `pool` (threads or greenlets), `signals` (SIGTERM/SIGINT).
+`pull` (pull requests and their statuses), `pool` (threads or greenlets), `time_limit` (handlers' time
+limits), `signals` (SIGTERM/SIGINT).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 
 from .. import job as jobmod
 from ..client import Client
@@ -30,6 +32,7 @@ from .dispatch import Dispatcher
 from .loop import FetchLoop
 from .pool import make_pool
 from .signals import install_drain_signals
+from .time_limit import loop_reporter, make_time_limits, time_limit_seconds
 
 __all__ = ["Worker"]
 
@@ -53,8 +56,11 @@ class Worker:
         fetch_timeout: seconds one pull request waits for jobs on the server.
         max_batch: the most jobs one pull request asks for.
         pool: "threads" (default) or "gevent" (needs a gevent-patched process).
+        time_limit: seconds (int/float > 0, or a timedelta) a handler may run before `bgjob.TimeLimitExceeded` is
+            raised inside it, for handlers without their own `@mux.handler(..., time_limit=)`; None (default):
+            no limit. See `bgjob.worker.time_limit` for what cannot be interrupted.
 
-    Raises InvalidJob for a bad queue name and ValueError for a bad concurrency or pool.
+    Raises InvalidJob for a bad queue name and ValueError for a bad concurrency, pool or time_limit.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class Worker:
         fetch_timeout: float = 1.0,
         max_batch: int = 256,
         pool: str = "threads",
+        time_limit: float | timedelta | None = None,
     ) -> None:
         jobmod.validate_queue(queue)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -91,6 +98,8 @@ class Worker:
         self.fetch_timeout = fetch_timeout
         self.max_batch = max_batch
         self.pool = pool
+        #: the default time limit in seconds (None: none).
+        self.time_limit = time_limit_seconds(time_limit)
         # Raw-lock flags, not threading.Events: they are set from the runtime thread even under gevent.
         self._stop_requested = Flag()
         self._started = Flag()
@@ -111,7 +120,9 @@ class Worker:
         keys = self.client.settings.verify_keys
         dispatcher = Dispatcher(self.queue, self.mux, self.middleware, self.hooks, self.retry_policy, core.topology,
                                 Verifier(keys) if keys else None,
-                                cipher_for(self.client.settings.encryption_keys))  # fmt: skip
+                                cipher_for(self.client.settings.encryption_keys),
+                                time_limits=make_time_limits(self.pool, loop_reporter(runtime.loop, self.hooks)),
+                                time_limit=self.time_limit)  # fmt: skip
         loop = self._loop = FetchLoop(core, runtime, pool, dispatcher, worker_id=self.id,
                                       concurrency=self.concurrency, max_batch=self.max_batch,
                                       fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
@@ -136,6 +147,8 @@ class Worker:
         finally:
             restore()
             pool.shutdown()
+            if dispatcher.time_limits is not None:
+                dispatcher.time_limits.close()
 
     def start(self) -> threading.Thread:
         """Run in a background thread; returns once the worker is fetching. Raises RuntimeError if it fails."""

@@ -29,6 +29,7 @@ from ..result import Complete, MoveToDlq, Reschedule, Result, Retry
 from ..retry_policy import RetryPolicy
 from ..signing import Verifier
 from ..topology import Topology
+from .time_limit import TimeLimits
 
 log = logging.getLogger("bgjob.worker")
 
@@ -100,6 +101,8 @@ class Dispatcher:
         topology: Topology,
         verifier: Verifier | None,
         cipher: Cipher | None = None,
+        time_limits: TimeLimits | None = None,
+        time_limit: float | None = None,
     ) -> None:
         self.queue = queue
         self.mux = mux
@@ -110,6 +113,9 @@ class Dispatcher:
         self.verifier = verifier
         #: the worker's encryption keys (None: it has none, and dead-letters encrypted jobs as "decrypt").
         self.cipher = cipher
+        #: enforces time limits (None: none are); `time_limit`: the worker's default, in seconds (None: no limit).
+        self.time_limits = time_limits
+        self.time_limit = time_limit
         #: the queue's limits, read from the server when the worker starts (FetchLoop.serve): seconds a ready job
         #: may wait for its first delivery (stream metadata) and the consumer's cap on deliveries of a message.
         self.max_age: float | None = None
@@ -191,11 +197,18 @@ class Dispatcher:
                    max_attempts=self.retry_policy.max_attempts,
                    sensitive=jobmod.sensitive_of(headers) | self.mux.sensitive_keys(job_type))  # fmt: skip
 
+    def _limited(self, handler: Handler, job_type: str) -> Handler:
+        """`handler` under its time limit: its own (`@mux.handler(..., time_limit=)`), else the worker's default."""
+        if self.time_limits is None:
+            return handler
+        own = self.mux.options(job_type).time_limit
+        return self.time_limits.limited(handler, own if own is not None else self.time_limit)
+
     def call(self, handler: Handler, job: Job) -> Result | Failure:
         """Run the hooks, middleware chain and handler for `job`; never raises."""
         wrapped = self._chains.get(job.type)
         if wrapped is None:
-            wrapped = self._chains[job.type] = chain(self.middleware, handler)
+            wrapped = self._chains[job.type] = chain(self.middleware, self._limited(handler, job.type))
         token = current_job.set(job)
         try:
             self.hooks.call("on_job_start", job)

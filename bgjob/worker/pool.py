@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import TimeLimitExceeded
 from ..runtime import gevent_patched, original
 
 log = logging.getLogger("bgjob.worker")
@@ -43,16 +44,20 @@ class ThreadPool:
 
     def _work(self) -> None:
         while True:
-            item = self._tasks.get()
-            if item is None:
-                return
-            fn, args = item
             try:
-                fn(*args)
-            except BaseException:  # fn reports its own outcome; this only guards against bugs
-                log.exception("bgjob pool task failed")
-            with self._lock:
-                self._idle += 1
+                item = self._tasks.get()
+                if item is None:
+                    return
+                fn, args = item
+                try:
+                    fn(*args)
+                except BaseException:  # fn reports its own outcome; this only guards against bugs
+                    log.exception("bgjob pool task failed")
+                finally:
+                    with self._lock:
+                        self._idle += 1
+            except TimeLimitExceeded:  # never expected: bgjob.worker.time_limit takes back one that comes late
+                log.error("bgjob: a time limit's exception reached the pool thread after its job; ignored")
 
     def shutdown(self) -> None:
         """Let idle threads exit; busy ones finish their job first (they are daemons)."""

@@ -5,7 +5,7 @@
 | Complete                                | ack (ack_sync with double_ack)                       | acked           |
 | Retry / Failure, attempts left, <= 1 s  | nak with delay (the job's first failure: as below)   | retry_scheduled |
 | Retry / Failure, attempts left, longer  | `@at` retry schedule (attempts carried), then ack    | retry_scheduled |
-| Retry / Failure, last attempt           | DLQ publish (PubAck), then term                      | dead_lettered   |
+| Retry / Failure, last attempt           | DLQ publish (max_attempts, or time_limit), then term | dead_lettered   |
 | MoveToDlq, or no handler ran (reason)   | DLQ publish (PubAck), then term                      | dead_lettered   |
 | Reschedule                              | `@at` schedule of the next run, then ack             | rescheduled     |
 | any step above fails                    | nak (or nothing: redelivered after ack_wait)         | handed_back     |
@@ -34,9 +34,16 @@ from ..codec import carried_first_failure, handed_back_message, next_run_message
 from ..core import Core
 from ..dlq import move_to_dlq
 from ..encryption import cipher_for
-from ..errors import InvalidJob, InvalidSchedule, describe_error, exception_text, exception_traceback
+from ..errors import (
+    InvalidJob,
+    InvalidSchedule,
+    TimeLimitExceeded,
+    describe_error,
+    exception_text,
+    exception_traceback,
+)
 from ..headers import cut_text
-from ..hooks import Failure, Fate, HookSet
+from ..hooks import Failure, Fate, HookSet, exception_of
 from ..job_results import ResultStatus
 from ..result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
 from ..retry_policy import RetryPolicy
@@ -119,8 +126,8 @@ class Settler:
         if isinstance(outcome, (Retry, Failure)):
             error, trace = self._error_text(item, outcome)
             if self.retry_policy.exhausted(attempt):
-                return await self._dead_letter(item, "max_attempts", error or f"gave up after {attempt} attempts",
-                                               trace)  # fmt: skip
+                return await self._dead_letter(item, _exhausted_reason(outcome),
+                                               error or f"gave up after {attempt} attempts", trace)  # fmt: skip
             await self._store_result(item, ResultStatus.READY, error=error, trace=trace)
             delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
             try:
@@ -251,6 +258,12 @@ class Settler:
             return
         outcome = item.outcome or Failure(f"handed back before it finished ({fate.reason})")
         self.hooks.call("on_settled", item.job, outcome, fate)
+
+
+def _exhausted_reason(outcome: Retry | Failure) -> str:
+    """The DLQ reason of a failure on the last attempt: `time_limit` when the handler was stopped at its time
+    limit (it raised TimeLimitExceeded), else `max_attempts`."""
+    return "time_limit" if isinstance(exception_of(outcome), TimeLimitExceeded) else "max_attempts"
 
 
 def error_text(outcome: Retry | Failure | MoveToDlq) -> tuple[str, str | None]:

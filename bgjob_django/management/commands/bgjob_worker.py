@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import bgjob
 from bgjob import job as jobmod
-from bgjob.cli import server_line
+from bgjob.cli import positive_seconds, server_line
 from bgjob.logs import ContextFilter, configure_logging
 from bgjob_django.conf import get_client, get_config
 from bgjob_django.registry import registry
@@ -31,6 +31,9 @@ class Command(BaseCommand):
                             "default BGJOB['CONCURRENCY']")  # fmt: skip
         parser.add_argument("--pool", choices=["threads", "gevent"], default="threads",
                             help="run handlers in threads, or in greenlets (start under gevent's monkey-patching)")
+        parser.add_argument("--time-limit", type=positive_seconds, metavar="SECONDS",
+                            help="seconds a handler may run before bgjob.TimeLimitExceeded is raised inside it "
+                            "(a handler's own time_limit wins); default BGJOB['TIME_LIMIT']")  # fmt: skip
         parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
         parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of the metrics endpoint "
                             "(default: 127.0.0.1, this host only; 0.0.0.0 is the explicit choice to let other "
@@ -48,6 +51,9 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be >= 1")
         worker_options = _pool_options(options["pool"])
         config = get_config()
+        time_limit = options["time_limit"] if options["time_limit"] is not None else config.time_limit
+        if time_limit is not None:
+            worker_options["time_limit"] = time_limit
         queues = list(dict.fromkeys(options["queues"] or default_queues(config)))
         for queue in queues:
             try:

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -30,7 +30,9 @@ from .headers import (
     ATTEMPTS_USED,
     CARRIED_FIRST_FAILURE,
     CRON,
+    DEADLINE,
     ENCRYPTION,
+    MAX_ATTEMPTS,
     MAX_HEADER_BYTES,
     MSG_ID,
     SCHEDULE_NAME,
@@ -329,6 +331,11 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
     body, content_type = jobmod.encode_arg(spec.arg)
     now = datetime.now(timezone.utc)
     due = _due_time(now, spec.delay, spec.at)
+    deadline = jobmod.validate_deadline(spec.deadline, now)
+    if deadline is not None and due is not None and due >= deadline:
+        raise InvalidJob(f"the job is due at {jobmod.format_time(due)}, not before its deadline "
+                         f"{jobmod.format_time(deadline)}: it could never run")  # fmt: skip
+    max_attempts = jobmod.validate_max_attempts(spec.max_attempts)
     hdrs.update({
         MSG_ID: job_id,
         jobmod.HEADER_ID: job_id,
@@ -342,6 +349,10 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
         hdrs[STORE_RESULT] = "1"
     if keys:
         hdrs[SENSITIVE_KEYS] = ",".join(sorted(keys))
+    if deadline is not None:
+        hdrs[DEADLINE] = jobmod.format_time(deadline)
+    if max_attempts is not None:
+        hdrs[MAX_ATTEMPTS] = str(max_attempts)
     cipher = cipher_for(settings.encryption_keys)
     if cipher is not None:
         body = cipher.encrypt(body, hdrs)
@@ -365,6 +376,29 @@ def attempts_used(headers: dict[str, str]) -> int:
     return min(int(text), _MAX_CARRIED)
 
 
+def carried_deadline(headers: Mapping[str, str]) -> datetime | None:
+    """The deadline a message carries (its Bgjob-Deadline header), None when it has none; raises
+    jobmod.DecodeError for one that is not an RFC 3339 time."""
+    text = headers.get(DEADLINE)
+    if text is None:
+        return None
+    moment = jobmod.parse_time(text) if len(text) <= 64 else None
+    if moment is None:
+        raise jobmod.DecodeError(f"header {DEADLINE} is not an RFC 3339 time: {text[:64]!r}")
+    return moment
+
+
+def carried_max_attempts(headers: Mapping[str, str]) -> int | None:
+    """The job's own attempt limit (its Bgjob-Max-Attempts header), None when it has none; raises
+    jobmod.DecodeError for one that is not an int from 1 to 1000000."""
+    text = headers.get(MAX_ATTEMPTS)
+    if text is None:
+        return None
+    if not (len(text) <= 7 and text.isascii() and text.isdigit() and 1 <= int(text) <= _MAX_CARRIED):
+        raise jobmod.DecodeError(f"header {MAX_ATTEMPTS} is not an int from 1 to {_MAX_CARRIED}: {text[:64]!r}")
+    return int(text)
+
+
 def job_id_of(msg: Msg) -> str:
     """The job's id: its Bgjob-Id header, else (a periodic firing or a hand-published message) one made unique
     by the stream sequence."""
@@ -377,10 +411,12 @@ def job_id_of(msg: Msg) -> str:
 
 
 def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, max_attempts: int | None,
-               cipher: Cipher | None = None) -> Job:  # fmt: skip
-    """The Job a handler sees; raises jobmod.DecodeError for a body or header that does not decode, and its
-    subclass bgjob.encryption.DecryptError for an encrypted body that `cipher` (the worker's keys, None when it
-    has none) cannot decrypt."""
+               cipher: Cipher | None = None, deadline: datetime | None = None,
+               heartbeat: Callable[[], None] | None = None) -> Job:  # fmt: skip
+    """The Job a handler sees, with the effective `max_attempts` and the `deadline` (`carried_deadline`) the
+    caller read, and `heartbeat` (what `job.heartbeat()` calls); raises jobmod.DecodeError for a body or header
+    that does not decode, and its subclass bgjob.encryption.DecryptError for an encrypted body that `cipher`
+    (the worker's keys, None when it has none) cannot decrypt."""
     headers = msg.headers or {}
     declared = headers.get(jobmod.HEADER_TYPE)
     if declared is not None and declared != job_type:
@@ -397,6 +433,8 @@ def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, m
         headers=jobmod.user_headers(headers),
         max_attempts=max_attempts,
         sensitive=jobmod.sensitive_of(headers),
+        deadline=deadline,
+        _heartbeat=heartbeat,
     )
 
 
@@ -524,10 +562,14 @@ def requeue_message(
     """A dead letter sent back to its queue: (subject, headers); the body is the dead letter's. It keeps the
     time of its first failure (a second dead letter then says since when it fails) and gets a fresh
     `Nats-Msg-Id`: the original may still be inside the duplicate window. A job sent without a valid Bgjob-Id
-    goes back under the id it was dead-lettered with (`job_id`), so it keeps that one id from then on."""
+    goes back under the id it was dead-lettered with (`job_id`), so it keeps that one id from then on. A deadline
+    that has passed is dropped: a job retried from the DLQ by hand runs (its deadline still applies otherwise)."""
     hdrs = dict(headers)
     if not jobmod.is_valid_job_id(hdrs.get(jobmod.HEADER_ID)):
         hdrs[jobmod.HEADER_ID] = job_id
+    deadline = jobmod.parse_time(hdrs.get(DEADLINE))
+    if DEADLINE in hdrs and (deadline is None or deadline <= datetime.now(timezone.utc)):
+        del hdrs[DEADLINE]  # retried by hand after its deadline: it runs (else it would be dead-lettered again)
     hdrs[CARRIED_FIRST_FAILURE] = jobmod.format_time(first_failure_at or datetime.now(timezone.utc))
     hdrs[MSG_ID] = f"{job_id}:retry:{uuid.uuid4().hex[:12]}"
     return topology.job_subject(queue, job_type), hdrs

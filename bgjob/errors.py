@@ -159,8 +159,33 @@ class ResultTooLarge(BgjobError, ValueError):
         self.size = size
         self.limit = limit
 
+
+class NonRetryable(BgjobError):
+    """Raised by a handler: the job is dead-lettered at once with reason `non_retryable`, however many attempts
+    its retry policy has left (dagnats' `NonRetryableError`, ebind's `NonRetryableErrorKinds`).
+
+    `error` is the exception that made the job hopeless (`raise bgjob.NonRetryable(exc)`: the dead letter's error
+    is that exception's text, e.g. "ValueError: no such customer", and its traceback follows the wrapped one) or
+    a message (`raise bgjob.NonRetryable("card declined")`: "NonRetryable: card declined"). A handler's policy can
+    name whole exception classes instead: `RetryPolicy(non_retryable=(ValueError,))`.
+    """
+
+    def __init__(self, error: BaseException | str) -> None:
+        super().__init__(error)
+        #: the wrapped exception or the message.
+        self.error = error
+        if isinstance(error, BaseException) and self.__cause__ is None:
+            self.__cause__ = error  # its traceback is shown with this one's, however it was raised
+
+    def __str__(self) -> str:
+        return _safe_str(self.error) if isinstance(self.error, BaseException) else str(self.error)
+
+
 def exception_text(exc: BaseException) -> str:
-    """`"<Type>: <message>"` for any exception, even one whose `__str__` raises or recurses."""
+    """`"<Type>: <message>"` for any exception, even one whose `__str__` raises or recurses; for a
+    NonRetryable wrapping an exception, the wrapped exception's."""
+    if isinstance(exc, NonRetryable) and isinstance(exc.error, BaseException):
+        exc = exc.error
     return f"{type(exc).__name__}: {_safe_str(exc)}"
 
 

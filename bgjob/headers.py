@@ -37,6 +37,11 @@ SENSITIVE_KEYS = "Bgjob-Sensitive"
 ENCRYPTION = "Bgjob-Encryption"
 #: attempts a job used in earlier messages (a retry through a server-side schedule carries them forward).
 ATTEMPTS_USED = "Bgjob-Attempts-Used"
+#: the job's deadline (`send_job(..., deadline=)`), RFC 3339 in UTC: delivered later, it is dead-lettered unrun
+#: (reason `deadline`), and never retried past it.
+DEADLINE = "Bgjob-Deadline"
+#: the job's own attempt limit (`send_job(..., max_attempts=)`), decimal: it wins over its handler's and worker's.
+MAX_ATTEMPTS = "Bgjob-Max-Attempts"
 
 # -- a dead letter: the job's own headers plus these --------------------------------------------------------
 DLQ_REASON = "Bgjob-Dlq-Reason"

@@ -6,7 +6,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -52,14 +52,33 @@ class Job:
     enqueued_at: datetime | None = None
     #: the producer's custom headers.
     headers: Mapping[str, str] = field(default_factory=dict)
-    #: the worker's retry policy limit: `attempt == max_attempts` is the last try before the DLQ.
+    #: the effective attempt limit: the job's own (`send_job(..., max_attempts=)`), else its handler's retry
+    #: policy's, else the worker's; `attempt == max_attempts` is the last try before the DLQ. None: no limit.
     max_attempts: int | None = None
     #: the arg keys marked sensitive (by the producer's `sensitive=` and the handler's): their values are masked
     #: wherever the job is shown, and scrubbed from error texts stored with it.
     sensitive: frozenset[str] = frozenset()
+    #: when the job stops being worth running (`send_job(..., deadline=)`), an aware datetime in UTC, or None.
+    #: A delivery after it is dead-lettered unrun (reason `deadline`); a retry that would run after it is too.
+    deadline: datetime | None = None
+    #: set by the worker: what `heartbeat()` calls.
+    _heartbeat: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, type={self.type!r}, queue={self.queue!r}, attempt={self.attempt!r})"
+
+    def heartbeat(self) -> None:
+        """Tell the worker this handler is alive and still working on the job: the job's lease is extended now
+        (a JetStream `in_progress`, at most about once a second however often it is called), on top of the
+        worker's automatic heartbeats (dagnats' `Heartbeat`). Safe from any thread or greenlet, cheap enough for
+        a loop, a no-op outside a worker (a Job built by hand or in a test), and it never raises: a heartbeat
+        that cannot be sent leaves the job to the automatic ones."""
+        beat = self._heartbeat
+        if beat is not None:
+            try:
+                beat()
+            except Exception:  # noqa: BLE001 - a heartbeat is a courtesy: the handler's work goes on
+                pass
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,10 @@ class JobSpec:
     unique_for: timedelta | float | None = None
     #: arg keys whose values are sensitive (at any depth): masked wherever the job is shown.
     sensitive: Collection[str] | None = None
+    #: an aware datetime, or a timedelta from now: delivered after it, the job is dead-lettered unrun.
+    deadline: datetime | timedelta | None = None
+    #: this job's attempt limit (an int >= 1), winning over its handler's and worker's retry policies.
+    max_attempts: int | None = None
 
 
 def new_job_id() -> str:
@@ -127,6 +150,43 @@ def sensitive_of(headers: Mapping[str, str] | None) -> frozenset[str]:
     """The sensitive keys a message carries (its SENSITIVE_KEYS header)."""
     text = (headers or {}).get(SENSITIVE_KEYS)
     return frozenset(k for k in text.split(",") if k) if text else frozenset()
+
+
+def validate_deadline(deadline: datetime | timedelta | None, now: datetime) -> datetime | None:
+    """The deadline a job is sent with, as an aware UTC datetime: `deadline` itself (an aware datetime) or `now`
+    plus it (a timedelta); None for None. Raises InvalidJob for a naive datetime, a deadline not after `now`
+    (the job could never run), one beyond the year 9999, or another type."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, timedelta):
+        try:
+            moment = now + deadline
+        except OverflowError:
+            raise InvalidJob(f"deadline {deadline!r} reaches beyond the year 9999") from None
+    elif isinstance(deadline, datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise InvalidJob("deadline must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + "
+                             "timedelta(minutes=5)) or a timedelta from now, got a naive datetime")  # fmt: skip
+        moment = deadline
+    else:
+        raise InvalidJob(f"deadline must be an aware datetime or a timedelta from now, got {type(deadline).__name__}")
+    try:
+        moment = moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidJob(f"deadline {deadline!r} is beyond the year 9999 in UTC") from None
+    if moment <= now:
+        raise InvalidJob(f"deadline {format_time(moment)} has already passed (now {format_time(now)}): the job "
+                         "could never run")  # fmt: skip
+    return moment
+
+
+def validate_max_attempts(max_attempts: int | None) -> int | None:
+    """A job's own attempt limit: None (its handler's or worker's) or an int >= 1. Raises InvalidJob."""
+    if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+                                     or not 1 <= max_attempts <= 1_000_000):  # fmt: skip
+        raise InvalidJob(f"max_attempts must be an int from 1 to 1000000 (or None: the handler's or worker's "
+                         f"retry policy), got {max_attempts!r}")  # fmt: skip
+    return max_attempts
 
 
 def _ascii(text: str) -> bool:

@@ -49,6 +49,8 @@ class Sending:
         store_result: bool | None = None,
         unique_for: timedelta | float | None = None,
         sensitive: Collection[str] | None = None,
+        deadline: datetime | timedelta | None = None,
+        max_attempts: int | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
@@ -67,12 +69,21 @@ class Sending:
         (its handler sees the real arg). The keys travel in the `Bgjob-Sensitive` header; the worker adds the
         handler's own (`Mux.handler(..., sensitive=)`). A lone str or a key with ',' or a space is InvalidJob.
 
+        `deadline` (an aware datetime, or a timedelta from now; choria asyncjobs' and ebind's task deadline): when
+        the job stops being worth running. A worker that receives it later dead-letters it with reason `deadline`
+        without running its handler, and never schedules a retry that would run after it; handlers see it as
+        `job.deadline`. A naive datetime, a deadline already passed, or a delay/`at` not before it is InvalidJob.
+
+        `max_attempts` (an int >= 1): this job's attempt limit, winning over its handler's retry policy and the
+        worker's (`job.max_attempts` shows the effective one). Both travel in headers (Bgjob-Deadline,
+        Bgjob-Max-Attempts).
+
         The same as `publish_prepared([prepare_job(JobSpec(job_type, arg, ...), queue=queue)])`, except for the
         errors: one job's own (a refusal, or a ConnectionError that names it), never SendJobsError.
         """
         spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                        headers=headers, store_result=store_result, unique_for=unique_for,
-                       sensitive=sensitive)  # fmt: skip
+                       sensitive=sensitive, deadline=deadline, max_attempts=max_attempts)  # fmt: skip
         # Sized now against the server's max_payload when connected; else once connected, in _publish.
         job = self._prepare(spec, queue, self._connected_max_payload())
         try:
@@ -89,7 +100,8 @@ class Sending:
         (InvalidJob names the index of the first bad one). At most `window` publishes are in flight. If
         some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
         `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
-        A JobSpec's `sensitive` keys are masked as `send_job`'s are. The same as `publish_prepared` of each
+        A JobSpec's `sensitive` keys are masked as `send_job`'s are, its `deadline` and `max_attempts` work as
+        `send_job`'s (a timedelta deadline counts from this call). The same as `publish_prepared` of each
         job's `prepare_job`.
         """
         prepared = []
@@ -105,7 +117,8 @@ class Sending:
         from an outbox table): validated, its arg encoded (read now: changing it afterwards changes nothing),
         size-checked, encrypted (Settings.encryption_keys) and signed (Settings.signing_key). `queue` is used
         when `spec.queue` is None. A delay or `at` is fixed now: the job is due at the same moment however late
-        it is published. `store_result` None is decided now too (Settings.result_queues).
+        it is published; so is a timedelta `deadline` (counted from now, not from the publish). `store_result`
+        None is decided now too (Settings.result_queues).
 
         No network I/O: it never connects. The size limit is the connected server's max_payload when this
         client is connected, else nats-server's default of 1 MiB (`codec.DEFAULT_MAX_PAYLOAD`), less the room

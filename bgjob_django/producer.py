@@ -41,6 +41,8 @@ def send_job(
     store_result: bool | None = None,
     unique_for: timedelta | float | None = None,
     sensitive: Collection[str] | None = None,
+    deadline: datetime | timedelta | None = None,
+    max_attempts: int | None = None,
     on_commit: bool | None = None,
     outbox: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
@@ -49,7 +51,9 @@ def send_job(
 
     The job carries the current request id (RequestIdMiddleware, or the job being handled) unless one is given;
     `store_result` keeps its outcome for `get_client().result(job_id)`; `unique_for` (with `job_id`) and
-    `sensitive` (arg key names whose values are masked) are bgjob's send_job options.
+    `sensitive` (arg key names whose values are masked) are bgjob's send_job options, and so are `deadline` (an
+    aware datetime or a timedelta from this call: delivered later, the job is dead-lettered unrun, reason
+    `deadline`) and `max_attempts` (this job's attempt limit, winning over the handler's and BGJOB's).
 
     The job is validated, encoded and size-checked at the call in every mode (bgjob.InvalidJob, nothing sent:
     the view can roll back), and `arg` is read then: changing it afterwards changes nothing.
@@ -69,7 +73,7 @@ def send_job(
     """
     spec = bgjob.JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                          headers=headers, store_result=store_result, unique_for=unique_for,
-                         sensitive=sensitive)  # fmt: skip
+                         sensitive=sensitive, deadline=deadline, max_attempts=max_attempts)  # fmt: skip
     spec = _with_request_id(spec, get_request_id())
     mode = _mode(on_commit, outbox)
     client = get_client()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from .. import job as jobmod
-from ..codec import attempts_used, decode_job, job_id_of
+from ..codec import attempts_used, carried_deadline, carried_max_attempts, decode_job, job_id_of
 from ..context import current_job
 from ..encryption import Cipher, DecryptError
 from ..errors import exception_text, exception_traceback
@@ -60,6 +60,18 @@ class Delivery:
     reason: str | None = None
     #: the stored result record, for jobs sent with store_result=True.
     result: dict[str, Any] | None = None
+    #: the retry policy it is settled by: its handler's or the worker's, with the job's own max_attempts; None
+    #: until dispatch sets it (then the worker's).
+    policy: RetryPolicy | None = None
+    #: set by the fetch loop: renews this delivery's lease now, from any thread (`heartbeat`).
+    renew: Callable[[Delivery], None] | None = None
+
+    def heartbeat(self) -> None:
+        """What `job.heartbeat()` calls, from the handler's thread or greenlet: renew the lease, unless the
+        delivery is being settled or was handed back (or no fetch loop runs it)."""
+        renew = self.renew
+        if renew is not None and not self.settling and not self.abandoned:
+            renew(self)
 
     def count_attempt(self) -> int:
         """Set and return `attempt`: the attempts carried by retry schedules plus JetStream's delivery count.
@@ -144,8 +156,17 @@ class Dispatcher:
         item.count_attempt()
         job_type = self.topology.job_type_of(self.queue, msg.subject)
         job_id = job_id_of(msg)
-        limit = self.retry_policy.max_attempts
-        if item.attempt > limit:
+        options = self.mux.options(job_type)
+        try:
+            deadline, own_limit = carried_deadline(headers), carried_max_attempts(headers)
+        except jobmod.DecodeError as exc:
+            item.job = self._bare_job(item, job_id, job_type)
+            item.outcome, item.reason = Failure(f"DecodeError: {exc}"), "decode"
+            return
+        # The job's own limit wins over its handler's policy, which wins over the worker's.
+        item.policy = (options.retry_policy or self.retry_policy).limited_to(own_limit)
+        limit = item.policy.max_attempts
+        if limit is not None and item.attempt > limit:
             item.job = self._bare_job(item, job_id, job_type)
             item.outcome = Failure(_past_max_attempts(item.attempt, msg.metadata.num_delivered, limit))
             item.reason = "max_attempts"
@@ -163,7 +184,8 @@ class Dispatcher:
             item.outcome, item.reason = Failure(f"signature: {refusal}"), "signature"
             return
         try:
-            item.job = decode_job(msg, self.queue, job_type, job_id, item.attempt, limit, self.cipher)
+            item.job = decode_job(msg, self.queue, job_type, job_id, item.attempt, limit, self.cipher, deadline,
+                                  item.heartbeat)  # fmt: skip
         except DecryptError as exc:
             item.job = self._bare_job(item, job_id, job_type)
             item.outcome, item.reason = Failure(f"DecryptError: {exc}"), "decrypt"
@@ -178,7 +200,12 @@ class Dispatcher:
                                    f"max_age of {self.max_age:g}s; not run")  # fmt: skip
             item.reason = "expired"
             return
-        extra = self.mux.sensitive_keys(job_type)
+        if deadline is not None and (now := datetime.now(UTC)) >= deadline:
+            item.outcome = Failure(f"deadline: delivered at {jobmod.format_time(now)}, after the job's deadline "
+                                   f"{jobmod.format_time(deadline)} (attempt {item.attempt}); not run")  # fmt: skip
+            item.reason = "deadline"
+            return
+        extra = options.sensitive
         if extra - item.job.sensitive:  # the handler's keys join the producer's
             item.job = dataclasses.replace(item.job, sensitive=item.job.sensitive | extra)
         handler = self.mux.get(job_type)
@@ -194,7 +221,7 @@ class Dispatcher:
         headers = item.msg.headers or {}
         return Job(id=job_id, type=job_type, arg=item.msg.data, queue=self.queue, attempt=item.attempt,
                    request_id=headers.get(jobmod.HEADER_REQUEST_ID), headers=jobmod.user_headers(headers),
-                   max_attempts=self.retry_policy.max_attempts,
+                   max_attempts=(item.policy or self.retry_policy).max_attempts,
                    sensitive=jobmod.sensitive_of(headers) | self.mux.sensitive_keys(job_type))  # fmt: skip
 
     def _limited(self, handler: Handler, job_type: str) -> Handler:
@@ -208,7 +235,9 @@ class Dispatcher:
         """Run the hooks, middleware chain and handler for `job`; never raises."""
         wrapped = self._chains.get(job.type)
         if wrapped is None:
-            wrapped = self._chains[job.type] = chain(self.middleware, self._limited(handler, job.type))
+            # The handler's own middleware runs inside the worker's, around that handler only.
+            wrapped = self._chains[job.type] = chain([*self.middleware, *self.mux.options(job.type).middleware],
+                                                     self._limited(handler, job.type))  # fmt: skip
         token = current_job.set(job)
         try:
             self.hooks.call("on_job_start", job)

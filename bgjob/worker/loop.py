@@ -53,6 +53,9 @@ class FetchLoop:
         self.inflight: dict[int, Delivery] = {}
         self.ack_wait = core.settings.ack_wait
         self._completed: collections.deque[Delivery] = collections.deque()
+        #: deliveries whose handlers called job.heartbeat(): their leases are renewed on the next wake-up.
+        self._beats: collections.deque[Delivery] = collections.deque()
+        self._renew_lease = self._renew  # one bound method for every Delivery
         self._stop = asyncio.Event()
         self._capacity = asyncio.Event()
         self._grace_deadline: float | None = None
@@ -97,6 +100,7 @@ class FetchLoop:
 
         sub = await core.nc.subscribe(inbox, cb=on_message)
         self.runtime.add_wakeup_hook(self._settle_completed)
+        self.runtime.add_wakeup_hook(self._send_heartbeats)
         leases = asyncio.create_task(self._keep_leases())
         announcements = asyncio.create_task(self._announce())
         log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency,
@@ -125,6 +129,7 @@ class FetchLoop:
         finally:
             await self._drain(pull)
             self.runtime.remove_wakeup_hook(self._settle_completed)
+            self.runtime.remove_wakeup_hook(self._send_heartbeats)
             leases.cancel()
             announcements.cancel()
             try:
@@ -179,7 +184,7 @@ class FetchLoop:
             pull.on_status(msg.headers or {})
         else:
             pull.requested = max(0, pull.requested - 1)
-            item = Delivery(msg)
+            item = Delivery(msg, renew=self._renew_lease)
             self.inflight[id(msg)] = item
             if self._unavailable_since is not None:
                 self._recovered()
@@ -257,6 +262,32 @@ class FetchLoop:
                     await item.msg.in_progress()
                 except Exception as exc:  # noqa: BLE001 - redelivery is the fallback
                     log.debug("in_progress failed: %r", exc)
+
+    def _renew(self, item: Delivery) -> None:
+        """`job.heartbeat()`, in the handler's thread or greenlet: renew the lease now unless it was renewed
+        within the last second (a quarter of ack_wait when shorter), so a handler may call it in a loop. Only
+        queues the delivery and wakes the event loop (no lock, no I/O here)."""
+        now = time.monotonic()
+        if now - item.last_progress < min(1.0, self.ack_wait / 4):
+            return
+        item.last_progress = now
+        self._beats.append(item)
+        self.runtime.wake()
+
+    def _send_heartbeats(self) -> None:
+        """Wake-up hook: send the heartbeats handlers asked for, in one task."""
+        if self._beats:
+            self.runtime.spawn(self._send_in_progress())
+
+    async def _send_in_progress(self) -> None:
+        while self._beats:
+            item = self._beats.popleft()
+            if item.settling or item.abandoned or self.inflight.get(id(item.msg)) is not item:
+                continue
+            try:
+                await item.msg.in_progress()
+            except Exception as exc:  # noqa: BLE001 - the automatic heartbeats are the fallback
+                log.debug("in_progress (job.heartbeat) failed: %r", exc)
 
     # -- the worker directory ---------------------------------------------------------------------------------
     async def _announce(self) -> None:

@@ -6,16 +6,19 @@
 | Retry / Failure, attempts left, <= 1 s  | nak with delay (the job's first failure: as below)   | retry_scheduled |
 | Retry / Failure, attempts left, longer  | `@at` retry schedule (attempts carried), then ack    | retry_scheduled |
 | Retry / Failure, last attempt           | DLQ publish (max_attempts, or time_limit), then term | dead_lettered   |
+| Failure the policy won't retry          | DLQ publish (reason non_retryable), then term        | dead_lettered   |
+| Retry / Failure due after the deadline  | DLQ publish (reason deadline), then term             | dead_lettered   |
 | MoveToDlq, or no handler ran (reason)   | DLQ publish (PubAck), then term                      | dead_lettered   |
 | Reschedule                              | `@at` schedule of the next run, then ack             | rescheduled     |
 | any step above fails                    | nak (or nothing: redelivered after ack_wait)         | handed_back     |
 
 A crash between two steps yields a duplicate, never a loss: every publish made on a delivery's behalf carries
 a `Nats-Msg-Id` derived from the stored message, so doing it again after a redelivery stores nothing new.
-Long retry delays go through schedules so that a job backing off holds no ack-pending slot. So does a job's
-first failure, whatever the delay: the retry schedule carries the time of that failure (Bgjob-First-Failure), which
-a nak cannot, so that a dead letter says since when the job fails (the server fires schedules on a tick of about
-a quarter of a second: a shorter first retry delay runs that much later).
+The retry policy is the delivery's own (`Delivery.policy`: its handler's or the worker's, with the job's own
+max_attempts). Long retry delays go through schedules so that a job backing off holds no ack-pending slot. So
+does a job's first failure, whatever the delay: the retry schedule carries the time of that failure
+(Bgjob-First-Failure), which a nak cannot, so that a dead letter says since when the job fails (the server fires
+schedules on a tick of about a quarter of a second: a shorter first retry delay runs that much later).
 
 Every error text and traceback settled here is scrubbed (`HookSet.scrub`: the job's sensitive values, then the
 hooks' `scrub`) before it is logged, stored in a dead letter or a result, or reported in the Fate.
@@ -43,7 +46,8 @@ from ..errors import (
     exception_traceback,
 )
 from ..headers import cut_text
-from ..hooks import Failure, Fate, HookSet, exception_of
+from ..hooks import Failure, Fate, HookSet, exception_of, is_unhandled
+from ..job import Job, format_time
 from ..job_results import ResultStatus
 from ..result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
 from ..retry_policy import RetryPolicy
@@ -125,14 +129,22 @@ class Settler:
             return Fate.acked()
         if isinstance(outcome, (Retry, Failure)):
             error, trace = self._error_text(item, outcome)
-            if self.retry_policy.exhausted(attempt):
+            policy = item.policy or self.retry_policy  # the handler's or the worker's, with the job's max_attempts
+            if policy.gives_up_on(_raised(outcome)):
+                return await self._dead_letter(item, "non_retryable", error or "not retryable", trace)
+            if policy.exhausted(attempt):
                 return await self._dead_letter(item, _exhausted_reason(outcome),
                                                error or f"gave up after {attempt} attempts", trace)  # fmt: skip
-            await self._store_result(item, ResultStatus.READY, error=error, trace=trace)
             delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
+            if delay is None:
+                delay = policy.delay_for(attempt)
+            late = _retry_past_deadline(item.job, delay)
+            if late is not None:
+                return await self._dead_letter(item, "deadline", f"{error}; not retried: {late}" if error else late,
+                                               trace)  # fmt: skip
+            await self._store_result(item, ResultStatus.READY, error=error, trace=trace)
             try:
-                return await self._retry(item, self.retry_policy.delay_for(attempt) if delay is None else delay,
-                                         error, trace)  # fmt: skip
+                return await self._retry(item, delay, error, trace)
             except InvalidSchedule as exc:  # due past what the server can schedule
                 return await self._dead_letter(item, "handler", f"Retry refused: {exc}", trace)
         if isinstance(outcome, MoveToDlq):
@@ -230,7 +242,7 @@ class Settler:
         the server keeps refusing comes back ever more rarely instead of every second."""
         self._settle_failed(item, exc)
         try:
-            await item.msg.nak(delay=self.retry_policy.delay_for(item.attempt))
+            await item.msg.nak(delay=(item.policy or self.retry_policy).delay_for(item.attempt))
         except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
             pass
         return Fate.handed_back("settle_failed", describe_error(exc))
@@ -258,6 +270,27 @@ class Settler:
             return
         outcome = item.outcome or Failure(f"handed back before it finished ({fate.reason})")
         self.hooks.call("on_settled", item.job, outcome, fate)
+
+
+def _raised(outcome: Retry | Failure) -> BaseException | None:
+    """The exception the handler raised, for the retry policy's non-retryable rule: a Failure's, or the one
+    Recovery put in the Retry it returned (a Retry a handler built itself is its own decision: None)."""
+    if isinstance(outcome, Failure):
+        return outcome.exception
+    error = outcome.error
+    return error if isinstance(error, BaseException) and is_unhandled(error) else None
+
+
+def _retry_past_deadline(job: Job | None, delay: float) -> str | None:
+    """Why a retry `delay` seconds from now is too late for the job's deadline; None when it is in time (or the
+    job has no deadline)."""
+    deadline = job.deadline if job is not None else None
+    if deadline is None:
+        return None
+    due = datetime.now(timezone.utc) + timedelta(seconds=delay)
+    if due < deadline:
+        return None
+    return f"its retry in {delay:.1f}s would run after its deadline {format_time(deadline)}"
 
 
 def _exhausted_reason(outcome: Retry | Failure) -> str:

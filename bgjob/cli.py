@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -192,11 +193,13 @@ def dlq_command(dlq: Any, options: Mapping[str, Any], *, out: Callable[[str], No
         if options.get("json"):
             out(json.dumps([entry_dict(e) for e in entries], indent=2, ensure_ascii=False))
             return 0
-        out(f"{'SEQ':>8} {'ID':34} {'QUEUE':12} {'TYPE':24} {'REASON':16} {'ATTEMPTS':>8}  {'LAST FAILURE':20} ERROR")
+        out(f"{'SEQ':>8} {'ID':34} {'QUEUE':12} {'TYPE':24} {'REASON':16} {'ATTEMPTS':>8}  "
+            f"{'LAST FAILURE (UTC)':20} ERROR")
         for e in entries:
             last = e.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if e.last_failure_at else "-"
             error = cut(e.masked_error.splitlines()[0], 60) if e.error else ""
-            out(f"{e.seq:>8} {e.id:34} {e.queue:12} {e.type:24} {e.reason:16} {e.attempts:>8}  {last:20} {error}")
+            out(f"{e.seq:>8} {cut(e.id, 200):34} {e.queue:12} {e.type:24} {e.reason:16} {e.attempts:>8}  {last:20} "
+                f"{error}")  # fmt: skip
         total = dlq.count(**filters)
         more = f"; next page: --before {entries[-1].seq}" if entries and len(entries) < total else ""
         out(f"({len(entries)} shown of {total}{more})")
@@ -220,7 +223,7 @@ def dlq_command(dlq: Any, options: Mapping[str, Any], *, out: Callable[[str], No
                     continue  # retried or deleted by someone else meanwhile
                 retried += 1
             before = page[-1].seq
-        out(f"retried {retried} dead letters")
+        out(f"retried {dead_letters(retried)}")
         return 0
     if action == "purge":
         up_to = options.get("up_to")
@@ -230,12 +233,12 @@ def dlq_command(dlq: Any, options: Mapping[str, Any], *, out: Callable[[str], No
         if not options.get("yes"):
             bound = dlq.last_seq() if up_to is None else up_to
             count = dlq.count(**filters) - dlq.count(**filters, after=bound)
-            err(f"would purge {count} dead letters (up to DLQ sequence {bound}); add --yes --up-to {bound} to purge "
+            err(f"would purge {dead_letters(count)} (up to DLQ sequence {bound}); add --yes --up-to {bound} to purge "
                 "just those, or --yes for all at the time")  # fmt: skip
             return 1
         purged = dlq.purge(**filters, up_to=up_to)
         kept = dlq.count(**filters, after=up_to) if up_to is not None else 0
-        out(f"purged {purged} dead letters" + (f"; {kept} stored after sequence {up_to} kept" if kept else ""))
+        out(f"purged {dead_letters(purged)}" + (f"; {kept} stored after sequence {up_to} kept" if kept else ""))
         return 0
     if action in ("find", "erase"):
         lines, warning = match_command(dlq, options)
@@ -264,9 +267,21 @@ def _each_id(act: Callable[[str], Any], ids: Sequence[str], done: str, out: Call
     return 1 if missed else 0
 
 
+def dead_letters(count: int) -> str:
+    """"1 dead letter", "3 dead letters"."""
+    return f"{count} dead letter{'' if count == 1 else 's'}"
+
+
 def cut(text: str, width: int) -> str:
-    """`text` shortened to `width` characters, with an ellipsis when something was cut."""
+    """`text` for a terminal table cell: control characters (ESC, NUL, ...) written as escapes (`\\x1b`), so that
+    stored text cannot drive the operator's terminal; shortened to `width` characters, with an ellipsis when
+    something was cut."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+#: C0 and C1 control characters and DEL: what a terminal may act on.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _iso(value: Any) -> str | None:
@@ -330,12 +345,12 @@ def match_command(dlq: Any, options: Mapping[str, Any]) -> tuple[list[str], str 
     erase = options["action"] == "erase"
     scan = dlq.erase(match, **scope) if erase and options.get("yes") else dlq.find(match, **scope)
     reach = "the whole DLQ" if scan.complete else f"not the end: go on with --after {scan.last_seq}"
-    summary = f"scanned {scan.scanned} dead letters ({reach})"
+    summary = f"scanned {dead_letters(scan.scanned)} ({reach})"
     if erase and not options.get("yes"):
         also = f"; warning: {scan.warning}" if scan.warning else ""
-        raise BgjobError(f"would erase {len(scan.matches)} dead letters ({summary}); add --yes to do it{also}")
+        raise BgjobError(f"would erase {dead_letters(len(scan.matches))} ({summary}); add --yes to do it{also}")
     if erase:
-        return [f"erased {len(scan.matches)} dead letters; {summary}"], scan.warning
+        return [f"erased {dead_letters(len(scan.matches))}; {summary}"], scan.warning
     if options.get("json"):
         found = [entry_dict(e, full=True) for e in scan.matches]
         return [json.dumps(found, indent=2, ensure_ascii=False)], scan.warning

@@ -71,6 +71,8 @@ def test_handler_returning_in_time_keeps_its_result_and_no_limit_means_no_wrappe
         assert limits.limited(handler, None) is handler
     finally:
         limits.close()
+    # A handler started after its worker stopped runs without a limit rather than failing.
+    assert limits.run(lambda job: bgjob.Complete("late"), _job("late"), 0.01) == bgjob.Complete("late")
 
 
 def test_handlers_finishing_around_their_limit_never_get_a_late_exception() -> None:

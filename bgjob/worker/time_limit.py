@@ -144,8 +144,9 @@ class TimeLimits:
     def _arm(self, job: Job, seconds: float, ident: int) -> _Run:
         run = _Run(job, seconds, ident, time.monotonic() + seconds)
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the worker's time limits are closed")
+            if self._closed:  # the worker has stopped: a handler still started now runs without a limit
+                run.state = _DONE
+                return run
             if self._stale > _STALE_LIMIT and self._stale > len(self._heap) // 2:
                 self._heap = [entry for entry in self._heap if entry[2].state != _DONE]
                 heapq.heapify(self._heap)

@@ -29,6 +29,7 @@ from .errors import (
     StorageFull,
     TimeLimitExceeded,
 )
+from .events import Event, EventKind, JobState, JobStatus
 from .handler import HandlerOptions, Mux, SyncHandlerAdapter
 from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
 from .job import Job, JobSpec
@@ -56,6 +57,8 @@ __all__ = [
     "DeadLetterRefused",
     "DeadLetters",
     "DeadLetterScan",
+    "Event",
+    "EventKind",
     "default_client",
     "Failure",
     "Fate",
@@ -73,6 +76,8 @@ __all__ = [
     "JobError",
     "JobResult",
     "JobSpec",
+    "JobState",
+    "JobStatus",
     "KEEP_ARG",
     "Metrics",
     "MetricStorage",

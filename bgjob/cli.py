@@ -1,4 +1,4 @@
-"""The `bgjob` command: worker, send, dlq, status, queue, server, demo."""
+"""The `bgjob` command: worker, send, dlq, status, events, job, queue, server, demo."""
 
 from __future__ import annotations
 
@@ -541,6 +541,96 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+# -- lifecycle events and job status (bgjob.events) ------------------------------------------------------------
+def since_time(text: str) -> Any:
+    """An argparse type for --since: an age (`90s`, `10m`, `2h`, `3d`) or an ISO 8601 time (UTC without an
+    offset); returns a timedelta or an aware datetime."""
+    from datetime import timedelta
+
+    from .job import parse_time
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        return timedelta(seconds=float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]])
+    moment = parse_time(text)
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an age (90s, 10m, 2h, 3d) nor an ISO 8601 time")
+    return moment
+
+
+def add_events_arguments(parser: argparse.ArgumentParser) -> None:
+    """`bgjob events` / `manage.py bgjob_events`: filters, --since, --follow, --json."""
+    parser.add_argument("--queue", help="only this queue's events")
+    parser.add_argument("--type", dest="job_type", help="only this job type's events")
+    parser.add_argument("--job", dest="job_id", metavar="ID", help="only this job's events")
+    parser.add_argument("--since", type=since_time, help="from this age (10m, 2h, 3d) or ISO time on (default: all "
+                        "kept)")  # fmt: skip
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events until interrupted")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def event_line(event: Any) -> str:
+    """One event as a line: time, kind, queue, type, id, attempt, then worker, reason, due and error if set."""
+    parts = [event.time.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], f"{event.kind.value:16}", event.queue,
+             event.job_type, event.job_id, f"attempt {event.attempt}"]  # fmt: skip
+    for name, value in (("worker", event.worker), ("reason", event.reason), ("due", _iso(event.due))):
+        if value:
+            parts.append(f"{name} {value}")
+    if event.error:
+        parts.append(f"error {cut(' '.join(event.error.split()), 200)}")
+    return "  ".join(parts)
+
+
+def events_command(client: Client, options: Mapping[str, Any], *, out: Callable[[str], None]) -> int:
+    """Print the events the options select (see add_events_arguments); with `follow`, until interrupted."""
+    if not client.settings.events:
+        out("note: events are off for this process (BGJOB_EVENTS): only what other processes published is shown")
+    follow = bool(options.get("follow"))
+    found = 0
+    try:
+        for event in client.events(queue=options.get("queue"), job_type=options.get("job_type"),
+                                   job_id=options.get("job_id"), since=options.get("since"),
+                                   timeout=None if follow else 5.0, follow=follow):  # fmt: skip
+            found += 1
+            out(json.dumps(event.as_dict(), ensure_ascii=False) if options.get("json") else event_line(event))
+    except KeyboardInterrupt:
+        pass
+    if not found and not follow:
+        out("no events")
+    return 0
+
+
+def job_status_lines(client: Client, job_id: str) -> list[str]:
+    """`bgjob job ID`: the job's state, then its events (oldest first)."""
+    status = client.job_status(job_id)
+    if status.event is None:
+        why = "" if client.settings.events else " (events are off for this process: BGJOB_EVENTS=1 turns them on)"
+        return [f"job {job_id}: unknown: no event of it is kept{why}"]
+    lines = [f"job {job_id}: {status.state.value} (attempt {status.attempt}, last event {status.event.kind.value} "
+             f"at {_iso(status.time)})"]  # fmt: skip
+    if status.due is not None:
+        lines.append(f"  due {_iso(status.due)}")
+    lines += ["", *(event_line(e) for e in client.events(job_id=job_id, follow=False))]
+    return lines
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = _client(interactive=True)
+    try:
+        return events_command(client, vars(args), out=print)
+    finally:
+        client.close()
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    client = _client(interactive=True)
+    try:
+        print("\n".join(job_status_lines(client, args.job_id)))
+    finally:
+        client.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgjob", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("BGJOB_LOG_LEVEL", "INFO"))
@@ -578,6 +668,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="queues: pending, in-flight, retrying, scheduled, dead letters")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("events", help="jobs' lifecycle events (Settings.events), oldest first; --follow for new ones")
+    add_events_arguments(p)
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("job", help="a job's state and events by its id (Settings.events)")
+    p.add_argument("job_id", metavar="ID")
+    p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("queue", help="show or change a queue's configuration (ack wait, max ack pending, replicas)")
     add_queue_arguments(p)

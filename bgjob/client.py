@@ -8,8 +8,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import job as jobmod
@@ -28,10 +28,12 @@ from .sending import Sending
 from .settings import Settings
 from .signing import signer_for
 from .stats import QueueStats, list_queues, queue_stats
+from .topology import Topology
 
 if TYPE_CHECKING:
     from .dead_letters import DeadLetters
     from .directory import WorkerInfo
+    from .events import Event, JobStatus
     from .periodic import PeriodicJob
 
 log = logging.getLogger("bgjob.client")
@@ -207,6 +209,55 @@ class Client(Sending):
         if not isinstance(job_id, str) or not job_id:
             raise InvalidJob(f"job_id must be a non-empty str, not {job_id!r}")
         return bool(self.run(job_results.delete_record, job_id))
+
+    # -- lifecycle events and job status (bgjob.events; Settings.events) ---------------------------
+    def events(
+        self,
+        queue: str | None = None,
+        job_type: str | None = None,
+        job_id: str | None = None,
+        since: datetime | timedelta | None = None,
+        timeout: float | None = 5.0,
+        follow: bool = True,
+    ) -> Iterator[Event]:
+        """Iterate lifecycle events (`bgjob.events.Event`, oldest first), filtered on the server by `queue`,
+        `job_type` and `job_id` (None: any), from `since` (an aware datetime, or a timedelta back from now;
+        None: every event kept). Blocks for the next event; ends when none comes within `timeout` seconds (None:
+        waits for ever) or, with `follow=False`, once it has yielded every event stored when it began.
+
+        An ordered consumer (ephemeral, on the server) per iteration; close the iterator (or let it end) to
+        remove it. Each iterator belongs to the thread that iterates it; any number may run at once. The events
+        stream is created when missing if Settings.events is on or `follow`; else nothing is yielded. Raises
+        InvalidJob for a bad queue, type or id, ValueError for a naive `since`, ConnectionError when NATS does
+        not answer.
+        """
+        from . import events
+
+        if queue is not None:
+            jobmod.validate_queue(queue)
+        if job_type is not None:
+            jobmod.validate_type(job_type)
+        if job_id is not None:
+            jobmod.validate_job_id(job_id)
+        if isinstance(since, timedelta):
+            since = datetime.now(timezone.utc) - since
+        elif since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
+            raise ValueError(f"since must be an aware datetime or a timedelta, not {since!r}")
+        subject = Topology(self.settings.prefix).events_filter(queue, job_type, job_id)
+        return events.iterate(self, subject, since, timeout, follow)
+
+    def job_status(self, job_id: str) -> JobStatus:
+        """The state of job `job_id` (`bgjob.events.JobStatus`: `state`, the last `event`, its `time`,
+        `attempt`, `due`, `error`) from its last lifecycle event: one request to the server, no store_result
+        needed. `state` is a `JobState`: scheduled, ready, running, retry_scheduled, succeeded, dead_lettered,
+        or unknown when no event of it is kept (events were off, it is older than Settings.events_max_age, or
+        there is no such job). A job whose worker died mid-job stays `running` until it is delivered again
+        (after ack_wait), then is `running` with the next attempt. Raises InvalidJob for a bad id,
+        ConnectionError when NATS does not answer within retry_for."""
+        from . import events
+
+        jobmod.validate_job_id(job_id)
+        return self.run(events.job_status, job_id, idempotent=True)
 
     # -- operating ---------------------------------------------------------------------------------
     @property

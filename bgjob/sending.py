@@ -17,6 +17,7 @@ from . import job_results, unique
 from .codec import DEFAULT_MAX_PAYLOAD, PreparedJob, check_size, prepared_job, spec_of
 from .core import as_bgjob_error
 from .errors import BgjobError, ConnectionError, InvalidJob, JobTooLarge, SendJobsError
+from .events import emit_enqueued, withdraw_enqueued
 from .job import JobSpec
 from .publisher import Outgoing, PublishBatch
 
@@ -199,12 +200,16 @@ class Sending:
                     continue  # reserved by an earlier send, or sent earlier in this batch
                 seen.add(job.job_id)
                 publish.append(job)
+        if self.settings.events:  # lifecycle events (bgjob.events): just before the jobs, not waiting for PubAcks
+            emit_enqueued(runtime, core, publish)
         try:
             if len(publish) == 1:
                 self._publish_one(runtime, publish[0])  # send_job: the pipelining book-keeping costs a tenth
             else:
                 self._publish_pipelined(runtime, publish, max(1, window))
         except BaseException as exc:
+            if self.settings.events and isinstance(exc, SendJobsError):
+                self._withdraw_events(runtime, core, publish, exc)
             if held:
                 stored = set(getattr(exc, "stored", ()))
                 self._release_unique(runtime, core, [r for r in held.values() if r and r.job_id not in stored], exc)
@@ -223,6 +228,17 @@ class Sending:
         except Exception:  # noqa: BLE001 - the runtime itself is gone
             unique.note_still_reserved(exc, [r.job_id for r in held])
 
+
+    def _withdraw_events(self, runtime: Runtime, core: Core, jobs: list[PreparedJob], exc: SendJobsError) -> None:
+        """Remove the `enqueued` events of jobs surely not stored (refused, or never sent after an error); the
+        events of jobs not confirmed stay (they may well be stored)."""
+        unsure = {i for i, e in exc.errors.items() if isinstance(e, ConnectionError)}
+        gone = [i for i in exc.not_stored if i not in unsure]
+        if gone:
+            try:
+                self._call(runtime, withdraw_enqueued(core, [job for job in jobs if job.job_id in gone]))
+            except Exception:  # noqa: BLE001 - logged by withdraw_enqueued; the send's own error matters
+                pass
 
     def _stores_result(self, queue: str, store_result: bool | None) -> bool:
         return store_result if store_result is not None else queue in self.settings.result_queues

@@ -86,6 +86,12 @@ class Settings:
     #: rest: the first encrypts, any of them decrypts (rotation: put the new key first, drop the old one once no
     #: job encrypted with it is left). Empty: bodies are stored as sent.
     encryption_keys: tuple[str, ...] = ()
+    #: publish lifecycle events (enqueued, started, succeeded, retry_scheduled, dead_lettered, ...) to the
+    #: `<PREFIX>_EVENTS` stream, for `Client.events()`, `Client.job_status()` and `bgjob events` (bgjob.events).
+    #: Producers publish `enqueued`, workers the rest: turn it on for both.
+    events: bool = False
+    #: seconds lifecycle events are kept (the events stream's max age; `job_status` answers "unknown" after it).
+    events_max_age: float = 3 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -108,7 +114,8 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Settings from `BGJOB_*` environment variables (BGJOB_URL, BGJOB_PREFIX, BGJOB_REPLICAS, BGJOB_DATA_DIR,
-        BGJOB_ENCRYPTION_KEYS: comma-separated), then `overrides` (Settings fields; None values are skipped).
+        BGJOB_ENCRYPTION_KEYS: comma-separated, BGJOB_EVENTS: 1/0, BGJOB_EVENTS_MAX_AGE: seconds), then
+        `overrides` (Settings fields; None values are skipped).
 
         Raises ConfigurationError for an unknown key (with the closest field names; nats.connect options go in
         `nats_options`), an environment variable that does not parse, or a value `Settings` refuses.
@@ -126,6 +133,18 @@ class Settings:
         return cls(**env)
 
 
+def _flag(raw: str) -> bool:
+    """1/true/yes/on or 0/false/no/off (any case); ValueError otherwise."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_flag.__name__ = "1/0, true/false, yes/no or on/off"  # what from_env's error says it is not
+
 #: The environment variables from_env reads: (variable, Settings field, parser).
 _ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("BGJOB_URL", "url", str),
@@ -133,6 +152,8 @@ _ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("BGJOB_REPLICAS", "replicas", int),
     ("BGJOB_DATA_DIR", "data_dir", str),
     ("BGJOB_ENCRYPTION_KEYS", "encryption_keys", lambda raw: tuple(k.strip() for k in raw.split(",") if k.strip())),
+    ("BGJOB_EVENTS", "events", _flag),
+    ("BGJOB_EVENTS_MAX_AGE", "events_max_age", float),
 )
 #: nats.connect options bgjob sets itself, and the Settings field (or reason) that owns each.
 _OWN_NATS_OPTIONS = {
@@ -214,11 +235,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigurationError(f"replicas must be 1 to 5 (JetStream's maximum), not {settings.replicas!r}")
     _number(settings, "ack_wait", 1)
     _number(settings, "max_ack_pending", 1, integer=True, optional=True)
-    for field in ("duplicate_window", "dlq_max_age", "result_ttl", "worker_ttl", "connect_timeout",
+    for field in ("duplicate_window", "dlq_max_age", "events_max_age", "result_ttl", "worker_ttl", "connect_timeout",
                   "request_timeout", "retry_for", "ping_interval"):  # fmt: skip
         _number(settings, field, 0, inclusive=False)
     _number(settings, "max_outstanding_pings", 1, integer=True)
-    for field in ("double_ack", "dlq_keep_sensitive_headers"):
+    for field in ("double_ack", "dlq_keep_sensitive_headers", "events"):
         if not isinstance(getattr(settings, field), bool):
             raise ConfigurationError(f"{field} must be True or False, not {getattr(settings, field)!r}")
     _text(settings, "signing_key", secret=True)

@@ -118,7 +118,8 @@ async def list_queues(core: Core) -> list[str]:
     names = []
     for config in await _stream_configs(core, f"{prefix}.>"):
         name, subjects = config.get("name", ""), config.get("subjects") or []
-        if name.startswith(topology.stream_prefix) and name != topology.dlq_stream and subjects:
+        if name.startswith(topology.stream_prefix) and name not in (topology.dlq_stream, topology.events_stream) \
+                and subjects:  # fmt: skip
             subject = subjects[0]
             if subject.startswith(prefix + ".") and subject.endswith(".>"):
                 names.append(subject[len(prefix) + 1 : -2])

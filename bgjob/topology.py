@@ -98,6 +98,21 @@ class Topology:
         queue, reason, job_id, job_type = rest.split(".", 3)
         return queue, reason, job_id, job_type
 
+    # Lifecycle events (bgjob.events): one subject per job, `<prefix>._events.<job_id>.<queue>.<type>` (job ids
+    # hold no '.', queue names never start with '_': no queue's subjects overlap them). A job's queue and type
+    # never change, so the last event of a job is the last message of `events_filter(job_id=...)`: one get.
+    @property
+    def events_stream(self) -> str:
+        return self.stream_prefix + "EVENTS"
+
+    def event_subject(self, job_id: str, queue: str, job_type: str) -> str:
+        return f"{self.prefix}._events.{job_id}.{queue}.{job_type}"
+
+    def events_filter(self, queue: str | None = None, job_type: str | None = None, job_id: str | None = None) -> str:
+        """A subject filter for events; every criterion left None matches anything."""
+        base = f"{self.prefix}._events.{job_id or '*'}.{queue or '*'}"
+        return f"{base}.{job_type}" if job_type else f"{base}.>"
+
 
 def queue_stream_config(topology: Topology, settings: Settings, queue: str) -> StreamConfig:
     return StreamConfig(
@@ -137,6 +152,23 @@ def dlq_stream_config(topology: Topology, settings: Settings) -> StreamConfig:
         max_age=float(settings.dlq_max_age),
         duplicate_window=float(settings.duplicate_window),
         description="bgjob dead letters",
+    )
+
+
+def events_stream_config(topology: Topology, settings: Settings) -> StreamConfig:
+    """The lifecycle events' stream: kept `Settings.events_max_age` seconds, oldest dropped first."""
+    return StreamConfig(
+        name=topology.events_stream,
+        subjects=[f"{topology.prefix}._events.>"],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_age=float(settings.events_max_age),
+        # as the queues': a job sent again that its queue drops as a duplicate has its `enqueued` event dropped
+        duplicate_window=min(float(settings.duplicate_window), float(settings.events_max_age)),
+        allow_rollup_hdrs=True,  # how the event of a job the server refused is withdrawn
+        description="bgjob job lifecycle events",
     )
 
 

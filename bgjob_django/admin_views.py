@@ -489,7 +489,7 @@ class DeadLetterViews(_Views):
 
 class QueueViews(_Views):
     """The overview: per-queue counts (pending, in flight, retrying, scheduled, dead), the outbox backlog, periodic
-    jobs, live workers."""
+    jobs, live workers, and a "Find a job by id" box (its state and lifecycle events, bgjob.events)."""
 
     @_unavailable_on_nats_errors
     def overview(self, request: HttpRequest) -> HttpResponse:
@@ -510,6 +510,7 @@ class QueueViews(_Views):
             handlers=registry.types(),
             dlq_url=dlq_url,
             **_outbox(),
+            **_find_job(client, request.GET.get("job", "").strip()),
         )
         return TemplateResponse(request, "bgjob_django/admin/overview.html", context)
 
@@ -521,6 +522,19 @@ def _outbox() -> dict[str, Any]:
     except DatabaseError as exc:
         log.warning("admin: the outbox table cannot be read: %s", exc)
         return {"outbox": None, "outbox_error": f"{type(exc).__name__}: {str(exc).strip()}"}
+
+
+def _find_job(client: bgjob.Client, job_id: str) -> dict[str, Any]:
+    """The overview's "Find a job by id" box: `job_query`, and for a query the job's `job_status` and its
+    `job_events` (bgjob.events; error texts as scrubbed by the worker, escaped by the template), or `job_error`."""
+    if not job_id:
+        return {"job_query": "", "events_on": client.settings.events}
+    try:
+        status = client.job_status(job_id)
+    except bgjob.InvalidJob as exc:
+        return {"job_query": job_id, "job_error": str(exc), "events_on": client.settings.events}
+    found = list(client.events(job_id=job_id, follow=False)) if status.event is not None else []
+    return {"job_query": job_id, "job_status": status, "job_events": found, "events_on": client.settings.events}
 
 
 def _api(filters: dict[str, str]) -> dict[str, str | None]:

@@ -63,8 +63,8 @@ _SECONDS_HINT = "a number of seconds (e.g. 86400 for a day, 604800 for a week); 
 #: The hint of a bad client key (the others: see bgjob.Settings.<field>).
 CLIENT_HINTS = {
     **{key: _SECONDS_HINT for key, field in CLIENT_KEYS.items()
-       if field in ("ack_wait", "duplicate_window", "dlq_max_age", "result_ttl", "worker_ttl", "connect_timeout",
-                    "request_timeout", "retry_for", "ping_interval")},
+       if field in ("ack_wait", "duplicate_window", "dlq_max_age", "events_max_age", "result_ttl", "worker_ttl",
+                    "connect_timeout", "request_timeout", "retry_for", "ping_interval")},
     "REPLICAS": "an integer from 1 to 5: 1 for a single server, 3 for a production cluster",
     "SIGNING_KEY": "the private half of bgjob.signing.generate_keypair() (base64 of a 32-byte ed25519 key)",
     "VERIFY_KEYS": "a list of public halves of bgjob.signing.generate_keypair() (base64 of 32-byte ed25519 keys)",

@@ -12,7 +12,7 @@ from .common import Plan, drain, log, send_from_threads
 from .e2e import paced
 
 SCENARIO = "peers"
-PEERS = [name for name in SYSTEMS if not name.startswith("nats-py")]
+PEERS = [name for name in SYSTEMS if not name.startswith("nats-py") and name != "bgjob+events"]  # events: own scenario
 
 ENQ1, ENQ8, BULK, PROCESS, PACED = (
     "enqueue, 1 thread",

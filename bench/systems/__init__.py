@@ -11,6 +11,7 @@ from ..env import Context
 #: name -> "module:class"; the order is the order of the tables.
 SYSTEMS = {
     "bgjob": "bgjob_sys:Bgjob",
+    "bgjob+events": "bgjob_sys:BgjobEvents",
     "nats-py": "natspy_sys:RawNats",
     "nats-py+headers": "natspy_sys:RawNatsHeaders",
     "celery-redis": "celery_sys:CeleryRedis",

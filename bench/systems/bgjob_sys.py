@@ -97,3 +97,30 @@ class Bgjob(System):
         ready()
         while thread.is_alive():
             thread.join(1.0)
+
+
+class BgjobEvents(Bgjob):
+    """bgjob with `Settings(events=True)`: every send publishes an `enqueued` event, every worker `started` and one
+    per fate (bench/scenarios/events.py measures what that costs)."""
+
+    name = "bgjob+events"
+    config = Bgjob.config + "; Settings(events=True): lifecycle events in the <PREFIX>_EVENTS stream"
+
+    @property
+    def client(self) -> bgjob.Client:
+        if self._client is None:
+            settings = bgjob.Settings(url=self.ctx.nats_url, prefix=self.ctx.prefix, events=True)
+            self._client = bgjob.Client(settings).connect()
+        return self._client
+
+    def cleanup(self, queue: str) -> None:
+        super().cleanup(queue)
+
+        async def delete(core: Any) -> None:
+            try:
+                await core.js.delete_stream(core.topology.events_stream)
+            except Exception:  # noqa: BLE001 - not made yet
+                pass
+            core._provisioned.discard("\0events")
+
+        self.client.run(delete)

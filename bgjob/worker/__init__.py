@@ -22,6 +22,7 @@ from ..client import Client
 from ..core import as_bgjob_error
 from ..encryption import cipher_for
 from ..errors import ConnectionError
+from ..events import EventHooks
 from ..handler import Mux
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
@@ -107,6 +108,9 @@ class Worker:
         host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
         #: this worker's id in the worker directory and in stored results.
         self.id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        if client.settings.events:  # lifecycle events (bgjob.events): told by the hooks what really happened
+            self.hooks = HookSet([*self.middleware, *hooks, EventHooks(client, self.id)],
+                                 client.settings.sensitive_headers)  # fmt: skip
 
     def run(self) -> None:
         """Process jobs until stop() or SIGTERM/SIGINT (handled when run in the main thread); then drain.

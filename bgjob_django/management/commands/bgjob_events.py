@@ -1,0 +1,36 @@
+"""`manage.py bgjob_events`: jobs' lifecycle events (BGJOB["EVENTS"]), and a job's state by id."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+import bgjob
+from bgjob.cli import add_events_arguments, events_command, job_status_lines
+from bgjob_django.conf import interactive_client
+
+
+class Command(BaseCommand):
+    help = (
+        "Jobs' lifecycle events (enqueued, started, succeeded, retry_scheduled, dead_lettered, ...), oldest "
+        "first, filtered by queue, type and job id; --follow prints new ones until interrupted; --status ID "
+        "prints one job's state and events. The same as `bgjob events` and `bgjob job ID`."
+    )
+    requires_system_checks: tuple[str, ...] = ()
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_events_arguments(parser)
+        parser.add_argument("--status", metavar="ID", help="one job's state and events (as `bgjob job ID`)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            client = interactive_client()
+            if options.get("status"):
+                for line in job_status_lines(client, options["status"]):
+                    self.stdout.write(line)
+                return
+            events_command(client, options, out=self.stdout.write)
+        except bgjob.BgjobError as exc:
+            raise CommandError(str(exc)) from exc

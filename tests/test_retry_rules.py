@@ -176,3 +176,31 @@ def test_non_retryable_is_a_bgjob_error_with_the_wrapped_exception() -> None:
     policy = bgjob.RetryPolicy(non_retryable=(LookupError,))
     assert policy.gives_up_on(error) and policy.gives_up_on(KeyError()) and not policy.gives_up_on(ValueError())
     assert not policy.gives_up_on(None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "handler_policy", "expected"),
+    [
+        ({"Bgjob-Max-Attempts": "2"}, None, "max_attempts"),  # the job's own limit, below the worker's 3
+        ({}, bgjob.RetryPolicy(max_attempts=2), "max_attempts"),  # the handler's
+        ({}, None, "ran"),  # the worker's 3: attempt 3 runs
+        ({"Bgjob-Max-Attempts": "two"}, None, "decode"),
+    ],
+)
+def test_the_past_max_attempts_check_uses_the_limit_in_force(client, start_worker, headers, handler_policy,
+                                                             expected) -> None:  # fmt: skip
+    runs: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+    mux.handle("report", lambda job: runs.put(job.attempt) or bgjob.Complete(), retry_policy=handler_policy)
+    start_worker(client, mux)  # the worker's max_attempts=3
+
+    async def publish_raw(core) -> None:  # a job whose earlier messages used 2 attempts: this is attempt 3
+        subject = core.topology.job_subject("default", "report")
+        await core.js.publish(subject, b"null", headers={"Bgjob-Id": "j1", "Bgjob-Attempts-Used": "2", **headers})
+
+    client.run(publish_raw)
+    if expected == "ran":
+        assert drain(runs, 1) == [3]
+        return
+    entry = wait_until(lambda: client.dlq.list(), message="dead letter")[0]
+    assert (entry.id, entry.reason) == ("j1", expected) and runs.empty()

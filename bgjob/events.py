@@ -36,7 +36,6 @@ import collections
 import enum
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from .headers import MSG_ID
 from .hooks import Fate, FateKind, WorkerHooks
 from .job import format_time, parse_time
 from .redaction import scrub_text, secret_texts
+from .runtime import original
 from .topology import events_stream_config
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ log = logging.getLogger("bgjob.events")
 #: the most bytes of an error text an event carries (the dead letter keeps more).
 ERROR_BYTES = 1024
 ROLLUP, ROLLUP_SUBJECT = Header.ROLLUP.value, "sub"
+_SCHEDULE = Header.SCHEDULE.value
 #: the mark in Core's provisioned set: the events stream was seen (or made) on this connection.
 _PROVISIONED = "\0events"
 
@@ -244,18 +245,13 @@ class EventSink:
         self._failing = False
         runtime.add_wakeup_hook(self._start_pump)
 
-    def emit(self, event: Event, msg_id: str | None = None) -> None:
-        """Queue `event` for publishing (any thread; never blocks, never raises). `msg_id`: its Nats-Msg-Id (the
-        events stream drops a repeat within its duplicate window)."""
-        self.emit_body(self._core.topology.event_subject(event.job_id, event.queue, event.job_type), event.to_json(),
-                       {MSG_ID: msg_id} if msg_id else None)  # fmt: skip
-
     def emit_body(self, subject: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """Queue an event's message as built (`event_body`) for publishing (any thread; never raises)."""
+        """Queue an event's message as built (`event_body`) for publishing (any thread; never blocks, never
+        raises); `headers` e.g. a Nats-Msg-Id (the events stream drops a repeat within its duplicate window)."""
         self._queue.append((subject, body, headers))
         if self._runtime.in_loop_thread():  # on_settled: no wake-up through the loop's self-pipe needed
             self._start_pump()
-        else:
+        elif not self._pumping:  # a running pump takes it (it checks the queue again after it stops)
             self._runtime.wake()
 
     def _start_pump(self) -> None:
@@ -291,7 +287,8 @@ class EventSink:
         self._failing = True
 
 
-_sink_lock = threading.Lock()
+#: an OS lock even under gevent: taken on the runtime's loop thread too, where a patched lock must never be used.
+_sink_lock = original("_thread", "allocate_lock")()
 
 
 def sink_for(runtime: Runtime, core: Core) -> EventSink:
@@ -327,27 +324,23 @@ async def ensure_events_stream(core: Core) -> None:
     core._provisioned.add(_PROVISIONED)
 
 
-def enqueued_events(jobs: list[PreparedJob], now: datetime | None = None) -> list[Event]:
-    """The `enqueued` events of jobs just stored (a delayed job's `due` read from its `@at` schedule header)."""
-    moment = now or datetime.now(timezone.utc)
-    found = []
-    for job in jobs:
-        schedule = job.headers.get(Header.SCHEDULE.value)
-        due = parse_time(schedule[4:]) if schedule and schedule.startswith("@at ") else None
-        found.append(Event(EventKind.ENQUEUED, job.job_id, job.job_type, job.queue, 0, moment, due=due))
-    return found
-
-
 def emit_enqueued(runtime: Runtime, core: Core, jobs: list[PreparedJob]) -> None:
     """Publish the `enqueued` events of `jobs` now, without waiting: called just before the jobs themselves are
     published, on the same connection, so that the event is stored before any worker can start the job (sent
-    after the job's PubAck, it lost that race to an idle worker's `started` about half the time). Each carries
-    the Nats-Msg-Id `enqueued-<job id>`: a job sent again inside the duplicate window, which its queue drops,
-    has its event dropped too. `withdraw_enqueued` removes the events of jobs the server then refused."""
-    if jobs:
-        sink = sink_for(runtime, core)
-        for event in enqueued_events(jobs):
-            sink.emit(event, f"enqueued-{event.job_id}")
+    after the job's PubAck, it lost that race to an idle worker's `started` about half the time). A delayed
+    job's `due` is read from its `@at` schedule header. Each carries the Nats-Msg-Id `enqueued-<job id>`: a job
+    sent again inside the duplicate window, which its queue drops, has its event dropped too.
+    `withdraw_enqueued` removes the events of jobs the server then refused."""
+    if not jobs:
+        return
+    sink, topology = sink_for(runtime, core), core.topology
+    moment = datetime.now(timezone.utc)
+    for job in jobs:
+        schedule = job.headers.get(_SCHEDULE)
+        due = parse_time(schedule[4:]) if schedule and schedule.startswith("@at ") else None
+        body = event_body(EventKind.ENQUEUED, job.job_id, job.job_type, job.queue, 0, moment, due=due)
+        sink.emit_body(topology.event_subject(job.job_id, job.queue, job.job_type), body,
+                       {MSG_ID: f"enqueued-{job.job_id}"})  # fmt: skip
 
 
 async def withdraw_enqueued(core: Core, jobs: list[PreparedJob]) -> None:
@@ -382,7 +375,10 @@ class EventHooks(WorkerHooks):
             error, reason, due = self._error(job, fate.error), fate.reason, fate.at
             if due is None and fate.delay is not None:
                 due = now + timedelta(seconds=fate.delay)
-        runtime, core = self._client._ensure()
+        # Never `_ensure()` here: on_settled runs on the runtime's own loop, which must not wait for a connect.
+        runtime, core = self._client._runtime, self._client._core
+        if runtime is None or core is None:
+            return
         body = event_body(kind, job.id, job.type, job.queue, job.attempt, now, self.worker_id, error, reason, due)
         sink_for(runtime, core).emit_body(core.topology.event_subject(job.id, job.queue, job.type), body)
 

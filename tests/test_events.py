@@ -337,3 +337,40 @@ def test_cli_events_follow_prints_new_events(nats_server, prefix, make_client) -
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
+
+
+def test_event_body_round_trips_hostile_error_text_and_cut_errors_say_so() -> None:
+    from datetime import datetime, timezone
+
+    from bgjob.events import Event, cut_error, event_body
+
+    now = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    error = 'ValueError: "quoted" \\ back\nslash, ünïcode, \u2028 and \x00'
+    body = event_body(EventKind.DEAD_LETTERED, "id-1", "a.b", "q", 3, now, "w-1", error, "handler", now)
+    event = Event.from_json(body, seq=7)
+    assert (event.kind, event.job_id, event.job_type, event.queue, event.attempt, event.time, event.worker,
+            event.error, event.reason, event.due, event.seq) == (EventKind.DEAD_LETTERED, "id-1", "a.b", "q", 3, now,
+                                                                  "w-1", error, "handler", now, 7)  # fmt: skip
+    assert Event.from_json(event.to_json()) == Event.from_json(body)
+    cut = cut_error("é" * 1000, 1001)
+    assert cut.startswith("é" * 500) and cut.endswith("…[cut 999 bytes]") and len(cut.encode()) < 1030
+
+
+def test_an_enqueued_job_is_scheduled_until_it_is_due_then_ready() -> None:
+    from datetime import datetime, timezone
+
+    from bgjob.events import Event, state_of
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    sent = Event(EventKind.ENQUEUED, "j", "t", "q", 0, now, due=now + timedelta(seconds=60))
+    assert state_of(sent, now) is JobState.SCHEDULED
+    assert state_of(sent, now + timedelta(seconds=61)) is JobState.READY
+    assert state_of(None) is JobState.UNKNOWN
+    expected = {
+        EventKind.STARTED: JobState.RUNNING,
+        EventKind.HANDED_BACK: JobState.READY,
+        EventKind.RESCHEDULED: JobState.SCHEDULED,
+        EventKind.DEADLINE_EXPIRED: JobState.DEAD_LETTERED,
+    }
+    for kind, job_state in expected.items():
+        assert state_of(Event(kind, "j", "t", "q", 1, now)) is job_state

@@ -128,6 +128,8 @@ class WorkerGroup:
         if isinstance(mux, Registry):
             serve_tasks(mux)  # before any worker fetches: the resolver is there when the first task arrives
         chain = middleware(config, extra_middleware)
+        if config.time_limit is not None:  # BGJOB["TIME_LIMIT"], unless the caller gave its own
+            worker_options.setdefault("time_limit", config.time_limit)
         self.workers = [
             bgjob.Worker(client, mux, queue=queue, concurrency=concurrency or config.concurrency, middleware=chain,
                          retry_policy=config.retry_policy(), grace_period=config.grace_period, **worker_options)

@@ -60,3 +60,16 @@ def test_bgjob_worker_refuses_a_time_limit_that_is_not_seconds(worker_options) -
     with pytest.raises(CommandError, match="--time-limit"):
         call_command("bgjob_worker", "--time-limit", "0", stdout=io.StringIO())
     assert worker_options == {}
+
+
+def test_a_worker_group_gives_its_workers_the_time_limit_setting(bgjob_client) -> None:
+    """BGJOB['TIME_LIMIT'] reaches WorkerGroup's workers whoever builds the group, not only manage.py bgjob_worker;
+    a time_limit given to the group wins."""
+    from bgjob_django.registry import registry
+    from bgjob_django.worker import WorkerGroup
+
+    config = conf.parse({"TIME_LIMIT": 30})
+    group = WorkerGroup(bgjob_client, registry, ["default"], config, relay=False)
+    assert [w.time_limit for w in group.workers] == [30.0]
+    group = WorkerGroup(bgjob_client, registry, ["default"], config, relay=False, time_limit=5)
+    assert [w.time_limit for w in group.workers] == [5.0]

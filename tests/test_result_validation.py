@@ -199,10 +199,11 @@ def test_by_cron_refuses_unknown_time_zones(tz: str) -> None:
 # RetryPolicy
 
 
-@pytest.mark.parametrize("max_attempts", [0, -1, True, False, 1.5, 3.0, "3", None], ids=repr)
-def test_retry_policy_max_attempts_must_be_an_int_of_at_least_one(max_attempts: object) -> None:
-    with pytest.raises(InvalidResult, match="max_attempts must be an int >= 1"):
+@pytest.mark.parametrize("max_attempts", [0, -1, True, False, 1.5, 3.0, "3"], ids=repr)
+def test_retry_policy_max_attempts_must_be_an_int_of_at_least_one_or_none(max_attempts: object) -> None:
+    with pytest.raises(InvalidResult, match="max_attempts must be an int >= 1 or None"):
         RetryPolicy(max_attempts=max_attempts)  # type: ignore[arg-type]
+    assert RetryPolicy(max_attempts=None).max_attempts is None  # no limit
 
 
 @pytest.mark.parametrize("field", ["base_delay", "max_delay"])

@@ -202,14 +202,14 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
 
 
 def _valid_parts(queue: str, reason: str, job_id: str, job_type: str) -> bool:
-    """Whether a dead letter's subject names what bgjob writes there: a valid queue, reason, job id and type."""
+    """Whether a dead letter's subject names what bgjob writes there: a valid queue, reason and job id (what it is
+    found by). Its type is the message's subject as published, whatever it holds (`é`, HTML: shown escaped)."""
     try:
         jobmod.validate_queue(queue)
         validate_reason(reason)
-        jobmod.validate_type(job_type)
     except InvalidJob:
         return False
-    return jobmod.is_valid_job_id(job_id)
+    return jobmod.is_valid_job_id(job_id) and bool(job_type)
 
 
 def _by_seq(seq: int) -> str:

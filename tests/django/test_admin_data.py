@@ -211,3 +211,20 @@ def test_confirmations_keep_the_active_filters(admin_client, bgjob_client, worke
     assert done["Location"] == listed and bgjob_client.dlq.count() == 0
     purge = admin_client.get(f"{DLQ}purge/", {"reason": "handler"}).content.decode()
     assert 'href="/admin/bgjob_django/deadletter/?reason=handler" class="button cancel-link"' in purge
+
+
+@pytest.mark.django_db
+def test_a_dead_letter_whose_type_is_not_a_valid_type_is_found_by_its_id(admin_client, bgjob_client) -> None:
+    """The worker dead-letters a raw message under its subject's type token as published (`é`, HTML): listed
+    under its job id, shown escaped, found and deleted by that id."""
+
+    async def publish(core) -> None:
+        await core.ensure_dlq()
+        await core.js.publish(f"{core.topology.prefix}.dlq.default.unknown_handler.job-9.<u>é</u>", b"{}")
+
+    bgjob_client.run(publish)
+    html = admin_client.get(DLQ).content.decode()
+    assert job_ids(html) == ["job-9"] and "<u>é</u>" not in html and "&lt;u&gt;é&lt;/u&gt;" in html
+    assert admin_client.get(f"{DLQ}job-9/change/").status_code == 200
+    admin_client.post(f"{DLQ}job-9/delete/", {"post": "yes"})
+    assert bgjob_client.dlq.count() == 0

@@ -40,6 +40,7 @@ from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedu
 from .retry_policy import RetryPolicy
 from .settings import Settings
 from .worker import Worker
+from .workflows import Signature, signature
 
 __all__ = [
     "BgjobError",
@@ -109,6 +110,8 @@ __all__ = [
     "ServerRefused",
     "ServerVersionError",
     "Settings",
+    "Signature",
+    "signature",
     "StorageFull",
     "SyncHandlerAdapter",
     "TimeLimitExceeded",

@@ -111,9 +111,14 @@ class TimeLimitExceeded(BaseException):
     without a timeout) gets it only when that call returns.
     """
 
-    def __init__(self, message: str = "the handler ran past its time limit", time_limit: float | None = None):
-        super().__init__(message)
-        self.time_limit = time_limit
+    #: what an instance made without arguments says: a worker raises a subclass with these set to the job's (an
+    #: asynchronous exception is raised as a class, which CPython instantiates without arguments).
+    default_message: str = "the handler ran past its time limit"
+    default_time_limit: float | None = None
+
+    def __init__(self, message: str | None = None, time_limit: float | None = None):
+        super().__init__(self.default_message if message is None else message)
+        self.time_limit = self.default_time_limit if time_limit is None else time_limit
 
 
 class InvalidSchedule(BgjobError, ValueError):

@@ -60,6 +60,29 @@ def test_endless_loop_of_short_sleeps_is_stopped_at_its_limit_with_time_limit_ex
         limits.close()
 
 
+def test_a_handler_catching_time_limit_exceeded_sees_its_limit_and_job() -> None:
+    """New-user review: cleanup code in the handler caught an exception without `.time_limit` or the job's id."""
+    limits = ThreadTimeLimits()
+    seen: list[tuple[float | None, str]] = []
+
+    def cleans_up(job: bgjob.Job) -> bgjob.Result:
+        try:
+            while True:
+                time.sleep(0.05)
+        except bgjob.TimeLimitExceeded as exc:
+            seen.append((exc.time_limit, str(exc)))
+            raise
+
+    try:
+        thread, box = _in_thread(limits.run, cleans_up, _job("clean-1", "slowclean"), 0.2)
+        thread.join(15)
+        assert seen == [(0.2, "job clean-1 (slowclean) ran past its time limit of 0.2s")]
+        assert isinstance(box["error"], bgjob.TimeLimitExceeded) and box["error"].time_limit == 0.2
+        assert bgjob.TimeLimitExceeded().time_limit is None and bgjob.TimeLimitExceeded("x", 3).time_limit == 3
+    finally:
+        limits.close()
+
+
 def test_handler_returning_in_time_keeps_its_result_and_no_limit_means_no_wrapper() -> None:
     limits = ThreadTimeLimits()
     try:

@@ -257,8 +257,14 @@ class ThreadTimeLimits(TimeLimits):
 
     def _interrupt(self, run: _Run) -> None:
         set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-        # The class, not an instance: CPython instantiates it when it raises (run() then fills in the message).
-        if set_async_exc(ctypes.c_ulong(run.ident), ctypes.py_object(TimeLimitExceeded)) != 1:
+        # A class, not an instance: CPython instantiates it without arguments when it raises. A subclass made for
+        # this run carries the job and the limit, so the handler catching it sees them (`.time_limit`, message).
+        job = run.job
+        exc_class = type("TimeLimitExceeded", (TimeLimitExceeded,), {
+            "default_message": f"job {job.id} ({job.type}) ran past its time limit of {run.seconds:g}s",
+            "default_time_limit": run.seconds, "__module__": TimeLimitExceeded.__module__,
+        })  # fmt: skip
+        if set_async_exc(ctypes.c_ulong(run.ident), ctypes.py_object(exc_class)) != 1:
             run.state = _DONE  # its thread is gone: nothing to interrupt, nothing to report
 
     def _take_back(self, run: _Run) -> None:

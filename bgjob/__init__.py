@@ -16,6 +16,7 @@ from .errors import (
     InvalidMatch,
     InvalidResult,
     InvalidSchedule,
+    JobFailed,
     JobTooLarge,
     NonRetryable,
     PublishError,
@@ -39,8 +40,25 @@ from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
 from .retry_policy import RetryPolicy
 from .settings import Settings
+from .typed import JobHandle, TypedJob
 from .worker import Worker
-from .workflows import Signature, signature
+from .workflows import (
+    Chain,
+    Group,
+    Signature,
+    StepStatus,
+    Workflow,
+    WorkflowCancelled,
+    WorkflowCycle,
+    WorkflowError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowRun,
+    WorkflowStatus,
+    chain,
+    group,
+    signature,
+)
 
 __all__ = [
     "BgjobError",
@@ -75,6 +93,8 @@ __all__ = [
     "Job",
     "JobContextFilter",
     "JobError",
+    "JobFailed",
+    "JobHandle",
     "JobResult",
     "JobSpec",
     "JobState",
@@ -112,11 +132,25 @@ __all__ = [
     "Settings",
     "Signature",
     "signature",
+    "StepStatus",
     "StorageFull",
     "SyncHandlerAdapter",
     "TimeLimitExceeded",
+    "TypedJob",
     "unregister_hooks",
     "Worker",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowCycle",
+    "WorkflowError",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "WorkflowRun",
+    "WorkflowStatus",
+    "chain",
+    "group",
+    "Chain",
+    "Group",
     "WorkerHooks",
     "WorkerInfo",
 ]

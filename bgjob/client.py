@@ -175,6 +175,21 @@ class Client(Sending):
 
     # -- producing: inherited from bgjob.sending.Sending (send_job, send_jobs, prepare_job, publish_prepared)
 
+    # -- workflows (bgjob.workflows) ---------------------------------------------------------------
+    def start(self, workflow: Any, *, run_id: str | None = None) -> Any:
+        """Start a `bgjob.Workflow`, `bgjob.chain(...)` or `bgjob.group(...)`; returns its `bgjob.WorkflowRun`
+        once its first steps are stored. `run_id` makes the start idempotent (see `bgjob.workflows.start`).
+        Raises WorkflowError, UnknownStep, WorkflowCycle (nothing sent), InvalidJob, ConnectionError."""
+        from .workflows import start
+
+        return start(self, workflow, run_id=run_id)
+
+    def workflow(self, run_id: str) -> Any:
+        """The `bgjob.WorkflowRun` of a run started elsewhere (nothing is read until you ask it)."""
+        from .workflows import WorkflowRun
+
+        return WorkflowRun(self, run_id)
+
     # -- results ---------------------------------------------------------------------------------
     def result(self, job_id: str, wait: float | None = None) -> JobResult:
         """The stored result of a job sent with store_result; with `wait`, block up to that many seconds

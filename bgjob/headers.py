@@ -55,6 +55,9 @@ DLQ_LAST_FAILURE = "Bgjob-Dlq-Last-Failure"
 DLQ_ORIGINAL_SUBJECT = "Bgjob-Dlq-Subject"
 #: carried by a job retried from the DLQ, so a second failure keeps the first failure's time.
 CARRIED_FIRST_FAILURE = "Bgjob-First-Failure"
+#: a workflow step's job: "<run id>/<step name>" (bgjob.workflows). Not a Bgjob-* name: those are reserved to
+#: bgjob's codec and stripped from `Job.headers`, and the worker's workflow hooks read it there.
+WORKFLOW_STEP = "X-Bgjob-Workflow"
 DLQ_FAILURE_HEADERS = (DLQ_REASON, DLQ_ERROR, DLQ_TRACEBACK, DLQ_ATTEMPTS, DLQ_FIRST_FAILURE, DLQ_LAST_FAILURE,
                        DLQ_ORIGINAL_SUBJECT)  # fmt: skip
 

@@ -19,6 +19,8 @@ from .errors import ServerVersionError
 from .settings import Settings
 
 MIN_SERVER_VERSION = (2, 12, 0)
+#: the workflow runs' key-value bucket after the prefix: `<PREFIX>_WORKFLOWS` (bgjob.workflows).
+WORKFLOWS_BUCKET = "WORKFLOWS"
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,11 @@ class Topology:
         rest = subject[len(self.prefix) + len(".dlq.") :]
         queue, reason, job_id, job_type = rest.split(".", 3)
         return queue, reason, job_id, job_type
+
+    @property
+    def workflows_bucket(self) -> str:
+        """The key-value bucket of workflow runs and their steps' states (bgjob.workflows)."""
+        return self.stream_prefix + WORKFLOWS_BUCKET
 
     # Lifecycle events (bgjob.events): one subject per job, `<prefix>._events.<job_id>.<queue>.<type>` (job ids
     # hold no '.', queue names never start with '_': no queue's subjects overlap them). A job's queue and type

@@ -29,6 +29,7 @@ from ..middleware import Middleware
 from ..retry_policy import RetryPolicy
 from ..runtime import Flag
 from ..signing import Verifier
+from ..workflows import WorkflowHooks
 from .dispatch import Dispatcher
 from .loop import FetchLoop
 from .pool import make_pool
@@ -93,6 +94,8 @@ class Worker:
         self.queue = queue
         self.concurrency = concurrency
         self.middleware = list(middleware)
+        # Every worker runs the workflow engine for its own client (bgjob.workflows.WorkflowHooks says why).
+        hooks = [*hooks, WorkflowHooks(client)]
         self.hooks = HookSet([*self.middleware, *hooks], client.settings.sensitive_headers)
         self.retry_policy = retry_policy or RetryPolicy()
         self.grace_period = grace_period

@@ -16,7 +16,6 @@ from .errors import (
     InvalidMatch,
     InvalidResult,
     InvalidSchedule,
-    JobFailed,
     JobTooLarge,
     NonRetryable,
     PublishError,
@@ -40,7 +39,6 @@ from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
 from .retry_policy import RetryPolicy
 from .settings import Settings
-from .typed import JobHandle, TypedJob
 from .worker import Worker
 from .workflows import (
     Chain,
@@ -93,8 +91,6 @@ __all__ = [
     "Job",
     "JobContextFilter",
     "JobError",
-    "JobFailed",
-    "JobHandle",
     "JobResult",
     "JobSpec",
     "JobState",
@@ -136,7 +132,6 @@ __all__ = [
     "StorageFull",
     "SyncHandlerAdapter",
     "TimeLimitExceeded",
-    "TypedJob",
     "unregister_hooks",
     "Worker",
     "Workflow",

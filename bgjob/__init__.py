@@ -16,6 +16,7 @@ from .errors import (
     InvalidMatch,
     InvalidResult,
     InvalidSchedule,
+    JobFailed,
     JobTooLarge,
     NonRetryable,
     PublishError,
@@ -39,6 +40,7 @@ from .periodic import PeriodicJob
 from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
 from .retry_policy import RetryPolicy
 from .settings import Settings
+from .typed import JobHandle, TypedJob
 from .worker import Worker
 from .workflows import (
     Chain,
@@ -91,6 +93,8 @@ __all__ = [
     "Job",
     "JobContextFilter",
     "JobError",
+    "JobFailed",
+    "JobHandle",
     "JobResult",
     "JobSpec",
     "JobState",
@@ -132,6 +136,7 @@ __all__ = [
     "StorageFull",
     "SyncHandlerAdapter",
     "TimeLimitExceeded",
+    "TypedJob",
     "unregister_hooks",
     "Worker",
     "Workflow",

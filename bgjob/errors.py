@@ -121,6 +121,25 @@ class TimeLimitExceeded(BaseException):
         self.time_limit = self.default_time_limit if time_limit is None else time_limit
 
 
+class JobFailed(BgjobError):
+    """A job waited for through a `JobHandle` (`fn.send(...).result()`) failed for good: it was dead-lettered, so
+    its stored result is FAILED.
+
+    `job_id` is the job's id; `error` its last failure as stored (`"<Type>: <message>"`, sensitive values
+    scrubbed; e.g. `"ValueError: no such image"`, or why it was dead-lettered unrun: `"DecodeError: ..."`);
+    `traceback` that attempt's formatted traceback (None when no handler code raised); `result` the whole
+    `bgjob.JobResult` (every kept attempt's error in `result.errors`).
+    """
+
+    def __init__(self, message: str, *, job_id: str, error: str | None, traceback: str | None,
+                 result: Any = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.job_id = job_id
+        self.error = error
+        self.traceback = traceback
+        self.result = result
+
+
 class InvalidSchedule(BgjobError, ValueError):
     """A cron expression, time zone or delay cannot be used for scheduling."""
 

@@ -7,7 +7,7 @@ import reprlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import HandlerError, InvalidJob
 from .job import Job, validate_sensitive, validate_type
@@ -164,6 +164,36 @@ class Mux:
             return fn
 
         return register
+
+    def job(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+            aliases: Collection[str] = (), queue: str | None = None, retry_policy: RetryPolicy | None = None,
+            time_limit: float | timedelta | None = None, sensitive: Collection[str] | None = None,
+            middleware: Sequence[Middleware] | None = None) -> Any:  # fmt: skip
+        """Register a plain function as a typed job (`bgjob.typed`): `@mux.job` or `@mux.job(name=..., ...)`.
+
+        Returns a `bgjob.typed.TypedJob`: calling it runs the function here; `fn.send(*args, **kwargs)` checks the
+        call against the signature and type hints (InvalidJob naming the parameter, nothing published) and
+        returns a `JobHandle`; `fn.options(queue=, delay=, deadline=, job_id=, max_attempts=, ...)` sets send
+        options; `fn.s(...)` builds a workflow step. The worker decodes the arguments, calls the function and
+        settles a plain return value as `Complete(<its JSON form>)`, a returned Result as it is.
+
+        - `name`: the job type; default `<module>.<qualified name>` (a function in `__main__`, a lambda or a nested
+          function needs `name=`). `aliases`: more job types the same function handles (a rename's old name).
+        - `queue`: the queue `send` uses (default "default"; `options(queue=)` overrides it).
+        - `retry_policy`, `time_limit`, `sensitive` (parameter names, sent by keyword so that they are masked),
+          `middleware`: as for `handle`, for every name.
+
+        Raises ConfigurationError when pydantic v2 is missing (`pip install 'bgjob[typed]'`), InvalidJob for a
+        bad name, alias or queue, HandlerError for a name already registered, a function whose job type cannot be
+        derived, a parameter type pydantic cannot encode, or a bad option.
+        """
+        from .typed import register  # the one upward import: a TypedJob sends through the client (ARCHITECTURE)
+
+        def decorate(function: Callable[..., Any]) -> Any:
+            return register(self, function, name=name, aliases=aliases, queue=queue, retry_policy=retry_policy,
+                            time_limit=time_limit, sensitive=sensitive, middleware=middleware)  # fmt: skip
+
+        return decorate if fn is None else decorate(fn)
 
     def get(self, job_type: str) -> HandlerFunc | None:
         return self._handlers.get(job_type)

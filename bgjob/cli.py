@@ -623,12 +623,14 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    """`bgjob job ID`: exits 1 when no event of the job is kept (unknown), so that scripts can tell."""
     client = _client(interactive=True)
     try:
-        print("\n".join(job_status_lines(client, args.job_id)))
+        lines = job_status_lines(client, args.job_id)
     finally:
         client.close()
-    return 0
+    print("\n".join(lines))
+    return 1 if lines[0].startswith(f"job {args.job_id}: unknown") else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

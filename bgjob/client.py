@@ -254,7 +254,12 @@ class Client(Sending):
             jobmod.validate_type(job_type)
         if job_id is not None:
             jobmod.validate_job_id(job_id)
+        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                                        and timeout >= 0):  # fmt: skip
+            raise ValueError(f"timeout must be seconds >= 0 or None, not {timeout!r}")
         if isinstance(since, timedelta):
+            if since < timedelta(0):
+                raise ValueError(f"since must be a timedelta back from now (>= 0), not {since!r}")
             since = datetime.now(timezone.utc) - since
         elif since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
             raise ValueError(f"since must be an aware datetime or a timedelta, not {since!r}")

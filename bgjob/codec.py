@@ -383,8 +383,14 @@ def carried_deadline(headers: Mapping[str, str]) -> datetime | None:
     if text is None:
         return None
     moment = jobmod.parse_time(text) if len(text) <= 64 else None
+    try:
+        if moment is not None:
+            jobmod.format_time(moment)  # 0001-01-01T00:00+05:00 parses, but is no time in UTC
+    except OverflowError:
+        moment = None
     if moment is None:
-        raise jobmod.DecodeError(f"header {DEADLINE} is not an RFC 3339 time: {text[:64]!r}")
+        raise jobmod.DecodeError(f"header {DEADLINE} is not an RFC 3339 time in the years 1 to 9999 UTC: "
+                                 f"{text[:64]!r}")  # fmt: skip
     return moment
 
 

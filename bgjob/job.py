@@ -152,12 +152,20 @@ def sensitive_of(headers: Mapping[str, str] | None) -> frozenset[str]:
     return frozenset(k for k in text.split(",") if k) if text else frozenset()
 
 
-def validate_deadline(deadline: datetime | timedelta | None, now: datetime) -> datetime | None:
+def validate_deadline(deadline: datetime | timedelta | float | None, now: datetime) -> datetime | None:
     """The deadline a job is sent with, as an aware UTC datetime: `deadline` itself (an aware datetime) or `now`
-    plus it (a timedelta); None for None. Raises InvalidJob for a naive datetime, a deadline not after `now`
-    (the job could never run), one beyond the year 9999, or another type."""
+    plus it (a timedelta, or seconds as an int or float, like `delay`; Celery's `expires=60`); None for None.
+    Raises InvalidJob for a naive datetime, a deadline not after `now` (the job could never run), one beyond the
+    year 9999, or another type."""
     if deadline is None:
         return None
+    if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+        if not math.isfinite(deadline):
+            raise InvalidJob(f"deadline must be a finite number of seconds from now, got {deadline!r}")
+        try:
+            deadline = timedelta(seconds=deadline)
+        except OverflowError:
+            raise InvalidJob(f"deadline {deadline!r} seconds reaches beyond the year 9999") from None
     if isinstance(deadline, timedelta):
         try:
             moment = now + deadline
@@ -169,7 +177,8 @@ def validate_deadline(deadline: datetime | timedelta | None, now: datetime) -> d
                              "timedelta(minutes=5)) or a timedelta from now, got a naive datetime")  # fmt: skip
         moment = deadline
     else:
-        raise InvalidJob(f"deadline must be an aware datetime or a timedelta from now, got {type(deadline).__name__}")
+        raise InvalidJob(f"deadline must be an aware datetime, or a timedelta or seconds from now, got "
+                         f"{type(deadline).__name__}")  # fmt: skip
     try:
         moment = moment.astimezone(timezone.utc)
     except OverflowError:

@@ -8,6 +8,7 @@ import random
 import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from .errors import InvalidResult, NonRetryable
 from .schedule import MAX_DELAY_SECONDS
@@ -47,7 +48,7 @@ class RetryPolicy:
     #: fraction of the delay randomised (+/-) so retries of a failed batch spread out.
     jitter: float = 0.1
     #: fixed delays in seconds (the last repeats), or None for the exponential formula; stored as a tuple.
-    delays: Sequence[float] | None = None
+    delays: Sequence[float | timedelta] | None = None
     #: exception classes that dead-letter at once (reason `non_retryable`); stored as a tuple.
     non_retryable: tuple[type[BaseException], ...] = ()
 
@@ -64,6 +65,7 @@ class RetryPolicy:
             if isinstance(delays, (str, bytes)) or not isinstance(delays, Sequence) or not delays:
                 raise InvalidResult(f"RetryPolicy delays must be a non-empty list of seconds, e.g. [1, 5, 30], "
                                     f"got {reprlib.repr(delays)}")  # fmt: skip
+            delays = [d.total_seconds() if isinstance(d, timedelta) else d for d in delays]  # seconds or timedelta
             for index, delay in enumerate(delays):
                 _check_number(f"delays[{index}]", delay, 0, MAX_DELAY_SECONDS)
             both = [name for name, default in _EXPONENTIAL.items() if getattr(self, name) != default]

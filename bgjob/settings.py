@@ -92,6 +92,9 @@ class Settings:
     events: bool = False
     #: seconds lifecycle events are kept (the events stream's max age; `job_status` answers "unknown" after it).
     events_max_age: float = 3 * 24 * 3600.0
+    #: bytes the events stream may hold; past it the oldest events are dropped (they never decide anything), so
+    #: events can never take the storage that queues, retries and dead letters need.
+    events_max_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -154,6 +157,7 @@ _ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("BGJOB_ENCRYPTION_KEYS", "encryption_keys", lambda raw: tuple(k.strip() for k in raw.split(",") if k.strip())),
     ("BGJOB_EVENTS", "events", _flag),
     ("BGJOB_EVENTS_MAX_AGE", "events_max_age", float),
+    ("BGJOB_EVENTS_MAX_BYTES", "events_max_bytes", int),
 )
 #: nats.connect options bgjob sets itself, and the Settings field (or reason) that owns each.
 _OWN_NATS_OPTIONS = {
@@ -239,6 +243,7 @@ def _validate(settings: Settings) -> None:
                   "request_timeout", "retry_for", "ping_interval"):  # fmt: skip
         _number(settings, field, 0, inclusive=False)
     _number(settings, "max_outstanding_pings", 1, integer=True)
+    _number(settings, "events_max_bytes", 1 << 20, integer=True)
     for field in ("double_ack", "dlq_keep_sensitive_headers", "events"):
         if not isinstance(getattr(settings, field), bool):
             raise ConfigurationError(f"{field} must be True or False, not {getattr(settings, field)!r}")

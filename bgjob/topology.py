@@ -163,7 +163,8 @@ def dlq_stream_config(topology: Topology, settings: Settings) -> StreamConfig:
 
 
 def events_stream_config(topology: Topology, settings: Settings) -> StreamConfig:
-    """The lifecycle events' stream: kept `Settings.events_max_age` seconds, oldest dropped first."""
+    """The lifecycle events' stream: kept `Settings.events_max_age` seconds and at most `events_max_bytes`,
+    oldest dropped first."""
     return StreamConfig(
         name=topology.events_stream,
         subjects=[f"{topology.prefix}._events.>"],
@@ -172,6 +173,7 @@ def events_stream_config(topology: Topology, settings: Settings) -> StreamConfig
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
         max_age=float(settings.events_max_age),
+        max_bytes=settings.events_max_bytes,
         # as the queues': a job sent again that its queue drops as a duplicate has its `enqueued` event dropped
         duplicate_window=min(float(settings.duplicate_window), float(settings.events_max_age)),
         allow_rollup_hdrs=True,  # how the event of a job the server refused is withdrawn

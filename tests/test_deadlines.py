@@ -96,8 +96,10 @@ def test_a_job_retried_from_the_dlq_after_its_deadline_runs(client, start_worker
         (datetime(2000, 1, 1, tzinfo=UTC), "has already passed"),
         (timedelta(seconds=-1), "has already passed"),
         (timedelta(0), "has already passed"),
-        (30, "must be an aware datetime or a timedelta"),
-        ("2100-01-01", "must be an aware datetime or a timedelta"),
+        (-5, "has already passed"),
+        (float("nan"), "finite number of seconds"),
+        (True, "must be an aware datetime, or a timedelta or seconds"),
+        ("2100-01-01", "must be an aware datetime, or a timedelta or seconds"),
     ],
 )
 def test_a_bad_deadline_is_refused_at_the_call(client, deadline, message) -> None:
@@ -121,3 +123,30 @@ def test_a_prepared_job_carries_its_deadline_fixed_when_prepared(client) -> None
     assert carried is not None and before + timedelta(hours=1) <= carried + timedelta(milliseconds=1)
     assert carried <= datetime.now(UTC) + timedelta(hours=1)
     assert bgjob.PreparedJob.from_record(job.to_record()).headers[DEADLINE] == job.headers[DEADLINE]
+
+
+def test_a_deadline_in_seconds_counts_from_the_call_like_delay(client) -> None:
+    """New-user review: `deadline=60` (Celery's expires=60) was refused while delay=, time_limit= take seconds."""
+    from bgjob.job import validate_deadline
+
+    now = datetime.now(UTC)
+    assert validate_deadline(60, now) == now + timedelta(seconds=60)
+    assert validate_deadline(0.5, now) == now + timedelta(seconds=0.5)
+    client.send_job("report", None, deadline=60)
+
+
+def test_fixed_retry_delays_take_timedeltas_too() -> None:
+    policy = bgjob.RetryPolicy(delays=[timedelta(seconds=3), 10], jitter=0)
+    assert policy.delays == (3.0, 10.0) and policy.delay_for(1) == 3.0 and policy.delay_for(5) == 10.0
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_a_deadline_header_outside_utc_years_1_to_9999_is_a_decode_error(text) -> None:
+    """Attacker review: such a header parsed, then formatting it raised OverflowError in dispatch: internal_error
+    instead of decode."""
+    from bgjob.codec import carried_deadline
+    from bgjob.headers import DEADLINE
+    from bgjob.job import DecodeError
+
+    with pytest.raises(DecodeError, match="years 1 to 9999 UTC"):
+        carried_deadline({DEADLINE: text})

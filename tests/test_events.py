@@ -320,7 +320,12 @@ def test_cli_events_and_job_print_what_happened(nats_server, prefix, make_client
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"job {job_id}: succeeded (attempt 1, last event succeeded at ")
     assert out.stdout.count(job_id) == 4
-    assert "unknown" in bgjob_cli(nats_server, prefix, "job", "nope").stdout
+    unknown = bgjob_cli(nats_server, prefix, "job", "nope")
+    assert "unknown" in unknown.stdout and unknown.returncode == 1  # scripts can tell
+    with pytest.raises(ValueError, match="timeout must be seconds"):
+        client.events(timeout=-1)
+    with pytest.raises(ValueError, match="since must be a timedelta back from now"):
+        client.events(since=timedelta(seconds=-5))
 
 
 def test_cli_events_follow_prints_new_events(nats_server, prefix, make_client) -> None:
@@ -374,3 +379,21 @@ def test_an_enqueued_job_is_scheduled_until_it_is_due_then_ready() -> None:
     }
     for kind, job_state in expected.items():
         assert state_of(Event(kind, "j", "t", "q", 1, now)) is job_state
+
+
+def test_the_events_stream_is_capped_in_bytes_so_events_never_starve_the_queues(make_client) -> None:
+    """Attacker review: with only a max age, events at a high job rate filled the server's storage until sends
+    failed with StorageFull. The stream holds at most events_max_bytes; the oldest events go first."""
+    from bgjob.events import ensure_events_stream
+
+    client = make_client(events=True, events_max_bytes=2 << 20)
+
+    async def config(core):
+        await ensure_events_stream(core)
+        return (await core.js.stream_info(core.topology.events_stream)).config
+
+    stream = client.run(config)
+    assert stream.max_bytes == 2 << 20 and str(getattr(stream.discard, "value", stream.discard)) == "old"
+    assert bgjob.Settings().events_max_bytes == 1 << 30
+    with pytest.raises(bgjob.ConfigurationError, match="events_max_bytes must be an int >= 1048576"):
+        bgjob.Settings(events_max_bytes=1000)

@@ -196,12 +196,12 @@ class Dispatcher:
             return
         waited = _waited_past(msg, self.max_age)
         if waited is not None:
-            item.outcome = Failure(f"expired: ready for {waited:.0f}s before a worker took it, more than the queue's "
+            item.outcome = Failure(f"ready for {waited:.0f}s before a worker took it, more than the queue's "
                                    f"max_age of {self.max_age:g}s; not run")  # fmt: skip
             item.reason = "expired"
             return
         if deadline is not None and (now := datetime.now(UTC)) >= deadline:
-            item.outcome = Failure(f"deadline: delivered at {jobmod.format_time(now)}, after the job's deadline "
+            item.outcome = Failure(f"delivered at {jobmod.format_time(now)}, after the job's deadline "
                                    f"{jobmod.format_time(deadline)} (attempt {item.attempt}); not run")  # fmt: skip
             item.reason = "deadline"
             return

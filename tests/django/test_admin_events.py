@@ -65,6 +65,11 @@ def test_manage_bgjob_events_mirrors_bgjob_events(settings, bgjob_settings) -> N
     out = io.StringIO()
     call_command("bgjob_events", "--status", job_id, stdout=out)
     assert out.getvalue().startswith(f"job {job_id}: ready (attempt 0, last event enqueued at ")
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="job nope: unknown") as info:
+        call_command("bgjob_events", "--status", "nope", stdout=io.StringIO())
+    assert info.value.returncode == 1
 
 
 def test_events_settings_are_checked() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -28,9 +30,15 @@ class Command(BaseCommand):
         try:
             client = interactive_client()
             if options.get("status"):
-                for line in job_status_lines(client, options["status"]):
+                lines = job_status_lines(client, options["status"])
+                if lines[0].startswith(f"job {options['status']}: unknown"):
+                    raise CommandError(lines[0])  # exit 1: scripts can tell a job nothing is known of
+                for line in lines:
                     self.stdout.write(line)
                 return
             events_command(client, options, out=self.stdout.write)
         except bgjob.BgjobError as exc:
             raise CommandError(str(exc)) from exc
+        except BrokenPipeError:  # `manage.py bgjob_events | head`: the reader is gone; end quietly, as bgjob does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None

@@ -679,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="ID")
     p.set_defaults(func=cmd_job)
 
-    p = sub.add_parser("queue", help="show or change a queue's configuration (ack wait, max ack pending, replicas)")
+    p = sub.add_parser("queue", help="show or change a queue's configuration (ack wait, max ack pending, replicas, "
+                       "max entries, max age, max deliveries)")  # fmt: skip
     add_queue_arguments(p)
     p.set_defaults(func=cmd_queue)
 

@@ -34,6 +34,8 @@ def test_find_a_job_by_id_shows_its_state_and_events_escaped_and_masked(admin_cl
     assert secret not in html and "s3cret" not in html and "<script>alert" not in html
     row = re.search(r'<tr data-event="dead_lettered">(.*?)</tr>', html, re.S).group(1)
     assert "<td>max_attempts</td>" in row or "<td>handler</td>" in row
+    link = re.search(r'<a href="([^"]+)" id="bgjob-job-dead-letter">', html).group(1)  # where to retry it
+    assert link == f"/admin/bgjob_django/deadletter/{job_id}/change/" and admin_client.get(link).status_code == 200
 
     unknown = admin_client.get(OVERVIEW, {"job": "no-such-job"}).content.decode()
     assert "<strong>unknown</strong>" in unknown and "data-event" not in unknown

@@ -647,7 +647,11 @@ async def record_failure(core: Core, run: str, step: str, error: str | None, rea
                    traceback=cut_text(traceback, 16384, keep="end") if traceback else None)  # fmt: skip
         return new
 
-    await _cas(kv, _step_key(run, step), step_change)
+    record = await _cas(kv, _step_key(run, step), step_change)
+    if record is None or record.get("state") != "failed":
+        # A redelivery of a step that had succeeded (its worker died before the ack), dead-lettered (past its
+        # attempts, deadline, ...): the step's value stands and the run goes on.
+        return
     await _cas(kv, _run_key(run), lambda cur: None if cur is None or cur["state"] != "running" else {
         **cur, "state": "failed", "failed_step": step, "error": cut_text(error or reason or "", 4096),
         "finished_at": now})  # fmt: skip

@@ -4,15 +4,20 @@ safety with real processes (each step runs at least once, its successors start e
 from __future__ import annotations
 
 import collections
+import json
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import bgjob
 from bgjob.workflows import list_runs
 
-from .conftest import wait_until
+from .conftest import python_process, wait_until
 
 
 def typed_mux(counts: collections.Counter | None = None, gate: threading.Event | None = None) -> bgjob.Mux:
@@ -145,3 +150,143 @@ def test_cancel(client: bgjob.Client, start_worker: Callable[..., bgjob.Worker])
     assert [status.steps[n].state for n in ("1", "2")] == ["cancelled", "cancelled"]
     assert counts["add"] == 0
     assert [r.id for r in list_runs(client)] == [run.id]
+
+
+def test_fan_in_race_starts_the_successor_once(make_client: Callable[..., bgjob.Client],
+                                               start_worker: Callable[..., bgjob.Worker]) -> None:  # fmt: skip
+    """200 runs of a 2-input fan-in whose inputs run in two workers (own connections) and return at the same
+    moment (a barrier per run): every successor runs exactly once."""
+    barriers: dict[str, threading.Barrier] = {}
+    lock = threading.Lock()
+    joins: collections.Counter = collections.Counter()
+
+    def side(job: bgjob.Job) -> bgjob.Result:
+        run = job.headers["X-Bgjob-Workflow"].split("/")[0]
+        with lock:
+            barrier = barriers.setdefault(run, threading.Barrier(2))
+        barrier.wait(timeout=30)
+        return bgjob.Complete(job.arg["args"][0])
+
+    def join(job: bgjob.Job) -> bgjob.Result:
+        with lock:
+            joins[job.headers["X-Bgjob-Workflow"].split("/")[0]] += 1
+        return bgjob.Complete(sum(job.arg["args"][0]))
+
+    mux = bgjob.Mux()
+    mux.handle("side", side)
+    mux.handle("join", join)
+    left, right, joiner = make_client(), make_client(), make_client()
+    start_worker(left, mux, queue="qa", concurrency=32)
+    start_worker(right, mux, queue="qb", concurrency=32)
+    start_worker(joiner, mux, concurrency=8)
+    producer = make_client()
+    runs = []
+    for _batch in range(10):
+        started = []
+        for i in range(20):
+            wf = bgjob.Workflow()
+            wf.step("a", s("side", i).set(queue="qa"))
+            wf.step("b", s("side", 100).set(queue="qb"))
+            wf.step("join", s("join"), after=["a", "b"])
+            started.append((producer.start(wf), i))
+        for run, i in started:
+            assert run.result(timeout=60) == {"join": i + 100}
+        runs.extend(run for run, _ in started)
+    assert len(runs) == 200
+    assert {run.id: joins[run.id] for run in runs} == {run.id: 1 for run in runs}
+
+
+CRASHING_WORKER = r"""
+import json, os, signal, sys
+import bgjob
+import bgjob.workflows as wfm
+from nats.aio.msg import Msg
+
+url, prefix, point, log = sys.argv[1:5]
+client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix, ack_wait=2.0))
+last = {}
+
+def record(**fields):
+    with open(log, "a") as f:
+        f.write(json.dumps({**fields, "pid": os.getpid()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+def die(where, ref=None):
+    run, step = ref or last["ref"]
+    record(what="crash", run=run, step=step, point=where)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+mux = bgjob.Mux()
+
+@mux.handler("inc")
+def inc(job):
+    ref = last["ref"] = wfm.step_of(job)
+    record(what="ran", run=ref[0], step=ref[1])
+    args = job.arg["args"]
+    return bgjob.Complete((args[0] if args else 0) + 1)
+
+if point == "recorded":        # the step's value is recorded, its successor not claimed
+    original_claim = wfm._claim
+    async def claim(*args, **kwargs):
+        die("recorded")
+    wfm._claim = claim
+elif point == "claimed":       # the successor's key is created (starting), its job not sent
+    bgjob.Client.send_jobs = lambda self, *a, **k: die("claimed")
+elif point == "published":     # the successor's job is stored, not marked queued
+    original_send = bgjob.Client.send_jobs
+    def send(self, *a, **k):
+        original_send(self, *a, **k)
+        die("published")
+    bgjob.Client.send_jobs = send
+elif point == "ack":           # all recorded and sent, the step's delivery not acked
+    original_ack = Msg.ack
+    async def ack(self, *a, **k):
+        value = (self.headers or {}).get("X-Bgjob-Workflow")
+        if value:
+            die("ack", value.split("/"))
+        return await original_ack(self, *a, **k)
+    Msg.ack = ack
+
+bgjob.Worker(client, mux, concurrency=1, fetch_timeout=0.5).run()
+"""
+
+
+def test_worker_sigkill_between_steps(make_client: Callable[..., bgjob.Client], nats_server: object, prefix: str,
+                                      tmp_path: Path) -> None:  # fmt: skip
+    """20 SIGKILLs of a worker process between a step's completion and its successor's start (4 points of that
+    window): every run completes once, each step runs once plus once per crash in it, never more."""
+    client = make_client(ack_wait=2.0)
+    log = tmp_path / "log.jsonl"
+    runs = [client.start(bgjob.chain(s("inc"), s("inc"), s("inc"))) for _ in range(20)]
+    points = ["recorded", "claimed", "published", "ack"]
+    crashes = 0
+    deadline = time.monotonic() + 240
+    while crashes < 20 and time.monotonic() < deadline:
+        proc = python_process(CRASHING_WORKER, nats_server.url, prefix, points[crashes % 4], str(log))  # type: ignore[attr-defined]
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # nothing left to crash on: every run finished
+            proc.kill()
+            proc.wait()
+            break
+        assert proc.returncode == -signal.SIGKILL
+        crashes += 1
+    finisher = python_process(CRASHING_WORKER, nats_server.url, prefix, "none", str(log))  # type: ignore[attr-defined]
+    try:
+        results = [run.result(timeout=60) for run in runs]
+        # the deliveries of crashed steps whose successors ran already are redelivered too: let them run
+        wait_until(lambda: (q := client.queue_stats()).pending + q.in_flight == 0, timeout=30, message="queue empty")
+    finally:
+        finisher.send_signal(signal.SIGTERM)
+        finisher.wait(timeout=30)
+    assert results == [3] * 20
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    crashed = collections.Counter((r["run"], r["step"]) for r in lines if r["what"] == "crash")
+    ran = collections.Counter((r["run"], r["step"]) for r in lines if r["what"] == "ran")
+    assert sum(crashed.values()) == crashes >= 12
+    assert {p for p in (r.get("point") for r in lines) if p} == set(points)
+    expected = {(run.id, step): 1 + crashed[(run.id, step)] for run in runs for step in ("0", "1", "2")}
+    wrong = {key for key in expected if expected[key] != ran[key]}
+    assert dict(ran) == expected, [r for r in lines if (r["run"], r["step"]) in wrong]
+    assert all(run.status().state == "succeeded" for run in runs)

@@ -3,9 +3,10 @@ minimal fallback the server cannot refuse. Browsing it is `bgjob.dead_letters`."
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from nats.aio.msg import Msg
 
 from . import job as jobmod
 from . import redaction
-from .codec import carried_first_failure
+from .codec import attempts_used, carried_first_failure, job_id_of
 from .errors import DeadLetterRefused, InvalidJob
 from .headers import (
     ATTEMPTS_USED,
@@ -147,6 +148,92 @@ async def move_to_dlq(
             description=description,
             err_code=err_code,
         ) from exc
+
+
+async def dead_letter_stored(
+    core: Core,
+    queue: str,
+    stream_seq: int,
+    *,
+    deliveries: int,
+    error: str,
+    sensitive: Callable[[str], Collection[str]] | None = None,
+) -> bool:
+    """Dead-letter (reason `max_deliveries`) the job stored at `stream_seq` in `queue`'s stream, then delete it
+    from the stream: a message JetStream will not deliver again (the consumer's max_deliver was reached, see
+    `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`), which a work-queue stream would otherwise keep for ever.
+
+    Arguments: `deliveries` how often the server delivered it (the advisory's `deliveries`; attempts carried by
+    retry schedules are added); `error` the dead letter's error text; `sensitive(job_type)` the handler's
+    sensitive arg keys (joined to the producer's). The dead letter is the one `move_to_dlq` writes for a
+    delivery of this stored message, with the same derived `Nats-Msg-Id` (stream, sequence and stored time in
+    ns): two workers recovering it, or a worker still settling its last delivery, store one dead letter.
+
+    Returns False, doing nothing, when the message is gone (acked, or recovered by another worker) or is not a
+    job (its subject is not one of the queue's job subjects); True once it is dead-lettered and deleted (a
+    delete answered NotFound counts: someone else deleted it). Raises what `move_to_dlq` raises
+    (DeadLetterRefused, bgjob.ConnectionError) and nats-py's errors of the get and delete requests.
+    """
+    topology = core.topology
+    stream = topology.queue_stream(queue)
+    msg = await _stored_job(core, stream, topology.consumer(queue), stream_seq, deliveries)
+    if msg is None or not msg.subject.startswith(topology.job_subject(queue, "")):
+        return False
+    job_type = topology.job_type_of(queue, msg.subject)
+    job_id = job_id_of(msg)
+    headers = msg.headers or {}
+    keys = set(sensitive(job_type)) if sensitive is not None else set()
+    await move_to_dlq(core, msg, queue=queue, job_id=job_id, job_type=job_type, reason="max_deliveries",
+                      error=error, traceback=None, attempts=attempts_used(headers) + deliveries,
+                      sensitive=keys)  # fmt: skip
+    try:
+        await core.js.delete_msg(stream, stream_seq)
+    except nats.js.errors.NotFoundError:
+        pass  # deleted (or termed) by whoever got there first
+    log.error("job %s (%s) moved to the DLQ after %d deliveries: max_deliveries: %s", job_id, job_type,
+              deliveries, error, extra={"job_id": job_id, "job_type": job_type, "bgjob_reason": "max_deliveries",
+                                        "bgjob_fate": "dead_lettered", "bgjob_handler_ran": False})  # fmt: skip
+    return True
+
+
+async def _stored_job(core: Core, stream: str, consumer: str, seq: int, deliveries: int) -> Msg | None:
+    """The message stored at `seq`, as a Msg that `move_to_dlq` and `derived_msg_id` read like a delivery of it
+    (None when it is gone). Its reply is the `$JS.ACK` subject such a delivery would carry (the stored time in
+    ns, exact: nats-py's get_msg keeps only microseconds); it is never acked through it."""
+    assert core.nc is not None
+    reply = await core.nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"seq": seq}).encode(),
+                                  timeout=core.settings.request_timeout)  # fmt: skip
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        if answer["error"].get("code") == 404:
+            return None
+        raise nats.js.errors.APIError.from_error(answer["error"])
+    stored = answer["message"]
+    headers = _parse_headers(base64.b64decode(stored["hdrs"])) if stored.get("hdrs") else None
+    data = base64.b64decode(stored["data"]) if stored.get("data") else b""
+    ack = f"$JS.ACK.{stream}.{consumer}.{deliveries}.{seq}.0.{_rfc3339_ns(stored['time'])}.0"
+    return Msg(core.nc, subject=stored["subject"], reply=ack, data=data, headers=headers)
+
+
+def _parse_headers(raw: bytes) -> dict[str, str]:
+    """A stored message's NATS headers block (`NATS/1.0\r\nName: value\r\n...`) as a dict (the last value of a
+    repeated name, as nats-py keeps it)."""
+    headers: dict[str, str] = {}
+    for line in raw.decode().split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _rfc3339_ns(text: str) -> int:
+    """`2024-05-01T12:00:00.123456789Z` as nanoseconds since the epoch, exactly."""
+    main, _, rest = text.partition(".")
+    fraction = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+    zone = rest[len(fraction) :] if rest else text[19:]
+    main = main[:19]
+    seconds = datetime.fromisoformat(main + ("+00:00" if zone in ("", "Z") else zone)).timestamp()
+    return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def _kept(name: str, sensitive_headers: Collection[str] | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from .. import job as jobmod
 from .._version import __version__
 from ..codec import job_id_of
 from ..core import Core
+from ..dlq import dead_letter_stored
 from ..errors import ConnectionError, describe_error
 from ..headers import STORE_RESULT
 from ..runtime import Flag, Runtime
@@ -28,6 +30,11 @@ from .pull import PullRequests, PullTrouble
 from .settle import Settler
 
 log = logging.getLogger("bgjob.worker")
+
+#: the server's advisory for a message past its consumer's max_deliver (`.<stream>.<consumer>` follows).
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+#: seconds between sweeps for messages past max_deliveries whose advisory no worker handled.
+SWEEP_INTERVAL = 60.0
 
 
 class FetchLoop:
@@ -60,6 +67,8 @@ class FetchLoop:
         self._capacity = asyncio.Event()
         self._grace_deadline: float | None = None
         self._unavailable_since: float | None = None
+        #: stream sequences of messages past max_deliveries being dead-lettered now (see _recover).
+        self._recovering: set[int] = set()
 
     # -- called from other threads ------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -91,7 +100,12 @@ class FetchLoop:
         config = await core.ensure_consumer(self.queue)
         self.ack_wait = config.ack_wait or core.settings.ack_wait
         self.dispatcher.max_age, self.dispatcher.max_deliveries = await core.delivery_limits(self.queue, config)
+        self.settler.max_deliveries, self.settler.ack_wait = self.dispatcher.max_deliveries, self.ack_wait
+        self.settler.stopping = self._stop
         stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
+        # Before the first pull: the server publishes the advisory when a pull meets a message past max_deliver.
+        advisories = await core.nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.{consumer}",
+                                             cb=self._on_max_deliveries)  # fmt: skip
         pull = PullRequests(core, stream, consumer, expires=self.fetch_timeout)
         inbox = core.nc.new_inbox()
 
@@ -103,6 +117,7 @@ class FetchLoop:
         self.runtime.add_wakeup_hook(self._send_heartbeats)
         leases = asyncio.create_task(self._keep_leases())
         announcements = asyncio.create_task(self._announce())
+        sweeps = asyncio.create_task(self._sweep_stranded(stream, consumer))
         log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency,
                  self.dispatcher.mux.types())  # fmt: skip
         self.started.set()
@@ -132,15 +147,17 @@ class FetchLoop:
             self.runtime.remove_wakeup_hook(self._send_heartbeats)
             leases.cancel()
             announcements.cancel()
+            sweeps.cancel()
             try:
                 async with asyncio.timeout(min(2.0, core.settings.request_timeout)):
                     await directory.withdraw(core, self.worker_id)
             except Exception as exc:  # noqa: BLE001 - the entry then expires with its TTL
                 log.debug("could not withdraw from the worker directory: %r", exc)
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone
-                pass
+            for subscription in (sub, advisories):
+                try:
+                    await subscription.unsubscribe()
+                except Exception:  # noqa: BLE001 - the connection may be gone
+                    pass
 
     async def _recover(self, trouble: PullTrouble, stream: str, consumer: str) -> None:
         """A pull status said the consumer is gone, or nothing answered: find out which, then act."""
@@ -288,6 +305,70 @@ class FetchLoop:
                 await item.msg.in_progress()
             except Exception as exc:  # noqa: BLE001 - the automatic heartbeats are the fallback
                 log.debug("in_progress (job.heartbeat) failed: %r", exc)
+
+    # -- messages past max_deliveries ---------------------------------------------------------------------
+    # JetStream never delivers a message again once the consumer's max_deliver is reached, and a work-queue stream
+    # keeps it for ever. A worker settles the last delivery itself (dispatch dead-letters it unrun, settle never
+    # hands it back); what is left is a last delivery whose worker died (SIGKILL, OOM) or could not settle it.
+    # The server says so with the MAX_DELIVERIES advisory: when a pull request meets the message after its last
+    # delivery's ack_wait ran out unacked (or after a nak of it), never while a worker keeps its lease
+    # (in_progress); then the message is no longer pending for the server. Each worker of the queue dead-letters
+    # it (bgjob.dlq.dead_letter_stored: one dead letter whoever does it, then the message deleted). A worker that
+    # still holds it lost its lease (frozen past ack_wait, or cut off): it was settling it (the dead letter is
+    # the same message, deduplicated; its term finds nothing), or storing it again (it checks first), or -- only
+    # a worker that did not know the queue's max_deliveries -- running it: then the job ran and is in the DLQ.
+    # Advisories are at most once: a sweep at start and every SWEEP_INTERVAL seconds finds messages below the
+    # consumer's ack floor still in the stream (acked ones are gone from a work-queue stream): the same.
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        """The advisory `{"stream_seq": N, "deliveries": D, ...}`: recover that message in a task of its own."""
+        try:
+            event = json.loads(msg.data)
+            seq, deliveries = int(event["stream_seq"]), int(event.get("deliveries") or 0)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("queue %r: unreadable MAX_DELIVERIES advisory: %r", self.queue, exc)
+            return
+        self.runtime.spawn(self._recover(seq, deliveries or self.dispatcher.max_deliveries or 0))
+
+    async def _recover(self, seq: int, deliveries: int) -> bool:
+        """Dead-letter the stranded message at `seq`; False when it failed (the next sweep tries again)."""
+        if seq in self._recovering:
+            return True
+        self._recovering.add(seq)
+        try:
+            await dead_letter_stored(self.core, self.queue, seq, deliveries=deliveries,
+                                     error=f"delivered {deliveries} times, the queue's max_deliveries, and never "
+                                           "settled (the worker running its last delivery died or could not settle "
+                                           "it): the server would not deliver it again, so it was not run again",
+                                     sensitive=self.dispatcher.mux.sensitive_keys)  # fmt: skip
+            return True
+        except Exception as exc:  # noqa: BLE001 - tried again by the next sweep
+            log.warning("queue %r: could not dead-letter the message at stream sequence %d, past max_deliveries: %s; "
+                        "tried again within %.0fs", self.queue, seq, describe_error(exc), SWEEP_INTERVAL)  # fmt: skip
+            return False
+        finally:
+            self._recovering.discard(seq)
+
+    async def _sweep_stranded(self, stream: str, consumer: str) -> None:
+        """At start and every SWEEP_INTERVAL seconds: recover job messages below the consumer's ack floor that the
+        stream still holds (two requests when there are none)."""
+        while True:
+            try:
+                info = await self.core.js.consumer_info(stream, consumer)
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                deliveries = info.config.max_deliver if info.config.max_deliver and info.config.max_deliver > 0 else 0
+                seq = 0
+                while floor and seq < floor:
+                    try:
+                        found = await self.core.js.get_msg(stream, seq + 1, subject=self.core.topology.job_filter(
+                            self.queue), next=True)  # fmt: skip
+                    except nats.js.errors.NotFoundError:
+                        break
+                    seq = found.seq or floor
+                    if seq > floor or not await self._recover(seq, deliveries):
+                        break
+            except Exception as exc:  # noqa: BLE001 - tried again at the next sweep
+                log.debug("queue %r: sweep for messages past max_deliveries failed: %r", self.queue, exc)
+            await asyncio.sleep(SWEEP_INTERVAL)
 
     # -- the worker directory ---------------------------------------------------------------------------------
     async def _announce(self) -> None:

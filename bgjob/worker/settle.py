@@ -11,6 +11,7 @@
 | MoveToDlq, or no handler ran (reason)   | DLQ publish (PubAck), then term                      | dead_lettered   |
 | Reschedule                              | `@at` schedule of the next run, then ack             | rescheduled     |
 | any step above fails                    | nak (or nothing: redelivered after ack_wait)         | handed_back     |
+| ... on the server's last delivery       | kept (in_progress), the step retried: see below      | (its own)       |
 
 A crash between two steps yields a duplicate, never a loss: every publish made on a delivery's behalf carries
 a `Nats-Msg-Id` derived from the stored message, so doing it again after a redelivery stores nothing new.
@@ -20,6 +21,14 @@ does a job's first failure, whatever the delay: the retry schedule carries the t
 (Bgjob-First-Failure), which a nak cannot, so that a dead letter says since when the job fails (the server fires
 schedules on a tick of about a quarter of a second: a shorter first retry delay runs that much later).
 
+The server's last delivery of a message (the queue's `max_deliveries`, the consumer's max_deliver) is never
+nak'ed or handed back: JetStream would never deliver it again, and a work-queue stream would keep it for ever.
+When a step of its settlement fails (a DLQ refusing or not answering), the worker keeps its lease (in_progress)
+and retries the settlement with backoff until it succeeds or the worker stops; then it stores the job again as a
+new message (a fresh delivery count, attempts carried) and acks the old one. If even that fails, it is left
+unacked: when its ack_wait runs out the server publishes the MAX_DELIVERIES advisory, and any worker of the
+queue dead-letters it from the stream (`FetchLoop`, `bgjob.dlq.dead_letter_stored`).
+
 Every error text and traceback settled here is scrubbed (`HookSet.scrub`: the job's sensitive values, then the
 hooks' `scrub`) before it is logged, stored in a dead letter or a result, or reported in the Fate.
 """
@@ -28,9 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import nats.js.errors
 
 from .. import job_results
 from ..codec import carried_first_failure, handed_back_message, next_run_message
@@ -62,6 +74,8 @@ NAK_DELAY_LIMIT = 1.0
 _ACKED = Fate.acked()
 #: the most of an error a log line quotes (the dead letter keeps more).
 LOG_ERROR_BYTES = 2048
+#: backoff, in seconds, between retries of a failed settlement of a server's last delivery (doubling up to the most).
+LAST_RETRY_FIRST, LAST_RETRY_MOST = 0.5, 30.0
 #: DLQ reasons of deliveries that never reached a handler because of what was sent (counted as internal errors).
 _REFUSED = frozenset({"decode", "signature", "unknown_handler", "internal_error"})
 
@@ -76,6 +90,16 @@ class Settler:
         self.queue = queue
         self.retry_policy = retry_policy
         self.hooks = hooks
+        #: the consumer's max_deliver (None: no cap), the lease in seconds, and the worker's stop: set by the fetch
+        #: loop when it starts (see the module doc: a last delivery is never handed back).
+        self.max_deliveries: int | None = None
+        self.ack_wait = core.settings.ack_wait
+        self.stopping: asyncio.Event | None = None
+
+    def is_last(self, item: Delivery) -> bool:
+        """Whether `item` is the server's last delivery of its message (it will never be delivered again)."""
+        cap = self.max_deliveries
+        return cap is not None and item.msg.metadata.num_delivered >= cap
 
     # -- a batch of finished deliveries, with the fast path: a plain Complete needs no round trip -----------------
     async def settle_batch(self, batch: list[Delivery], finished: Callable[[Delivery], None]) -> None:
@@ -107,6 +131,8 @@ class Settler:
             raise
         except BaseException as exc:  # noqa: BLE001 - whatever failed (even a SystemExit from an error's __str__),
             # the job must not be lost and the loop must not die
+            if self.is_last(item):
+                return await self._settle_last(item, exc)
             return await self._hand_back_after_failure(item, exc)
         if item.lease_lapsed is not None:
             self._lease_lost(item)
@@ -223,8 +249,14 @@ class Settler:
     # -- handing back ------------------------------------------------------------------------------------------
     async def hand_back(self, item: Delivery, reason: str) -> None:
         """Give a delivery back to JetStream. One whose handler never started costs no attempt: it is stored
-        again with its attempt count carried (then acked); one that ran is nak'ed (that attempt counts)."""
+        again with its attempt count carried (then acked); one that ran is nak'ed (that attempt counts). The
+        server's last delivery is never nak'ed (it would never come back): it is stored again (its handler never
+        ran: dispatch dead-letters it unrun), else left unacked for the MAX_DELIVERIES recovery."""
         msg = item.msg
+        if self.is_last(item):
+            await self._store_again(item)
+            self._report(item, Fate.handed_back(reason))
+            return
         try:
             if item.started:
                 await msg.nak()
@@ -246,6 +278,78 @@ class Settler:
         except Exception:  # noqa: BLE001 - then JetStream redelivers it after ack_wait
             pass
         return Fate.handed_back("settle_failed", describe_error(exc))
+
+    async def _settle_last(self, item: Delivery, exc: BaseException) -> Fate:
+        """A step failed settling the server's last delivery: keep its lease and settle it again with backoff
+        until that works or the worker stops (then `_store_again`)."""
+        delay = LAST_RETRY_FIRST
+        while True:
+            description = describe_error(exc)
+            log.error("could not settle job %s (%s), the server's last delivery of it: %s; keeping it and trying "
+                      "again in %.1fs", item.job_id, item.job_type, description, delay,
+                      extra=item.log_context())  # fmt: skip
+            self.hooks.call("on_internal_error", exc)
+            if not await self._hold(item, delay):
+                await self._store_again(item)
+                fate = Fate.handed_back("settle_failed", description)
+                self._report(item, fate)
+                return fate
+            delay = min(delay * 2, LAST_RETRY_MOST)
+            try:
+                fate = await self._apply(item)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as again:  # noqa: BLE001 - as in settle: kept, tried again
+                exc = again
+                continue
+            self._report(item, fate)
+            return fate
+
+    async def _hold(self, item: Delivery, seconds: float) -> bool:
+        """Keep `item`'s lease (in_progress) for `seconds`; False as soon as the worker is stopping."""
+        stopping = self.stopping
+        until = time.monotonic() + seconds
+        beat = max(0.2, self.ack_wait / 3)
+        while (left := until - time.monotonic()) > 0:
+            if stopping is not None and stopping.is_set():
+                return False
+            try:
+                await item.msg.in_progress()
+            except Exception as exc:  # noqa: BLE001 - then the MAX_DELIVERIES advisory recovers it
+                log.debug("in_progress of a kept last delivery failed: %r", exc)
+            item.last_progress = time.monotonic()
+            if stopping is None:
+                await asyncio.sleep(min(beat, left))
+            else:
+                try:
+                    async with asyncio.timeout(min(beat, left)):
+                        await stopping.wait()
+                except TimeoutError:
+                    pass
+        return not (stopping is not None and stopping.is_set())
+
+    async def _store_again(self, item: Delivery) -> None:
+        """Store the server's last delivery of a job again as a new message (a fresh delivery count; the attempts
+        carried, this unrun one not counted), then ack it. When that fails it is left unacked, never nak'ed:
+        after its ack_wait the server's MAX_DELIVERIES advisory has a worker dead-letter it."""
+        msg, core = item.msg, self.core
+        stream, seq = msg.metadata.stream, msg.metadata.sequence.stream
+        try:
+            try:
+                await core.js.get_msg(stream, seq)
+            except nats.js.errors.NotFoundError:
+                return  # recovered from the advisory meanwhile (dead-lettered and deleted): nothing to store
+            body, headers = handed_back_message(msg, attempts=max(0, item.count_attempt() - 1))
+            await core.publish(msg.subject, body, headers, queue=self.queue)
+            await msg.ack()
+        except Exception as exc:  # noqa: BLE001 - the advisory recovery is the fallback
+            log.error("could not store job %s (%s) again: %s; it stays unacked and is dead-lettered (reason "
+                      "max_deliveries) by a worker of the queue once its ack_wait ends", item.job_id, item.job_type,
+                      describe_error(exc), extra=item.log_context())  # fmt: skip
+        else:
+            log.warning("job %s (%s), the server's last delivery of it, stored again as a new message: %d attempt(s) "
+                        "carried", item.job_id, item.job_type, max(0, item.count_attempt() - 1),
+                        extra=item.log_context())  # fmt: skip
 
     def _settle_failed(self, item: Delivery, exc: BaseException) -> None:
         description = describe_error(exc)

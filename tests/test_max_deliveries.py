@@ -18,15 +18,15 @@ class Fates(bgjob.WorkerHooks):
         self.fates: queue.Queue = queue.Queue()
         self.internal_errors: list[object] = []
 
-    def on_settled(self, job, outcome, fate) -> None:  # noqa: ANN001
+    def on_settled(self, job, outcome, fate) -> None:
         self.fates.put((job.id, fate.kind.value, fate.reason))
 
-    def on_internal_error(self, error) -> None:  # noqa: ANN001
+    def on_internal_error(self, error) -> None:
         self.internal_errors.append(error)
 
 
 def set_dlq_max_msg_size(client: bgjob.Client, size: int) -> None:
-    async def update(core) -> None:  # noqa: ANN001
+    async def update(core) -> None:
         info = await core.js.stream_info(core.topology.dlq_stream)
         config = info.config
         config.max_msg_size = size
@@ -93,7 +93,7 @@ Worker(client, mux, fetch_timeout=0.5).run()
 def take_first_delivery(client: bgjob.Client) -> None:
     """Delivery 1 of the queue's next message, never acked (a worker that died with it)."""
 
-    async def take(core) -> None:  # noqa: ANN001
+    async def take(core) -> None:
         await core.ensure_consumer("default")
         sub = await core.js.pull_subscribe_bind(core.topology.consumer("default"),
                                                 core.topology.queue_stream("default"))  # fmt: skip

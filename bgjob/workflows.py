@@ -363,9 +363,9 @@ def _decode_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- state in the <PREFIX>_WORKFLOWS bucket -----------------------------------------------------------------------
 # Keys of run R: `R.run` (definition and run state), `R.s.<step>` (one step's state: created by whoever starts
-# the step, which is what makes a start happen once), `R.in.<step>` (the inputs that arrived at a fan-in step),
-# `R.end` (the steps nothing depends on that finished). Every change is a compare-and-swap (update with the
-# revision read), never a lock.
+# the step, which is what makes a start happen once), `R.in.<step>.<input>` (an input that arrived at a fan-in
+# step), `R.in.=end.<step>` (a step nothing depends on that finished; '=' is in no step name). A key that
+# changes changes by compare-and-swap (update with the revision read); the others are created once. No locks.
 def _run_key(run: str) -> str:
     return f"{run}.run"
 
@@ -506,12 +506,21 @@ async def _mark_queued(kv: KeyValue, run: str, starts: list[_Start]) -> None:
     await asyncio.gather(*(one(s) for s in starts))
 
 
-async def _arrive(kv: KeyValue, key: str, name: str, needed: Iterable[str]) -> bool:
-    """Add `name` to the set under `key` (CAS); True when it then holds every name in `needed`."""
-    after = await _cas(kv, key, lambda cur: None if cur is not None and name in cur["done"] else
-                       {"done": [*(cur["done"] if cur else []), name]})  # fmt: skip
-    assert after is not None
-    return set(needed) <= set(after["done"])
+async def _arrive(core: Core, kv: KeyValue, run: str, at: str, name: str, needed: Iterable[str]) -> bool:
+    """Mark `name` arrived at `at` (a fan-in step, or `=end` for the run's end): its own key `<run>.in.<at>.<name>`,
+    written once, no contention however many arrive together; then count the arrived (one request: the
+    bucket's subjects under `<run>.in.<at>.`). True when every name in `needed` is in. Of inputs finishing
+    together at least the last writer sees them all (the stream is linearizable); several may: the claim's
+    create is what starts a step once."""
+    try:
+        await kv.create(f"{run}.in.{at}.{name}", b"1")
+    except nats.js.errors.KeyWrongLastSequenceError:
+        pass  # arrived before (a redelivered step)
+    assert core.js is not None
+    prefix = f"$KV.{core.topology.workflows_bucket}.{run}.in.{at}."
+    info = await core.js.stream_info(f"KV_{core.topology.workflows_bucket}", subjects_filter=prefix + "*")
+    arrived = {subject[len(prefix) :] for subject in (info.state.subjects or {})}
+    return set(needed) <= arrived
 
 
 async def _create_run(core: Core, run: str, definition: dict[str, Any]) -> list[_Start]:
@@ -607,12 +616,12 @@ async def _complete(core: Core, run: str, step: str, value: Any) -> list[_Start]
     starts: list[_Start] = []
     for nxt in definition["steps"][step]["next"]:
         needed = definition["steps"][nxt]["after"]
-        if len(needed) > 1 and not await _arrive(kv, f"{run}.in.{nxt}", step, needed):
+        if len(needed) > 1 and not await _arrive(core, kv, run, nxt, step, needed):
             continue
         claimed = await _claim(kv, run, definition, nxt, known)
         if claimed is not None:
             starts.append(claimed)
-    if not definition["steps"][step]["next"] and await _arrive(kv, f"{run}.end", step, definition["sinks"]):
+    if not definition["steps"][step]["next"] and await _arrive(core, kv, run, "=end", step, definition["sinks"]):
         await _cas(kv, _run_key(run), lambda cur: None if cur is None or cur["state"] != "running" else
                    {**cur, "state": "succeeded", "finished_at": time.time()})  # fmt: skip
     return starts

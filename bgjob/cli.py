@@ -633,6 +633,22 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 1 if lines[0].startswith(f"job {args.job_id}: unknown") else 0
 
 
+def cmd_workflow(args: argparse.Namespace) -> int:
+    """`bgjob workflow show ID` / `bgjob workflow list [--limit N]` (bgjob.workflows)."""
+    from . import workflows
+
+    client = _client(interactive=True)
+    try:
+        if args.action == "show":
+            lines = workflows.status_lines(workflows.WorkflowRun(client, args.run_id).status())
+        else:
+            lines = workflows.list_lines(workflows.list_runs(client, args.limit))
+    finally:
+        client.close()
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgjob", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("BGJOB_LOG_LEVEL", "INFO"))
@@ -683,6 +699,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "max entries, max age, max deliveries)")  # fmt: skip
     add_queue_arguments(p)
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("workflow", help="workflow runs: show ID (each step's state, error, timings), list")
+    wf = p.add_subparsers(dest="action", required=True)
+    wf.add_parser("show", help="one run and its steps").add_argument("run_id", metavar="ID")
+    wf.add_parser("list", help="recent runs, newest first").add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_workflow)
 
     p = sub.add_parser("server", help="run the embedded nats-server in the foreground")
     p.add_argument("--port", type=int)

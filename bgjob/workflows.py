@@ -978,3 +978,38 @@ class WorkflowRun:
 
 #: seconds between result()'s checks of the DLQ for an unrecorded failure.
 REPAIR_EVERY = 5.0
+
+
+# -- text, for `bgjob workflow` and manage.py -----------------------------------------------------------------------
+def _hms(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
+
+
+def status_lines(status: WorkflowStatus) -> list[str]:
+    """`bgjob workflow show ID`: the run, then one line per step (state, attempts, start, duration, error)."""
+    head = f"workflow {status.id}: {status.state} (created {_hms(status.created_at)} UTC"
+    head += f", finished {_hms(status.finished_at)} UTC)" if status.finished_at else ")"
+    lines = [head]
+    if status.failed_step:
+        lines.append(f"  failed at step {status.failed_step!r}: {cut_text(status.error or '', 300)}")
+    lines.append(f"  {'STEP':<16} {'TYPE':<24} {'STATE':<10} {'TRIES':>5}  {'STARTED (UTC)':<19}  {'SECONDS':>8}  "
+                 "AFTER / ERROR")  # fmt: skip
+    for step in status.steps.values():
+        seconds = f"{step.duration:.3f}" if step.duration is not None else "-"
+        note = step.error or (f"skipped: {step.because} failed" if step.because else ", ".join(step.after))
+        note = " ".join((note or "").split())[:100]
+        lines.append(f"  {step.name:<16} {step.job_type:<24} {step.state:<10} {step.attempts:>5}  "
+                     f"{_hms(step.started_at):<19}  {seconds:>8}  {note}")  # fmt: skip
+    return lines
+
+
+def list_lines(statuses: list[WorkflowStatus]) -> list[str]:
+    """`bgjob workflow list`: one line per run, newest first."""
+    if not statuses:
+        return ["no workflow runs"]
+    lines = [f"{'RUN':<34} {'STATE':<10} {'CREATED (UTC)':<19}  STEPS"]
+    for st in statuses:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(st.counts().items()))
+        failed = f" (failed at {st.failed_step})" if st.failed_step else ""
+        lines.append(f"{st.id:<34} {st.state:<10} {_hms(st.created_at):<19}  {counts}{failed}")
+    return lines

@@ -290,3 +290,24 @@ def test_worker_sigkill_between_steps(make_client: Callable[..., bgjob.Client], 
     wrong = {key for key in expected if expected[key] != ran[key]}
     assert dict(ran) == expected, [r for r in lines if (r["run"], r["step"]) in wrong]
     assert all(run.status().state == "succeeded" for run in runs)
+
+
+def test_cli_workflow_show_and_list(client: bgjob.Client, start_worker: Callable[..., bgjob.Worker],
+                                    nats_server: object, prefix: str, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from bgjob.cli import main
+
+    start_worker(client, typed_mux(), retry_policy=bgjob.RetryPolicy(max_attempts=1))
+    run = client.start(bgjob.chain(s("add", 1), s("boom"), s("add", 1)))
+    with pytest.raises(bgjob.WorkflowFailed):
+        run.result(timeout=20)
+    monkeypatch.setenv("BGJOB_URL", nats_server.url)  # type: ignore[attr-defined]
+    monkeypatch.setenv("BGJOB_PREFIX", prefix)
+    assert main(["workflow", "show", run.id]) == 0
+    out = capsys.readouterr().out
+    assert f"workflow {run.id}: failed" in out and "failed at step '1'" in out
+    assert "succeeded" in out and "skipped: 1 failed" in out and "RuntimeError: boom in step" in out
+    assert main(["workflow", "list"]) == 0
+    assert run.id in capsys.readouterr().out
+    assert main(["workflow", "show", "nope"]) == 2
+    assert "no workflow run 'nope'" in capsys.readouterr().err

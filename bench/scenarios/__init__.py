@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-SCENARIOS = ["enqueue", "process", "e2e", "delay", "backlog", "memory", "peers", "wsgi", "outbox", "events", "typed", "workflows"]
+SCENARIOS = ["enqueue", "process", "e2e", "delay", "backlog", "memory", "peers", "wsgi", "outbox", "events", "typed",
+             "workflows"]

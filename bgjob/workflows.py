@@ -403,11 +403,13 @@ async def _get(kv: KeyValue, key: str) -> tuple[dict[str, Any] | None, int]:
 
 
 async def _cas(kv: KeyValue, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
-               ) -> dict[str, Any] | None:  # fmt: skip
+               known: tuple[dict[str, Any] | None, int] | None = None) -> dict[str, Any] | None:  # fmt: skip
     """Apply `change(current)` to `key` by compare-and-swap until it lands; `change` returns the new value or
-    None for no change. Returns the value the key holds afterwards."""
+    None for no change. `known`: a (value, revision) this process wrote last, tried first (saves a read).
+    Returns the value the key holds afterwards."""
     while True:
-        current, rev = await _get(kv, key)
+        current, rev = known if known is not None else await _get(kv, key)
+        known = None
         new = change(copy.deepcopy(current) if current is not None else None)
         if new is None:
             return current
@@ -577,7 +579,9 @@ def step_of(job: Job) -> tuple[str, str] | None:
     return (run, step) if _RUN_ID.fullmatch(run) and _STEP_NAME.fullmatch(step) else None
 
 
-async def _mark_running(core: Core, run: str, step: str, attempt: int) -> None:
+async def _mark_running(core: Core, run: str, step: str, attempt: int) -> tuple[dict[str, Any] | None, int] | None:
+    """The step's state becomes `running` (a finished one's stays); returns the (value, revision) written, for
+    the step's end to update without reading it again (None when nothing was written)."""
     kv = await _bucket(core)
 
     def change(cur: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -589,10 +593,21 @@ async def _mark_running(core: Core, run: str, step: str, attempt: int) -> None:
         new.setdefault("started_at", now)
         return new
 
-    await _cas(kv, _step_key(run, step), change)
+    key = _step_key(run, step)
+    while True:
+        current, rev = await _get(kv, key)
+        new = change(copy.deepcopy(current) if current is not None else None)
+        if new is None:
+            return None
+        try:
+            rev = await kv.create(key, _dumps(new)) if rev == 0 else await kv.update(key, _dumps(new), last=rev)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue
+        return new, rev
 
 
-async def _complete(core: Core, run: str, step: str, value: Any) -> list[_Start]:
+async def _complete(core: Core, run: str, step: str, value: Any,
+                    known: tuple[dict[str, Any] | None, int] | None = None) -> list[_Start]:  # fmt: skip
     """Record step `step`'s value and claim its successors (those whose inputs are all in); returns what this
     process must publish. Idempotent: a redelivered step keeps its first value and claims nothing twice."""
     kv = await _bucket(core)
@@ -608,7 +623,7 @@ async def _complete(core: Core, run: str, step: str, value: Any) -> list[_Start]
         new.update(state="succeeded", result=value, finished_at=time.time())
         return new
 
-    record = await _cas(kv, _step_key(run, step), change)
+    record = await _cas(kv, _step_key(run, step), change, known)
     assert record is not None
     if record.get("state") != "succeeded":  # failed before (a dead letter retried by hand): the run moved on
         return []
@@ -694,18 +709,25 @@ class WorkflowHooks(WorkerHooks):
     def __init__(self, client: Client) -> None:
         self._client = client
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: job id -> the (value, revision) of its step's key as on_job_start wrote it (read by on_job_end).
+        self._written: dict[str, tuple[dict[str, Any] | None, int]] = {}
 
     def on_job_start(self, job: Job) -> None:
         ref = step_of(job)
         if ref is not None:
             try:
-                self._client.run(_mark_running, ref[0], ref[1], job.attempt)
+                written = self._client.run(_mark_running, ref[0], ref[1], job.attempt)
+                if written is not None:
+                    self._written[job.id] = written
             except Exception:
                 log.warning("bgjob: could not mark step %s of workflow %s running", ref[1], ref[0], exc_info=True)
 
     def on_job_end(self, job: Job, outcome: Result | Failure) -> None:
         ref = step_of(job)
-        if ref is None or not isinstance(outcome, Complete):
+        if ref is None:
+            return
+        known = self._written.pop(job.id, None)
+        if not isinstance(outcome, Complete):
             return
         run, step = ref
         try:
@@ -715,7 +737,7 @@ class WorkflowHooks(WorkerHooks):
                              f"be stored as JSON: {exc}", "result")  # fmt: skip
             return
         # Errors propagate to HookSet (logged, counted): the ack still goes out; see the module docstring.
-        starts = self._client.run(_complete, run, step, value)
+        starts = self._client.run(_complete, run, step, value, known)
         if starts:
             self._client.send_jobs([s.spec for s in starts])
             self._client.run(_mark_queued_core, run, starts)

@@ -1,7 +1,28 @@
 """Workflows (from dagnats): signatures, chains, groups, chords and DAGs of job steps, their state in JetStream.
 
 `Signature` is one step's call: a job type, its arguments and send options. Typed function jobs build them with
-`fn.s(...)`; a producer that only has the name uses `bgjob.signature(job_type, *args, **kwargs)`.
+`fn.s(...)`; a producer that only has the name uses `bgjob.signature(job_type, *args, **kwargs)`. `chain` and
+`group` compile into a `Workflow` (a DAG of named steps); `start` stores the run and sends its first steps.
+
+State: the `<PREFIX>_WORKFLOWS` key-value bucket (see the key layout below). Changes are compare-and-swaps or
+creates (a create fails when the key exists): never a lock.
+
+The engine runs in every Worker (`WorkflowHooks`), on the hooks of the settle path:
+
+- a step's value is recorded and its successors are started in `on_job_end`, in the handler's thread, BEFORE
+  the delivery is acked: a crash anywhere in there redelivers the step, which runs again (at least once);
+- exactly-once start: a successor whose inputs are all in is claimed by creating its key (`starting`); one
+  creator wins, whoever else gets there (the other input of a fan-in, a redelivered step). The winner sends it as
+  job `wf-<run>-<step>` and marks it `queued`. Anyone who finds it still `starting` (its claimer died before the
+  PubAck or the mark) sends it again under the same id: the queue drops it inside Settings.duplicate_window
+  (2 min by default; a redelivery comes after ack_wait, 30 s). Beyond the window a second copy could only be
+  stored if the first was stored, the mark was lost, the successor has not started yet, and the step's
+  redelivery ran for longer than the window: `queued`/`running` are the real guard, the window the backstop;
+- failure: a DEAD_LETTERED fate (`on_settled`, after the dead letter's PubAck and the term) fails the step and
+  the run and skips the step's dependents (`record_failure`). A crash between the two leaves the run running:
+  `WorkflowRun.status()`, and `result()` every REPAIR_EVERY seconds, look up each unfinished step's dead letter
+  by its job id (`reconcile`) and record it. A dead letter of a step that had succeeded (a redelivery past its
+  attempts) changes nothing.
 """
 
 from __future__ import annotations

@@ -311,3 +311,19 @@ def test_cli_workflow_show_and_list(client: bgjob.Client, start_worker: Callable
     assert run.id in capsys.readouterr().out
     assert main(["workflow", "show", "nope"]) == 2
     assert "no workflow run 'nope'" in capsys.readouterr().err
+
+
+def test_a_failure_left_unrecorded_is_found_in_the_dlq(client: bgjob.Client, start_worker: Callable[..., bgjob.Worker],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A worker that dies between a step's dead letter and recording it (here: its on_settled never records)
+    leaves the run running; status() finds the dead letter and fails the run, naming the step."""
+    monkeypatch.setattr(bgjob.workflows.WorkflowHooks, "on_settled", lambda self, job, outcome, fate: None)
+    start_worker(client, typed_mux(), retry_policy=bgjob.RetryPolicy(max_attempts=1))
+    run = client.start(bgjob.chain(s("boom"), s("add", 1)))
+    wait_until(lambda: client.dlq.count() == 1, message="the dead letter")
+    status = run.status()
+    assert status.state == "failed" and status.failed_step == "0"
+    assert status.steps["0"].state == "failed" and "boom in step" in (status.steps["0"].error or "")
+    assert status.steps["1"].state == "skipped"
+    with pytest.raises(bgjob.WorkflowFailed, match="step '0'"):
+        run.result(timeout=5)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats.js.errors
@@ -233,7 +233,8 @@ def test_events_filter_by_queue_type_and_job_on_the_server(make_client) -> None:
     assert [e.job_id for e in client.events(queue="two", job_type="report.daily", follow=False)] == [b]
     assert [e.job_id for e in client.events(job_id=c, follow=False)] == [c]
     assert list(client.events(queue="three", follow=False)) == []
-    assert list(client.events(since=timedelta(seconds=-60), timeout=0.2)) == []  # from a minute ahead: nothing yet
+    ahead = datetime.now(UTC) + timedelta(seconds=60)
+    assert list(client.events(since=ahead, timeout=0.2)) == []  # from a minute ahead: nothing yet
 
     seen: list[str] = []
     follower = threading.Thread(target=lambda: seen.extend(e.job_id for e in client.events(queue="two", timeout=5)))

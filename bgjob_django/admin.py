@@ -1,4 +1,4 @@
-"""Admin pages for the dead-letter queue and the queues overview, in the normal Django admin.
+"""Admin pages for the dead-letter queue, the queues overview and workflow runs, in the normal Django admin.
 
 The models have no tables: their changelist, change and delete views are replaced by views backed by
 JetStream (`admin_views`), wrapped by the admin site (staff login, CSRF, permissions).
@@ -12,8 +12,8 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import URLPattern, path
 
-from .admin_views import DeadLetterViews, QueueViews
-from .models import DeadLetter, Queue
+from .admin_views import DeadLetterViews, QueueViews, WorkflowRunViews
+from .models import DeadLetter, Queue, WorkflowRun
 
 
 class _NoTableAdmin(admin.ModelAdmin):
@@ -55,3 +55,21 @@ class QueueAdmin(_NoTableAdmin):
     def get_urls(self) -> list[URLPattern]:
         views = QueueViews(self)
         return [path("", self.admin_site.admin_view(views.overview), name=self._name("changelist"))]
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(_NoTableAdmin):
+    """Workflow runs: the newest runs with their steps' states; a run's steps (state, attempts, start, duration,
+    error); cancel (change_workflowrun)."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        views = WorkflowRunViews(self)
+        wrap = self.admin_site.admin_view
+        return [
+            path("", wrap(views.changelist), name=self._name("changelist")),
+            path("<str:object_id>/change/", wrap(views.detail), name=self._name("change")),
+            path("<str:object_id>/cancel/", wrap(views.cancel), name=self._name("cancel")),
+        ]

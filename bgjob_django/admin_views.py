@@ -1,4 +1,5 @@
-"""The admin views behind DeadLetterAdmin and QueueAdmin, backed by JetStream through the project's client.
+"""The admin views behind DeadLetterAdmin, QueueAdmin and WorkflowRunAdmin, backed by JetStream through the
+project's client.
 
 A page of dead letters is one bounded scan of the DLQ stream (`client.dlq.list` with `before` paging) plus
 one count: pages stay fast however many dead letters there are.
@@ -36,10 +37,11 @@ from bgjob import job as jobmod
 from bgjob.arg_match import parse_value
 from bgjob.dead_letters import MAX_SEQ
 from bgjob.job import validate_reason
+from bgjob.workflows import _RUN_ID, list_runs
 
 from .conf import interactive_client
 from .display import live_workers, pretty_arg, shown_payload
-from .models import DeadLetter
+from .models import DeadLetter, WorkflowRun
 from .registry import registry
 from .relay import backlog
 
@@ -51,6 +53,10 @@ ERASE_SCAN_LIMIT = 10_000
 FILTERS = (("queue", "queue"), ("type", "job type"), ("reason", "reason"))
 #: the job type and reason filters offer what the newest this many dead letters hold (one server read).
 FILTER_SCAN_LIMIT = 1000
+#: the workflow runs page lists the newest this many runs.
+WORKFLOW_RUNS_SHOWN = 50
+#: what reading a stored run raises when its record is not what bgjob writes (hostile or corrupt JSON).
+_MALFORMED = (ValueError, TypeError, KeyError, AttributeError, OverflowError)
 
 
 def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -513,6 +519,115 @@ class QueueViews(_Views):
             **_find_job(client, request.GET.get("job", "").strip()),
         )
         return TemplateResponse(request, "bgjob_django/admin/overview.html", context)
+
+
+class WorkflowRunViews(_Views):
+    """Workflow runs (bgjob.workflows): the newest runs with their steps' counts by state and the failed step; a
+    run's steps (state, attempts, start, duration, error); cancel (change_workflowrun). Error texts are shown as
+    the worker scrubbed them, escaped by the templates."""
+
+    @_unavailable_on_nats_errors
+    def changelist(self, request: HttpRequest) -> HttpResponse:
+        """The newest WORKFLOW_RUNS_SHOWN runs, newest first; `?run=ID` opens a run."""
+        self.require(self.model_admin.has_view_permission(request))
+        wanted = request.GET.get("run", "").strip()
+        if wanted and _RUN_ID.fullmatch(wanted):
+            return HttpResponseRedirect(self.url("change", wanted))
+        if wanted:
+            return self._gone(request, wanted)
+        rows, error = [], None
+        try:
+            for status in list_runs(interactive_client(), WORKFLOW_RUNS_SHOWN):
+                counts = sorted(status.counts().items(), key=lambda item: str(item[0]))
+                rows.append({"status": status, "counts": counts, "url": self._detail_url(status.id)})
+        except bgjob.BgjobError:
+            raise
+        except _MALFORMED as exc:
+            log.warning("admin: a stored workflow run cannot be read: %r", exc)
+            rows, error = [], f"A stored workflow run is malformed, so the list cannot be read ({type(exc).__name__})."
+        context = self.context(request, title="Workflow runs", subtitle=None, rows=rows, read_error=error,
+                               shown=WORKFLOW_RUNS_SHOWN, time_zone=timezone.get_current_timezone_name())  # fmt: skip
+        return TemplateResponse(request, "bgjob_django/admin/workflowrun_list.html", context)
+
+    @_unavailable_on_nats_errors
+    def detail(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        self.require(self.model_admin.has_view_permission(request))
+        if not _RUN_ID.fullmatch(object_id):
+            return self._gone(request, object_id)
+        try:
+            status = bgjob.WorkflowRun(interactive_client(), object_id).status()
+            counts = sorted(status.counts().items(), key=lambda item: str(item[0]))
+        except bgjob.WorkflowNotFound:
+            return self._gone(request, object_id)
+        except bgjob.BgjobError:
+            raise
+        except _MALFORMED as exc:
+            log.warning("admin: workflow run %s cannot be read: %r", object_id, exc)
+            messages.error(request, f"Workflow run {object_id} cannot be shown: its stored record is malformed.")
+            return HttpResponseRedirect(self.url("changelist"))
+        can_see_dlq = request.user.has_perm(f"{self.opts.app_label}.view_deadletter")
+        steps = [{"step": step, "dlq_url": self._dead_letter_url(step.job_id) if can_see_dlq else None}
+                 for step in status.steps.values()]  # fmt: skip
+        context = self.context(
+            request,
+            title=f"Workflow run {status.id}",
+            subtitle=None,
+            here=status.id,
+            object=WorkflowRun(id=status.id),
+            status=status,
+            steps=steps,
+            counts=counts,
+            time_zone=timezone.get_current_timezone_name(),
+            can_cancel=status.state == "running" and self.model_admin.has_change_permission(request),
+            changelist_url=self.url("changelist"),
+        )
+        return TemplateResponse(request, "bgjob_django/admin/workflowrun_detail.html", context)
+
+    @_unavailable_on_nats_errors
+    def cancel(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: cancel the run (no step that has not started will start). GET: back to the run's page."""
+        self.require(self.model_admin.has_change_permission(request))
+        if not _RUN_ID.fullmatch(object_id):
+            return self._gone(request, object_id)
+        if request.method != "POST":
+            return HttpResponseRedirect(self.url("change", object_id))
+        try:
+            cancelled = bgjob.WorkflowRun(interactive_client(), object_id).cancel()
+        except bgjob.WorkflowNotFound:
+            return self._gone(request, object_id)
+        except bgjob.BgjobError:
+            raise
+        except _MALFORMED as exc:
+            log.warning("admin: workflow run %s cannot be read: %r", object_id, exc)
+            messages.error(request, f"Workflow run {object_id} was not cancelled: its stored record is malformed.")
+            return HttpResponseRedirect(self.url("changelist"))
+        if cancelled:
+            LogEntry.objects.log_actions(user_id=request.user.pk, queryset=[WorkflowRun(id=object_id)],
+                                         action_flag=CHANGE, change_message="Cancelled.")  # fmt: skip
+            messages.success(request, f"Workflow run {object_id} was cancelled: no step that has not started will "
+                                      "start.")  # fmt: skip
+        else:
+            messages.warning(request, f"Workflow run {object_id} had already finished or been cancelled.")
+        return HttpResponseRedirect(self.url("change", object_id))
+
+    def _detail_url(self, run_id: str) -> str | None:
+        try:
+            return self.url("change", run_id)
+        except NoReverseMatch:
+            return None
+
+    def _dead_letter_url(self, job_id: str) -> str | None:
+        try:
+            return reverse(f"admin:{self.opts.app_label}_deadletter_change", args=[job_id],
+                           current_app=self.model_admin.admin_site.name)  # fmt: skip
+        except NoReverseMatch:
+            return None
+
+    def _gone(self, request: HttpRequest, object_id: str) -> HttpResponseRedirect:
+        """Back to the list, saying so: what the admin does for an object that does not exist."""
+        messages.warning(request, f"There is no workflow run with id “{object_id[:200]}”: it is older than its "
+                                  "records' retention, or the id is wrong.")  # fmt: skip
+        return HttpResponseRedirect(self.url("changelist"))
 
 
 def _outbox() -> dict[str, Any]:

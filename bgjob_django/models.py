@@ -5,7 +5,8 @@ rows there until the relay publishes them. Everything else lives in JetStream; f
 `manage.py migrate` creates only the content types and permissions:
 `bgjob_django.view_deadletter` (list and detail, with arg, headers, error and traceback masked),
 `view_deadletter_payload` (see them unmasked), `change_deadletter` (retry), `delete_deadletter` (delete, purge;
-and, with view_deadletter_payload, erase by arg content), and `view_queue` (the queues and workers overview).
+and, with view_deadletter_payload, erase by arg content), `view_queue` (the queues and workers overview), and
+`view_workflowrun` (workflow runs and their steps) and `change_workflowrun` (cancel a run).
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ class Queue(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class WorkflowRun(models.Model):
+    """A workflow run (`bgjob.WorkflowRun`: its record and its steps' in the `<PREFIX>_WORKFLOWS` bucket), by run
+    id. Viewed, and cancelled (change permission); never added or deleted here."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+
+    class Meta:
+        managed = False
+        db_table = "bgjob_django_workflowrun"
+        verbose_name = "workflow run"
+        verbose_name_plural = "workflow runs"
+        default_permissions = ("view", "change")
+
+    def __str__(self) -> str:
+        return self.id
 
 
 class OutboxMessage(models.Model):

@@ -400,14 +400,22 @@ class TypedJob(Generic[P, R]):
         """
         from .workflows import Signature
 
+        complete = partial = None
         try:
-            arg = self._encode(args, kwargs, first_given=False)
+            complete = self._encode(args, kwargs, first_given=False)
         except InvalidJob as whole:
-            try:
-                arg = self._encode(args, kwargs, first_given=True)
-            except InvalidJob as step:
-                raise InvalidJob(f"{whole} (as a chain step that receives a previous result first: {step})") from None
-        return Signature(self.name, tuple(arg["args"]), arg["kwargs"], {"queue": self.queue, **self._send_options})
+            whole_error = str(whole).removesuffix("; nothing was sent")
+        try:
+            partial = self._encode(args, kwargs, first_given=True)
+        except InvalidJob as step:
+            step_error = str(step).removesuffix("; nothing was sent")
+        if complete is None and partial is None:
+            raise InvalidJob(f"{self.name}.s(...) fits neither as a whole call ({whole_error}) nor as a step "
+                             f"whose first argument is the previous step's result ({step_error})") from None
+        arg = complete if complete is not None else partial
+        takes_previous = None if complete is not None and partial is not None else partial is not None
+        return Signature(self.name, tuple(arg["args"]), arg["kwargs"], {"queue": self.queue, **self._send_options},
+                         takes_previous=takes_previous)  # fmt: skip
 
     # -- the worker side ---------------------------------------------------------------------------
     def decode(self, arg: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -448,9 +456,10 @@ class TypedJob(Generic[P, R]):
 
         try:
             return self._spec.returns.dump_python(value, mode="json", warnings="error")
-        except (PydanticSerializationError, ValueError, TypeError) as exc:
+        except (PydanticSerializationError, ValueError, TypeError):
+            # the type only, never the value or pydantic's text (which quotes it): values may be personal data
             error = TypeError(f"{self.name} returned a {type(value).__name__}, which is not its return type "
-                              f"{_type_name(self._spec.return_hint)} or has no JSON form: {exc}")  # fmt: skip
+                              f"{_type_name(self._spec.return_hint)} or has no JSON form")  # fmt: skip
             raise NonRetryable(error) from None
 
     def decode_return(self, value: Any) -> R:
@@ -540,6 +549,9 @@ def register(mux: Mux, fn: Callable[P, R], *, name: str | None = None, aliases: 
     aliases. Nothing is registered when anything is refused."""
     if not callable(fn) or isinstance(fn, type) or isinstance(fn, TypedJob):
         raise HandlerError(f"@mux.job registers a function, got {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise HandlerError(f"@mux.job {getattr(fn, '__qualname__', fn)!r}: an async def cannot be a job (handlers "
+                           "run in worker threads); make it a plain def")  # fmt: skip
     job_type = default_name(fn) if name is None else name
     jobmod.validate_type(job_type)
     if isinstance(aliases, str) or not isinstance(aliases, Collection):

@@ -92,6 +92,10 @@ class Signature:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: whether the call needs a previous step's result as its first argument: True (it lacks exactly that), False
+    #: (it is complete), None (unknown: `bgjob.signature` by name, or a call that fits both ways). A typed job's
+    #: `.s()` knows; a workflow refuses at build time a step whose place contradicts it.
+    takes_previous: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.job_type, str) or not self.job_type:
@@ -221,6 +225,13 @@ class Workflow:
             for dep in step.after:
                 if dep not in self._steps:
                     raise UnknownStep(f"step {step.name!r} runs after {dep!r}, which is not a step of this workflow")
+            call = f"step {step.name!r} ({step.sig.job_type})"
+            if step.sig.takes_previous is True and step.input is None:
+                raise WorkflowError(f"{call} lacks its first argument, and no previous step gives it one (it runs "
+                                    "first, or with pass_results=False): give it in .s(...)")  # fmt: skip
+            if step.sig.takes_previous is False and step.input is not None:
+                raise WorkflowError(f"{call} gets the previous step's result as its first argument, but its .s(...) "
+                                    "is already a complete call: leave that argument out (or pass_results=False)")
         state: dict[str, int] = {}  # 1: on the current path, 2: done
         for root in self._steps:
             if state.get(root):
@@ -950,8 +961,15 @@ async def _list_runs(core: Core, limit: int) -> list[dict[str, Any]]:
                 break
             if entry is None:
                 break
-            if entry.value:
-                runs.append(json.loads(entry.value))
+            try:
+                record = json.loads(entry.value) if entry.value else None
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("id"), str) and _RUN_ID.fullmatch(record["id"]) \
+                    and isinstance(record.get("created_at", 0), (int, float)):  # fmt: skip
+                runs.append(record)
+            else:  # not a run bgjob wrote: one unreadable record must not hide the others
+                log.warning("bgjob: skipping an unreadable workflow run record %r", entry.key)
     finally:
         await watcher.stop()
     runs.sort(key=lambda r: r.get("created_at", 0), reverse=True)
@@ -965,8 +983,11 @@ def list_runs(client: Client, limit: int = 50) -> list[WorkflowStatus]:
     async def read(core: Core) -> list[WorkflowStatus]:
         out = []
         for record in await _list_runs(core, limit):
-            _, steps = await _read(core, record["id"])
-            out.append(_status(record["id"], record, steps))
+            try:
+                _, steps = await _read(core, record["id"])
+                out.append(_status(record["id"], record, steps))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a malformed record: the rest are shown
+                log.warning("bgjob: skipping workflow run %s: its record does not read: %r", record["id"], exc)
         return out
 
     return client.run(read, idempotent=True)

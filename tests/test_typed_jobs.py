@@ -233,6 +233,28 @@ def test_a_return_value_not_of_the_return_type_dead_letters_the_job(client, star
     with pytest.raises(bgjob.JobFailed, match="lies returned a str, which is not its return type int") as failed:
         handle.result(timeout=15)
     assert failed.value.result.attempts == 1  # NonRetryable: not retried
+    assert "not an int" not in failed.value.error  # the type is named, never the value (personal data)
+
+
+def test_an_async_def_is_refused_at_registration() -> None:
+    """New-user review: it was accepted, then every job of it was dead-lettered (a coroutine is no return value)."""
+    own = bgjob.Mux()
+
+    async def coro(n: int) -> int:
+        return n
+
+    with pytest.raises(bgjob.HandlerError, match="an async def cannot be a job"):
+        own.job(name="coro")(coro)
+    assert "coro" not in own
+
+
+def test_s_says_whether_the_step_needs_a_previous_result() -> None:
+    """What a workflow checks at build time: a full call, one lacking its first argument, or either."""
+    assert resize.s("a.png", 50).takes_previous is False and resize.s().takes_previous is True
+    assert thumbnail.s(Size(1, 2), datetime(2030, 1, 1, tzinfo=UTC)).takes_previous is True
+    assert broken.s("x").takes_previous is False
+    with pytest.raises(bgjob.InvalidJob, match=r"fits neither as a whole call .* nor as a step whose first"):
+        broken.s(1)
 
 
 def test_sensitive_parameters_travel_by_name_so_they_are_masked() -> None:
@@ -293,5 +315,5 @@ def test_s_builds_a_signature_and_accepts_a_chain_step_without_its_first_argumen
     later = thumbnail.s(Size(1, 2), datetime(2025, 1, 1, tzinfo=UTC))  # `path` comes from the previous step
     assert later.arg("p.png") == {"args": ["p.png", {"width": 1, "height": 2}, "2025-01-01T00:00:00Z"],
                                   "kwargs": {}}  # fmt: skip
-    with pytest.raises(bgjob.InvalidJob, match="as a chain step that receives a previous result first"):
+    with pytest.raises(bgjob.InvalidJob, match=r"nor as a step whose first argument is the previous step.s result"):
         resize.s("a.png", "wide")

@@ -95,6 +95,28 @@ def test_diamond(client: bgjob.Client, start_worker: Callable[..., bgjob.Worker]
     assert counts == {"add": 1, "mul": 2, "pair": 1}
 
 
+def test_a_step_whose_place_contradicts_its_call_is_refused_at_build_time() -> None:
+    """New-user review: these were published, then dead-lettered as decode errors and failed the run."""
+    own = bgjob.Mux()
+
+    @own.job(name="wf-parse")
+    def parse(html: str) -> int:
+        return len(html)
+
+    @own.job(name="wf-store")
+    def store(size: int, table: str = "pages") -> str:
+        return f"{table}: {size}"
+
+    with pytest.raises(bgjob.WorkflowError, match=r"step '0' \(wf-parse\) lacks its first argument"):
+        bgjob.chain(parse.s(), store.s()).workflow().check()
+    with pytest.raises(bgjob.WorkflowError, match="lacks its first argument"):
+        bgjob.Workflow().step("a", parse.s("x")).step("b", parse.s(), after=["a"], pass_results=False).check()
+    with pytest.raises(bgjob.WorkflowError, match=r"step '1' \(wf-parse\) gets the previous step's result"):
+        bgjob.chain(parse.s("<x>"), parse.s("<y>")).workflow().check()
+    bgjob.chain(parse.s("<x>"), store.s(table="t")).workflow().check()  # store(<size>, table="t"): fine
+    bgjob.chain(parse.s("<x>"), bgjob.signature("anything")).workflow().check()  # unknown shape: not refused
+
+
 def test_build_errors_name_the_steps() -> None:
     wf = bgjob.Workflow().step("a", s("add", 1), after=["c"]).step("b", s("add"), after=["a"])
     wf.step("c", s("add"), after=["b"])

@@ -232,3 +232,14 @@ def test_hostile_html_in_a_stored_run_is_escaped(admin_client, bgjob_client) -> 
         for raw in ("<i>x</i>", "<b>s</b>", "<img src=x>", "<u>t</u>", "<em>odd</em>", "<svg onload=x>", "<a></td>"):
             assert raw not in html
     assert "&lt;img src=x&gt;" in html and "&lt;svg onload=x&gt;" in html and "&lt;u&gt;t&lt;/u&gt;" in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("record", [b"not json", b"[1, 2]", b'{"id": "evil", "state": "running"}',
+                                    b'{"id": "../x", "created_at": 1}'])  # fmt: skip
+def test_one_unreadable_run_record_hides_none_of_the_others(admin_client, bgjob_client, worker, record) -> None:
+    bgjob_client.start(bgjob.chain(s("add", 1)), run_id="good-one").result(timeout=20)
+    put_record(bgjob_client, "evil.run", record)
+    html = admin_client.get(RUNS).content.decode()
+    assert 'data-run="good-one"' in html and "errornote" not in html
+    assert [r.id for r in bgjob.workflows.list_runs(bgjob_client)] == ["good-one"]

@@ -204,3 +204,15 @@ def test_dlq_list_writes_control_characters_as_escapes(cli_env, client, start_wo
     out = bgjob_cli(cli_env, "dlq", "list")
     assert out.returncode == 0 and "bad \\x00\\x1b[31mred\\x9b" in out.stdout
     assert "\x1b" not in out.stdout and "\x00" not in out.stdout
+
+
+def test_a_command_piped_into_a_reader_that_quits_ends_quietly(cli_env, client, start_worker) -> None:
+    """`bgjob dlq list | head -1`: no BrokenPipeError traceback."""
+    mux = bgjob.Mux()
+    mux.handle("fail", lambda job: bgjob.MoveToDlq("no"))
+    start_worker(client, mux)
+    client.send_jobs([("fail", n) for n in range(300)])
+    wait_until(lambda: client.dlq.count() == 300, message="300 dead letters")
+    done = subprocess.run(f"{sys.executable} -m bgjob dlq list --limit 300 | head -1", shell=True, env=cli_env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.stdout.startswith("     SEQ ID") and "Traceback" not in done.stderr, done.stderr

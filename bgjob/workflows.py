@@ -22,7 +22,12 @@ The engine runs in every Worker (`WorkflowHooks`), on the hooks of the settle pa
   the run and skips the step's dependents (`record_failure`). A crash between the two leaves the run running:
   `WorkflowRun.status()`, and `result()` every REPAIR_EVERY seconds, look up each unfinished step's dead letter
   by its job id (`reconcile`) and record it. A dead letter of a step that had succeeded (a redelivery past its
-  attempts) changes nothing.
+  attempts) changes nothing. A step whose value is too large for its record, or one of whose successors is
+  refused for good (InvalidJob, JobTooLarge, QueueFull), is recorded failed (that successor, for a refusal)
+  in `on_job_end`; a ConnectionError there is only logged (the step is acked; see README: Workflows);
+- a job is a step only if its header names the step AND its id is the step's `wf-<run>-<step>` (`step_of`):
+  a forged or forwarded header alone touches nothing. `_mark_running` also checks that the run has the step,
+  so a job naming a run that does not exist (or has expired) creates no key.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import nats.js.errors
 from nats.js.api import StorageType
 
 from . import job as jobmod
-from .errors import BgjobError
+from .errors import BgjobError, InvalidJob, QueueFull, ResultTooLarge, SendJobsError, exception_text
 from .headers import WORKFLOW_STEP, cut_text
 from .hooks import Failure, Fate, FateKind, WorkerHooks
 from .job import JobSpec
@@ -456,6 +461,8 @@ async def _cas(kv: KeyValue, key: str, change: Callable[[dict[str, Any] | None],
 
 
 _PENDING_STATES = frozenset({"starting", "queued"})
+#: bytes kept free under the server's max_payload for a KV record's subject and headers.
+_KV_RESERVE = 1024
 _TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 
 
@@ -603,18 +610,28 @@ async def _mark_queued_core(core: Core, run: str, starts: list[_Start]) -> None:
 
 # -- the engine, in the worker: hooks ---------------------------------------------------------------------------
 def step_of(job: Job) -> tuple[str, str] | None:
-    """(run id, step name) of a workflow step's job, from its X-Bgjob-Workflow header; None for other jobs."""
+    """(run id, step name) of a workflow step's job; None for other jobs.
+
+    A job is a step only when its X-Bgjob-Workflow header reads `<run>/<step>` AND its id is that step's
+    `wf-<run>-<step>`: the header alone is not enough (any sender can set a header, and a handler forwarding its
+    headers to a child job would make the child pass for the step); other jobs are ignored entirely."""
     value = job.headers.get(WORKFLOW_STEP) if job.headers else None
     if not value or "/" not in value:
         return None
     run, _, step = value.partition("/")
-    return (run, step) if _RUN_ID.fullmatch(run) and _STEP_NAME.fullmatch(step) else None
+    if not (_RUN_ID.fullmatch(run) and _STEP_NAME.fullmatch(step)) or job.id != step_job_id(run, step):
+        return None
+    return run, step
 
 
 async def _mark_running(core: Core, run: str, step: str, attempt: int) -> tuple[dict[str, Any] | None, int] | None:
     """The step's state becomes `running` (a finished one's stays); returns the (value, revision) written, for
-    the step's end to update without reading it again (None when nothing was written)."""
+    the step's end to update without reading it again (None when nothing was written, or the run does not exist
+    or has no such step: no key is created for it)."""
     kv = await _bucket(core)
+    definition = await _defs.get(kv, run)
+    if definition is None or step not in definition["steps"]:
+        return None
 
     def change(cur: dict[str, Any] | None) -> dict[str, Any] | None:
         if cur is not None and cur.get("state") in _TERMINAL:
@@ -648,11 +665,17 @@ async def _complete(core: Core, run: str, step: str, value: Any,
         log.warning("bgjob: job of workflow %s step %s finished, but the run is unknown (expired?)", run, step)
         return []
 
+    limit = core.max_payload - _KV_RESERVE
+
     def change(cur: dict[str, Any] | None) -> dict[str, Any] | None:
         if cur is not None and cur.get("state") in _TERMINAL:
             return None
         new = dict(cur or {"job_id": step_job_id(run, step)})
         new.update(state="succeeded", result=value, finished_at=time.time())
+        size = len(_dumps(new))
+        if size > limit:  # the KV put would be refused by the client (MaxPayloadError): say what is wrong
+            value_size = len(_dumps(value))
+            raise ResultTooLarge("return value", value_size, max(0, limit - (size - value_size)))
         return new
 
     record = await _cas(kv, _step_key(run, step), change, known)
@@ -768,11 +791,41 @@ class WorkflowHooks(WorkerHooks):
             self._client.run(record_failure, run, step, f"{type(exc).__name__}: the step's return value cannot "
                              f"be stored as JSON: {exc}", "result")  # fmt: skip
             return
-        # Errors propagate to HookSet (logged, counted): the ack still goes out; see the module docstring.
-        starts = self._client.run(_complete, run, step, value, known)
+        # A permanent refusal fails the step (or the successor) and the run. Other errors (NATS unreachable)
+        # propagate to HookSet (logged, counted): the ack still goes out; see the module docstring.
+        try:
+            starts = self._client.run(_complete, run, step, value, known)
+        except ResultTooLarge as exc:
+            self._client.run(record_failure, run, step, f"{exception_text(exc)}: the step's value cannot be "
+                             "stored in its workflow record", "result")  # fmt: skip
+            return
         if starts:
+            sent = self._send(run, starts)
+            if sent:
+                self._client.run(_mark_queued_core, run, sent)
+
+    def _send(self, run: str, starts: list[_Start]) -> list[_Start]:
+        """Publish the claimed successors; one refused for good (InvalidJob, JobTooLarge, QueueFull) is recorded
+        failed, failing the run. Returns those stored. Raises what is not a refusal (ConnectionError, ...)."""
+        try:
             self._client.send_jobs([s.spec for s in starts])
-            self._client.run(_mark_queued_core, run, starts)
+            return starts
+        except (InvalidJob, QueueFull, SendJobsError) as exc:
+            first = exc
+        sent = []
+        for start in starts:  # one by one (the same ids: a stored one is dropped as a duplicate): who is refused?
+            try:
+                if len(starts) > 1 or isinstance(first, SendJobsError):
+                    self._client.send_jobs([start.spec])
+                else:
+                    raise first
+            except (InvalidJob, QueueFull) as exc:
+                log.error("bgjob: step %s of workflow %s was refused: %s", start.step, run, exc)
+                self._client.run(record_failure, run, start.step, f"{exception_text(exc)} (sending the step's job)",
+                                 "refused")  # fmt: skip
+                continue
+            sent.append(start)
+        return sent
 
     def on_settled(self, job: Job, outcome: Result | Failure, fate: Fate) -> None:
         if fate.kind is not FateKind.DEAD_LETTERED:

@@ -349,3 +349,85 @@ def test_a_failure_left_unrecorded_is_found_in_the_dlq(client: bgjob.Client, sta
     assert status.steps["1"].state == "skipped"
     with pytest.raises(bgjob.WorkflowFailed, match="step '0'"):
         run.result(timeout=5)
+
+
+def _bucket_keys(client: bgjob.Client) -> list[str]:
+    import nats.js.errors
+
+    from bgjob.workflows import _bucket
+
+    async def keys(core: object) -> list[str]:
+        kv = await _bucket(core)  # type: ignore[arg-type]
+        try:
+            return list(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    return client.run(keys)
+
+
+def test_a_job_is_a_step_only_under_its_step_job_id(client: bgjob.Client,
+                                                     start_worker: Callable[..., bgjob.Worker]) -> None:  # fmt: skip
+    """Jobs carrying another run's X-Bgjob-Workflow header (forged, or forwarded by a step's handler to a child
+    job) cannot record, fail or stall that run's step; jobs naming runs that do not exist write nothing."""
+    gate = threading.Event()
+    counts: collections.Counter = collections.Counter()
+    mux = typed_mux(counts, gate)
+    mux.handle("noop", lambda job: (counts.update(["noop"]), bgjob.Complete("FORGED"))[1])
+    mux.handle("later", lambda job: (counts.update(["later"]), bgjob.Retry(delay=3600))[1])
+
+    mux.handle("child", lambda job: bgjob.Complete("CHILD"))
+
+    def forwards(job: bgjob.Job) -> bgjob.Result:  # a step passing its headers (trace, tenant) on to a child
+        client.send_job("child", {}, headers=dict(job.headers))
+        wait_until(lambda: counts["settled child"] >= 1, message="the child job settled")
+        return bgjob.Complete(job.arg["args"][0] + 100)
+
+    class Settled(bgjob.WorkerHooks):
+        def on_settled(self, job: bgjob.Job, outcome: object, fate: object) -> None:
+            counts[f"settled {job.type}"] += 1
+
+    mux.handle("forwards", forwards)
+    start_worker(client, mux, concurrency=4, hooks=[Settled()],
+                 retry_policy=bgjob.RetryPolicy(max_attempts=5, base_delay=0.05, jitter=0))  # fmt: skip
+    run = client.start(bgjob.chain(s("wait", 1), s("add", 10), s("forwards")))
+    victim = {"X-Bgjob-Workflow": f"{run.id}/1"}
+    client.send_job("noop", {"args": [5]}, headers=victim)  # a forged value
+    client.send_job("no.such.type", {}, headers=victim)  # a forged failure: dead-lettered
+    client.send_job("later", {"args": [5]}, headers=victim)  # a forged start that never ends (Retry)
+    client.send_job("noop", {}, headers={"X-Bgjob-Workflow": "ghost/s1"})
+    client.send_job("noop", {}, headers={"X-Bgjob-Workflow": "ghost2/s2"}, job_id="wf-ghost2-s2")  # no such run
+    client.send_job("noop", {}, headers={"X-Bgjob-Workflow": f"{run.id}/nostep"}, job_id=f"wf-{run.id}-nostep")
+    wait_until(lambda: counts["settled noop"] >= 4 and counts["later"] >= 1 and client.dlq.count() == 1,
+               message="the forged jobs handled")  # fmt: skip
+    assert {n: st.state for n, st in run.status().steps.items()} == {"0": "running", "1": "pending", "2": "pending"}
+    gate.set()
+    assert run.result(timeout=20) == 111
+    status = run.status()
+    assert status.state == "succeeded" and [st.attempts for st in status.steps.values()] == [1, 1, 1]
+    assert [k for k in _bucket_keys(client) if "ghost" in k or "nostep" in k] == []
+
+
+def test_a_value_too_large_to_record_fails_the_run(client: bgjob.Client,
+                                                   start_worker: Callable[..., bgjob.Worker]) -> None:  # fmt: skip
+    mux = typed_mux()
+    mux.handle("big", lambda job: bgjob.Complete("x" * job.arg["args"][0]))
+    start_worker(client, mux)
+    run = client.start(bgjob.chain(s("big", 1_100_000), s("add", 1)))
+    with pytest.raises(bgjob.WorkflowFailed) as failed:
+        run.result(timeout=20)
+    assert failed.value.step == "0" and "ResultTooLarge: return value too large" in str(failed.value)
+    assert {n: st.state for n, st in run.status().steps.items()} == {"0": "failed", "1": "skipped"}
+
+
+def test_a_successor_refused_as_too_large_fails_the_run(client: bgjob.Client,
+                                                        start_worker: Callable[..., bgjob.Worker]) -> None:  # fmt: skip
+    mux = typed_mux()
+    mux.handle("big", lambda job: bgjob.Complete("x" * job.arg["args"][0]))
+    start_worker(client, mux)
+    run = client.start(bgjob.chain(bgjob.group(s("big", 600_000), s("big", 600_000)), s("pair"), s("add", 1)))
+    with pytest.raises(bgjob.WorkflowFailed) as failed:
+        run.result(timeout=20)
+    assert failed.value.step == "1" and "JobTooLarge: job is" in str(failed.value)
+    states = {n: st.state for n, st in run.status().steps.items()}
+    assert states == {"0-0": "succeeded", "0-1": "succeeded", "1": "failed", "2": "skipped"}

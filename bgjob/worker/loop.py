@@ -67,7 +67,7 @@ class FetchLoop:
         self._capacity = asyncio.Event()
         self._grace_deadline: float | None = None
         self._unavailable_since: float | None = None
-        #: stream sequences of messages past max_deliveries being dead-lettered now (see _recover).
+        #: stream sequences of messages past max_deliveries being dead-lettered now (see _recover_stranded).
         self._recovering: set[int] = set()
 
     # -- called from other threads ------------------------------------------------------------------------------
@@ -327,9 +327,9 @@ class FetchLoop:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("queue %r: unreadable MAX_DELIVERIES advisory: %r", self.queue, exc)
             return
-        self.runtime.spawn(self._recover(seq, deliveries or self.dispatcher.max_deliveries or 0))
+        self.runtime.spawn(self._recover_stranded(seq, deliveries or self.dispatcher.max_deliveries or 0))
 
-    async def _recover(self, seq: int, deliveries: int) -> bool:
+    async def _recover_stranded(self, seq: int, deliveries: int) -> bool:
         """Dead-letter the stranded message at `seq`; False when it failed (the next sweep tries again)."""
         if seq in self._recovering:
             return True
@@ -364,7 +364,7 @@ class FetchLoop:
                     except nats.js.errors.NotFoundError:
                         break
                     seq = found.seq or floor
-                    if seq > floor or not await self._recover(seq, deliveries):
+                    if seq > floor or not await self._recover_stranded(seq, deliveries):
                         break
             except Exception as exc:  # noqa: BLE001 - tried again at the next sweep
                 log.debug("queue %r: sweep for messages past max_deliveries failed: %r", self.queue, exc)

@@ -531,7 +531,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a number of seconds > 0 (a time limit); argparse reports anything else."""
-    from .worker.time_limit import time_limit_seconds
+    from .handler import time_limit_seconds
 
     try:
         seconds = time_limit_seconds(float(text))

@@ -91,7 +91,11 @@ def _options(job_type: str, sensitive: Collection[str] | None, retry_policy: Ret
                           time_limit=_time_limit(job_type, time_limit))  # fmt: skip
 
 
-def _time_limit(job_type: str, value: float | timedelta | None) -> float | None:
+def time_limit_seconds(value: float | timedelta | None) -> float | None:
+    """A time limit as seconds: an int or float > 0, or a timedelta; None stays None (no limit). The one reading
+    of a time limit (handlers, workers, the CLI, Django's TIME_LIMIT).
+
+    Raises ValueError for anything else (0, a negative, NaN, infinity, a bool, a str)."""
     if value is None:
         return None
     if isinstance(value, timedelta):
@@ -99,15 +103,21 @@ def _time_limit(job_type: str, value: float | timedelta | None) -> float | None:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             seconds = float(value)
-        except OverflowError:
+        except OverflowError:  # an int too large for a float
             seconds = math.inf
     else:
-        raise HandlerError(f"handler for {job_type!r}: time_limit must be seconds (an int or float) or a "
-                           f"timedelta, got {type(value).__name__} {reprlib.repr(value)}")  # fmt: skip
+        raise ValueError(f"time_limit must be seconds (an int or float) or a timedelta, got {type(value).__name__} "
+                         f"{reprlib.repr(value)}")  # fmt: skip
     if not math.isfinite(seconds) or seconds <= 0:
-        raise HandlerError(f"handler for {job_type!r}: time_limit must be a finite number of seconds > 0, "
-                           f"got {reprlib.repr(value)}")  # fmt: skip
+        raise ValueError(f"time_limit must be a finite number of seconds > 0, got {reprlib.repr(value)}")
     return seconds
+
+
+def _time_limit(job_type: str, value: float | timedelta | None) -> float | None:
+    try:
+        return time_limit_seconds(value)
+    except ValueError as exc:
+        raise HandlerError(f"handler for {job_type!r}: {exc}") from None
 
 
 class Mux:

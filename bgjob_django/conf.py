@@ -29,9 +29,9 @@ from django.utils.module_loading import import_string
 import bgjob
 from bgjob import encryption, signing
 from bgjob import job as jobmod
+from bgjob.handler import time_limit_seconds
 from bgjob.periodic import validate_name as validate_schedule_name
 from bgjob.redaction import mask_url
-from bgjob.worker.time_limit import time_limit_seconds
 
 #: BGJOB keys that map one-to-one onto bgjob.Settings fields: URL, PREFIX, REPLICAS, ACK_WAIT, RESULT_TTL, ...
 #: (OPTIONS holds the nats.connect keyword arguments).

@@ -23,7 +23,7 @@ from ..core import as_bgjob_error
 from ..encryption import cipher_for
 from ..errors import ConnectionError
 from ..events import EventHooks
-from ..handler import Mux
+from ..handler import Mux, time_limit_seconds
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
 from ..retry_policy import RetryPolicy
@@ -34,7 +34,7 @@ from .dispatch import Dispatcher
 from .loop import FetchLoop
 from .pool import make_pool
 from .signals import install_drain_signals
-from .time_limit import loop_reporter, make_time_limits, time_limit_seconds
+from .time_limit import loop_reporter, make_time_limits
 
 __all__ = ["Worker"]
 

@@ -27,11 +27,8 @@ import ctypes
 import heapq
 import itertools
 import logging
-import math
-import reprlib
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TimeLimitExceeded
@@ -296,26 +293,6 @@ class GeventTimeLimits(TimeLimits):
         finally:
             timeout.close()  # no switch since the handler returned: the throw can no longer come
             self._disarm(run)
-
-
-def time_limit_seconds(value: float | timedelta | None) -> float | None:
-    """A time limit as seconds: an int or float > 0, or a timedelta; None stays None (no limit).
-
-    Raises ValueError for anything else (0, a negative, NaN, infinity, a bool, a str)."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int too large for a float
-            seconds = math.inf
-    else:
-        raise ValueError(f"time_limit must be seconds (an int or float) or a timedelta, got {reprlib.repr(value)}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"time_limit must be a finite number of seconds > 0, got {reprlib.repr(value)}")
-    return seconds
 
 
 def make_time_limits(pool: str, report: Report | None = None, report_after: float | None = None) -> TimeLimits:

@@ -39,6 +39,7 @@ from .headers import (
     SENSITIVE_KEYS,
     SIGNATURE,
     STORE_RESULT,
+    TARGET,
     derived_msg_id,
     header_block_size,
     stored_timestamp_ns,
@@ -238,7 +239,7 @@ class PreparedJob:
 
     def _expected_subject(self) -> str | None:
         topology = _topology(self.prefix)
-        target = topology.job_subject(self.queue, self.job_type)
+        target = topology.ready_subject(self.queue, self.job_type, self.headers)
         schedule = self.headers.get(Header.SCHEDULE.value)
         if schedule is None and Header.SCHEDULE_TARGET.value not in self.headers:
             return target
@@ -353,12 +354,14 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
         hdrs[DEADLINE] = jobmod.format_time(deadline)
     if max_attempts is not None:
         hdrs[MAX_ATTEMPTS] = str(max_attempts)
+    if spec.target is not None:
+        hdrs[TARGET] = jobmod.validate_claim(spec.target)
     cipher = cipher_for(settings.encryption_keys)
     if cipher is not None:
         body = cipher.encrypt(body, hdrs)
     if settings.signing_key:
         signer_for(settings.signing_key).sign(queue, hdrs, body)
-    subject = topology.job_subject(queue, job_type)
+    subject = topology.ready_subject(queue, job_type, hdrs)
     if due is not None:
         hdrs[Header.SCHEDULE.value] = f"@at {jobmod.format_time(due)}"
         hdrs[Header.SCHEDULE_TARGET.value] = subject
@@ -489,7 +492,7 @@ def next_run_message(
             body = cipher.encrypt(body, headers)  # bound to the Bgjob-Id _keep_id kept, if any
     headers.update({
         Header.SCHEDULE.value: f"@at {jobmod.format_time(due)}",
-        Header.SCHEDULE_TARGET.value: topology.job_subject(queue, job.type),
+        Header.SCHEDULE_TARGET.value: topology.ready_subject(queue, job.type, headers),
         MSG_ID: derived_msg_id(kind, job_id, msg),
     })  # fmt: skip
     key = delivery_key(msg)
@@ -578,4 +581,4 @@ def requeue_message(
         del hdrs[DEADLINE]  # retried by hand after its deadline: it runs (else it would be dead-lettered again)
     hdrs[CARRIED_FIRST_FAILURE] = jobmod.format_time(first_failure_at or datetime.now(timezone.utc))
     hdrs[MSG_ID] = f"{job_id}:retry:{uuid.uuid4().hex[:12]}"
-    return topology.job_subject(queue, job_type), hdrs
+    return topology.ready_subject(queue, job_type, hdrs), hdrs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -51,6 +51,8 @@ class HandlerOptions:
       listed runs outermost), as in choria asyncjobs' per-route middleware.
     - `time_limit`: seconds (a float > 0) the handler may run, or None for the worker's default; the worker
       enforces it (bgjob.worker.time_limit).
+    - `singleton`: at most one job of this type runs at a time across every worker and process
+      (bgjob.placement).
 
     Built by `Mux.handle` from its keyword arguments, which validates them (HandlerError).
     """
@@ -59,6 +61,7 @@ class HandlerOptions:
     retry_policy: RetryPolicy | None = None
     middleware: tuple[Middleware, ...] = ()
     time_limit: float | None = None
+    singleton: bool = False
 
 
 #: The options of a type registered without any (and of unknown types).
@@ -130,7 +133,7 @@ class Mux:
     def handle(self, job_type: str, handler: HandlerFunc | SyncHandlerAdapter, *,
                sensitive: Collection[str] | None = None, retry_policy: RetryPolicy | None = None,
                middleware: Sequence[Middleware] | None = None,
-               time_limit: float | timedelta | None = None) -> None:  # fmt: skip
+               time_limit: float | timedelta | None = None, singleton: bool = False) -> None:  # fmt: skip
         """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`, with its options.
 
         - `sensitive`: arg key names (a list of str, exact names, matched at any depth of the arg) whose values
@@ -141,12 +144,19 @@ class Mux:
         - `middleware`: a list of middleware (`mw(job, call_next) -> Result`) around this handler only, inside
           the worker's global middleware (asyncjobs' per-route middleware).
         - `time_limit`: seconds (int/float > 0) or a timedelta the handler may run; None: the worker's default.
+        - `singleton`: True runs at most one job of this type at a time across every worker and process (from
+          dagnats): the type's jobs go through a consumer of their own with `max_ack_pending=1`
+          (bgjob.placement). Every worker serving the type must register it so.
 
         Raises InvalidJob for a bad job type, HandlerError for a duplicate type, a handler that is not
         callable or a bad option (named in the message).
         """
         validate_type(job_type)
         options = _options(job_type, sensitive, retry_policy, middleware, time_limit)
+        if not isinstance(singleton, bool):
+            raise HandlerError(f"handler for {job_type!r}: singleton must be a bool, got {reprlib.repr(singleton)}")
+        if singleton:
+            options = replace(options, singleton=True)
         if job_type in self._handlers:
             raise HandlerError(f"a handler for job type {job_type!r} is already registered")
         if isinstance(handler, SyncHandlerAdapter) and not isinstance(handler, type):
@@ -164,13 +174,14 @@ class Mux:
 
     def handler(self, job_type: str, *, sensitive: Collection[str] | None = None,
                 retry_policy: RetryPolicy | None = None, middleware: Sequence[Middleware] | None = None,
-                time_limit: float | timedelta | None = None) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
+                time_limit: float | timedelta | None = None,
+                singleton: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
         """Decorator form of `handle`, same options:
         `@mux.handler("charge", sensitive=["card"], retry_policy=RetryPolicy(max_attempts=3), time_limit=30)`."""
 
         def register(fn: HandlerFunc) -> HandlerFunc:
             self.handle(job_type, fn, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
-                        time_limit=time_limit)  # fmt: skip
+                        time_limit=time_limit, singleton=singleton)  # fmt: skip
             return fn
 
         return register

@@ -42,6 +42,8 @@ ATTEMPTS_USED = "Bgjob-Attempts-Used"
 DEADLINE = "Bgjob-Deadline"
 #: the job's own attempt limit (`send_job(..., max_attempts=)`), decimal: it wins over its handler's and worker's.
 MAX_ATTEMPTS = "Bgjob-Max-Attempts"
+#: the claim a placed job is for (`send_job(..., target=)`): only workers holding it run the job (bgjob.placement).
+TARGET = "Bgjob-Target"
 
 # -- a dead letter: the job's own headers plus these --------------------------------------------------------
 DLQ_REASON = "Bgjob-Dlq-Reason"

@@ -102,6 +102,8 @@ class JobSpec:
     deadline: datetime | timedelta | None = None
     #: this job's attempt limit (an int >= 1), winning over its handler's and worker's retry policies.
     max_attempts: int | None = None
+    #: a placement claim (e.g. "primary", "region/eu"): only a worker holding it runs the job (bgjob.placement).
+    target: str | None = None
 
 
 def new_job_id() -> str:
@@ -115,6 +117,17 @@ def validate_type(job_type: str) -> str:
             "(e.g. 'report' or 'billing.invoice'), at most 200 characters"
         )
     return job_type
+
+
+_CLAIM = re.compile(r"^[A-Za-z0-9_:/=-]{1,100}$")
+
+
+def validate_claim(claim: str) -> str:
+    """A placement claim: 1-100 letters, digits, '_', '-', ':', '/', '='; no dots (a subject token)."""
+    if not isinstance(claim, str) or not _CLAIM.fullmatch(claim):
+        raise InvalidJob(f"invalid claim {claim!r}: use letters, digits, '_', '-', ':', '/' and '=' "
+                         "(e.g. 'primary' or 'region/eu'), at most 100 characters, no dots")  # fmt: skip
+    return claim
 
 
 def validate_queue(queue: str) -> str:

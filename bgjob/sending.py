@@ -52,6 +52,7 @@ class Sending:
         sensitive: Collection[str] | None = None,
         deadline: datetime | timedelta | None = None,
         max_attempts: int | None = None,
+        target: str | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
@@ -79,12 +80,16 @@ class Sending:
         worker's (`job.max_attempts` shows the effective one). Both travel in headers (Bgjob-Deadline,
         Bgjob-Max-Attempts).
 
+        `target` (a claim, e.g. "primary" or "region/eu"; from ebind): only a worker holding that claim
+        (`Worker(..., claims=[...])`) runs the job; until one does, it waits in the queue (bgjob.placement).
+
         The same as `publish_prepared([prepare_job(JobSpec(job_type, arg, ...), queue=queue)])`, except for the
         errors: one job's own (a refusal, or a ConnectionError that names it), never SendJobsError.
         """
         spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                        headers=headers, store_result=store_result, unique_for=unique_for,
-                       sensitive=sensitive, deadline=deadline, max_attempts=max_attempts)  # fmt: skip
+                       sensitive=sensitive, deadline=deadline, max_attempts=max_attempts,
+                       target=target)  # fmt: skip
         # Sized now against the server's max_payload when connected; else once connected, in _publish.
         job = self._prepare(spec, queue, self._connected_max_payload())
         try:

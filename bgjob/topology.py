@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
@@ -21,6 +24,11 @@ from .settings import Settings
 MIN_SERVER_VERSION = (2, 12, 0)
 #: the workflow runs' key-value bucket after the prefix: `<PREFIX>_WORKFLOWS` (bgjob.workflows).
 WORKFLOWS_BUCKET = "WORKFLOWS"
+#: long-running jobs' key-value buckets after the prefix (bgjob.long_running): `<PREFIX>_CHECKPOINTS` (a job's
+#: saved state, key: its id), `<PREFIX>_SIGNALS` (`<job id>.<name>`), `<PREFIX>_PROGRESS` (key: its id).
+CHECKPOINTS_BUCKET = "CHECKPOINTS"
+SIGNALS_BUCKET = "SIGNALS"
+PROGRESS_BUCKET = "PROGRESS"
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,38 @@ class Topology:
         return f"{self.prefix}-{queue}"
 
     def job_type_of(self, queue: str, subject: str) -> str:
-        return subject[len(self.job_subject(queue, "")) :]
+        """The job type of a ready job's subject: `job.<type>`, `one.<type>` (singleton) or
+        `target.<claim>.<type>` (placed) after `<prefix>.<queue>.`."""
+        rest = subject[len(self.prefix) + len(queue) + 2 :]
+        kind, _, rest = rest.partition(".")
+        if kind == "target":
+            return rest.partition(".")[2]
+        return rest
+
+    # Placement (bgjob.placement): singleton types and claims have subjects of their own, which the queue's main
+    # consumer (`job.>`) does not match, each served by a durable consumer of its own.
+    def singleton_subject(self, queue: str, job_type: str) -> str:
+        """Where a job of a singleton type waits for the type's one slot (`<prefix>.<queue>.one.<type>`)."""
+        return f"{self.prefix}.{queue}.one.{job_type}"
+
+    def singleton_consumer(self, queue: str, job_type: str) -> str:
+        return f"{self.prefix}-{queue}-one-{_name_part(job_type)}"
+
+    def target_subject(self, queue: str, claim: str, job_type: str) -> str:
+        """Where a job sent with `target=claim` waits for a worker holding that claim."""
+        return f"{self.prefix}.{queue}.target.{claim}.{job_type}"
+
+    def target_filter(self, queue: str, claim: str = "*") -> str:
+        return f"{self.prefix}.{queue}.target.{claim}.>"
+
+    def target_consumer(self, queue: str, claim: str) -> str:
+        return f"{self.prefix}-{queue}-target-{_name_part(claim)}"
+
+    def ready_subject(self, queue: str, job_type: str, headers: Mapping[str, str] | None = None) -> str:
+        """Where a ready job of `job_type` is published: its claim's subject when its headers name a target
+        (`Bgjob-Target`), else the queue's `job.<type>`."""
+        target = (headers or {}).get("Bgjob-Target")
+        return self.target_subject(queue, target, job_type) if target else self.job_subject(queue, job_type)
 
     @property
     def dlq_stream(self) -> str:
@@ -119,6 +158,27 @@ class Topology:
         """A subject filter for events; every criterion left None matches anything."""
         base = f"{self.prefix}._events.{job_id or '*'}.{queue or '*'}"
         return f"{base}.{job_type}" if job_type else f"{base}.>"
+
+
+def _name_part(text: str) -> str:
+    """`text` as part of a consumer name (no '.', '/', '*', '>' or spaces), a hash of it added when changed."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", text)
+    return safe if safe == text else f"{safe}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def lane_consumer_config(name: str, filter_subject: str, settings: Settings, *, max_ack_pending: int,
+                         description: str) -> ConsumerConfig:  # fmt: skip
+    """A placement consumer (bgjob.placement): a singleton type's (`max_ack_pending=1`) or a claim's."""
+    return ConsumerConfig(
+        durable_name=name,
+        filter_subject=filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=float(settings.ack_wait),
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+        description=description,
+    )
 
 
 def queue_stream_config(topology: Topology, settings: Settings, queue: str) -> StreamConfig:

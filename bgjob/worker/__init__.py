@@ -26,6 +26,7 @@ from ..events import EventHooks
 from ..handler import Mux, time_limit_seconds
 from ..hooks import HookSet, WorkerHooks
 from ..middleware import Middleware
+from ..placement import lanes_for, singleton_types, validate_claims
 from ..retry_policy import RetryPolicy
 from ..runtime import Flag
 from ..signing import Verifier
@@ -61,8 +62,11 @@ class Worker:
         time_limit: seconds (int/float > 0, or a timedelta) a handler may run before `bgjob.TimeLimitExceeded` is
             raised inside it, for handlers without their own `@mux.handler(..., time_limit=)`; None (default):
             no limit. See `bgjob.worker.time_limit` for what cannot be interrupted.
+        claims: placement claims this worker holds (e.g. `["primary", "region/eu"]`, from ebind): it also runs
+            the jobs sent with `send_job(..., target=<claim>)`, through one consumer per claim (bgjob.placement).
+            Handlers registered `singleton=True` are served through their type's one-slot consumer.
 
-    Raises InvalidJob for a bad queue name and ValueError for a bad concurrency, pool or time_limit.
+    Raises InvalidJob for a bad queue name or claim and ValueError for a bad concurrency, pool or time_limit.
     """
 
     def __init__(
@@ -80,8 +84,11 @@ class Worker:
         max_batch: int = 256,
         pool: str = "threads",
         time_limit: float | timedelta | None = None,
+        claims: Sequence[str] = (),
     ) -> None:
         jobmod.validate_queue(queue)
+        #: the placement claims this worker holds (bgjob.placement).
+        self.claims = validate_claims(claims)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if pool not in ("threads", "gevent"):
@@ -108,6 +115,7 @@ class Worker:
         self._stop_requested = Flag()
         self._started = Flag()
         self._loop: FetchLoop | None = None
+        self._lane_loops: list[FetchLoop] = []
         host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
         #: this worker's id in the worker directory and in stored results.
         self.id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -125,18 +133,34 @@ class Worker:
         # Made here: a gevent pool belongs to the hub of the thread that runs the worker.
         pool = make_pool(self.pool, self.concurrency, name=f"bgjob-{self.queue}")
         keys = self.client.settings.verify_keys
-        dispatcher = Dispatcher(self.queue, self.mux, self.middleware, self.hooks, self.retry_policy, core.topology,
-                                Verifier(keys) if keys else None,
-                                cipher_for(self.client.settings.encryption_keys),
-                                time_limits=make_time_limits(self.pool, loop_reporter(runtime.loop, self.hooks)),
-                                time_limit=self.time_limit)  # fmt: skip
+
+        def new_dispatcher() -> Dispatcher:
+            return Dispatcher(self.queue, self.mux, self.middleware, self.hooks, self.retry_policy, core.topology,
+                              Verifier(keys) if keys else None,
+                              cipher_for(self.client.settings.encryption_keys),
+                              time_limits=make_time_limits(self.pool, loop_reporter(runtime.loop, self.hooks)),
+                              time_limit=self.time_limit)  # fmt: skip
+
+        dispatcher = new_dispatcher()
+        lanes = lanes_for(core, self.queue, self.mux, self.claims, self.concurrency)
         loop = self._loop = FetchLoop(core, runtime, pool, dispatcher, worker_id=self.id,
                                       concurrency=self.concurrency, max_batch=self.max_batch,
                                       fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
-                                      started=self._started)  # fmt: skip
-        call = runtime.start_call(loop.serve())
+                                      started=Flag() if lanes else self._started,
+                                      singletons=frozenset(singleton_types(self.mux)))  # fmt: skip
+        # Placement lanes (bgjob.placement): one loop each, with its own pool and dispatcher.
+        lane_parts = [(make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane"), new_dispatcher(),
+                       lane) for lane in lanes]  # fmt: skip
+        self._lane_loops = [FetchLoop(core, runtime, lane_pool, lane_dispatcher, worker_id=self.id,
+                                      concurrency=lane.concurrency, max_batch=self.max_batch,
+                                      fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
+                                      started=Flag(), lane=lane)
+                            for lane_pool, lane_dispatcher, lane in lane_parts]  # fmt: skip
+        everything = [loop, *self._lane_loops]
+        call = runtime.start_call(_serve_all(everything, self._started) if lanes else loop.serve())
         if self._stop_requested.is_set():
-            loop.request_stop()
+            for each in everything:
+                each.request_stop()
         restore = install_drain_signals(self.stop, lambda: f"{self.in_flight} in-flight jobs")
         try:
             while not call.wait(0.5):
@@ -156,6 +180,10 @@ class Worker:
             pool.shutdown()
             if dispatcher.time_limits is not None:
                 dispatcher.time_limits.close()
+            for lane_pool, lane_dispatcher, _ in lane_parts:
+                lane_pool.shutdown()
+                if lane_dispatcher.time_limits is not None:
+                    lane_dispatcher.time_limits.close()
 
     def start(self) -> threading.Thread:
         """Run in a background thread; returns once the worker is fetching. Raises RuntimeError if it fails."""
@@ -172,15 +200,41 @@ class Worker:
         loop = self._loop
         if loop is not None and not loop.runtime.loop.is_closed():
             loop.request_stop()
+            for lane_loop in self._lane_loops:
+                lane_loop.request_stop()
 
     @property
     def processed(self) -> int:
         """Deliveries settled so far (by the current or last run)."""
         loop = self._loop
-        return loop.processed if loop is not None else 0
+        return (loop.processed if loop is not None else 0) + sum(each.processed for each in self._lane_loops)
 
     @property
     def in_flight(self) -> int:
         """Jobs received and not yet settled."""
         loop = self._loop
-        return len(loop.inflight) if loop is not None else 0
+        return (len(loop.inflight) if loop is not None else 0) + sum(len(each.inflight) for each in self._lane_loops)
+
+
+async def _serve_all(loops: Sequence[FetchLoop], started: Flag) -> None:
+    """Serve the main loop and its placement lanes together; `started` once all fetch. The first to fail stops
+    the others (each drains) and its error is raised."""
+    tasks = [asyncio.create_task(each.serve()) for each in loops]
+
+    async def mark_started() -> None:
+        while not all(each.started.is_set() for each in loops):
+            await asyncio.sleep(0.02)
+        started.set()
+
+    marker = asyncio.create_task(mark_started())
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for each in loops:
+            each.request_stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+        for task in tasks:
+            task.result()
+    finally:
+        marker.cancel()

@@ -23,6 +23,7 @@ from ..core import Core
 from ..dlq import dead_letter_stored
 from ..errors import ConnectionError, describe_error
 from ..headers import STORE_RESULT
+from ..placement import Lane, ensure_lane, forward_singleton
 from ..runtime import Flag, Runtime
 from .dispatch import Delivery, Dispatcher
 from .pool import Pool
@@ -42,8 +43,13 @@ class FetchLoop:
 
     def __init__(self, core: Core, runtime: Runtime, pool: Pool, dispatcher: Dispatcher, *, worker_id: str,
                  concurrency: int, max_batch: int, fetch_timeout: float, grace_period: float,
-                 started: Flag) -> None:  # fmt: skip
+                 started: Flag, lane: Lane | None = None,
+                 singletons: frozenset[str] = frozenset()) -> None:  # fmt: skip
         self.queue = dispatcher.queue
+        #: a placement lane (bgjob.placement) this loop serves instead of the queue's main consumer.
+        self.lane = lane
+        #: singleton types: forwarded from the main consumer to their lanes, never run from it.
+        self.singletons = singletons
         self.worker_id = worker_id
         self.concurrency = concurrency
         self.max_batch = max_batch
@@ -97,12 +103,13 @@ class FetchLoop:
         core = self.core
         await core.ensure_queue(self.queue)
         await core.ensure_dlq()
-        config = await core.ensure_consumer(self.queue)
+        lane = self.lane
+        config = await (core.ensure_consumer(self.queue) if lane is None else ensure_lane(core, self.queue, lane))
         self.ack_wait = config.ack_wait or core.settings.ack_wait
         self.dispatcher.max_age, self.dispatcher.max_deliveries = await core.delivery_limits(self.queue, config)
         self.settler.max_deliveries, self.settler.ack_wait = self.dispatcher.max_deliveries, self.ack_wait
         self.settler.stopping = self._stop
-        stream, consumer = core.topology.queue_stream(self.queue), core.topology.consumer(self.queue)
+        stream, consumer = core.topology.queue_stream(self.queue), config.durable_name or ""
         # Before the first pull: the server publishes the advisory when a pull meets a message past max_deliver.
         advisories = await core.nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.{consumer}",
                                              cb=self._on_max_deliveries)  # fmt: skip
@@ -116,9 +123,10 @@ class FetchLoop:
         self.runtime.add_wakeup_hook(self._settle_completed)
         self.runtime.add_wakeup_hook(self._send_heartbeats)
         leases = asyncio.create_task(self._keep_leases())
-        announcements = asyncio.create_task(self._announce())
-        sweeps = asyncio.create_task(self._sweep_stranded(stream, consumer))
-        log.info("worker on queue %r: concurrency %d, handlers %s", self.queue, self.concurrency,
+        announcements = asyncio.create_task(self._announce() if self.lane is None else asyncio.sleep(0))
+        sweeps = asyncio.create_task(self._sweep_stranded(stream, consumer) if self.lane is None else asyncio.sleep(0))
+        log.info("worker on queue %r%s: concurrency %d, handlers %s", self.queue,
+                 f" ({self.lane.what})" if self.lane else "", self.concurrency,
                  self.dispatcher.mux.types())  # fmt: skip
         self.started.set()
         # Ask for more jobs once this many slots are free, so pulls come in batches under load.
@@ -175,7 +183,11 @@ class FetchLoop:
             log.warning("queue %r: the consumer %s is gone (deleted with its stream?); creating it again", self.queue,
                         consumer)  # fmt: skip
             try:
-                await self.core.reprovision(self.queue)
+                if self.lane is None:
+                    await self.core.reprovision(self.queue)
+                else:
+                    self.core._provisioned.discard(self.queue)
+                    await ensure_lane(self.core, self.queue, self.lane)
             except Exception as exc:  # noqa: BLE001 - tried again on the next failure
                 log.warning("re-creating the stream/consumer of queue %r failed: %s", self.queue, describe_error(exc))
                 await _wait(self._stop, timeout=1.0)
@@ -201,6 +213,12 @@ class FetchLoop:
             pull.on_status(msg.headers or {})
         else:
             pull.requested = max(0, pull.requested - 1)
+            if self.singletons and self.lane is None:
+                job_type = self.core.topology.job_type_of(self.queue, msg.subject)
+                if job_type in self.singletons:  # its one slot is its own consumer's (bgjob.placement)
+                    self.runtime.spawn(forward_singleton(self.core, self.queue, msg, job_type))
+                    self._capacity.set()
+                    return
             item = Delivery(msg, renew=self._renew_lease)
             self.inflight[id(msg)] = item
             if self._unavailable_since is not None:

@@ -1,0 +1,190 @@
+"""Placement (bgjob.placement): singleton handlers across worker processes, and jobs targeted at a claim."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import bgjob
+from bgjob.errors import ConfigurationError
+
+from .conftest import drain, python_process, wait_until
+
+SINGLETON_WORKER = r"""
+import json, os, sys, time
+import bgjob
+
+url, prefix, log = sys.argv[1:4]
+client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix, ack_wait=2.0))  # default max_ack_pending (1000)
+mux = bgjob.Mux()
+
+def record(job, what):
+    with open(log, "a") as f:
+        f.write(json.dumps({"i": job.arg["i"], "attempt": job.attempt, "pid": os.getpid(), "what": what,
+                            "t": time.time()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+@mux.handler("one", singleton=True)
+def one(job):
+    record(job, "start")
+    time.sleep(60 if job.arg.get("hang") and job.attempt == 1 else 0.02)
+    record(job, "end")
+    return bgjob.Complete()
+
+bgjob.Worker(client, mux, concurrency=8, fetch_timeout=0.5).run()
+client.close()
+"""
+
+
+def records(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_singleton_runs_one_at_a_time_across_processes_and_a_sigkill_frees_the_slot(
+    client, nats_server, prefix, tmp_path, processes
+) -> None:
+    log = tmp_path / "runs.jsonl"
+    # the hanging job first, so the kill happens while the other 39 wait
+    client.send_job("one", {"i": 0, "hang": True})
+    client.send_jobs([("one", {"i": i}) for i in range(1, 40)])
+    processes.extend(python_process(SINGLETON_WORKER, nats_server.url, prefix, str(log)) for _ in range(4))
+
+    hang = wait_until(lambda: next((r for r in records(log) if r["i"] == 0 and r["what"] == "start"), None),
+                      timeout=30, message="the hanging job to start")  # fmt: skip
+    victim = next(p for p in processes if p.pid == hang["pid"])  # type: ignore[index]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_at = time.time()
+
+    def ended() -> set[int]:
+        return {r["i"] for r in records(log) if r["what"] == "end"}
+
+    wait_until(lambda: ended() == set(range(40)), timeout=60, message="all 40 singleton jobs to end")
+    runs = records(log)
+    starts = [r for r in runs if r["what"] == "start"]
+    # each start is followed by its own end before the next start: never two at a time
+    intervals = []
+    for start in starts:
+        same = (start["i"], start["attempt"])
+        end = next((r for r in runs if r["what"] == "end" and (r["i"], r["attempt"]) == same), None)
+        intervals.append((start["t"], end["t"] if end else killed_at, start["i"]))
+    intervals.sort()
+    for (_, first_end, first), (second_start, _, second) in itertools.pairwise(intervals):
+        assert second_start >= first_end, f"jobs {first} and {second} ran at the same time"
+    assert len(starts) == 41  # the killed job ran again (attempt 2), every other once
+    assert [r["attempt"] for r in starts if r["i"] == 0] == [1, 2]
+
+
+def test_singleton_consumer_keeps_its_cap_whatever_other_processes_set(client, make_client, start_worker) -> None:
+    mux = bgjob.Mux()
+    done: queue.Queue = queue.Queue()
+    mux.handle("one", lambda job: done.put(job.arg) or bgjob.Complete(), singleton=True)
+    start_worker(make_client(max_ack_pending=50), mux)
+    client.send_job("one", 1)
+    assert drain(done, 1) == [1]
+    topology = client._ensure()[1].topology
+    singleton_consumer = topology.singleton_consumer("default", "one")
+
+    async def cap(core) -> int:
+        info = await core.js.consumer_info(topology.queue_stream("default"), singleton_consumer)
+        return info.config.max_ack_pending
+
+    assert client.run(cap) == 1
+    client.configure_queue("default", max_ack_pending=500)  # changes the main consumer only
+    start_worker(make_client(), mux)  # default settings
+    client.send_job("one", 2)
+    assert drain(done, 1) == [2]
+    assert client.run(cap) == 1
+
+
+def test_a_singleton_consumer_with_another_cap_is_refused(client, make_client) -> None:
+    from nats.js.api import ConsumerConfig
+
+    topology = client._ensure()[1].topology
+    client.send_job("other", None)  # makes the queue's stream
+
+    async def widen(core) -> None:
+        await core.js.add_consumer(topology.queue_stream("default"), ConsumerConfig(
+            durable_name=topology.singleton_consumer("default", "one"), ack_policy="explicit",
+            filter_subject=topology.singleton_subject("default", "one"), max_ack_pending=5))  # fmt: skip
+
+    client.run(widen)
+    mux = bgjob.Mux()
+    mux.handle("one", lambda job: bgjob.Complete(), singleton=True)
+    worker = bgjob.Worker(make_client(), mux, fetch_timeout=0.5)
+    with pytest.raises(ConfigurationError, match="max_ack_pending 5, not 1"):
+        worker.run()
+
+
+def test_a_targeted_job_waits_for_a_worker_holding_its_claim(client, make_client, start_worker) -> None:
+    ran: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    def placed(job: bgjob.Job) -> bgjob.Result:
+        ran.put((job.arg, job.attempt, job.headers.get("X-Worker")))
+        return bgjob.Retry(0.05) if job.arg == "flaky" and job.attempt == 1 else bgjob.Complete()
+
+    mux.handle("placed", placed)
+    mux.handle("plain", lambda job: ran.put((job.arg, job.attempt, None)) or bgjob.Complete())
+    placed_id = client.send_job("placed", "eu", target="region/eu")
+    client.send_job("placed", "flaky", target="primary")
+    start_worker(make_client(), mux)  # holds no claim
+    client.send_job("plain", "first")
+    assert drain(ran, 1) == [("first", 1, None)]  # the unclaimed worker ran the plain job, not the placed ones
+    assert ran.empty()
+
+    start_worker(make_client(), mux, claims=["primary"])
+    got = drain(ran, 2)
+    assert sorted(got) == [("flaky", 1, None), ("flaky", 2, None)]  # its retry kept the target
+    assert ran.empty()  # "region/eu" still waits
+
+    start_worker(make_client(), mux, claims=["region/eu"])
+    assert drain(ran, 1) == [("eu", 1, None)]
+    assert placed_id
+
+
+def test_claims_and_targets_are_checked() -> None:
+    settings = bgjob.Settings(prefix="x")
+    with pytest.raises(bgjob.InvalidJob, match="invalid claim"):
+        bgjob.codec.prepare_job(settings, "t", None, target="a.b")
+    subject, _, headers, _ = bgjob.codec.prepare_job(settings, "t", None, target="region/eu")
+    assert subject == "x.default.target.region/eu.t" and headers["Bgjob-Target"] == "region/eu"
+    with pytest.raises(bgjob.InvalidJob):
+        bgjob.Worker(bgjob.Client(settings), bgjob.Mux(), claims=["no spaces"])
+    with pytest.raises(TypeError):
+        bgjob.Worker(bgjob.Client(settings), bgjob.Mux(), claims="primary")  # type: ignore[arg-type]
+
+
+def test_job_type_of_reads_every_ready_subject() -> None:
+    from bgjob.topology import Topology
+
+    t = Topology("p")
+    assert t.job_type_of("q", t.job_subject("q", "a.b")) == "a.b"
+    assert t.job_type_of("q", t.singleton_subject("q", "a.b")) == "a.b"
+    assert t.job_type_of("q", t.target_subject("q", "region/eu", "a.b")) == "a.b"
+    assert t.singleton_consumer("q", "a.b") != t.singleton_consumer("q", "a_b")
+    assert "/" not in t.target_consumer("q", "region/eu") and "." not in t.singleton_consumer("q", "a.b")

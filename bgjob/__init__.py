@@ -35,9 +35,22 @@ from .handler import HandlerOptions, Mux, SyncHandlerAdapter
 from .hooks import Failure, Fate, FateKind, WorkerHooks, register_hooks, unregister_hooks
 from .job import Job, JobSpec
 from .job_results import JobError, JobResult, ResultStatus
+from .long_running import SignalTimeout
 from .middleware import InMemoryMetricStorage, Metrics, MetricStorage, Middleware, Recovery, RequestId
 from .periodic import PeriodicJob
-from .result import KEEP_ARG, ByAfterTime, ByCron, Complete, MoveToDlq, Reschedule, Result, Retry, Schedule
+from .result import (
+    KEEP_ARG,
+    KEEP_CHECKPOINT,
+    ByAfterTime,
+    ByCron,
+    Complete,
+    MoveToDlq,
+    Pause,
+    Reschedule,
+    Result,
+    Retry,
+    Schedule,
+)
 from .retry_policy import RetryPolicy
 from .settings import Settings
 from .typed import JobHandle, TypedJob
@@ -100,11 +113,13 @@ __all__ = [
     "JobState",
     "JobStatus",
     "KEEP_ARG",
+    "KEEP_CHECKPOINT",
     "Metrics",
     "MetricStorage",
     "Middleware",
     "MoveToDlq",
     "Mux",
+    "Pause",
     "NonRetryable",
     "PeriodicJob",
     "PreparedJob",
@@ -131,6 +146,7 @@ __all__ = [
     "ServerVersionError",
     "Settings",
     "Signature",
+    "SignalTimeout",
     "signature",
     "StepStatus",
     "StorageFull",

@@ -279,6 +279,34 @@ class Client(Sending):
         jobmod.validate_job_id(job_id)
         return self.run(events.job_status, job_id, idempotent=True)
 
+    # -- long-running jobs (bgjob.long_running, from dagnats) -------------------------------------------------
+    def send_signal(self, job_id: str, name: str, data: Any = None) -> None:
+        """Deliver signal `name` (1-64 letters, digits, '_' and '-') with `data` (JSON-serialisable or bytes) to
+        job `job_id`, whose handler receives it from `job.wait_for_signal(name, timeout)`. It is stored (for
+        Settings.signal_ttl) until the job consumes it, so a signal sent before the job waits is not lost; a
+        second one of the same name sent before the first is consumed replaces it. Raises InvalidJob for a bad
+        id, name or data, ConnectionError when NATS does not answer within retry_for."""
+        from . import long_running
+
+        long_running.send_signal(self, job_id, name, data)
+
+    def progress(self, job_id: str) -> Any:
+        """The latest progress job `job_id` reported with `job.report_progress(data)` (its data: a JSON value or
+        bytes), or None when it reported none (or it is older than Settings.progress_ttl). Raises InvalidJob for
+        a bad id, ConnectionError when NATS does not answer within retry_for."""
+        from . import long_running
+
+        return long_running.progress(self, job_id)
+
+    def watch_progress(self, job_id: str, timeout: timedelta | float | None = None) -> Iterator[Any]:
+        """A blocking iterator of job `job_id`'s progress: its latest value (if any), then each update as it is
+        stored, until `timeout` seconds (or a timedelta) after the call; None: until you stop iterating (close
+        the iterator, or break out of the loop, to free its server-side watch). Raises InvalidJob for a bad id
+        or timeout, ConnectionError when NATS does not answer."""
+        from . import long_running
+
+        return long_running.watch_progress(self, job_id, timeout)
+
     # -- operating ---------------------------------------------------------------------------------
     @property
     def dlq(self) -> DeadLetters:

@@ -7,6 +7,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -25,6 +26,14 @@ from .redaction import is_sensitive_name
 JSON = "application/json"
 BYTES = "application/octet-stream"
 
+
+class _KeepCheckpoint:
+    def __repr__(self) -> str:
+        return "KEEP_CHECKPOINT"
+
+
+#: Pause's and job.pause's default checkpoint: leave the job's stored checkpoint (if any) as it is.
+KEEP_CHECKPOINT: Any = _KeepCheckpoint()
 _TYPE = re.compile(r"^[A-Za-z0-9_:-]{1,100}(\.[A-Za-z0-9_:-]{1,100})*$")
 _QUEUE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_:=+-]{1,200}$")
@@ -79,6 +88,62 @@ class Job:
                 beat()
             except Exception:  # noqa: BLE001 - a heartbeat is a courtesy: the handler's work goes on
                 pass
+
+    # -- long-running jobs (bgjob.long_running, from dagnats' TaskContext): only inside a worker ------------------
+    def checkpoint(self, state: Any) -> None:
+        """Save `state` (JSON-serialisable or bytes) as this job's checkpoint, replacing the previous one: it
+        survives retries, redeliveries, pauses and worker crashes, and is deleted when the job succeeds or is
+        dead-lettered (`Settings.checkpoint_ttl` after its last save at the latest). Blocks until stored.
+        Raises InvalidJob for a state that does not encode or is too large, a bgjob error when NATS refuses or
+        does not answer, and RuntimeError outside a worker's handler thread."""
+        _long_running(self, "checkpoint").checkpoint(self, state)
+
+    def load_checkpoint(self) -> Any:
+        """This job's last checkpoint (as saved: JSON value or bytes), or None when it has none. Raises a bgjob
+        error when NATS does not answer, RuntimeError outside a worker's handler thread."""
+        return _long_running(self, "load_checkpoint").load_checkpoint(self)
+
+    def pause(self, until: timedelta | float | datetime, *, checkpoint: Any = KEEP_CHECKPOINT) -> None:
+        """Stop now and run again at `until` (seconds or a timedelta from now, or an aware datetime): the same as
+        returning `bgjob.Pause(until, checkpoint=...)` (`checkpoint`, when given, is saved first); the slot is
+        given back and the pause costs no attempt. Never returns (it raises an internal BaseException the worker
+        turns into the Pause: do not catch it). Raises InvalidResult for a bad `until` or checkpoint, and
+        RuntimeError outside a worker's handler thread."""
+        _long_running(self, "pause").pause(self, until, checkpoint)
+
+    def wait_for_signal(self, name: str, timeout: timedelta | float, *, pause: bool = False,
+                        recheck: timedelta | float = 60.0) -> Any:  # fmt: skip
+        """The payload of signal `name` sent to this job (`client.send_signal(job.id, name, data)`), consumed;
+        a signal sent before the wait is waiting already. Blocks up to `timeout` (seconds or a timedelta) while
+        the job's lease is kept with heartbeats. With `pause=True` no thread is held: when the signal is not
+        there the job pauses and checks again after `recheck` seconds (or at the wait's end), until `timeout`
+        after the first call (remembered across pauses). Raises bgjob.SignalTimeout when the time is up,
+        InvalidJob for a bad name, RuntimeError outside a worker's handler thread."""
+        return _long_running(self, "wait_for_signal").wait_for_signal(self, name, timeout, pause=pause,
+                                                                      recheck=recheck)  # fmt: skip
+
+    def report_progress(self, data: Any) -> None:
+        """Publish this job's progress (JSON-serialisable or bytes, e.g. `{"done": 300, "total": 1000}`) for
+        `client.progress(job_id)` and `client.watch_progress(job_id)`. Throttled (`Settings.progress_interval`:
+        reports in between are coalesced, the latest is stored when the handler returns); never blocks on a
+        throttled report. A no-op outside a worker (a Job built by hand or in a test). Raises InvalidJob for
+        data that does not encode."""
+        service = worker_services.get()
+        if service is not None:
+            service.report_progress(self, data)
+
+
+#: the worker's long-running services (a bgjob.long_running.LongRunning) in the handler's thread or greenlet;
+#: None elsewhere. Set by the worker's dispatch around each handler call.
+worker_services: ContextVar[Any] = ContextVar("bgjob_worker_services", default=None)
+
+
+def _long_running(job: Job, method: str) -> Any:
+    service = worker_services.get()
+    if service is None:
+        raise RuntimeError(f"job.{method}() works only in a bgjob worker, in the thread (or greenlet) that runs the "
+                           "job's handler")  # fmt: skip
+    return service
 
 
 @dataclass(frozen=True)

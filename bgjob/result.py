@@ -5,11 +5,11 @@ from __future__ import annotations
 import reprlib
 import traceback as _traceback
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import InvalidJob, InvalidResult, InvalidSchedule
-from .job import encode_arg, validate_reason
+from .job import KEEP_CHECKPOINT, encode_arg, validate_reason
 from .schedule import ByAfterTime, ByCron, Schedule, seconds_of
 
 __all__ = [
@@ -17,7 +17,9 @@ __all__ = [
     "ByAfterTime",
     "ByCron",
     "Complete",
+    "KEEP_CHECKPOINT",
     "MoveToDlq",
+    "Pause",
     "Reschedule",
     "Result",
     "Retry",
@@ -124,6 +126,45 @@ class Reschedule(Result):
                 encode_arg(self.arg)
             except InvalidJob as exc:
                 raise InvalidResult(f"Reschedule arg: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Pause(Result):
+    """Give the worker's slot back and run the job again later, with its checkpoint (from dagnats' TaskContext).
+
+    - `until`: when to run again: a timedelta or seconds from now (int or float, finite, >= 0), or an aware
+      datetime.
+    - `checkpoint`: a state to save first (JSON-serialisable or bytes, as `job.checkpoint(state)`); the
+      default `KEEP_CHECKPOINT` leaves the stored one as it is.
+
+    A pause is not a failure: the next run has the same attempt number (it is not counted against
+    max_attempts). It is an `@at` schedule of the same job (same id and arg), then the delivery is acked: the
+    fate hooks see is `rescheduled`. Raises InvalidResult for anything else (a naive datetime, a negative or
+    non-finite delay, a checkpoint that cannot be encoded).
+    """
+
+    until: timedelta | float | datetime
+    checkpoint: Any = KEEP_CHECKPOINT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.until, datetime):
+            if self.until.tzinfo is None or self.until.utcoffset() is None:
+                raise InvalidResult("Pause until must be a timezone-aware datetime, or a timedelta or seconds from "
+                                    "now, got a naive datetime")  # fmt: skip
+        else:
+            seconds_of(self.until, "Pause until", InvalidResult)
+        if self.checkpoint is not KEEP_CHECKPOINT and not isinstance(self.checkpoint, (bytes, bytearray, memoryview)):
+            try:
+                encode_arg(self.checkpoint)
+            except InvalidJob as exc:
+                raise InvalidResult(f"Pause checkpoint: {str(exc).replace('job arg', 'a checkpoint')}") from None
+
+    def due(self, now: datetime | None = None) -> datetime:
+        """When the job runs again: an aware UTC datetime (`now` defaults to the current time)."""
+        if isinstance(self.until, datetime):
+            return self.until.astimezone(timezone.utc)
+        now = now or datetime.now(timezone.utc)
+        return now + timedelta(seconds=seconds_of(self.until, "Pause until", InvalidResult))
 
 
 def _check_error(what: str, error: object) -> None:

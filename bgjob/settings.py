@@ -43,6 +43,16 @@ class Settings:
     dlq_max_age: float = 30 * 24 * 3600.0
     #: seconds stored job results are kept.
     result_ttl: float = 24 * 3600.0
+    #: seconds a job's checkpoint (`job.checkpoint`) outlives its last save (the `<PREFIX>_CHECKPOINTS` bucket's
+    #: max age, set when bgjob creates it): one left by a job that never finished is dropped then.
+    checkpoint_ttl: float = 7 * 24 * 3600.0
+    #: seconds a signal (`client.send_signal`) waits to be consumed (the `<PREFIX>_SIGNALS` bucket's max age).
+    signal_ttl: float = 7 * 24 * 3600.0
+    #: seconds a job's latest progress (`job.report_progress`) is kept (the `<PREFIX>_PROGRESS` bucket's max age).
+    progress_ttl: float = 24 * 3600.0
+    #: seconds between two stored progress reports of one job: reports in between are coalesced (the latest is
+    #: stored when the interval has passed, and when the handler returns).
+    progress_interval: float = 0.5
     #: seconds a worker's directory entry outlives its last heartbeat (it beats every third of this).
     worker_ttl: float = 15.0
     #: queues whose jobs store their results by default (send_job's store_result overrides).
@@ -240,7 +250,8 @@ def _validate(settings: Settings) -> None:
     _number(settings, "ack_wait", 1)
     _number(settings, "max_ack_pending", 1, integer=True, optional=True)
     for field in ("duplicate_window", "dlq_max_age", "events_max_age", "result_ttl", "worker_ttl", "connect_timeout",
-                  "request_timeout", "retry_for", "ping_interval"):  # fmt: skip
+                  "request_timeout", "retry_for", "ping_interval", "checkpoint_ttl", "signal_ttl",
+                  "progress_ttl", "progress_interval"):  # fmt: skip
         _number(settings, field, 0, inclusive=False)
     _number(settings, "max_outstanding_pings", 1, integer=True)
     _number(settings, "events_max_bytes", 1 << 20, integer=True)

@@ -25,6 +25,7 @@ from ..errors import ConnectionError
 from ..events import EventHooks
 from ..handler import Mux, time_limit_seconds
 from ..hooks import HookSet, WorkerHooks
+from ..long_running import LongRunning
 from ..middleware import Middleware
 from ..placement import lanes_for, singleton_types, validate_claims
 from ..retry_policy import RetryPolicy
@@ -102,7 +103,8 @@ class Worker:
         self.concurrency = concurrency
         self.middleware = list(middleware)
         # Every worker runs the workflow engine for its own client (bgjob.workflows.WorkflowHooks says why).
-        hooks = [*hooks, WorkflowHooks(client)]
+        # And the long-running jobs' services (job.checkpoint(), ...; bgjob.long_running), which are hooks too.
+        hooks = [*hooks, WorkflowHooks(client), LongRunning(client)]
         self.hooks = HookSet([*self.middleware, *hooks], client.settings.sensitive_headers)
         self.retry_policy = retry_policy or RetryPolicy()
         self.grace_period = grace_period

@@ -24,8 +24,9 @@ from ..errors import exception_text, exception_traceback
 from ..handler import Mux, not_a_result
 from ..hooks import Failure, HookSet, mark_unhandled
 from ..job import Job
+from ..long_running import LongRunning, PauseRequested
 from ..middleware import Handler, Middleware, chain
-from ..result import Complete, MoveToDlq, Reschedule, Result, Retry
+from ..result import Complete, MoveToDlq, Pause, Reschedule, Result, Retry
 from ..retry_policy import RetryPolicy
 from ..signing import Verifier
 from ..topology import Topology
@@ -34,7 +35,7 @@ from .time_limit import TimeLimits
 log = logging.getLogger("bgjob.worker")
 
 #: the Results the settle module turns into an operation; anything else a handler returns is its failure.
-SETTLEABLE = (Complete, Retry, MoveToDlq, Reschedule)
+SETTLEABLE = (Complete, Retry, MoveToDlq, Reschedule, Pause)
 
 
 @dataclass(eq=False, repr=False)
@@ -128,6 +129,9 @@ class Dispatcher:
         #: enforces time limits (None: none are); `time_limit`: the worker's default, in seconds (None: no limit).
         self.time_limits = time_limits
         self.time_limit = time_limit
+        #: what job.checkpoint() and the other long-running methods call in the handler's thread: the worker's
+        #: LongRunning among its hooks (None: they raise).
+        self.long_running: LongRunning | None = next((h for h in hooks if isinstance(h, LongRunning)), None)
         #: the queue's limits, read from the server when the worker starts (FetchLoop.serve): seconds a ready job
         #: may wait for its first delivery (stream metadata) and the consumer's cap on deliveries of a message.
         self.max_age: float | None = None
@@ -239,25 +243,33 @@ class Dispatcher:
             wrapped = self._chains[job.type] = chain([*self.middleware, *self.mux.options(job.type).middleware],
                                                      self._limited(handler, job.type))  # fmt: skip
         token = current_job.set(job)
+        services = jobmod.worker_services.set(self.long_running)
         try:
             self.hooks.call("on_job_start", job)
+            outcome: Result | Failure
             try:
                 result = wrapped(job)
+            except PauseRequested as paused:  # job.pause(): the Pause it stands for
+                result = paused.pause
+                outcome = self.long_running.settle_pause(job, result) if self.long_running is not None else result
             except BaseException as exc:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
                 # Scrubbed once, here: every later reader (hooks, logs, the DLQ, results) gets these texts.
                 text = self.hooks.scrub(exception_text(exc), job) or ""
                 log.warning("job %s (%s) attempt %d raised %s", job.id, job.type, job.attempt, text)
                 trace = self.hooks.scrub(exception_traceback(exc), job)
-                outcome: Result | Failure = Failure(text, trace, mark_unhandled(exc))
+                outcome = Failure(text, trace, mark_unhandled(exc))
             else:
                 if isinstance(result, SETTLEABLE):
                     outcome = result
+                    if type(result) is Pause and self.long_running is not None:  # its checkpoint, saved first
+                        outcome = self.long_running.settle_pause(job, result)
                 else:
                     error = mark_unhandled(not_a_result(job.type, result))
                     outcome = Failure(self.hooks.scrub(f"{type(error).__name__}: {error}", job) or "", exception=error)
             self.hooks.call("on_job_end", job, outcome)
             return outcome
         finally:
+            jobmod.worker_services.reset(services)
             current_job.reset(token)
 
 

@@ -10,6 +10,7 @@
 | Retry / Failure due after the deadline  | DLQ publish (reason deadline), then term             | dead_lettered   |
 | MoveToDlq, or no handler ran (reason)   | DLQ publish (PubAck), then term                      | dead_lettered   |
 | Reschedule                              | `@at` schedule of the next run, then ack             | rescheduled     |
+| Pause                                   | `@at` schedule of the same run (attempt not counted) | rescheduled     |
 | any step above fails                    | nak (or nothing: redelivered after ack_wait)         | handed_back     |
 | ... on the server's last delivery       | kept (in_progress), the step retried: see below      | (its own)       |
 
@@ -61,7 +62,7 @@ from ..headers import cut_text
 from ..hooks import Failure, Fate, HookSet, exception_of, is_unhandled
 from ..job import Job, format_time
 from ..job_results import ResultStatus
-from ..result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
+from ..result import KEEP_ARG, Complete, MoveToDlq, Pause, Reschedule, Retry
 from ..retry_policy import RetryPolicy
 from ..signing import signer_for
 from .dispatch import Delivery
@@ -176,6 +177,16 @@ class Settler:
         if isinstance(outcome, MoveToDlq):
             error, trace = self._error_text(item, outcome)
             return await self._dead_letter(item, outcome.reason, error, trace)
+        if isinstance(outcome, Pause):  # its checkpoint was saved by dispatch (bgjob.long_running)
+            due = outcome.due()
+            try:  # the same job again: this attempt is not counted (the next delivery adds it back)
+                await self._publish_next_run(item, "next", due, attempts=max(0, attempt - 1))
+            except InvalidSchedule as exc:  # due past what the server can schedule
+                refused, _ = self._scrubbed(item, f"Pause refused: {exc}", None)
+                return await self._dead_letter(item, "handler", refused or "", None)
+            await self._store_result(item, ResultStatus.READY)
+            await item.msg.ack()
+            return Fate.rescheduled(due)
         if isinstance(outcome, Reschedule):
             try:
                 due = outcome.by.next_run(datetime.now(timezone.utc))

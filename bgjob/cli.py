@@ -603,15 +603,27 @@ def events_command(client: Client, options: Mapping[str, Any], *, out: Callable[
 def job_status_lines(client: Client, job_id: str) -> list[str]:
     """`bgjob job ID`: the job's state, then its events (oldest first)."""
     status = client.job_status(job_id)
+    progress = client.progress(job_id)  # job.report_progress's latest value (bgjob.long_running), or None
+    shown = None if progress is None else _progress_text(progress)
     if status.event is None:
         why = "" if client.settings.events else " (events are off for this process: BGJOB_EVENTS=1 turns them on)"
-        return [f"job {job_id}: unknown: no event of it is kept{why}"]
+        return [f"job {job_id}: unknown: no event of it is kept{why}", *([f"  progress {shown}"] if shown else [])]
     lines = [f"job {job_id}: {status.state.value} (attempt {status.attempt}, last event {status.event.kind.value} "
              f"at {_iso(status.time)})"]  # fmt: skip
     if status.due is not None:
         lines.append(f"  due {_iso(status.due)}")
+    if shown is not None:
+        lines.append(f"  progress {shown}")
     lines += ["", *(event_line(e) for e in client.events(job_id=job_id, follow=False))]
     return lines
+
+
+def _progress_text(value: Any) -> str:
+    """A job's progress on one line: its JSON (cut at 200 characters), or the size of a bytes value."""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def cmd_events(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from .headers import (
     MAX_ATTEMPTS,
     MAX_HEADER_BYTES,
     MSG_ID,
+    PARTITION_KEY,
     SCHEDULE_NAME,
     SENSITIVE_KEYS,
     SIGNATURE,
@@ -356,6 +357,10 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
         hdrs[MAX_ATTEMPTS] = str(max_attempts)
     if spec.target is not None:
         hdrs[TARGET] = jobmod.validate_claim(spec.target)
+    if spec.partition_key is not None:
+        if spec.target is not None:
+            raise InvalidJob("a job cannot have both a target and a partition_key")
+        hdrs[PARTITION_KEY] = jobmod.validate_partition_key(spec.partition_key)
     cipher = cipher_for(settings.encryption_keys)
     if cipher is not None:
         body = cipher.encrypt(body, hdrs)

@@ -53,6 +53,8 @@ class HandlerOptions:
       enforces it (bgjob.worker.time_limit).
     - `singleton`: at most one job of this type runs at a time across every worker and process
       (bgjob.placement).
+    - `partitioned`: jobs of this type sent with a `partition_key` run one at a time per key, in send order
+      (bgjob.placement); a worker with such a handler serves the queue's partitions.
 
     Built by `Mux.handle` from its keyword arguments, which validates them (HandlerError).
     """
@@ -62,6 +64,7 @@ class HandlerOptions:
     middleware: tuple[Middleware, ...] = ()
     time_limit: float | None = None
     singleton: bool = False
+    partitioned: bool = False
 
 
 #: The options of a type registered without any (and of unknown types).
@@ -133,7 +136,8 @@ class Mux:
     def handle(self, job_type: str, handler: HandlerFunc | SyncHandlerAdapter, *,
                sensitive: Collection[str] | None = None, retry_policy: RetryPolicy | None = None,
                middleware: Sequence[Middleware] | None = None,
-               time_limit: float | timedelta | None = None, singleton: bool = False) -> None:  # fmt: skip
+               time_limit: float | timedelta | None = None, singleton: bool = False,
+               partitioned: bool = False) -> None:  # fmt: skip
         """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`, with its options.
 
         - `sensitive`: arg key names (a list of str, exact names, matched at any depth of the arg) whose values
@@ -147,6 +151,9 @@ class Mux:
         - `singleton`: True runs at most one job of this type at a time across every worker and process (from
           dagnats): the type's jobs go through a consumer of their own with `max_ack_pending=1`
           (bgjob.placement). Every worker serving the type must register it so.
+        - `partitioned`: True for a type sent with `send_job(..., partition_key=)` (from dagnats): jobs of one key
+          run one at a time in send order, keys in parallel; this worker then serves the queue's partitions
+          (bgjob.placement). A failing job blocks its key until it succeeds or is dead-lettered.
 
         Raises InvalidJob for a bad job type, HandlerError for a duplicate type, a handler that is not
         callable or a bad option (named in the message).
@@ -155,8 +162,13 @@ class Mux:
         options = _options(job_type, sensitive, retry_policy, middleware, time_limit)
         if not isinstance(singleton, bool):
             raise HandlerError(f"handler for {job_type!r}: singleton must be a bool, got {reprlib.repr(singleton)}")
-        if singleton:
-            options = replace(options, singleton=True)
+        if not isinstance(partitioned, bool):
+            raise HandlerError(f"handler for {job_type!r}: partitioned must be a bool, got "
+                               f"{reprlib.repr(partitioned)}")  # fmt: skip
+        if singleton and partitioned:
+            raise HandlerError(f"handler for {job_type!r}: singleton and partitioned exclude each other")
+        if singleton or partitioned:
+            options = replace(options, singleton=singleton, partitioned=partitioned)
         if job_type in self._handlers:
             raise HandlerError(f"a handler for job type {job_type!r} is already registered")
         if isinstance(handler, SyncHandlerAdapter) and not isinstance(handler, type):
@@ -175,13 +187,14 @@ class Mux:
     def handler(self, job_type: str, *, sensitive: Collection[str] | None = None,
                 retry_policy: RetryPolicy | None = None, middleware: Sequence[Middleware] | None = None,
                 time_limit: float | timedelta | None = None,
-                singleton: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
+                singleton: bool = False,
+                partitioned: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
         """Decorator form of `handle`, same options:
         `@mux.handler("charge", sensitive=["card"], retry_policy=RetryPolicy(max_attempts=3), time_limit=30)`."""
 
         def register(fn: HandlerFunc) -> HandlerFunc:
             self.handle(job_type, fn, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
-                        time_limit=time_limit, singleton=singleton)  # fmt: skip
+                        time_limit=time_limit, singleton=singleton, partitioned=partitioned)  # fmt: skip
             return fn
 
         return register

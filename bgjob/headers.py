@@ -44,6 +44,8 @@ DEADLINE = "Bgjob-Deadline"
 MAX_ATTEMPTS = "Bgjob-Max-Attempts"
 #: the claim a placed job is for (`send_job(..., target=)`): only workers holding it run the job (bgjob.placement).
 TARGET = "Bgjob-Target"
+#: the key of a partitioned job (`send_job(..., partition_key=)`): jobs of one key run one at a time, in order.
+PARTITION_KEY = "Bgjob-Partition-Key"
 
 # -- a dead letter: the job's own headers plus these --------------------------------------------------------
 DLQ_REASON = "Bgjob-Dlq-Reason"

@@ -169,6 +169,8 @@ class JobSpec:
     max_attempts: int | None = None
     #: a placement claim (e.g. "primary", "region/eu"): only a worker holding it runs the job (bgjob.placement).
     target: str | None = None
+    #: jobs with the same key run one at a time, in send order (bgjob.placement); a printable str.
+    partition_key: str | None = None
 
 
 def new_job_id() -> str:
@@ -193,6 +195,17 @@ def validate_claim(claim: str) -> str:
         raise InvalidJob(f"invalid claim {claim!r}: use letters, digits, '_', '-', ':', '/' and '=' "
                          "(e.g. 'primary' or 'region/eu'), at most 100 characters, no dots")  # fmt: skip
     return claim
+
+
+def validate_partition_key(key: str) -> str:
+    """A partition key: a printable str of 1 to 256 UTF-8 bytes."""
+    if not isinstance(key, str) or not key or not key.isprintable() or len(key.encode("utf-8", "replace")) > 256:
+        raise InvalidJob(f"invalid partition_key {key!r}: a printable str of 1 to 256 bytes")
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise InvalidJob(f"invalid partition_key {key!r}: not encodable as UTF-8") from None
+    return key
 
 
 def validate_queue(queue: str) -> str:

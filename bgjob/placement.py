@@ -35,7 +35,7 @@ from .errors import ConfigurationError
 from .handler import Mux
 from .headers import MSG_ID, derived_msg_id, without_nats_headers
 from .provisioning import ensure_consumer
-from .topology import lane_consumer_config
+from .topology import PARTITIONS, lane_consumer_config
 
 log = logging.getLogger("bgjob.worker")
 
@@ -50,6 +50,8 @@ class Lane:
     concurrency: int
     what: str
     singleton: bool = False
+    #: a partition's lane: retries are naks, never republished (they would go to the end of the line).
+    ordered: bool = False
 
 
 def validate_claims(claims: Sequence[str]) -> tuple[str, ...]:
@@ -65,7 +67,8 @@ def singleton_types(mux: Mux) -> list[str]:
 
 
 def lanes_for(core: Core, queue: str, mux: Mux, claims: Sequence[str], concurrency: int) -> list[Lane]:
-    """The lanes a worker of `queue` with `mux` and `claims` serves: one per singleton type, one per claim."""
+    """The lanes a worker of `queue` with `mux` and `claims` serves: one per singleton type, one per claim, and
+    the queue's PARTITIONS partitions when `mux` has a partitioned handler."""
     topology, settings = core.topology, core.settings
     found = [Lane(lane_consumer_config(topology.singleton_consumer(queue, t), topology.singleton_subject(queue, t),
                                        settings, max_ack_pending=1,
@@ -75,6 +78,11 @@ def lanes_for(core: Core, queue: str, mux: Mux, claims: Sequence[str], concurren
                                         settings, max_ack_pending=settings.max_ack_pending,
                                         description=f"bgjob claim {c!r} of queue {queue!r}"),
                    concurrency, f"claim {c!r}") for c in claims]  # fmt: skip
+    if any(mux.options(t).partitioned for t in mux.types()):
+        found += [Lane(lane_consumer_config(topology.partition_consumer(queue, n),
+                                            f"{topology.prefix}.{queue}.part.{n}.>", settings, max_ack_pending=1,
+                                            description=f"bgjob partition {n} of queue {queue!r}"),
+                       1, f"partition {n}", singleton=True, ordered=True) for n in range(PARTITIONS)]  # fmt: skip
     return found
 
 

@@ -53,6 +53,7 @@ class Sending:
         deadline: datetime | timedelta | None = None,
         max_attempts: int | None = None,
         target: str | None = None,
+        partition_key: str | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
@@ -83,13 +84,17 @@ class Sending:
         `target` (a claim, e.g. "primary" or "region/eu"; from ebind): only a worker holding that claim
         (`Worker(..., claims=[...])`) runs the job; until one does, it waits in the queue (bgjob.placement).
 
+        `partition_key` (a printable str; from dagnats): jobs with the same key run one at a time in send order,
+        across workers whose handlers are `partitioned=True`; a failing job blocks its key until it succeeds or
+        is dead-lettered (bgjob.placement). Not with `target`.
+
         The same as `publish_prepared([prepare_job(JobSpec(job_type, arg, ...), queue=queue)])`, except for the
         errors: one job's own (a refusal, or a ConnectionError that names it), never SendJobsError.
         """
         spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                        headers=headers, store_result=store_result, unique_for=unique_for,
                        sensitive=sensitive, deadline=deadline, max_attempts=max_attempts,
-                       target=target)  # fmt: skip
+                       target=target, partition_key=partition_key)  # fmt: skip
         # Sized now against the server's max_payload when connected; else once connected, in _publish.
         job = self._prepare(spec, queue, self._connected_max_payload())
         try:

@@ -22,6 +22,9 @@ from .errors import ServerVersionError
 from .settings import Settings
 
 MIN_SERVER_VERSION = (2, 12, 0)
+#: partitions of a queue's partitioned jobs (bgjob.placement): a key's jobs all go to partition
+#: `partition_of(key)`; a constant, so that producers and workers of any version agree.
+PARTITIONS = 16
 #: the workflow runs' key-value bucket after the prefix: `<PREFIX>_WORKFLOWS` (bgjob.workflows).
 WORKFLOWS_BUCKET = "WORKFLOWS"
 #: long-running jobs' key-value buckets after the prefix (bgjob.long_running): `<PREFIX>_CHECKPOINTS` (a job's
@@ -83,7 +86,7 @@ class Topology:
         `target.<claim>.<type>` (placed) after `<prefix>.<queue>.`."""
         rest = subject[len(self.prefix) + len(queue) + 2 :]
         kind, _, rest = rest.partition(".")
-        if kind == "target":
+        if kind in ("target", "part"):
             return rest.partition(".")[2]
         return rest
 
@@ -106,11 +109,25 @@ class Topology:
     def target_consumer(self, queue: str, claim: str) -> str:
         return f"{self.prefix}-{queue}-target-{_name_part(claim)}"
 
+    def partition_subject(self, queue: str, partition: int, job_type: str) -> str:
+        """Where a job sent with a partition key waits in its partition's line (`<prefix>.<queue>.part.<n>.<type>`)."""
+        return f"{self.prefix}.{queue}.part.{partition}.{job_type}"
+
+    def partition_consumer(self, queue: str, partition: int) -> str:
+        return f"{self.prefix}-{queue}-part-{partition}"
+
     def ready_subject(self, queue: str, job_type: str, headers: Mapping[str, str] | None = None) -> str:
         """Where a ready job of `job_type` is published: its claim's subject when its headers name a target
-        (`Bgjob-Target`), else the queue's `job.<type>`."""
-        target = (headers or {}).get("Bgjob-Target")
-        return self.target_subject(queue, target, job_type) if target else self.job_subject(queue, job_type)
+        (`Bgjob-Target`), its partition's when they hold a partition key (`Bgjob-Partition-Key`), else the
+        queue's `job.<type>`."""
+        headers = headers or {}
+        target = headers.get("Bgjob-Target")
+        if target:
+            return self.target_subject(queue, target, job_type)
+        key = headers.get("Bgjob-Partition-Key")
+        if key is not None:
+            return self.partition_subject(queue, partition_of(key), job_type)
+        return self.job_subject(queue, job_type)
 
     @property
     def dlq_stream(self) -> str:
@@ -158,6 +175,11 @@ class Topology:
         """A subject filter for events; every criterion left None matches anything."""
         base = f"{self.prefix}._events.{job_id or '*'}.{queue or '*'}"
         return f"{base}.{job_type}" if job_type else f"{base}.>"
+
+
+def partition_of(key: str) -> int:
+    """The partition (0 to PARTITIONS - 1) of a partition key: a stable hash, the same in every process."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") % PARTITIONS
 
 
 def _name_part(text: str) -> str:

@@ -188,3 +188,54 @@ def test_job_type_of_reads_every_ready_subject() -> None:
     assert t.job_type_of("q", t.target_subject("q", "region/eu", "a.b")) == "a.b"
     assert t.singleton_consumer("q", "a.b") != t.singleton_consumer("q", "a_b")
     assert "/" not in t.target_consumer("q", "region/eu") and "." not in t.singleton_consumer("q", "a.b")
+
+
+def _keys_in_distinct_partitions(count: int) -> list[str]:
+    from bgjob.topology import partition_of
+
+    keys: dict[int, str] = {}
+    for i in range(1000):
+        keys.setdefault(partition_of(f"customer-{i}"), f"customer-{i}")
+        if len(keys) == count:
+            break
+    return list(keys.values())
+
+
+def test_partitioned_jobs_run_in_send_order_per_key_and_keys_in_parallel(make_client, start_worker) -> None:
+    import threading
+
+    keys = _keys_in_distinct_partitions(3)
+    runs: list[tuple[str, int, int, str]] = []  # (key, n, attempt, "start"/"end") in the order they happened
+    lock = threading.Lock()
+    together = threading.Barrier(3, timeout=20)  # the first job of every key waits for the others': in parallel
+    running: dict[str, int] = {}
+
+    def handler(job: bgjob.Job) -> bgjob.Result:
+        key, n = job.arg["key"], job.arg["n"]
+        with lock:
+            runs.append((key, n, job.attempt, "start"))
+            running[key] = running.get(key, 0) + 1
+            assert running[key] == 1, f"two jobs of {key} at once"
+        try:
+            if n == 0:
+                together.wait()
+            if n == 50 and job.attempt == 1:
+                return bgjob.Retry(0.05)  # fails once: the key's order must hold across the retry
+            return bgjob.Complete()
+        finally:
+            with lock:
+                running[key] -= 1
+                runs.append((key, n, job.attempt, "end"))
+
+    mux = bgjob.Mux()
+    mux.handle("ordered", handler, partitioned=True)
+    client = make_client()
+    client.send_jobs([bgjob.JobSpec("ordered", {"key": k, "n": n}, partition_key=k) for n in range(100) for k in keys])
+    for _ in range(4):
+        start_worker(make_client(), mux, concurrency=4)
+    wait_until(lambda: sum(1 for r in runs if r[3] == "end") == 303, timeout=60,
+               message="300 jobs and one retry of each key's 51st")  # fmt: skip
+    for key in keys:
+        starts = [(n, attempt) for k, n, attempt, what in runs if k == key and what == "start"]
+        assert starts == [(n, 1) for n in range(51)] + [(50, 2)] + [(n, 1) for n in range(51, 100)], key
+    assert not together.broken

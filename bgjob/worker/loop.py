@@ -63,6 +63,7 @@ class FetchLoop:
         self.pool = pool
         self.dispatcher = dispatcher
         self.settler = Settler(core, self.queue, dispatcher.retry_policy, dispatcher.hooks, runtime.spawn)
+        self.settler.ordered = lane is not None and lane.ordered
         self.inflight: dict[int, Delivery] = {}
         self.ack_wait = core.settings.ack_wait
         self._completed: collections.deque[Delivery] = collections.deque()

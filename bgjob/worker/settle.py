@@ -96,6 +96,9 @@ class Settler:
         self.max_deliveries: int | None = None
         self.ack_wait = core.settings.ack_wait
         self.stopping: asyncio.Event | None = None
+        #: a partition's lane (bgjob.placement): retries and hand-backs are naks, which keep the job first in its
+        #: line (a republished message would go to the end of it).
+        self.ordered = False
 
     def is_last(self, item: Delivery) -> bool:
         """Whether `item` is the server's last delivery of its message (it will never be delivered again)."""
@@ -201,7 +204,7 @@ class Settler:
 
     async def _retry(self, item: Delivery, delay: float, error: str | None, trace: str | None) -> Fate:
         error = error or None
-        if delay <= NAK_DELAY_LIMIT and carried_first_failure(item.msg.headers):
+        if self.ordered or (delay <= NAK_DELAY_LIMIT and carried_first_failure(item.msg.headers)):
             await item.msg.nak(delay=delay)
             return Fate.retry_scheduled(delay, error=error, traceback=trace)
         due = datetime.now(timezone.utc) + timedelta(seconds=delay)
@@ -269,7 +272,7 @@ class Settler:
             self._report(item, Fate.handed_back(reason))
             return
         try:
-            if item.started:
+            if item.started or self.ordered:
                 await msg.nak()
             else:
                 body, headers = handed_back_message(msg, attempts=item.count_attempt() - 1)

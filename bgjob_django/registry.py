@@ -33,11 +33,10 @@ class Registry(bgjob.Mux):
         self._resolved: dict[str, HandlerFunc] = {}
         self._lock = threading.Lock()
 
-    def handle(self, job_type: str, handler: Any, *, sensitive: Collection[str] | None = None,
-               retry_policy: bgjob.RetryPolicy | None = None, middleware: Sequence[bgjob.Middleware] | None = None,
-               time_limit: float | timedelta | None = None) -> None:  # fmt: skip
-        super().handle(job_type, handler, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
-                       time_limit=time_limit)  # fmt: skip
+    def handle(self, job_type: str, handler: Any, **options: Any) -> None:
+        """`bgjob.Mux.handle` with every option it takes (sensitive, retry_policy, middleware, time_limit,
+        singleton, partitioned), remembering the function's type for @periodic."""
+        super().handle(job_type, handler, **options)
         try:
             self._types_of[handler] = job_type
         except TypeError:  # an unhashable handler object: @periodic cannot be stacked on it, nothing else changes
@@ -110,21 +109,23 @@ registry = Registry()
 
 def handler(job_type: str, *, mux: Registry | None = None, sensitive: Collection[str] | None = None,
             retry_policy: bgjob.RetryPolicy | None = None, middleware: Sequence[bgjob.Middleware] | None = None,
-            time_limit: float | timedelta | None = None
+            time_limit: float | timedelta | None = None, singleton: bool = False, partitioned: bool = False,
             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
     """Register the decorated function (or SyncHandlerAdapter class instance) as the handler of `job_type`.
 
     The options are `bgjob.Mux.handle`'s: `sensitive` (arg keys whose values are masked wherever bgjob shows
     or stores the job), `retry_policy` (a bgjob.RetryPolicy for this type instead of the worker's),
-    `middleware` (a list of middleware around this handler only, inside the worker's) and `time_limit`
-    (seconds > 0 or a timedelta). Raises InvalidJob for a bad job type, HandlerError for a bad option (when
-    the decorator is applied) or a duplicate type.
+    `middleware` (a list of middleware around this handler only, inside the worker's), `time_limit`
+    (seconds > 0 or a timedelta), `singleton` and `partitioned` (see the README's Routing section). Raises
+    InvalidJob for a bad job type, HandlerError for a bad option (when the decorator is applied) or a duplicate
+    type.
     """
     jobmod.validate_type(job_type)
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         (registry if mux is None else mux).handle(job_type, fn, sensitive=sensitive, retry_policy=retry_policy,
-                                                  middleware=middleware, time_limit=time_limit)  # fmt: skip
+                                                  middleware=middleware, time_limit=time_limit, singleton=singleton,
+                                                  partitioned=partitioned)  # fmt: skip
         return fn
 
     return register

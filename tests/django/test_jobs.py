@@ -182,3 +182,14 @@ def test_jobs_sent_by_a_handler_carry_its_request_id(bgjob_client, run_worker) -
     send_job("forward", {"user": 11}, request_id="chain-1")
     report = wait_until(lambda: Report.objects.filter(user=11).first(), message="the forwarded report")
     assert report.request_id == "chain-1"
+
+
+def test_handler_takes_every_option_of_mux_handle() -> None:
+    """@handler and Registry.handle pass singleton/partitioned through (Registry.handle refused singleton=)."""
+    from bgjob_django.registry import Registry, handler
+
+    mux = Registry()
+    handler("one-at-a-time", mux=mux, singleton=True)(lambda job: bgjob.Complete())
+    handler("in-order", mux=mux, partitioned=True, time_limit=5)(lambda job: bgjob.Complete())
+    assert mux.options("one-at-a-time").singleton and mux.options("in-order").partitioned
+    assert mux.options("in-order").time_limit == 5.0

@@ -35,6 +35,7 @@ from django.utils.translation import ngettext
 import bgjob
 from bgjob import job as jobmod
 from bgjob.arg_match import parse_value
+from bgjob.cli import dead_letters
 from bgjob.dead_letters import MAX_SEQ
 from bgjob.job import validate_reason
 from bgjob.workflows import _RUN_ID, list_runs
@@ -308,15 +309,15 @@ class DeadLetterViews(_Views):
             purged = dlq.purge(**_api(filters), up_to=up_to)
             kept = dlq.count(**_api(filters), after=up_to)
             self._log_purge(request, purged, described)
-            text = f"Purged {_dead_letters(purged)} ({described})."
+            text = f"Purged {dead_letters(purged)} ({described})."
             if kept:
-                text += (f" {_dead_letters(kept)} that arrived after the confirmation page was shown "
+                text += (f" {dead_letters(kept)} that arrived after the confirmation page was shown "
                          f"{'were' if kept > 1 else 'was'} kept.")  # fmt: skip
             messages.success(request, text)
             return HttpResponseRedirect(self.url("changelist") + _query(filters))
         up_to = dlq.last_seq()  # the purge deletes what this page counts, nothing stored after it
         count = dlq.count(**_api(filters)) - dlq.count(**_api(filters), after=up_to)
-        question = (f"Delete all {_dead_letters(count)} ({described})? This cannot be undone. Dead letters "
+        question = (f"Delete all {dead_letters(count)} ({described})? This cannot be undone. Dead letters "
                     "arriving after this page was shown are kept.")  # fmt: skip
         hidden = [*((k, v) for k, v in filters.items() if v), ("up_to", up_to)]
         return self._confirm(request, title="Purge dead letters?", count=count, filters=filters, ids=[],
@@ -484,8 +485,8 @@ class DeadLetterViews(_Views):
     def _log_purge(self, request: HttpRequest, purged: int, described: str) -> None:
         """One history entry for a purge, named for what it removed (it has no single object)."""
         LogEntry.objects.create(user_id=request.user.pk, content_type_id=_content_type_id(DeadLetter),
-                                object_id=None, object_repr=f"Purge of {_dead_letters(purged)} ({described})"[:200],
-                                action_flag=DELETION, change_message=f"Purged {_dead_letters(purged)} ({described}).")
+                                object_id=None, object_repr=f"Purge of {dead_letters(purged)} ({described})"[:200],
+                                action_flag=DELETION, change_message=f"Purged {dead_letters(purged)} ({described}).")
 
     def _log(self, request: HttpRequest, ids: list[str], flag: int, message: str) -> None:
         if ids:
@@ -691,10 +692,6 @@ def _query(filters: dict[str, str]) -> str:
     """The filters as a query string for a redirect or a link: "" when none (no stray "?")."""
     clean = {k: v for k, v in filters.items() if v}
     return "?" + urlencode(clean) if clean else ""
-
-
-def _dead_letters(count: int) -> str:
-    return f"{count} dead letter{'' if count == 1 else 's'}"
 
 
 def _content_type_id(model: type) -> int:

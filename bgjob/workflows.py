@@ -1003,30 +1003,41 @@ async def _wait(core: Core, run: str, timeout: float) -> None:
 
 
 async def _list_runs(core: Core, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` run records. The runs' keys come from the bucket's subject list (one stream-info
+    request, authoritative), then one read per key. Not a KV watch: nats-py's end-of-initial-values marker
+    can come before values already delivered (it counts what its callback has handled), which listed no
+    runs at all now and then."""
     kv = await _bucket(core)
-    watcher = await kv.watch("*.run")
+    assert core.js is not None
+    bucket = core.topology.workflows_bucket
+    prefix = f"$KV.{bucket}."
+    info = await core.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + "*.run")
+    keys = [subject[len(prefix) :] for subject in (info.state.subjects or {})]
+    entries = await asyncio.gather(*(_get_raw(kv, key) for key in keys))
     runs = []
-    try:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=core.settings.request_timeout)
-            except nats.errors.TimeoutError:
-                break
-            if entry is None:
-                break
-            try:
-                record = json.loads(entry.value) if entry.value else None
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and isinstance(record.get("id"), str) and _RUN_ID.fullmatch(record["id"]) \
-                    and isinstance(record.get("created_at", 0), (int, float)):  # fmt: skip
-                runs.append(record)
-            else:  # not a run bgjob wrote: one unreadable record must not hide the others
-                log.warning("bgjob: skipping an unreadable workflow run record %r", entry.key)
-    finally:
-        await watcher.stop()
+    for key, value in zip(keys, entries, strict=True):
+        if value is None:
+            continue  # deleted, or gone since the list was read
+        try:
+            record = json.loads(value)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("id"), str) and _RUN_ID.fullmatch(record["id"]) \
+                and isinstance(record.get("created_at", 0), (int, float)):  # fmt: skip
+            runs.append(record)
+        else:  # not a run bgjob wrote: one unreadable record must not hide the others
+            log.warning("bgjob: skipping an unreadable workflow run record %r", key)
     runs.sort(key=lambda r: r.get("created_at", 0), reverse=True)
     return runs[:limit]
+
+
+async def _get_raw(kv: KeyValue, key: str) -> bytes | None:
+    """The bytes `key` holds; None when missing or deleted."""
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return entry.value or None
 
 
 def list_runs(client: Client, limit: int = 50) -> list[WorkflowStatus]:

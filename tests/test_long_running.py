@@ -183,6 +183,26 @@ def test_signals_before_and_during_the_wait_and_a_timeout(make_client, start_wor
     assert got[1][:2] == ("timeout", "never") and "no signal 'go'" in got[1][2]
 
 
+def test_a_signal_is_consumed_once_and_a_second_wait_times_out(client, start_worker) -> None:
+    """A taken signal leaves a deleted key behind: a second wait for the same name waits and times out."""
+    seen: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    @mux.handler("twice")
+    def twice(job: bgjob.Job) -> bgjob.Result:
+        seen.put(job.wait_for_signal("go", 30))
+        try:
+            job.wait_for_signal("go", 0.5)
+        except bgjob.SignalTimeout:
+            seen.put("second wait timed out")
+        return bgjob.Complete()
+
+    client.send_signal("twice-1", "go", "once")
+    start_worker(client, mux)
+    client.send_job("twice", None, job_id="twice-1")
+    assert drain(seen, 2) == ["once", "second wait timed out"]
+
+
 def test_wait_for_signal_pausing_holds_no_slot(client, start_worker) -> None:
     seen: queue.Queue = queue.Queue()
     mux = bgjob.Mux()

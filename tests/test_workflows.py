@@ -431,3 +431,21 @@ def test_a_successor_refused_as_too_large_fails_the_run(client: bgjob.Client,
     assert failed.value.step == "1" and "JobTooLarge: job is" in str(failed.value)
     states = {n: st.state for n, st in run.status().steps.items()}
     assert states == {"0-0": "succeeded", "0-1": "succeeded", "1": "failed", "2": "skipped"}
+
+
+def test_list_runs_lists_every_run_every_time_and_skips_a_deleted_one(client: bgjob.Client) -> None:
+    """Regression: the list came from a KV watch ended by nats-py's end-of-initial-values marker, which can
+    come before values already delivered, so the admin's Workflow runs page showed no runs now and then.
+    A deleted run key (a tombstone: nats-py raises KeyDeletedError for it) is skipped, not an error."""
+    runs = [client.start(bgjob.chain(s("add", n)), run_id=f"listed-{n}") for n in range(12)]
+
+    async def delete(core) -> None:
+        await (await bgjob.workflows._bucket(core)).delete("listed-3.run")
+
+    client.run(delete)
+    expected = [run.id for run in reversed(runs) if run.id != "listed-3"]
+    for _ in range(25):
+        assert [r.id for r in list_runs(client)] == expected
+    assert [r.id for r in list_runs(client, limit=2)] == expected[:2]
+    with pytest.raises(bgjob.WorkflowNotFound):
+        bgjob.WorkflowRun(client, "listed-3").status()

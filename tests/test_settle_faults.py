@@ -28,7 +28,9 @@ mux = bgjob.Mux()
 
 def record(job, what):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.write(fd, (json.dumps({"id": job.id, "type": job.type, "attempt": job.attempt, "what": what}) + "\n").encode())
+    line = {"id": job.id, "type": job.type, "attempt": job.attempt, "what": what, "pid": os.getpid(),
+            "t": round(time.time(), 3)}
+    os.write(fd, (json.dumps(line) + "\n").encode())
     os.fsync(fd)
     os.close(fd)
 
@@ -94,7 +96,7 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_before_a_fourth_run(nats_s
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(20)
     runs = [r["attempt"] for r in _records(log) if r["id"] == poison_id]
-    assert runs == [1, 2, 3]
+    assert runs == [1, 2, 3], [r for r in _records(log) if r["id"] == poison_id]
     assert (entry.reason, entry.attempts) == ("max_attempts", 4)
     assert "most likely died" in entry.error and "max_attempts=3" in entry.error
 

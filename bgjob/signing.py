@@ -1,4 +1,12 @@
-"""Optional ed25519 job signing: producers sign, workers refuse (dead-letter) what does not verify."""
+"""Optional ed25519 job signing: producers sign, workers refuse (dead-letter) what does not verify.
+
+A signature covers the queue, the job's id, type, content type and body (format `bgjob-v1`); a placed or
+partitioned job's signature also covers its `Bgjob-Target` and `Bgjob-Partition-Key` headers (format
+`bgjob-v2`), so whoever can publish to the stream cannot re-route a signed job to another claim or key, nor add,
+change or remove either header. Which format a job's signature has follows from the job: v2 when it carries
+either header, else v1, so a job signed before v2 existed (it has neither) still verifies, and old workers still
+verify new jobs that are neither placed nor partitioned.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from . import job as jobmod
 from .errors import BgjobError
-from .headers import SIGNATURE
+from .headers import PARTITION_KEY, SIGNATURE, TARGET
 
 HEADER_SIGNATURE = SIGNATURE
 
@@ -42,10 +50,16 @@ def _key(text: str, what: str) -> bytes:
 
 
 def _signed_bytes(queue: str, headers: Mapping[str, str], body: bytes) -> bytes:
-    """What a signature covers: queue, job id, type, content type and body."""
-    fields = (queue, headers.get(jobmod.HEADER_ID, ""), headers.get(jobmod.HEADER_TYPE, ""),
-              headers.get(jobmod.CONTENT_TYPE, ""))  # fmt: skip
-    return b"bgjob-v1\n" + "\n".join(fields).encode() + b"\n" + body
+    """What a signature covers: queue, job id, type, content type and body; and for a job with a Bgjob-Target or
+    Bgjob-Partition-Key header (v2), whether each is present and its value."""
+    fields = [queue, headers.get(jobmod.HEADER_ID, ""), headers.get(jobmod.HEADER_TYPE, ""),
+              headers.get(jobmod.CONTENT_TYPE, "")]  # fmt: skip
+    if TARGET not in headers and PARTITION_KEY not in headers:
+        return b"bgjob-v1\n" + "\n".join(fields).encode() + b"\n" + body
+    # "-" for an absent header, "=" before a present one's value: an empty value is not an absent header. Claims
+    # and partition keys are printable (no newline), so the lines cannot be shifted into one another.
+    fields += [f"={headers[name]}" if name in headers else "-" for name in (TARGET, PARTITION_KEY)]
+    return b"bgjob-v2\n" + "\n".join(fields).encode() + b"\n" + body
 
 
 class Signer:

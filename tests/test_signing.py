@@ -71,3 +71,71 @@ def test_rescheduled_jobs_are_signed_again_by_the_worker(make_client, start_work
 def test_bad_keys_are_refused_clearly() -> None:
     with pytest.raises(bgjob.BgjobError, match="32 bytes"):
         bgjob.signing.Signer("c2hvcnQ=")
+
+
+def test_a_placed_or_partitioned_job_re_routed_in_the_stream_fails_verification(make_client, start_worker,
+                                                                                 keys) -> None:  # fmt: skip
+    """The signature covers Bgjob-Target and Bgjob-Partition-Key: a holder of the stream who moves a signed job to
+    another claim or key (or strips or adds either header) gets it dead-lettered, never run."""
+    signing_key, verify_key = keys
+    producer = make_client(signing_key=signing_key)
+    worker_client = make_client(verify_keys=(verify_key,))
+    ran: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+    mux.handle("pay", lambda job: ran.put(job.arg) or bgjob.Complete())
+    mux.handle("ordered", lambda job: ran.put(job.arg) or bgjob.Complete(), partitioned=True)
+    start_worker(worker_client, mux, claims=["primary", "other"])
+
+    def forged(job_type: str, arg: object, change: dict[str, str | None], **options: str) -> str:
+        """A job signed by `producer`, its headers changed by `change` (None: removed), published where the changed
+        headers route it."""
+        _, body, headers, job_id = bgjob.client.prepare_job(producer.settings, job_type, arg, **options)
+        for name, value in change.items():
+            if value is None:
+                headers.pop(name)
+            else:
+                headers[name] = value
+        headers["Nats-Msg-Id"] = job_id
+        topology = producer._ensure()[1].topology
+
+        async def publish(core: Core) -> None:
+            await core.js.publish(topology.ready_subject("default", job_type, headers), body, headers=headers)
+
+        producer.run(publish)
+        return job_id
+
+    producer.send_job("pay", "honest", target="primary")
+    producer.send_job("ordered", "honest-key", partition_key="k1")
+    assert sorted(drain(ran, 2)) == ["honest", "honest-key"]
+    tampered = {
+        forged("pay", "moved", {"Bgjob-Target": "other"}, target="primary"),
+        forged("pay", "stripped", {"Bgjob-Target": None}, target="primary"),
+        forged("pay", "added", {"Bgjob-Target": "other"}),
+        forged("ordered", "rekeyed", {"Bgjob-Partition-Key": "k2"}, partition_key="k1"),
+        forged("ordered", "unkeyed", {"Bgjob-Partition-Key": None}, partition_key="k1"),
+    }
+    wait_until(lambda: worker_client.dlq.count(reason="signature") == len(tampered), message="re-routed jobs refused")
+    refused = {e.id: e.error for e in worker_client.dlq.list(reason="signature")}
+    assert set(refused) == tampered
+    assert all("does not verify" in error for error in refused.values()), refused
+    assert ran.empty()
+
+
+def test_a_signature_made_before_targets_were_covered_still_verifies(keys) -> None:
+    """A job without Bgjob-Target or Bgjob-Partition-Key is signed and verified as bgjob-v1, exactly as before."""
+    import base64
+
+    import nacl.signing
+
+    signing_key, verify_key = keys
+    headers = {"Bgjob-Id": "j1", "Bgjob-Type": "pay", "Content-Type": "application/json"}
+    key = nacl.signing.SigningKey(base64.urlsafe_b64decode(signing_key))
+    old = key.sign(b"bgjob-v1\ndefault\nj1\npay\napplication/json\n" + b'{"amount":1}').signature
+    verifier = bgjob.signing.Verifier([verify_key])
+    assert verifier.check("default", {**headers, "Bgjob-Signature": base64.urlsafe_b64encode(old).decode()},
+                          b'{"amount":1}') is None  # fmt: skip
+    signed = dict(headers)
+    bgjob.signing.Signer(signing_key).sign("default", signed, b'{"amount":1}')
+    assert signed["Bgjob-Signature"] == base64.urlsafe_b64encode(old).decode()  # ed25519 is deterministic
+    # with a target, the v1 signature no longer does
+    assert "does not verify" in verifier.check("default", {**signed, "Bgjob-Target": "primary"}, b'{"amount":1}')

@@ -43,6 +43,8 @@ def send_job(
     sensitive: Collection[str] | None = None,
     deadline: datetime | timedelta | None = None,
     max_attempts: int | None = None,
+    target: str | None = None,
+    partition_key: str | None = None,
     on_commit: bool | None = None,
     outbox: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
@@ -53,7 +55,10 @@ def send_job(
     `store_result` keeps its outcome for `get_client().result(job_id)`; `unique_for` (with `job_id`) and
     `sensitive` (arg key names whose values are masked) are bgjob's send_job options, and so are `deadline` (an
     aware datetime or a timedelta from this call: delivered later, the job is dead-lettered unrun, reason
-    `deadline`) and `max_attempts` (this job's attempt limit, winning over the handler's and BGJOB's).
+    `deadline`) and `max_attempts` (this job's attempt limit, winning over the handler's and BGJOB's). `target` (a
+    placement claim such as "primary" or "region/eu", from ebind: only a worker holding it runs the job) and
+    `partition_key` (a printable str, from dagnats: jobs with one key run one at a time in send order on
+    `partitioned=True` handlers) route the job as bgjob's send_job does; not both (see the README's Routing).
 
     The job is validated, encoded and size-checked at the call in every mode (bgjob.InvalidJob, nothing sent:
     the view can roll back), and `arg` is read then: changing it afterwards changes nothing.
@@ -73,7 +78,8 @@ def send_job(
     """
     spec = bgjob.JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                          headers=headers, store_result=store_result, unique_for=unique_for,
-                         sensitive=sensitive, deadline=deadline, max_attempts=max_attempts)  # fmt: skip
+                         sensitive=sensitive, deadline=deadline, max_attempts=max_attempts, target=target,
+                         partition_key=partition_key)  # fmt: skip
     spec = _with_request_id(spec, get_request_id())
     mode = _mode(on_commit, outbox)
     client = get_client()
@@ -94,7 +100,8 @@ def send_jobs(
 ) -> list[str]:
     """Enqueue many jobs with the project's client; returns their ids in order.
 
-    `jobs` holds `(type, arg)` pairs or bgjob.JobSpecs (a JobSpec's `queue` None means `queue`). Each carries the
+    `jobs` holds `(type, arg)` pairs or bgjob.JobSpecs (a JobSpec's `queue` None means `queue`; its `target` and
+    `partition_key` route it as in send_job, kept in the outbox row and relayed unchanged). Each carries the
     current request id unless its JobSpec names one. All are validated and encoded at the call (InvalidJob
     names the index of the first bad one; nothing is sent or written). Then, as send_job: directly (pipelined;
     SendJobsError says which were stored), at commit (`on_commit`), or as outbox rows in the current

@@ -265,3 +265,71 @@ def test_outbox_rows_become_jobs_when_published_as_prepared(bgjob_client) -> Non
     job = bgjob.PreparedJob.from_record(OutboxMessage.objects.get().record)
     assert bgjob_client.publish_prepared([job]) == [job_id]
     wait_until(lambda: stream_args(bgjob_client) == {job_id: {"v": 1}}, message="the job in the stream")
+
+
+# -- routing: target= and partition_key= -------------------------------------------------------------------------
+def routed(client: bgjob.Client) -> dict[str, tuple[str, str | None, str | None]]:
+    """Bgjob-Id -> (subject, Bgjob-Target, Bgjob-Partition-Key) of every message in the default queue's stream."""
+    import nats.js.errors
+
+    async def read(core) -> dict[str, tuple[str, str | None, str | None]]:
+        stream, found, seq = core.topology.queue_stream("default"), {}, 1
+        while True:
+            try:
+                msg = await core.js.get_msg(stream, seq=seq, next=True)
+            except nats.js.errors.NotFoundError:
+                return found
+            headers = msg.headers or {}
+            found[headers["Bgjob-Id"]] = (msg.subject, headers.get("Bgjob-Target"), headers.get("Bgjob-Partition-Key"))
+            seq = msg.seq + 1
+
+    return client.run(read)
+
+
+def test_target_and_partition_key_go_through_the_outbox_and_the_relay_unchanged(bgjob_client) -> None:
+    from bgjob.topology import partition_of
+    from bgjob_django.relay import Relay
+
+    prefix = bgjob_client.settings.prefix
+    with transaction.atomic():
+        placed = send_job("mark", "p", outbox=True, target="region/eu")
+        keyed = send_job("mark", "k", outbox=True, partition_key="customer-7")
+        more = send_jobs([bgjob.JobSpec("mark", "s", target="primary"),
+                          bgjob.JobSpec("mark", "t", partition_key="customer-8")], outbox=True)  # fmt: skip
+    records = {row.job_id: bgjob.PreparedJob.from_record(row.record) for row in OutboxMessage.objects.all()}
+    assert records[placed].headers["Bgjob-Target"] == "region/eu"
+    assert records[keyed].headers["Bgjob-Partition-Key"] == "customer-7"
+    assert Relay(bgjob_client).run_once() == 4 and not OutboxMessage.objects.exists()
+    assert routed(bgjob_client) == {
+        placed: (f"{prefix}.default.target.region/eu.mark", "region/eu", None),
+        keyed: (f"{prefix}.default.part.{partition_of('customer-7')}.mark", None, "customer-7"),
+        more[0]: (f"{prefix}.default.target.primary.mark", "primary", None),
+        more[1]: (f"{prefix}.default.part.{partition_of('customer-8')}.mark", None, "customer-8"),
+    }
+
+
+def test_target_and_partition_key_direct_and_on_commit(bgjob_client) -> None:
+    prefix = bgjob_client.settings.prefix
+    direct = send_job("mark", "d", target="primary")
+    with transaction.atomic():
+        at_commit = send_job("mark", "c", on_commit=True, target="primary")
+        assert at_commit not in routed(bgjob_client)
+    wait_until(lambda: at_commit in routed(bgjob_client), message="the job published at commit")
+    jobs = routed(bgjob_client)
+    assert jobs[direct] == jobs[at_commit] == (f"{prefix}.default.target.primary.mark", "primary", None)
+
+
+@pytest.mark.parametrize("mode", [{"outbox": True}, {"on_commit": True}, {}])
+def test_a_bad_target_or_partition_key_is_refused_at_the_call_without_connecting(unreachable, mode) -> None:
+    bad = (
+        ({"target": "a.b"}, "invalid claim"),
+        ({"partition_key": ""}, "invalid partition_key"),
+        ({"target": "primary", "partition_key": "k"}, "cannot have both a target and a partition_key"),
+    )
+    for options, match in bad:
+        with pytest.raises(bgjob.InvalidJob, match=match), transaction.atomic():
+            Marker.objects.create(name="order")
+            send_job("mark", "x", **options, **mode)
+        with pytest.raises(bgjob.InvalidJob, match=f"job 1: .*{match}"), transaction.atomic():
+            send_jobs([("mark", "ok"), bgjob.JobSpec("mark", "x", **options)], **mode)
+    assert not Marker.objects.exists() and not OutboxMessage.objects.exists() and not_connected()

@@ -73,7 +73,7 @@ R = TypeVar("R")
 
 #: the `send_job` keyword options `fn.options(...)` takes (besides `client`); store_result is always on.
 SEND_OPTIONS = frozenset({"queue", "delay", "at", "deadline", "job_id", "max_attempts", "request_id", "headers",
-                          "unique_for"})  # fmt: skip
+                          "unique_for", "target", "partition_key"})  # fmt: skip
 _VALUE_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -322,8 +322,11 @@ class TypedJob(Generic[P, R]):
     in a worker; `s` for a workflow step. Built by `Mux.job` (see there for the options)."""
 
     def __init__(self, fn: Callable[P, R], name: str, aliases: tuple[str, ...], spec: _Spec, sensitive: frozenset[str],
-                 send_options: Mapping[str, Any], client: Client | None = None) -> None:  # fmt: skip
+                 send_options: Mapping[str, Any], client: Client | None = None, *,
+                 partitioned: bool = False) -> None:  # fmt: skip
         self.fn = fn
+        #: whether its handler was registered `partitioned=True` (the only way a `partition_key` can work).
+        self.partitioned = partitioned
         #: the job type; `aliases` are other types the same function handles (old names, during a rename).
         self.name = name
         self.aliases = aliases
@@ -348,19 +351,32 @@ class TypedJob(Generic[P, R]):
     # -- producing ---------------------------------------------------------------------------------
     def options(self, *, client: Client | None = None, **options: Any) -> TypedJob[P, R]:
         """This job with send options: `queue`, `delay` (seconds or timedelta), `at`, `deadline` (aware datetime or
-        timedelta), `job_id` (idempotent sends), `max_attempts`, `request_id`, `headers`, `unique_for`, as
-        `Client.send_job` takes them (checked when sending), and `client` (default: `bgjob.default_client()`).
-        Returns a copy (chainable: `.options(queue="a").options(delay=5)`); the registered job is unchanged.
-        Raises InvalidJob for an option send_job does not have (`store_result` is always on; `sensitive` is the
-        registration's)."""
+        timedelta), `job_id` (idempotent sends), `max_attempts`, `request_id`, `headers`, `unique_for`, `target`
+        (a placement claim, from ebind) and `partition_key` (from dagnats; see the README's Routing), as
+        `Client.send_job` takes them (checked when sending; `queue`, `target` and `partition_key` here already),
+        and `client` (default: `bgjob.default_client()`). Returns a copy (chainable:
+        `.options(queue="a").options(delay=5)`); the registered job is unchanged. Raises InvalidJob for an option
+        send_job does not have (`store_result` is always on; `sensitive` is the registration's), a bad queue,
+        claim or partition key, a `partition_key` for a job whose handler is not partitioned, or both a `target`
+        and a `partition_key`."""
         unknown = sorted(set(options) - SEND_OPTIONS)
         if unknown:
             raise InvalidJob(f"{self.name}.options(): unknown option(s) {', '.join(unknown)} (known: client, "
                              f"{', '.join(sorted(SEND_OPTIONS))})")  # fmt: skip
         if "queue" in options:
             jobmod.validate_queue(options["queue"])
+        merged = {**self._send_options, **options}
+        if options.get("target") is not None:
+            jobmod.validate_claim(options["target"])
+        if options.get("partition_key") is not None:
+            jobmod.validate_partition_key(options["partition_key"])
+            if not self.partitioned:
+                raise InvalidJob(f"{self.name}.options(): partition_key needs a partitioned handler, and this "
+                                 "typed job's is not (partitioned=False): no worker would run the job")  # fmt: skip
+        if merged.get("target") is not None and merged.get("partition_key") is not None:
+            raise InvalidJob(f"{self.name}.options(): a job cannot have both a target and a partition_key")
         return TypedJob(self.fn, self.name, self.aliases, self._spec, self._sensitive,
-                        {**self._send_options, **options}, client or self._client)  # fmt: skip
+                        merged, client or self._client, partitioned=self.partitioned)  # fmt: skip
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The wire-format arg `{"args": [...], "kwargs": {...}}` of this call, checked against the signature and
@@ -410,8 +426,10 @@ class TypedJob(Generic[P, R]):
         except InvalidJob as step:
             step_error = str(step).removesuffix("; nothing was sent")
         if complete is None and partial is None:
-            raise InvalidJob(f"{self.name}.s(...) fits neither as a whole call ({whole_error}) nor as a step "
-                             f"whose first argument is the previous step's result ({step_error})") from None
+            raise InvalidJob(
+                f"{self.name}.s(...) fits neither as a whole call ({whole_error}) nor as a step "
+                f"whose first argument is the previous step's result ({step_error})"
+            ) from None
         arg = complete if complete is not None else partial
         takes_previous = None if complete is not None and partial is not None else partial is not None
         return Signature(self.name, tuple(arg["args"]), arg["kwargs"], {"queue": self.queue, **self._send_options},
@@ -544,9 +562,11 @@ class JobHandle(Generic[R]):
 def register(mux: Mux, fn: Callable[P, R], *, name: str | None = None, aliases: Collection[str] = (),
              queue: str | None = None, retry_policy: RetryPolicy | None = None,
              time_limit: float | timedelta | None = None, sensitive: Collection[str] | None = None,
-             middleware: Sequence[Middleware] | None = None) -> TypedJob[P, R]:  # fmt: skip
+             middleware: Sequence[Middleware] | None = None, singleton: bool = False,
+             partitioned: bool = False) -> TypedJob[P, R]:  # fmt: skip
     """What `Mux.job` does (documented there): the TypedJob of `fn`, its handler registered under its name and
-    aliases. Nothing is registered when anything is refused."""
+    aliases (`singleton`/`partitioned` as `Mux.handle` takes them). Nothing is registered when anything is
+    refused."""
     if not callable(fn) or isinstance(fn, type) or isinstance(fn, TypedJob):
         raise HandlerError(f"@mux.job registers a function, got {fn!r}")
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -571,8 +591,8 @@ def register(mux: Mux, fn: Callable[P, R], *, name: str | None = None, aliases: 
     except InvalidJob as exc:
         raise HandlerError(f"handler for {job_type!r}: {exc}") from exc
     spec = _Spec(fn, job_type, keys)
-    typed = TypedJob(fn, job_type, alias_list, spec, keys, send_options)
+    typed = TypedJob(fn, job_type, alias_list, spec, keys, send_options, partitioned=partitioned)
     for each in names:  # options are validated by the first; the rest cannot fail after it
         mux.handle(each, typed.handle, sensitive=keys, retry_policy=retry_policy, middleware=middleware,
-                   time_limit=time_limit)  # fmt: skip
+                   time_limit=time_limit, singleton=singleton, partitioned=partitioned)  # fmt: skip
     return typed

@@ -88,7 +88,7 @@ NO_VALUE: Any = _NoValue()
 class Signature:
     """One step's call: `job_type` with positional `args`, keyword `kwargs` and send `options`.
 
-    `options` are `Client.send_job` keyword options (queue, delay, deadline, max_attempts, job_id, ...). The
+    `options` are `Client.send_job` keyword options (queue, delay, deadline, max_attempts, target, ...). The
     wire-format arg of a typed function job is `{"args": [...], "kwargs": {...}}` (see `arg`); any handler that
     reads that shape (a typed job, or a plain Mux handler) can be a step.
     """
@@ -130,7 +130,7 @@ _STEP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: send options a step's Signature may carry (its job id is the workflow's: `wf-<run>-<step>`).
 STEP_OPTIONS = frozenset({"queue", "delay", "deadline", "max_attempts", "store_result", "sensitive", "request_id",
-                          "headers"})  # fmt: skip
+                          "headers", "target", "partition_key"})  # fmt: skip
 #: how long a run's records are kept in the bucket (seconds): a run must finish within this.
 RUN_TTL = 7 * 24 * 3600.0
 #: the bucket's name after the prefix (`<PREFIX>_WORKFLOWS`).
@@ -235,8 +235,10 @@ class Workflow:
                 raise WorkflowError(f"{call} lacks its first argument, and no previous step gives it one (it runs "
                                     "first, or with pass_results=False): give it in .s(...)")  # fmt: skip
             if step.sig.takes_previous is False and step.input is not None:
-                raise WorkflowError(f"{call} gets the previous step's result as its first argument, but its .s(...) "
-                                    "is already a complete call: leave that argument out (or pass_results=False)")
+                raise WorkflowError(
+                    f"{call} gets the previous step's result as its first argument, but its .s(...) "
+                    "is already a complete call: leave that argument out (or pass_results=False)"
+                )
         state: dict[str, int] = {}  # 1: on the current path, 2: done
         for root in self._steps:
             if state.get(root):
@@ -354,6 +356,17 @@ def _check_options(name: str, sig: Signature) -> None:
     if unknown:
         raise WorkflowError(f"step {name!r}: send option(s) {sorted(unknown)} cannot be used in a workflow (a "
                             f"step's job id is wf-<run>-<step>); allowed: {sorted(STEP_OPTIONS)}")  # fmt: skip
+    # Checked here, not when the step's predecessors are done: a bad one would fail the run half-way.
+    target, key = sig.options.get("target"), sig.options.get("partition_key")
+    try:
+        if target is not None:
+            jobmod.validate_claim(target)
+        if key is not None:
+            jobmod.validate_partition_key(key)
+    except InvalidJob as exc:
+        raise WorkflowError(f"step {name!r}: {exc}") from None
+    if target is not None and key is not None:
+        raise WorkflowError(f"step {name!r}: a job cannot have both a target and a partition_key")
 
 
 def _jsonable(name: str, value: Any) -> Any:

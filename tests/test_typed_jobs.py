@@ -165,6 +165,55 @@ def test_options_set_queue_job_id_and_max_attempts(client, start_worker) -> None
     assert resize.queue == "default"  # options() made copies
 
 
+def _keyed(n: int) -> int:
+    return n + 1
+
+
+# Mux.job has no partitioned= (yet): bgjob.typed.register, which it calls, does.
+keyed_job = bgjob.typed.register(mux, _keyed, name="keyed", partitioned=True)
+
+
+def test_options_target_and_partition_key_route_the_job(client, make_client, start_worker) -> None:
+    placed = resize.options(client=client, target="region/eu").send("eu.png")
+    keyed = keyed_job.options(client=client, partition_key="customer-7").send(41)
+    start_worker(make_client(), mux)  # no claim: runs the keyed job only (partitioned needs no claim)
+    assert keyed.result(timeout=15) == 42
+    assert placed.status() is JobState.READY and stream_ids(client) == []  # waits on its claim's subject
+    start_worker(make_client(), mux, claims=["region/eu"])
+    assert placed.result(timeout=15) == "eu.png@100"
+    step = resize.options(target="primary").s("a.png")
+    assert step.options["target"] == "primary"  # a workflow step keeps it
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"target": "a.b"}, "invalid claim"),
+        ({"target": 7}, "invalid claim"),
+        ({"partition_key": ""}, "invalid partition_key"),
+        ({"partition_key": "bad\nkey"}, "invalid partition_key"),
+    ],
+)
+def test_options_refuse_a_bad_target_or_partition_key_at_once(options, match) -> None:
+    with pytest.raises(bgjob.InvalidJob, match=match):
+        keyed_job.options(**options)
+
+
+def test_options_refuse_a_target_with_a_partition_key_even_across_calls() -> None:
+    with pytest.raises(bgjob.InvalidJob, match="both a target and a partition_key"):
+        keyed_job.options(target="primary", partition_key="k")
+    with pytest.raises(bgjob.InvalidJob, match="both a target and a partition_key"):
+        keyed_job.options(target="primary").options(partition_key="k")
+    assert keyed_job.options(target="primary").options(target=None).options(partition_key="k")
+
+
+def test_a_partition_key_for_a_handler_that_is_not_partitioned_is_refused() -> None:
+    """No worker serves a partition for it: the job would wait for ever."""
+    with pytest.raises(bgjob.InvalidJob, match=r"resize.options\(\): partition_key needs a partitioned handler"):
+        resize.options(partition_key="customer-7")
+    assert keyed_job.options(partition_key="k").partitioned
+
+
 def test_a_delayed_send_waits_for_its_time(client, start_worker) -> None:
     start_worker(client, mux)
     handle = resize.options(client=client, delay=1).send("a.png")

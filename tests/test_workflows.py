@@ -133,6 +133,28 @@ def test_build_errors_name_the_steps() -> None:
         bgjob.group([])
 
 
+def test_a_step_with_a_target_runs_on_a_worker_holding_the_claim(
+    client: bgjob.Client, make_client, start_worker: Callable[..., bgjob.Worker]
+) -> None:
+    counts: collections.Counter = collections.Counter()
+    start_worker(client, typed_mux(counts))  # no claim
+    run = client.start(bgjob.chain(s("add", 1, 2), s("mul", 10).set(target="gpu"), s("add", 5)))
+    wait_until(lambda: run.status().steps["0"].state == "succeeded", message="step 0 done")
+    assert counts["mul"] == 0 and run.status().state == "running"  # the targeted step waits for its claim
+    start_worker(make_client(), typed_mux(counts), claims=["gpu"])
+    assert run.result(timeout=20) == 35
+    assert counts == {"add": 2, "mul": 1}
+
+
+def test_a_bad_target_or_partition_key_is_refused_at_build_time() -> None:
+    with pytest.raises(bgjob.WorkflowError, match="step '1': invalid claim"):
+        bgjob.chain(s("add", 1), s("add").set(target="a.b")).workflow().check()
+    with pytest.raises(bgjob.WorkflowError, match="invalid partition_key"):
+        bgjob.Workflow().step("a", s("add", 1).set(partition_key=""))
+    with pytest.raises(bgjob.WorkflowError, match="step 'a': a job cannot have both a target and a partition_key"):
+        bgjob.Workflow().step("a", s("add", 1).set(target="gpu", partition_key="k"))
+
+
 def test_failure_skips_dependents_and_names_the_step(client: bgjob.Client,
                                                       start_worker: Callable[..., bgjob.Worker]) -> None:  # fmt: skip
     start_worker(client, typed_mux(), retry_policy=bgjob.RetryPolicy(max_attempts=2, base_delay=0.05, jitter=0))

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from .errors import BgjobError, ConfigurationError, DeadLetterNotFound
 from .handler import Mux
 from .logs import configure_logging
 from .provisioning import NO_LIMIT, QUEUE_OPTIONS, show_value
+from .redaction import mask_arg
 from .settings import Settings
 
 
@@ -601,29 +603,91 @@ def events_command(client: Client, options: Mapping[str, Any], *, out: Callable[
 
 
 def job_status_lines(client: Client, job_id: str) -> list[str]:
-    """`bgjob job ID`: the job's state, then its events (oldest first)."""
-    status = client.job_status(job_id)
-    progress = client.progress(job_id)  # job.report_progress's latest value (bgjob.long_running), or None
-    shown = None if progress is None else _progress_text(progress)
+    """`bgjob job ID`: the job's state, its latest progress (masked), then its events (oldest first)."""
+    status = client.job_status(job_id)  # with the job's latest progress (job.report_progress, bgjob.long_running)
+    shown = None if status.progress is None else progress_text(shown_progress(status))
+    progress = [f"  progress {shown} (at {_iso(status.progress_at)})"] if shown is not None else []
     if status.event is None:
         why = "" if client.settings.events else " (events are off for this process: BGJOB_EVENTS=1 turns them on)"
-        return [f"job {job_id}: unknown: no event of it is kept{why}", *([f"  progress {shown}"] if shown else [])]
+        return [f"job {job_id}: unknown: no event of it is kept{why}", *progress]
     lines = [f"job {job_id}: {status.state.value} (attempt {status.attempt}, last event {status.event.kind.value} "
              f"at {_iso(status.time)})"]  # fmt: skip
     if status.due is not None:
         lines.append(f"  due {_iso(status.due)}")
-    if shown is not None:
-        lines.append(f"  progress {shown}")
+    lines += progress
     lines += ["", *(event_line(e) for e in client.events(job_id=job_id, follow=False))]
     return lines
 
 
-def _progress_text(value: Any) -> str:
-    """A job's progress on one line: its JSON (cut at 200 characters), or the size of a bytes value."""
+def job_status_dict(client: Client, job_id: str) -> dict[str, Any]:
+    """`bgjob job ID --json`: the job's state, last event's fields, its latest progress (masked; bytes as
+    `{"bytes": size}`) and when it was stored, and its events (oldest first), JSON-ready (times in ISO 8601)."""
+    status = client.job_status(job_id)
+    progress = shown_progress(status)
+    if progress_text(progress) == PROGRESS_TOO_DEEP:
+        progress = PROGRESS_TOO_DEEP
+    found = list(client.events(job_id=job_id, follow=False)) if status.event is not None else []
+    return {"id": job_id, "state": status.state.value, "attempt": status.attempt, "time": _iso(status.time),
+            "due": _iso(status.due), "error": status.error,
+            "progress": {"bytes": len(progress)} if isinstance(progress, bytes) else progress,
+            "progress_at": _iso(status.progress_at), "events": [e.as_dict() for e in found]}  # fmt: skip
+
+
+#: what a progress value nested too deeply to show (or mask) is shown as.
+PROGRESS_TOO_DEEP = "<progress nested too deeply to show>"
+
+
+def shown_progress(status: Any, extra_sensitive: frozenset[str] = frozenset()) -> Any:
+    """A `JobStatus`'s progress as shown to a person: the values of the job's sensitive arg keys (and of
+    `extra_sensitive`, e.g. the handler's) masked at any depth, as its arg is; `PROGRESS_TOO_DEEP` for a value
+    nested too deeply to mask."""
+    try:
+        return mask_arg(status.progress, status.progress_sensitive | extra_sensitive)
+    except RecursionError:
+        return PROGRESS_TOO_DEEP
+
+
+def progress_fraction(value: Any) -> tuple[float, float] | None:
+    """(done, total) when `value` is a dict with finite numbers `done` and `total` (total > 0, and a finite
+    percentage), else None."""
+    if not isinstance(value, dict):
+        return None
+    done, total = value.get("done"), value.get("total")
+    if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in (done, total)):
+        return None
+    try:
+        fits = total > 0 and math.isfinite(done) and math.isfinite(done * 100 / total)
+    except OverflowError:  # ints past a float's range
+        fits = False
+    return (done, total) if fits else None
+
+
+def progress_text(value: Any, width: int = 200) -> str:
+    """A job's progress on one line: `300 / 1000 (30%)` for a dict with `done` and `total` numbers (its JSON after
+    that when it holds more), else its JSON; the size of a bytes value. Control characters escaped (`cut`), lone
+    surrogates as escapes, cut at `width` characters."""
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    return text if len(text) <= 200 else text[:199] + "…"
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=repr)
+    except (RecursionError, ValueError):
+        text = PROGRESS_TOO_DEEP
+    fraction = progress_fraction(value)
+    if fraction is not None:
+        done, total = fraction
+        percent = done * 100 / total
+        head = f"{_number(done)} / {_number(total)} ({math.floor(percent) if percent < 100 else round(percent)}%)"
+        text = head if set(value) == {"done", "total"} else f"{head} {text}"
+    return cut(text.encode("utf-8", "backslashreplace").decode("utf-8"), width)
+
+
+def json_text(value: Any) -> str:
+    """`value` as indented JSON, non-ASCII kept; a lone surrogate (from stored JSON) as its JSON escape."""
+    return json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if isinstance(value, int) or value.is_integer() else f"{value:g}"
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -638,6 +702,10 @@ def cmd_job(args: argparse.Namespace) -> int:
     """`bgjob job ID`: exits 1 when no event of the job is kept (unknown), so that scripts can tell."""
     client = _client(interactive=True)
     try:
+        if args.json:
+            found = job_status_dict(client, args.job_id)
+            print(json_text(found))
+            return 1 if found["state"] == "unknown" else 0
         lines = job_status_lines(client, args.job_id)
     finally:
         client.close()
@@ -705,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("job", help="a job's state and events by its id (Settings.events)")
     p.add_argument("job_id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="as JSON: state, progress (masked) and events")
     p.set_defaults(func=cmd_job)
 
     p = sub.add_parser("queue", help="show or change a queue's configuration (ack wait, max ack pending, replicas, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -193,7 +194,11 @@ class Client(Sending):
     # -- results ---------------------------------------------------------------------------------
     def result(self, job_id: str, wait: float | None = None) -> JobResult:
         """The stored result of a job sent with store_result; with `wait`, block up to that many seconds
-        for it to finish (then return whatever it is). Raises ResultNotFound when nothing is stored."""
+        for it to finish (then return whatever it is). Its `progress`/`progress_at` are the job's latest
+        `job.report_progress` value and when it was stored (bgjob.long_running; kept Settings.progress_ttl, so
+        also after it finished), read with it. Raises ResultNotFound when nothing is stored."""
+        from .long_running import latest_progress
+
         runtime, core = self._ensure()
         deadline = time.monotonic() + (wait or 0)
         pause = 0.01
@@ -203,7 +208,10 @@ class Client(Sending):
                 raise ResultNotFound(f"no stored result for job {job_id!r} (sent without store_result, or expired)")
             result = JobResult.from_record(record)
             if result.status.finished or time.monotonic() >= deadline:
-                return result
+                progress = self._call(runtime, latest_progress(core, job_id))  # None when unreadable: never fails
+                if progress is None:
+                    return result
+                return dataclasses.replace(result, progress=progress.value, progress_at=progress.at)
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
 

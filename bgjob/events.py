@@ -27,12 +27,15 @@ observations, never what a job's fate depends on.
 
 Subjects: `<prefix>._events.<job_id>.<queue>.<type>`, so `Client.events(queue=, job_type=, job_id=)` filters on
 the server and `Client.job_status(job_id)` is one request: the stream's last message on
-`<prefix>._events.<job_id>.>` (a job's queue and type never change: it is the job's last event).
+`<prefix>._events.<job_id>.>` (a job's queue and type never change: it is the job's last event), sent together
+with one read of the job's latest progress (`bgjob.long_running`'s `<PREFIX>_PROGRESS` bucket).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import dataclasses
 import enum
 import json
 import logging
@@ -49,7 +52,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, Header
 from .headers import MSG_ID
 from .hooks import Fate, FateKind, WorkerHooks
 from .job import format_time, parse_time
-from .redaction import scrub_text, secret_texts
+from .long_running import latest_progress
+from .redaction import mask_arg, scrub_text, secret_texts
 from .runtime import original
 from .topology import events_stream_config
 
@@ -160,11 +164,23 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class JobStatus:
-    """What `Client.job_status(job_id)` answers: `state`, and the `event` it was read from (None: unknown)."""
+    """What `Client.job_status(job_id)` answers: `state`, and the `event` it was read from (None: unknown); the
+    job's latest `progress` (what its handler last passed to `job.report_progress`: a JSON value or bytes; None
+    when it reported none, or longer ago than Settings.progress_ttl), when that was stored (`progress_at`, aware
+    UTC) and the job's sensitive arg keys stored with it (`progress_sensitive`; `masked_progress` masks them)."""
 
     job_id: str
     state: JobState
     event: Event | None = None
+    progress: Any = None
+    progress_at: datetime | None = None
+    progress_sensitive: frozenset[str] = frozenset()
+
+    @property
+    def masked_progress(self) -> Any:
+        """`progress` with the value of every key named in `progress_sensitive` (at any depth) replaced by
+        `bgjob.redaction.MASK`, as a dead letter's arg is masked; bytes as they are."""
+        return mask_arg(self.progress, self.progress_sensitive)
 
     @property
     def time(self) -> datetime | None:
@@ -414,8 +430,19 @@ _KIND_OF = {
 
 # -- reading -------------------------------------------------------------------------------------------------------
 async def job_status(core: Core, job_id: str) -> JobStatus:
-    """The state of job `job_id` from its last event: one request to the server (the events stream's last
-    message on the job's subjects, read from the stream's leader). Unknown when there is none (or no stream)."""
+    """The state of job `job_id` from its last event (the events stream's last message on the job's subjects,
+    read from the stream's leader), with its latest progress (`bgjob.long_running.read_progress`): two requests
+    sent together. Unknown when there is no event (or no stream); no progress when there is none, no progress
+    bucket, or it cannot be read (the status is answered without it)."""
+    status, progress = await asyncio.gather(_last_event_status(core, job_id), latest_progress(core, job_id))
+    if progress is None:
+        return status
+    return dataclasses.replace(status, progress=progress.value, progress_at=progress.at,
+                               progress_sensitive=progress.sensitive)  # fmt: skip
+
+
+async def _last_event_status(core: Core, job_id: str) -> JobStatus:
+    """The state of job `job_id` from its last event: one request. Unknown when there is none (or no stream)."""
     assert core.js is not None
     try:
         msg = await core.js.get_last_msg(core.topology.events_stream, core.topology.events_filter(job_id=job_id))

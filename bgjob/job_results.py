@@ -82,7 +82,9 @@ class JobResult:
     """The stored result of a job (send_job(..., store_result=True)).
 
     `errors` are the last MAX_ERRORS (10) failed attempts, oldest first; `errors_dropped` counts the
-    earlier ones that were not kept.
+    earlier ones that were not kept. `progress` is the job's latest `job.report_progress` value (a JSON value or
+    bytes; None when it reported none, or longer ago than Settings.progress_ttl) and `progress_at` when it was
+    stored (aware UTC): read by `Client.result` from the progress bucket, never part of the stored record.
     """
 
     id: str
@@ -97,6 +99,8 @@ class JobResult:
     finished_at: datetime | None
     worker_ids: tuple[str, ...]
     errors_dropped: int = 0
+    progress: Any = None
+    progress_at: datetime | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> JobResult:

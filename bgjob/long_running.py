@@ -15,7 +15,10 @@ Storage, three key-value buckets each made on first use (so jobs that never use 
 - `<PREFIX>_SIGNALS`: a signal under `<id key>.<name>` (max age `Settings.signal_ttl`), consumed by the wait
   that returns it (a delete bound to its revision: one waiter gets it). A signal sent again before it was
   consumed replaces the earlier one.
-- `<PREFIX>_PROGRESS`: a job's latest progress under its id (max age `Settings.progress_ttl`).
+- `<PREFIX>_PROGRESS`: a job's latest progress under its id (max age `Settings.progress_ttl`), with the job's
+  sensitive arg keys in a `Bgjob-Sensitive` header when it has some (so that the admin and `bgjob job ID` mask
+  their values, as they mask the arg's). `read_progress` reads it with the time it was stored: what
+  `client.job_status` and `client.result` add to their answers.
 
 Values are stored with a one-byte tag: `j` + compact JSON, or `b` + raw bytes.
 """
@@ -29,17 +32,20 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 import nats.js.errors
 from nats.js.api import StorageType
+from nats.js.client import KV_PRE_TEMPLATE
 from nats.js.kv import KeyValue
 
 from .errors import BgjobError, InvalidJob, describe_error
+from .headers import SENSITIVE_KEYS
 from .hooks import Failure, Fate, FateKind, WorkerHooks
-from .job import KEEP_CHECKPOINT, Job, encode_arg, validate_job_id
+from .job import KEEP_CHECKPOINT, Job, encode_arg, sensitive_of, validate_job_id
 from .job_results import result_key
 from .result import Pause, Result
 from .schedule import seconds_of
@@ -48,7 +54,7 @@ from .topology import CHECKPOINTS_BUCKET, PROGRESS_BUCKET, SIGNALS_BUCKET
 if TYPE_CHECKING:
     from .core import Core
 
-__all__ = ["LongRunning", "PauseRequested", "SignalTimeout", "validate_signal_name"]
+__all__ = ["LongRunning", "PauseRequested", "SignalTimeout", "StoredProgress", "validate_signal_name"]
 
 log = logging.getLogger("bgjob.worker")
 
@@ -102,6 +108,15 @@ def decode_value(data: bytes) -> Any:
     return json.loads(data[1:]) if len(data) > 1 else None
 
 
+def decode_progress(data: bytes) -> Any:
+    """A stored progress value back, as `decode_value`; a value bgjob did not write (JSON that does not parse,
+    or nests too deeply to parse) comes back as its raw bytes instead of raising."""
+    try:
+        return decode_value(data)
+    except (ValueError, RecursionError):
+        return bytes(data)
+
+
 def signal_key(job_id: str, name: str) -> str:
     return f"{result_key(job_id)}.{name}"
 
@@ -131,11 +146,20 @@ async def _made(core: Core, suffix: str) -> KeyValue:
     return kv
 
 
-async def put(core: Core, suffix: str, key: str, data: bytes) -> None:
-    if len(data) + len(key) + _PUT_OVERHEAD > core.max_payload:
+async def put(core: Core, suffix: str, key: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+    """Store `data` under `key` in bucket `suffix` (made on first use), with `headers` when given (a KV put
+    through JetStream's publish: the KV API takes none). Raises InvalidJob when it exceeds the max payload."""
+    extra = sum(len(k) + len(v) + 4 for k, v in (headers or {}).items())
+    if len(data) + len(key) + extra + _PUT_OVERHEAD > core.max_payload:
         raise InvalidJob(f"{suffix.lower()[:-1]} value is {len(data)} bytes, more than the server's max payload "
                          f"({core.max_payload} bytes) allows")  # fmt: skip
-    await (await _made(core, suffix)).put(key, data)
+    kv = await _made(core, suffix)
+    if not headers:
+        await kv.put(key, data)
+        return
+    assert core.js is not None
+    await core.js.publish(KV_PRE_TEMPLATE.format(bucket=core.topology.stream_prefix + suffix) + key, data,
+                          headers=headers)  # fmt: skip
 
 
 async def get(core: Core, suffix: str, key: str) -> bytes | None:
@@ -212,7 +236,7 @@ def progress(runner: Runner, job_id: str) -> Any:
     """The latest progress job `job_id` reported, or None (see `Client.progress`)."""
     validate_job_id(job_id)
     data = runner.run(get, PROGRESS_BUCKET, result_key(job_id), idempotent=True)
-    return decode_value(data) if data is not None else None
+    return decode_progress(data) if data is not None else None
 
 
 def watch_progress(runner: Runner, job_id: str, timeout: timedelta | float | None = None) -> Iterator[Any]:
@@ -240,7 +264,7 @@ def watch_progress(runner: Runner, job_id: str, timeout: timedelta | float | Non
 
             entry = runner.run(next_update, timeout=wait + 5.0)
             if entry is not None and entry.value:
-                yield decode_value(entry.value)
+                yield decode_progress(entry.value)
     finally:
 
         async def stop(core: Core) -> None:
@@ -252,13 +276,55 @@ def watch_progress(runner: Runner, job_id: str, timeout: timedelta | float | Non
             pass
 
 
+@dataclass(frozen=True, slots=True)
+class StoredProgress:
+    """A job's latest stored progress (`read_progress`): its `value` (a JSON value or bytes), when it was stored
+    (`at`, an aware UTC datetime; None if the server did not say) and the job's `sensitive` arg keys."""
+
+    value: Any
+    at: datetime | None
+    sensitive: frozenset[str] = frozenset()
+
+
+async def read_progress(core: Core, job_id: str) -> StoredProgress | None:
+    """Job `job_id`'s latest progress with its time: one request (a stream message get on the bucket's stream,
+    which carries the time the KV get leaves out). None when there is none, or no progress bucket at all."""
+    assert core.js is not None
+    bucket_name = core.topology.stream_prefix + PROGRESS_BUCKET
+    subject = KV_PRE_TEMPLATE.format(bucket=bucket_name) + result_key(job_id)
+    try:
+        msg = await core.js.get_msg(f"KV_{bucket_name}", subject=subject)
+    except nats.js.errors.NotFoundError:  # no such key, or no such bucket
+        return None
+    headers = msg.headers or {}
+    if headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+        return None
+    return StoredProgress(decode_progress(msg.data), msg.time, sensitive_of(headers))
+
+
+async def latest_progress(core: Core, job_id: str) -> StoredProgress | None:
+    """`read_progress`, or None when it cannot be read (logged): for answers that add progress to what they
+    read anyway (`client.job_status`, `client.result`), which a progress read must never fail."""
+    try:
+        return await read_progress(core, job_id)
+    except Exception as exc:  # noqa: BLE001 - progress is an extra: the answer it joins goes on without it
+        log.debug("could not read the progress of job %s: %s", job_id, describe_error(exc))
+        return None
+
+
 # -- the worker's side ---------------------------------------------------------------------------------------
 class _Progress:
-    __slots__ = ("last", "pending")
+    __slots__ = ("headers", "last", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str] | None) -> None:
         self.last = 0.0
         self.pending: bytes | None = None
+        self.headers = headers  # the job's sensitive keys (SENSITIVE_KEYS), stored with each value
+
+
+def _progress_headers(job: Job) -> dict[str, str] | None:
+    """The headers a job's progress is stored with: its sensitive arg keys, when it has some."""
+    return {SENSITIVE_KEYS: ",".join(sorted(job.sensitive))} if job.sensitive else None
 
 
 class LongRunning(WorkerHooks):
@@ -358,7 +424,7 @@ class LongRunning(WorkerHooks):
         with self._lock:
             state = self._progress.get(job.id)
             if state is None:
-                state = self._progress[job.id] = _Progress()
+                state = self._progress[job.id] = _Progress(_progress_headers(job))
             now = time.monotonic()
             if now - state.last < interval:
                 first = state.pending is None
@@ -379,7 +445,7 @@ class LongRunning(WorkerHooks):
                 state.last = time.monotonic()
             if pending is not None:
                 try:
-                    await put(core, PROGRESS_BUCKET, result_key(job.id), pending)
+                    await put(core, PROGRESS_BUCKET, result_key(job.id), pending, state.headers)
                 except Exception as exc:  # noqa: BLE001 - progress is a report: the job goes on
                     log.warning("could not store the progress of job %s: %s", job.id, describe_error(exc))
 
@@ -387,7 +453,7 @@ class LongRunning(WorkerHooks):
 
     def _store_progress(self, job: Job, encoded: bytes) -> None:
         try:
-            self.runner.run(put, PROGRESS_BUCKET, result_key(job.id), encoded)
+            self.runner.run(put, PROGRESS_BUCKET, result_key(job.id), encoded, _progress_headers(job))
         except Exception as exc:  # noqa: BLE001 - progress is a report: the job goes on
             log.warning("could not store the progress of job %s: %s", job.id, describe_error(exc))
 

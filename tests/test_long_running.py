@@ -253,7 +253,7 @@ def test_progress_seen_from_another_client(make_client, start_worker) -> None:
     updates.close()
     assert seen == [{"done": n, "total": 5} for n in range(1, 6)]
     assert watcher.progress(job_id) == {"done": 5, "total": 5}
-    assert '  progress {"done": 5, "total": 5}' in job_status_lines(watcher, job_id)  # `bgjob job ID`
+    assert job_status_lines(watcher, job_id)[1].startswith("  progress 5 / 5 (100%) (at ")  # `bgjob job ID`
     watcher.send_signal(job_id, "next", None)
 
 

@@ -41,7 +41,7 @@ from bgjob.job import validate_reason
 from bgjob.workflows import _RUN_ID, list_runs
 
 from .conf import interactive_client
-from .display import live_workers, pretty_arg, shown_payload
+from .display import job_progress, live_workers, pretty_arg, shown_payload
 from .models import DeadLetter, WorkflowRun
 from .registry import registry
 from .relay import backlog
@@ -517,9 +517,13 @@ class QueueViews(_Views):
             handlers=registry.types(),
             dlq_url=dlq_url,
             **_outbox(),
-            **_find_job(client, request.GET.get("job", "").strip()),
+            **_find_job(client, request.GET.get("job", "").strip(), unmasked=self._payload_visible(request)),
         )
         return TemplateResponse(request, "bgjob_django/admin/overview.html", context)
+
+    def _payload_visible(self, request: HttpRequest) -> bool:
+        """Whether the user may see a job's progress unmasked: view_deadletter_payload, as for its arg."""
+        return request.user.has_perm(f"{self.opts.app_label}.view_deadletter_payload")
 
 
 class WorkflowRunViews(_Views):
@@ -640,9 +644,11 @@ def _outbox() -> dict[str, Any]:
         return {"outbox": None, "outbox_error": f"{type(exc).__name__}: {str(exc).strip()}"}
 
 
-def _find_job(client: bgjob.Client, job_id: str) -> dict[str, Any]:
-    """The overview's "Find a job by id" box: `job_query`, and for a query the job's `job_status` and its
-    `job_events` (bgjob.events; error texts as scrubbed by the worker, escaped by the template), or `job_error`."""
+def _find_job(client: bgjob.Client, job_id: str, *, unmasked: bool = False) -> dict[str, Any]:
+    """The overview's "Find a job by id" box: `job_query`, and for a query the job's `job_status`, its latest
+    `job_progress` (display.job_progress: masked unless `unmasked`, the view_deadletter_payload permission, as a
+    dead letter's arg is) and its `job_events` (bgjob.events; error texts as scrubbed by the worker, escaped by
+    the template), or `job_error`."""
     if not job_id:
         return {"job_query": "", "events_on": client.settings.events}
     try:
@@ -650,7 +656,9 @@ def _find_job(client: bgjob.Client, job_id: str) -> dict[str, Any]:
     except bgjob.InvalidJob as exc:
         return {"job_query": job_id, "job_error": str(exc), "events_on": client.settings.events}
     found = list(client.events(job_id=job_id, follow=False)) if status.event is not None else []
-    return {"job_query": job_id, "job_status": status, "job_events": found, "events_on": client.settings.events}
+    sensitive = registry.sensitive_keys(status.event.job_type) if status.event is not None else frozenset()
+    return {"job_query": job_id, "job_status": status, "job_events": found, "events_on": client.settings.events,
+            "job_progress": job_progress(status, masked=not unmasked, sensitive=sensitive)}  # fmt: skip
 
 
 def _api(filters: dict[str, str]) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 import bgjob
-from bgjob.cli import add_events_arguments, events_command, job_status_lines
+from bgjob.cli import add_events_arguments, events_command, job_status_dict, job_status_lines, json_text
 from bgjob_django.conf import interactive_client
 
 
@@ -24,11 +24,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_events_arguments(parser)
-        parser.add_argument("--status", metavar="ID", help="one job's state and events (as `bgjob job ID`)")
+        parser.add_argument("--status", metavar="ID", help="one job's state, progress and events (as `bgjob job ID`; "
+                            "with --json as `bgjob job ID --json`)")  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             client = interactive_client()
+            if options.get("status") and options.get("json"):
+                found = job_status_dict(client, options["status"])
+                self.stdout.write(json_text(found))
+                if found["state"] == "unknown":
+                    raise CommandError(f"job {options['status']}: unknown")  # exit 1, as without --json
+                return
             if options.get("status"):
                 lines = job_status_lines(client, options["status"])
                 if lines[0].startswith(f"job {options['status']}: unknown"):

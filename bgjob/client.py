@@ -276,8 +276,8 @@ class Client(Sending):
 
     def job_status(self, job_id: str) -> JobStatus:
         """The state of job `job_id` (`bgjob.events.JobStatus`: `state`, the last `event`, its `time`,
-        `attempt`, `due`, `error`) from its last lifecycle event: one request to the server, no store_result
-        needed. `state` is a `JobState`: scheduled, ready, running, retry_scheduled, succeeded, dead_lettered,
+        `attempt`, `due`, `error`) from its last lifecycle event, and its latest `progress` (`progress_at`,
+        `masked_progress`; None when it reported none): two requests sent together, no store_result needed. `state` is a `JobState`: scheduled, ready, running, retry_scheduled, succeeded, dead_lettered,
         or unknown when no event of it is kept (events were off, it is older than Settings.events_max_age, or
         there is no such job). A job whose worker died mid-job stays `running` until it is delivered again
         (after ack_wait), then is `running` with the next attempt. Raises InvalidJob for a bad id,

@@ -41,6 +41,7 @@ from .headers import (
     SIGNATURE,
     STORE_RESULT,
     TARGET,
+    TARGET_UNTIL,
     derived_msg_id,
     header_block_size,
     stored_timestamp_ns,
@@ -357,6 +358,9 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
         hdrs[MAX_ATTEMPTS] = str(max_attempts)
     if spec.target is not None:
         hdrs[TARGET] = jobmod.validate_claim(spec.target)
+    until = _target_until(spec, settings, due or now)
+    if until is not None:
+        hdrs[TARGET_UNTIL] = until
     if spec.partition_key is not None:
         if spec.target is not None:
             raise InvalidJob("a job cannot have both a target and a partition_key")
@@ -373,6 +377,22 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
         subject = topology.delayed_subject(queue, job_id, uuid.uuid4().hex[:16])
     check_size(max_payload, body, hdrs)
     return PreparedJob._built(job_id, job_type, queue, subject, body, hdrs, store_result, unique_for, max_payload)
+
+
+def _target_until(spec: JobSpec, settings: Settings, ready: datetime) -> str | None:
+    """The Bgjob-Target-Until of a placed job ready at `ready`: `ready` plus its target_timeout (Settings'
+    when the spec has none), RFC 3339 UTC; None without a timeout. Raises InvalidJob for a bad timeout or one
+    without a target."""
+    timeout = jobmod.validate_target_timeout(spec.target_timeout)
+    if timeout is not None and spec.target is None:
+        raise InvalidJob("target_timeout needs a target: it is how long a job sent with target= waits for a "
+                         "worker holding that claim")  # fmt: skip
+    if spec.target is None or (timeout is None and settings.target_timeout is None):
+        return None
+    try:
+        return jobmod.format_time(ready + timedelta(seconds=timeout or settings.target_timeout or 0))
+    except OverflowError:
+        raise InvalidJob(f"target_timeout {spec.target_timeout!r} reaches beyond the year 9999") from None
 
 
 # -- deliveries ------------------------------------------------------------------------------------------------
@@ -476,6 +496,7 @@ def next_run_message(
     check_due(due)
     job_id = job.id
     headers = without_nats_headers(msg.headers)
+    headers.pop(TARGET_UNTIL, None)  # a holder of its claim took it: its next run waits for one for ever
     _keep_id(headers, job_id)
     if arg is KEEP_ARG:
         body = msg.data or b""
@@ -519,8 +540,10 @@ def delivery_key(msg: Msg) -> str:
 
 
 def handed_back_message(msg: Msg, attempts: int) -> tuple[bytes, dict[str, str]]:
-    """The same job again, to be stored afresh with `attempts` carried (a drain giving back an unrun job)."""
+    """The same job again, to be stored afresh with `attempts` carried (a drain giving back an unrun job). A
+    placed job's Bgjob-Target-Until is dropped: a holder of its claim took it."""
     headers = without_nats_headers(msg.headers)
+    headers.pop(TARGET_UNTIL, None)
     if attempts > 0:
         headers[ATTEMPTS_USED] = str(attempts)
     else:
@@ -577,13 +600,17 @@ def requeue_message(
     time of its first failure (a second dead letter then says since when it fails) and gets a fresh
     `Nats-Msg-Id`: the original may still be inside the duplicate window. A job sent without a valid Bgjob-Id
     goes back under the id it was dead-lettered with (`job_id`), so it keeps that one id from then on. A deadline
-    that has passed is dropped: a job retried from the DLQ by hand runs (its deadline still applies otherwise)."""
+    that has passed is dropped: a job retried from the DLQ by hand runs (its deadline still applies otherwise);
+    so is a placed job's target time that has passed (Bgjob-Target-Until): it waits for its claim for ever."""
     hdrs = dict(headers)
     if not jobmod.is_valid_job_id(hdrs.get(jobmod.HEADER_ID)):
         hdrs[jobmod.HEADER_ID] = job_id
     deadline = jobmod.parse_time(hdrs.get(DEADLINE))
     if DEADLINE in hdrs and (deadline is None or deadline <= datetime.now(timezone.utc)):
         del hdrs[DEADLINE]  # retried by hand after its deadline: it runs (else it would be dead-lettered again)
+    until = jobmod.parse_time(hdrs.get(TARGET_UNTIL))
+    if TARGET_UNTIL in hdrs and (until is None or until <= datetime.now(timezone.utc)):
+        del hdrs[TARGET_UNTIL]  # a no_target dead letter retried: it waits for a holder of its claim again
     hdrs[CARRIED_FIRST_FAILURE] = jobmod.format_time(first_failure_at or datetime.now(timezone.utc))
     hdrs[MSG_ID] = f"{job_id}:retry:{uuid.uuid4().hex[:12]}"
     return topology.ready_subject(queue, job_type, hdrs), hdrs

@@ -44,6 +44,9 @@ DEADLINE = "Bgjob-Deadline"
 MAX_ATTEMPTS = "Bgjob-Max-Attempts"
 #: the claim a placed job is for (`send_job(..., target=)`): only workers holding it run the job (bgjob.placement).
 TARGET = "Bgjob-Target"
+#: when a placed job must have been taken by a holder of its claim (`send_job(..., target_timeout=)`), RFC 3339 in
+#: UTC: a worker of the queue dead-letters it (reason `no_target`) once it has passed with no live holder.
+TARGET_UNTIL = "Bgjob-Target-Until"
 #: the key of a partitioned job (`send_job(..., partition_key=)`): jobs of one key run one at a time, in order.
 PARTITION_KEY = "Bgjob-Partition-Key"
 

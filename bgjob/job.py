@@ -169,6 +169,9 @@ class JobSpec:
     max_attempts: int | None = None
     #: a placement claim (e.g. "primary", "region/eu"): only a worker holding it runs the job (bgjob.placement).
     target: str | None = None
+    #: seconds (> 0) or a timedelta: dead-lettered (reason `no_target`) when no worker holds `target` by then
+    #: (bgjob.placement); None: Settings.target_timeout (None there: it waits for ever).
+    target_timeout: timedelta | float | None = None
     #: jobs with the same key run one at a time, in send order (bgjob.placement); a printable str.
     partition_key: str | None = None
 
@@ -195,6 +198,22 @@ def validate_claim(claim: str) -> str:
         raise InvalidJob(f"invalid claim {claim!r}: use letters, digits, '_', '-', ':', '/' and '=' "
                          "(e.g. 'primary' or 'region/eu'), at most 100 characters, no dots")  # fmt: skip
     return claim
+
+
+def validate_target_timeout(timeout: timedelta | float | None) -> float | None:
+    """A placed job's target_timeout as seconds (a float > 0), None for None: a timedelta or an int/float of
+    seconds. Raises InvalidJob for zero or less, NaN/infinity, or another type."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise InvalidJob(f"target_timeout must be seconds (a number > 0) or a timedelta, got {type(timeout).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidJob(f"target_timeout must be more than 0 seconds (None: wait for ever), got {timeout!r}")
+    return seconds
 
 
 def validate_partition_key(key: str) -> str:

@@ -54,6 +54,7 @@ class Sending:
         max_attempts: int | None = None,
         target: str | None = None,
         partition_key: str | None = None,
+        target_timeout: timedelta | float | None = None,
     ) -> str:
         """Enqueue a job; returns its id once JetStream has stored it (PubAck).
 
@@ -83,6 +84,10 @@ class Sending:
 
         `target` (a claim, e.g. "primary" or "region/eu"; from ebind): only a worker holding that claim
         (`Worker(..., claims=[...])`) runs the job; until one does, it waits in the queue (bgjob.placement).
+        `target_timeout` (seconds > 0 or a timedelta, counted from when the job is due; default
+        Settings.target_timeout, None: wait for ever): when no live worker holds the claim by then, a worker of
+        the queue dead-letters the job, reason `no_target` (within a few seconds; header Bgjob-Target-Until).
+        Without `target` it is InvalidJob.
 
         `partition_key` (a printable str; from dagnats): jobs with the same key run one at a time in send order,
         across workers whose handlers are `partitioned=True`; a failing job blocks its key until it succeeds or
@@ -94,7 +99,7 @@ class Sending:
         spec = JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                        headers=headers, store_result=store_result, unique_for=unique_for,
                        sensitive=sensitive, deadline=deadline, max_attempts=max_attempts,
-                       target=target, partition_key=partition_key)  # fmt: skip
+                       target=target, partition_key=partition_key, target_timeout=target_timeout)  # fmt: skip
         # Sized now against the server's max_payload when connected; else once connected, in _publish.
         job = self._prepare(spec, queue, self._connected_max_payload())
         try:
@@ -112,8 +117,8 @@ class Sending:
         some cannot be confirmed, SendJobsError says which ids were stored and which were not. A JobSpec with
         `unique_for` is not published when its id is reserved (by an earlier send, or earlier in `jobs`).
         A JobSpec's `sensitive` keys are masked as `send_job`'s are, its `deadline` and `max_attempts` work as
-        `send_job`'s (a timedelta deadline counts from this call). The same as `publish_prepared` of each
-        job's `prepare_job`.
+        `send_job`'s (a timedelta deadline counts from this call), and so do `target` and `target_timeout`. The
+        same as `publish_prepared` of each job's `prepare_job`.
         """
         prepared = []
         for index, item in enumerate(jobs):

@@ -55,6 +55,9 @@ class Settings:
     progress_interval: float = 0.5
     #: seconds a worker's directory entry outlives its last heartbeat (it beats every third of this).
     worker_ttl: float = 15.0
+    #: seconds a job sent with `target=` waits for a worker holding its claim before a worker of its queue
+    #: dead-letters it (reason `no_target`), when the send gives no `target_timeout`; None: it waits for ever.
+    target_timeout: float | None = None
     #: queues whose jobs store their results by default (send_job's store_result overrides).
     result_queues: frozenset[str] = frozenset()
     connect_timeout: float = 5.0
@@ -253,6 +256,7 @@ def _validate(settings: Settings) -> None:
                   "request_timeout", "retry_for", "ping_interval", "checkpoint_ttl", "signal_ttl",
                   "progress_ttl", "progress_interval"):  # fmt: skip
         _number(settings, field, 0, inclusive=False)
+    _number(settings, "target_timeout", 0, optional=True, inclusive=False)
     _number(settings, "max_outstanding_pings", 1, integer=True)
     _number(settings, "events_max_bytes", 1 << 20, integer=True)
     for field in ("double_ack", "dlq_keep_sensitive_headers", "events"):

@@ -73,7 +73,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             middleware.append(Metrics(_serve_metrics(client, args.metrics_addr, args.metrics_port)))
         worker = Worker(client, mux, queue=args.queue, concurrency=args.concurrency, grace_period=args.grace,
                         middleware=middleware, retry_policy=RetryPolicy(max_attempts=args.max_attempts),
-                        pool=args.pool, time_limit=args.time_limit)  # fmt: skip
+                        pool=args.pool, time_limit=args.time_limit, claims=args.claims or (),
+                        groups=args.groups or ())  # fmt: skip
         print(server_line(client), flush=True)
         worker.run()
     finally:
@@ -108,6 +109,17 @@ def _serve_metrics(client: Client, addr: str, port: int) -> Any:
         raise BgjobError(f"cannot serve metrics on {addr}:{port}: {exc}") from exc
     logging.getLogger("bgjob.worker").info("Prometheus metrics on http://%s:%d/metrics", addr, port)
     return storage
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--claim NAME` and `--group NAME` (each repeatable) into `claims` and `groups`: `bgjob worker`'s and
+    `manage.py bgjob_worker`'s (Worker's `claims=` and `groups=`, bgjob.placement)."""
+    parser.add_argument("--claim", dest="claims", action="append", metavar="NAME",
+                        help="hold this placement claim: also run the jobs sent with target=NAME "
+                        "(repeatable)")  # fmt: skip
+    parser.add_argument("--group", dest="groups", action="append", metavar="NAME",
+                        help="serve only this worker group's job types (handlers registered group=NAME; "
+                        "repeatable); run a worker without --group beside it for the other types")  # fmt: skip
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -362,12 +374,15 @@ def match_command(dlq: Any, options: Mapping[str, Any]) -> tuple[list[str], str 
 
 
 def queue_table(client: Client) -> list[str]:
-    """Per queue: pending, in-flight, retrying, scheduled and dead jobs, as lines (a header first). Shared by
-    `bgjob status` and `manage.py bgjob_status`."""
-    lines = [f"{'QUEUE':24} {'PENDING':>10} {'IN-FLIGHT':>10} {'RETRYING':>10} {'SCHEDULED':>10} {'DLQ':>8}"]
+    """Per queue: pending, in-flight, retrying, scheduled, routed (on the singleton, partition, claim and group
+    lanes: `QueueStats.routed`) and dead jobs, as lines (a header first). Shared by `bgjob status` and
+    `manage.py bgjob_status`."""
+    lines = [f"{'QUEUE':24} {'PENDING':>10} {'IN-FLIGHT':>10} {'RETRYING':>10} {'SCHEDULED':>10} {'ROUTED':>8} "
+             f"{'DLQ':>8}"]  # fmt: skip
     for name in client.queues():
         s = client.queue_stats(name)
-        lines.append(f"{s.queue:24} {s.pending:>10} {s.in_flight:>10} {s.retrying:>10} {s.scheduled:>10} {s.dlq:>8}")
+        lines.append(f"{s.queue:24} {s.pending:>10} {s.in_flight:>10} {s.retrying:>10} {s.scheduled:>10} "
+                     f"{s.routed:>8} {s.dlq:>8}")  # fmt: skip
     return lines
 
 
@@ -750,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address of the metrics endpoint (default: "
                    "127.0.0.1, this host only; 0.0.0.0 is the explicit choice to let other hosts scrape it). Only "
                    "/metrics answers")  # fmt: skip
+    add_placement_arguments(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("send", help="enqueue a job; prints its id")
@@ -764,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dlq_arguments(p)
     p.set_defaults(func=cmd_dlq)
 
-    p = sub.add_parser("status", help="queues: pending, in-flight, retrying, scheduled, dead letters")
+    p = sub.add_parser("status", help="queues: pending, in-flight, retrying, scheduled, routed, dead letters")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("events", help="jobs' lifecycle events (Settings.events), oldest first; --follow for new ones")

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import HandlerError, InvalidJob
-from .job import Job, validate_sensitive, validate_type
+from .job import Job, validate_claim, validate_sensitive, validate_type
 from .result import Result
 from .retry_policy import RetryPolicy
 
@@ -55,6 +55,8 @@ class HandlerOptions:
       (bgjob.placement).
     - `partitioned`: jobs of this type sent with a `partition_key` run one at a time per key, in send order
       (bgjob.placement); a worker with such a handler serves the queue's partitions.
+    - `group`: the worker group (ebind's worker groups) whose workers alone run this type: a
+      `Worker(..., groups=[group])` (bgjob.placement); None: any default worker.
 
     Built by `Mux.handle` from its keyword arguments, which validates them (HandlerError).
     """
@@ -65,6 +67,7 @@ class HandlerOptions:
     time_limit: float | None = None
     singleton: bool = False
     partitioned: bool = False
+    group: str | None = None
 
 
 #: The options of a type registered without any (and of unknown types).
@@ -95,6 +98,16 @@ def _options(job_type: str, sensitive: Collection[str] | None, retry_policy: Ret
                                    f"(job, call_next) -> Result, got {reprlib.repr(mw)}")  # fmt: skip
     return HandlerOptions(sensitive=keys, retry_policy=retry_policy, middleware=chain,
                           time_limit=_time_limit(job_type, time_limit))  # fmt: skip
+
+
+def validate_group(group: str) -> str:
+    """A worker group's name (ebind's worker groups): a claim's rule (1-100 letters, digits, '_', '-', ':', '/',
+    '='; no dots: it is a subject token); returns it. Raises InvalidJob naming the group."""
+    try:
+        return validate_claim(group)
+    except InvalidJob:
+        raise InvalidJob(f"invalid group {group!r}: use letters, digits, '_', '-', ':', '/' and '=' (e.g. 'reports' "
+                         "or 'gpu/large'), at most 100 characters, no dots") from None  # fmt: skip
 
 
 def time_limit_seconds(value: float | timedelta | None) -> float | None:
@@ -137,7 +150,7 @@ class Mux:
                sensitive: Collection[str] | None = None, retry_policy: RetryPolicy | None = None,
                middleware: Sequence[Middleware] | None = None,
                time_limit: float | timedelta | None = None, singleton: bool = False,
-               partitioned: bool = False) -> None:  # fmt: skip
+               partitioned: bool = False, group: str | None = None) -> None:  # fmt: skip
         """Register `handler` (a function or a SyncHandlerAdapter) for `job_type`, with its options.
 
         - `sensitive`: arg key names (a list of str, exact names, matched at any depth of the arg) whose values
@@ -154,6 +167,10 @@ class Mux:
         - `partitioned`: True for a type sent with `send_job(..., partition_key=)` (from dagnats): jobs of one key
           run one at a time in send order, keys in parallel; this worker then serves the queue's partitions
           (bgjob.placement). A failing job blocks its key until it succeeds or is dead-lettered.
+        - `group`: a worker group's name (claim rules: letters, digits, `_ - : / =`, no dots; from ebind's worker
+          groups): jobs of this type run only on a `Worker(..., groups=[group])`; a default worker that pulls one
+          forwards it to the group's subject (bgjob.placement), where it waits until such a worker runs. Not with
+          `singleton` or `partitioned`.
 
         Raises InvalidJob for a bad job type, HandlerError for a duplicate type, a handler that is not
         callable or a bad option (named in the message).
@@ -169,6 +186,16 @@ class Mux:
             raise HandlerError(f"handler for {job_type!r}: singleton and partitioned exclude each other")
         if singleton or partitioned:
             options = replace(options, singleton=singleton, partitioned=partitioned)
+        if group is not None:
+            try:
+                validate_group(group)
+            except InvalidJob as exc:
+                raise HandlerError(f"handler for {job_type!r}: {exc}") from None
+            if singleton or partitioned:
+                raise HandlerError(f"handler for {job_type!r}: group= cannot be combined with "
+                                   f"{'singleton' if singleton else 'partitioned'}=True: a grouped type's jobs go "
+                                   "to their group's consumer, not to a one-slot lane")  # fmt: skip
+            options = replace(options, group=group)
         if job_type in self._handlers:
             raise HandlerError(f"a handler for job type {job_type!r} is already registered")
         if isinstance(handler, SyncHandlerAdapter) and not isinstance(handler, type):
@@ -187,14 +214,15 @@ class Mux:
     def handler(self, job_type: str, *, sensitive: Collection[str] | None = None,
                 retry_policy: RetryPolicy | None = None, middleware: Sequence[Middleware] | None = None,
                 time_limit: float | timedelta | None = None,
-                singleton: bool = False,
-                partitioned: bool = False) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
+                singleton: bool = False, partitioned: bool = False,
+                group: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:  # fmt: skip
         """Decorator form of `handle`, same options:
         `@mux.handler("charge", sensitive=["card"], retry_policy=RetryPolicy(max_attempts=3), time_limit=30)`."""
 
         def register(fn: HandlerFunc) -> HandlerFunc:
             self.handle(job_type, fn, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
-                        time_limit=time_limit, singleton=singleton, partitioned=partitioned)  # fmt: skip
+                        time_limit=time_limit, singleton=singleton, partitioned=partitioned,
+                        group=group)  # fmt: skip
             return fn
 
         return register

@@ -17,6 +17,15 @@
   claim (`Worker(..., claims=["primary"])`) serves it through a durable consumer per claim,
   `<prefix>-<queue>-target-<claim>`; the main consumer's `job.>` never matches it, so a job nobody holds a claim
   for waits in the stream until a worker with that claim starts.
+- A grouped type (`@mux.handler("render-pdf", group="reports")`, ebind's worker groups) runs only on a worker of
+  its group (`Worker(..., groups=["reports"])`). As for a singleton, the producer knows nothing: the job arrives on
+  `job.<type>`, and the default worker that pulls it from the main consumer forwards it (the same way: headers,
+  body, attempts carried, a derived `Nats-Msg-Id`, then the ack) to `<prefix>.<queue>.group.<group>.<type>`,
+  served by the group's durable consumer `<prefix>-<queue>-group-<group>` (normal `max_ack_pending`). A group
+  worker serves only its groups' consumers (no main consumer, no singleton, partition or claim lane): a queue
+  stream is WorkQueue-retention, so consumers' filters may not overlap, which rules out a group consumer
+  filtered on `job.<type>` beside the main consumer's `job.>`. A grouped job waits on its group's subject until
+  a worker of the group runs. A job sent with `target=` goes to its claim's consumer whatever its type's group.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from . import job as jobmod
 from .codec import job_id_of
 from .core import Core
 from .errors import ConfigurationError
-from .handler import Mux
+from .handler import Mux, validate_group
 from .headers import MSG_ID, derived_msg_id, without_nats_headers
 from .provisioning import ensure_consumer
 from .topology import PARTITIONS, lane_consumer_config
@@ -61,15 +70,42 @@ def validate_claims(claims: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(jobmod.validate_claim(claim) for claim in claims))
 
 
+def validate_groups(groups: Sequence[str], mux: Mux) -> tuple[str, ...]:
+    """A worker's groups as a tuple, each checked (`bgjob.handler.validate_group`) and each with at least one
+    handler of `mux` registered `group=` it. Raises TypeError for a lone str, InvalidJob for a bad name,
+    ConfigurationError for a group without a handler in `mux` (a worker that could run none of its jobs)."""
+    if isinstance(groups, (str, bytes)):
+        raise TypeError(f"groups must be a list of group names, got {groups!r}")
+    found = tuple(dict.fromkeys(validate_group(group) for group in groups))
+    known = set(grouped_types(mux).values())
+    for group in found:
+        if group not in known:
+            raise ConfigurationError(f"group {group!r}: no handler of this worker's mux is registered with "
+                                     f"group={group!r} (groups with handlers: {sorted(known) or 'none'})")  # fmt: skip
+    return found
+
+
+def grouped_types(mux: Mux) -> dict[str, str]:
+    """The job types `mux` registered with a `group`, each with its group."""
+    return {t: group for t in mux.types() if (group := mux.options(t).group) is not None}
+
+
 def singleton_types(mux: Mux) -> list[str]:
     """The job types `mux` registered with `singleton=True`."""
     return [t for t in mux.types() if mux.options(t).singleton]
 
 
-def lanes_for(core: Core, queue: str, mux: Mux, claims: Sequence[str], concurrency: int) -> list[Lane]:
+def lanes_for(core: Core, queue: str, mux: Mux, claims: Sequence[str], concurrency: int,
+              groups: Sequence[str] = ()) -> list[Lane]:  # fmt: skip
     """The lanes a worker of `queue` with `mux` and `claims` serves: one per singleton type, one per claim, and
-    the queue's PARTITIONS partitions when `mux` has a partitioned handler."""
+    the queue's PARTITIONS partitions when `mux` has a partitioned handler; a group worker's (`groups` given):
+    one per group, nothing else."""
     topology, settings = core.topology, core.settings
+    if groups:
+        return [Lane(lane_consumer_config(topology.group_consumer(queue, g), topology.group_filter(queue, g), settings,
+                                          max_ack_pending=settings.max_ack_pending,
+                                          description=f"bgjob group {g!r} of queue {queue!r}"),
+                     concurrency, f"group {g!r}") for g in groups]  # fmt: skip
     found = [Lane(lane_consumer_config(topology.singleton_consumer(queue, t), topology.singleton_subject(queue, t),
                                        settings, max_ack_pending=1,
                                        description=f"bgjob singleton {t!r} of queue {queue!r}"),
@@ -104,13 +140,25 @@ async def ensure_lane(core: Core, queue: str, lane: Lane) -> ConsumerConfig:
 async def forward_singleton(core: Core, queue: str, msg: Msg, job_type: str) -> None:
     """Move a singleton type's job from the main consumer to its singleton subject, then ack it there; on failure
     nak it (redelivered, forwarded again: the derived message id keeps it one message)."""
+    await _forward(core, queue, msg, core.topology.singleton_subject(queue, job_type), "one",
+                   f"singleton job of type {job_type!r}")  # fmt: skip
+
+
+async def forward_grouped(core: Core, queue: str, msg: Msg, job_type: str, group: str) -> None:
+    """Move a grouped type's job from the main consumer to its group's subject, then ack it there; on failure
+    nak it (redelivered, forwarded again: the derived message id keeps it one message)."""
+    await _forward(core, queue, msg, core.topology.group_subject(queue, group, job_type), "group",
+                   f"job of type {job_type!r} to group {group!r}")  # fmt: skip
+
+
+async def _forward(core: Core, queue: str, msg: Msg, subject: str, kind: str, what: str) -> None:
     try:
         headers = without_nats_headers(msg.headers)
-        headers[MSG_ID] = derived_msg_id("one", job_id_of(msg), msg)
-        await core.publish(core.topology.singleton_subject(queue, job_type), msg.data or b"", headers, queue=queue)
+        headers[MSG_ID] = derived_msg_id(kind, job_id_of(msg), msg)
+        await core.publish(subject, msg.data or b"", headers, queue=queue)
         await msg.ack()
     except Exception as exc:  # noqa: BLE001 - redelivered and forwarded again
-        log.warning("queue %r: could not forward singleton job of type %r: %r", queue, job_type, exc)
+        log.warning("queue %r: could not forward %s: %r", queue, what, exc)
         try:
             await msg.nak(delay=1.0)
         except Exception:  # noqa: BLE001 - redelivered after ack_wait

@@ -15,6 +15,9 @@ from .core import Core
 
 log = logging.getLogger("bgjob.client")
 
+#: the routing lanes' subject kinds after `<prefix>.<queue>.` (bgjob.placement), counted as `QueueStats.routed`.
+ROUTED_KINDS = ("one", "part", "target", "group")
+
 
 @dataclass(frozen=True)
 class QueueStats:
@@ -31,6 +34,9 @@ class QueueStats:
     dlq: int
     #: jobs waiting for a retry schedule to fire (`<prefix>.<queue>.retry.<job id>`); they hold no worker slot.
     retrying: int = 0
+    #: jobs on the routing lanes' subjects (bgjob.placement: singleton `one.`, partition `part.`, claim `target.`
+    #: and group `group.`), waiting for their consumer's slot or a worker of their claim or group, or running.
+    routed: int = 0
 
 
 async def count_matching(core: Core, stream: str, subject: str, *, after: int | None = None) -> int:
@@ -102,13 +108,21 @@ async def queue_stats(core: Core, queue: str) -> QueueStats:
         pending, in_flight = sum((filtered.state.subjects or {}).values()), 0  # one subject per job type
     others = stream.state.messages - pending - in_flight
     retrying = await count_matching(core, name, topology.retry_filter(queue)) if others > 0 else 0
+    routed = 0
+    if others - retrying > 0:
+        # Per-subject counts (a lane's subjects are per type, claim or partition, never per job); count_matching
+        # cannot: its filter would overlap the lanes' own consumers, which a work-queue stream refuses.
+        for kind in ROUTED_KINDS:
+            filtered = await core.js.stream_info(name, subjects_filter=f"{topology.prefix}.{queue}.{kind}.>")
+            routed += sum((filtered.state.subjects or {}).values())
     return QueueStats(
         queue=queue,
         pending=pending,
         in_flight=in_flight,
-        scheduled=max(0, others - retrying),
+        scheduled=max(0, others - retrying - routed),
         dlq=await count_dead_letters(core, queue=queue),
         retrying=retrying,
+        routed=routed,
     )
 
 

@@ -82,11 +82,11 @@ class Topology:
         return f"{self.prefix}-{queue}"
 
     def job_type_of(self, queue: str, subject: str) -> str:
-        """The job type of a ready job's subject: `job.<type>`, `one.<type>` (singleton) or
-        `target.<claim>.<type>` (placed) after `<prefix>.<queue>.`."""
+        """The job type of a ready job's subject: `job.<type>`, `one.<type>` (singleton),
+        `target.<claim>.<type>` (placed), `part.<n>.<type>` or `group.<group>.<type>` after `<prefix>.<queue>.`."""
         rest = subject[len(self.prefix) + len(queue) + 2 :]
         kind, _, rest = rest.partition(".")
-        if kind in ("target", "part"):
+        if kind in ("target", "part", "group"):
             return rest.partition(".")[2]
         return rest
 
@@ -115,6 +115,16 @@ class Topology:
 
     def partition_consumer(self, queue: str, partition: int) -> str:
         return f"{self.prefix}-{queue}-part-{partition}"
+
+    def group_subject(self, queue: str, group: str, job_type: str) -> str:
+        """Where a job of a grouped type waits for a worker of its group (`<prefix>.<queue>.group.<group>.<type>`)."""
+        return f"{self.prefix}.{queue}.group.{group}.{job_type}"
+
+    def group_filter(self, queue: str, group: str) -> str:
+        return f"{self.prefix}.{queue}.group.{group}.>"
+
+    def group_consumer(self, queue: str, group: str) -> str:
+        return f"{self.prefix}-{queue}-group-{_name_part(group)}"
 
     def ready_subject(self, queue: str, job_type: str, headers: Mapping[str, str] | None = None) -> str:
         """Where a ready job of `job_type` is published: its claim's subject when its headers name a target

@@ -35,7 +35,7 @@ class Registry(bgjob.Mux):
 
     def handle(self, job_type: str, handler: Any, **options: Any) -> None:
         """`bgjob.Mux.handle` with every option it takes (sensitive, retry_policy, middleware, time_limit,
-        singleton, partitioned), remembering the function's type for @periodic."""
+        singleton, partitioned, group), remembering the function's type for @periodic."""
         super().handle(job_type, handler, **options)
         try:
             self._types_of[handler] = job_type
@@ -110,13 +110,14 @@ registry = Registry()
 def handler(job_type: str, *, mux: Registry | None = None, sensitive: Collection[str] | None = None,
             retry_policy: bgjob.RetryPolicy | None = None, middleware: Sequence[bgjob.Middleware] | None = None,
             time_limit: float | timedelta | None = None, singleton: bool = False, partitioned: bool = False,
-            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
+            group: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # fmt: skip
     """Register the decorated function (or SyncHandlerAdapter class instance) as the handler of `job_type`.
 
     The options are `bgjob.Mux.handle`'s: `sensitive` (arg keys whose values are masked wherever bgjob shows
     or stores the job), `retry_policy` (a bgjob.RetryPolicy for this type instead of the worker's),
     `middleware` (a list of middleware around this handler only, inside the worker's), `time_limit`
-    (seconds > 0 or a timedelta), `singleton` and `partitioned` (see the README's Routing section). Raises
+    (seconds > 0 or a timedelta), `singleton`, `partitioned` and `group` (the worker group whose workers alone
+    run it: `manage.py bgjob_worker --group NAME`; see the README's Routing section). Raises
     InvalidJob for a bad job type, HandlerError for a bad option (when the decorator is applied) or a duplicate
     type.
     """
@@ -125,7 +126,7 @@ def handler(job_type: str, *, mux: Registry | None = None, sensitive: Collection
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         (registry if mux is None else mux).handle(job_type, fn, sensitive=sensitive, retry_policy=retry_policy,
                                                   middleware=middleware, time_limit=time_limit, singleton=singleton,
-                                                  partitioned=partitioned)  # fmt: skip
+                                                  partitioned=partitioned, group=group)  # fmt: skip
         return fn
 
     return register

@@ -383,5 +383,5 @@ def test_status_shows_the_retrying_column(cli_env, client: bgjob.Client) -> None
     out = bgjob_cli(cli_env, "status")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[1].split() == ["QUEUE", "PENDING", "IN-FLIGHT", "RETRYING", "SCHEDULED", "DLQ"]
-    assert [ln.split() for ln in lines if ln.startswith("default")] == [["default", "0", "0", "1", "0", "0"]]
+    assert lines[1].split() == ["QUEUE", "PENDING", "IN-FLIGHT", "RETRYING", "SCHEDULED", "ROUTED", "DLQ"]
+    assert [ln.split() for ln in lines if ln.startswith("default")] == [["default", "0", "0", "1", "0", "0", "0"]]

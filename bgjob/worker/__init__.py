@@ -21,13 +21,13 @@ from .. import job as jobmod
 from ..client import Client
 from ..core import as_bgjob_error
 from ..encryption import cipher_for
-from ..errors import ConnectionError
+from ..errors import ConfigurationError, ConnectionError
 from ..events import EventHooks
 from ..handler import Mux, time_limit_seconds
 from ..hooks import HookSet, WorkerHooks
 from ..long_running import LongRunning
 from ..middleware import Middleware
-from ..placement import lanes_for, singleton_types, validate_claims
+from ..placement import grouped_types, lanes_for, singleton_types, validate_claims, validate_groups
 from ..retry_policy import RetryPolicy
 from ..runtime import Flag
 from ..signing import Verifier
@@ -66,8 +66,15 @@ class Worker:
         claims: placement claims this worker holds (e.g. `["primary", "region/eu"]`, from ebind): it also runs
             the jobs sent with `send_job(..., target=<claim>)`, through one consumer per claim (bgjob.placement).
             Handlers registered `singleton=True` are served through their type's one-slot consumer.
+        groups: worker groups (ebind's worker groups, e.g. `["reports"]`): this worker then runs only the job
+            types of `mux` registered with `group=` one of them, each group through its own consumer (up to
+            `concurrency` handlers each), and serves nothing else (no main consumer, no singleton, partition or
+            claim lane). Without groups (the default) a worker never runs a grouped type: it forwards its jobs
+            to their group's consumer, where they wait for a worker of the group (bgjob.placement).
 
-    Raises InvalidJob for a bad queue name or claim and ValueError for a bad concurrency, pool or time_limit.
+    Raises InvalidJob for a bad queue name, claim or group, TypeError for claims or groups given as one str,
+    ConfigurationError for a group none of `mux`'s handlers is in or groups with claims, and ValueError for a
+    bad concurrency, pool or time_limit.
     """
 
     def __init__(
@@ -86,10 +93,16 @@ class Worker:
         pool: str = "threads",
         time_limit: float | timedelta | None = None,
         claims: Sequence[str] = (),
+        groups: Sequence[str] = (),
     ) -> None:
         jobmod.validate_queue(queue)
         #: the placement claims this worker holds (bgjob.placement).
         self.claims = validate_claims(claims)
+        #: the worker groups this worker serves, alone (bgjob.placement); () for a default worker.
+        self.groups = validate_groups(groups, mux)
+        if self.groups and claims:
+            raise ConfigurationError("a worker with groups serves only its groups' consumers and holds no claims: "
+                                     "run a default worker with the claims beside it")  # fmt: skip
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if pool not in ("threads", "gevent"):
@@ -144,12 +157,15 @@ class Worker:
                               time_limit=self.time_limit)  # fmt: skip
 
         dispatcher = new_dispatcher()
-        lanes = lanes_for(core, self.queue, self.mux, self.claims, self.concurrency)
+        lanes = lanes_for(core, self.queue, self.mux, self.claims, self.concurrency, self.groups)
+        # A group worker has no main consumer: its first group's lane is its main loop (the directory entry).
+        first = lanes.pop(0) if self.groups else None
         loop = self._loop = FetchLoop(core, runtime, pool, dispatcher, worker_id=self.id,
                                       concurrency=self.concurrency, max_batch=self.max_batch,
                                       fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
-                                      started=Flag() if lanes else self._started,
-                                      singletons=frozenset(singleton_types(self.mux)))  # fmt: skip
+                                      started=Flag() if lanes else self._started, lane=first, announce=True,
+                                      singletons=frozenset(singleton_types(self.mux)),
+                                      grouped=grouped_types(self.mux), groups=self.groups)  # fmt: skip
         # Placement lanes (bgjob.placement): one loop each, with its own pool and dispatcher.
         lane_parts = [(make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane"), new_dispatcher(),
                        lane) for lane in lanes]  # fmt: skip

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import nats.js.errors
@@ -23,7 +24,7 @@ from ..core import Core
 from ..dlq import dead_letter_stored
 from ..errors import ConnectionError, describe_error
 from ..headers import STORE_RESULT
-from ..placement import Lane, ensure_lane, forward_singleton
+from ..placement import Lane, ensure_lane, forward_grouped, forward_singleton
 from ..runtime import Flag, Runtime
 from .dispatch import Delivery, Dispatcher
 from .pool import Pool
@@ -43,13 +44,20 @@ class FetchLoop:
 
     def __init__(self, core: Core, runtime: Runtime, pool: Pool, dispatcher: Dispatcher, *, worker_id: str,
                  concurrency: int, max_batch: int, fetch_timeout: float, grace_period: float,
-                 started: Flag, lane: Lane | None = None,
-                 singletons: frozenset[str] = frozenset()) -> None:  # fmt: skip
+                 started: Flag, lane: Lane | None = None, singletons: frozenset[str] = frozenset(),
+                 grouped: Mapping[str, str] | None = None, groups: tuple[str, ...] = (),
+                 announce: bool | None = None) -> None:  # fmt: skip
         self.queue = dispatcher.queue
         #: a placement lane (bgjob.placement) this loop serves instead of the queue's main consumer.
         self.lane = lane
         #: singleton types: forwarded from the main consumer to their lanes, never run from it.
         self.singletons = singletons
+        #: grouped types and their groups: forwarded from the main consumer to their group's lane, never run from it.
+        self.grouped: Mapping[str, str] = grouped or {}
+        #: the worker groups this worker serves (its directory entry says so).
+        self.groups = groups
+        #: whether this loop keeps the worker's directory entry (the main consumer's loop unless told).
+        self.announces = lane is None if announce is None else announce
         self.worker_id = worker_id
         self.concurrency = concurrency
         self.max_batch = max_batch
@@ -124,7 +132,7 @@ class FetchLoop:
         self.runtime.add_wakeup_hook(self._settle_completed)
         self.runtime.add_wakeup_hook(self._send_heartbeats)
         leases = asyncio.create_task(self._keep_leases())
-        announcements = asyncio.create_task(self._announce() if self.lane is None else asyncio.sleep(0))
+        announcements = asyncio.create_task(self._announce() if self.announces else asyncio.sleep(0))
         sweeps = asyncio.create_task(self._sweep_stranded(stream, consumer) if self.lane is None else asyncio.sleep(0))
         log.info("worker on queue %r%s: concurrency %d, handlers %s", self.queue,
                  f" ({self.lane.what})" if self.lane else "", self.concurrency,
@@ -214,10 +222,14 @@ class FetchLoop:
             pull.on_status(msg.headers or {})
         else:
             pull.requested = max(0, pull.requested - 1)
-            if self.singletons and self.lane is None:
+            if (self.singletons or self.grouped) and self.lane is None:
                 job_type = self.core.topology.job_type_of(self.queue, msg.subject)
                 if job_type in self.singletons:  # its one slot is its own consumer's (bgjob.placement)
                     self.runtime.spawn(forward_singleton(self.core, self.queue, msg, job_type))
+                    self._capacity.set()
+                    return
+                if job_type in self.grouped:  # run only by its group's workers (bgjob.placement)
+                    self.runtime.spawn(forward_grouped(self.core, self.queue, msg, job_type, self.grouped[job_type]))
                     self._capacity.set()
                     return
             item = Delivery(msg, renew=self._renew_lease)
@@ -400,6 +412,8 @@ class FetchLoop:
                 "started_at": started, "last_beat": jobmod.format_time(datetime.now(timezone.utc)),
                 "version": __version__,
             }  # fmt: skip
+            if self.groups:
+                entry["groups"] = list(self.groups)
             try:
                 await directory.announce(self.core, entry)
             except Exception as exc:  # noqa: BLE001 - tried again at the next beat

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import bgjob
 from bgjob import job as jobmod
-from bgjob.cli import positive_seconds, server_line
+from bgjob.cli import add_placement_arguments, positive_seconds, server_line
 from bgjob.logs import ContextFilter, configure_logging
 from bgjob_django.conf import get_client, get_config
 from bgjob_django.registry import registry
@@ -38,6 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of the metrics endpoint "
                             "(default: 127.0.0.1, this host only; 0.0.0.0 is the explicit choice to let other "
                             "hosts scrape it). Only /metrics answers")  # fmt: skip
+        add_placement_arguments(parser)
         parser.add_argument("--no-schedules", action="store_true",
                             help="do not declare the project's periodic jobs at start")
         parser.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this process "
@@ -54,6 +55,9 @@ class Command(BaseCommand):
         time_limit = options["time_limit"] if options["time_limit"] is not None else config.time_limit
         if time_limit is not None:
             worker_options["time_limit"] = time_limit
+        for name in ("claims", "groups"):  # --claim NAME, --group NAME (bgjob.placement)
+            if options.get(name):
+                worker_options[name] = options[name]
         queues = list(dict.fromkeys(options["queues"] or default_queues(config)))
         for queue in queues:
             try:

@@ -40,6 +40,7 @@ from .headers import (
     SENSITIVE_KEYS,
     SIGNATURE,
     STORE_RESULT,
+    TARGET_UNTIL,
     cut_text,
     derived_msg_id,
     entry_size,
@@ -67,7 +68,7 @@ _REFUSALS = (nats.js.errors.APIError, nats.errors.BadHeaderError, InvalidJob)
 
 #: The reasons bgjob itself gives; handlers may use their own via MoveToDlq(reason=...).
 REASONS = ("handler", "max_attempts", "non_retryable", "deadline", "expired", "max_deliveries", "time_limit",
-           "unknown_handler", "decode", "decrypt", "signature",
+           "unknown_handler", "decode", "decrypt", "signature", "no_target",
            "internal_error")  # fmt: skip
 
 async def move_to_dlq(
@@ -194,6 +195,55 @@ async def dead_letter_stored(
               deliveries, error, extra={"job_id": job_id, "job_type": job_type, "bgjob_reason": "max_deliveries",
                                         "bgjob_fate": "dead_lettered", "bgjob_handler_ran": False})  # fmt: skip
     return True
+
+
+async def dead_letter_untaken(
+    core: Core,
+    queue: str,
+    claim: str,
+    stream_seq: int,
+    *,
+    sensitive: Callable[[str], Collection[str]] | None = None,
+) -> tuple[str, str, str] | None:
+    """Dead-letter (reason `no_target`) the placed job stored at `stream_seq` in `queue`'s stream, waiting for a
+    worker holding `claim`, whose Bgjob-Target-Until (`send_job(..., target_timeout=)`) has passed; then delete
+    it from the stream. The caller (bgjob.placement's sweep) has found that no live worker holds the claim.
+
+    The dead letter is `move_to_dlq`'s for a delivery of this stored message (attempts: those it carries), its
+    `Nats-Msg-Id` derived from the stored message: workers sweeping at once, or one sweep repeated after a crash
+    between the publish and the delete, store one dead letter. Publish first, then delete: a crash in between
+    leaves the job waiting, dead-lettered again (deduplicated within the DLQ's duplicate window) by the next
+    sweep; never a job lost. `sensitive(job_type)`: the handler's sensitive arg keys, when known.
+
+    Returns None, doing nothing, when the message is gone, is not one of the claim's placed jobs, or carries no
+    Bgjob-Target-Until that has passed (read again from the stored message); the job's (id, type, error text)
+    once dead-lettered and deleted (a delete answered NotFound counts). Raises what `move_to_dlq` raises
+    (DeadLetterRefused, bgjob.ConnectionError) and nats-py's errors of the get and delete requests.
+    """
+    topology = core.topology
+    stream = topology.queue_stream(queue)
+    msg = await _stored_job(core, stream, topology.target_consumer(queue, claim), stream_seq, 0)
+    if msg is None or not msg.subject.startswith(topology.target_subject(queue, claim, "")):
+        return None
+    headers = msg.headers or {}
+    until = jobmod.parse_time(headers.get(TARGET_UNTIL))
+    if until is None or until > datetime.now(timezone.utc):
+        return None
+    job_type = topology.job_type_of(queue, msg.subject)
+    job_id = job_id_of(msg)
+    error = (f"no live worker of queue {queue!r} held the claim {claim!r} by {jobmod.format_time(until)} (the job's "
+             "target_timeout): it was not run")  # fmt: skip
+    keys = set(sensitive(job_type)) if sensitive is not None else set()
+    await move_to_dlq(core, msg, queue=queue, job_id=job_id, job_type=job_type, reason="no_target", error=error,
+                      traceback=None, attempts=attempts_used(headers), sensitive=keys)  # fmt: skip
+    try:
+        await core.js.delete_msg(stream, stream_seq)
+    except nats.js.errors.NotFoundError:
+        pass  # taken (or deleted) by whoever got there first
+    log.error("job %s (%s) moved to the DLQ: no_target: %s", job_id, job_type, error,
+              extra={"job_id": job_id, "job_type": job_type, "bgjob_reason": "no_target",
+                     "bgjob_fate": "dead_lettered", "bgjob_handler_ran": False})  # fmt: skip
+    return job_id, job_type, error
 
 
 async def _stored_job(core: Core, stream: str, consumer: str, seq: int, deliveries: int) -> Msg | None:

@@ -16,7 +16,21 @@
   its claim in the `Bgjob-Target` header (retries and dead letters sent back keep it). A worker holding the
   claim (`Worker(..., claims=["primary"])`) serves it through a durable consumer per claim,
   `<prefix>-<queue>-target-<claim>`; the main consumer's `job.>` never matches it, so a job nobody holds a claim
-  for waits in the stream until a worker with that claim starts.
+  for waits in the stream until a worker with that claim starts. Claims may come from a callable, asked again
+  every `claims_interval` seconds (bgjob.worker.claims): a claim's lane starts and stops with it.
+- `no_target`: a placed job sent with `target_timeout=` carries `Bgjob-Target-Until` (RFC 3339 UTC: when a
+  holder must have taken it). Every worker of the queue (its main consumer's loop) sweeps every
+  TARGET_SWEEP_INTERVAL seconds (`UntakenSweep`): the claims that have jobs waiting (the stream's subject list),
+  less those a live worker of the queue holds (the worker directory's entries list their claims; an entry
+  expires Settings.worker_ttl after its worker's last beat, so a SIGKILLed holder stops counting then); for each
+  claim nobody holds, its jobs that its consumer never delivered (beyond the consumer's delivered sequence: a job
+  a holder took is never swept, even while that holder drains) whose until-time has passed are dead-lettered
+  with reason `no_target` (`bgjob.dlq.dead_letter_untaken`: the DLQ publish first, a message id derived from the
+  stored message, then the delete by sequence; a crash in between gives at worst a second dead letter after the
+  DLQ's duplicate window, never a lost job). The race left: a holder that starts in the instant between a
+  sweep's reads and its delete may take the job too; then it runs and is in the DLQ. A directory that cannot
+  be read skips the sweep (nothing is dead-lettered on a guess). Workers of versions that write no `claims` in
+  their entry hold nothing for the sweep. A queue with no worker at all sweeps nothing.
 - A grouped type (`@mux.handler("render-pdf", group="reports")`, ebind's worker groups) runs only on a worker of
   its group (`Worker(..., groups=["reports"])`). As for a singleton, the producer knows nothing: the job arrives on
   `job.<type>`, and the default worker that pulls it from the main consumer forwards it (the same way: headers,
@@ -31,22 +45,31 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
+from . import directory
 from . import job as jobmod
 from .codec import job_id_of
 from .core import Core
+from .dlq import dead_letter_untaken
 from .errors import ConfigurationError
 from .handler import Mux, validate_group
-from .headers import MSG_ID, derived_msg_id, without_nats_headers
+from .headers import MSG_ID, TARGET_UNTIL, derived_msg_id, without_nats_headers
 from .provisioning import ensure_consumer
 from .topology import PARTITIONS, lane_consumer_config
 
 log = logging.getLogger("bgjob.worker")
+
+#: seconds between a worker's sweeps for placed jobs nobody took by their Bgjob-Target-Until (`UntakenSweep`).
+TARGET_SWEEP_INTERVAL = 5.0
+#: the most waiting placed jobs one sweep reads; the next sweep goes on from there.
+TARGET_SWEEP_READS = 500
 
 
 @dataclass(frozen=True)
@@ -110,16 +133,23 @@ def lanes_for(core: Core, queue: str, mux: Mux, claims: Sequence[str], concurren
                                        settings, max_ack_pending=1,
                                        description=f"bgjob singleton {t!r} of queue {queue!r}"),
                   1, f"singleton {t!r}", singleton=True) for t in singleton_types(mux)]  # fmt: skip
-    found += [Lane(lane_consumer_config(topology.target_consumer(queue, c), topology.target_filter(queue, c),
-                                        settings, max_ack_pending=settings.max_ack_pending,
-                                        description=f"bgjob claim {c!r} of queue {queue!r}"),
-                   concurrency, f"claim {c!r}") for c in claims]  # fmt: skip
+    found += [claim_lane(core, queue, c, concurrency) for c in claims]
     if any(mux.options(t).partitioned for t in mux.types()):
         found += [Lane(lane_consumer_config(topology.partition_consumer(queue, n),
                                             f"{topology.prefix}.{queue}.part.{n}.>", settings, max_ack_pending=1,
                                             description=f"bgjob partition {n} of queue {queue!r}"),
                        1, f"partition {n}", singleton=True, ordered=True) for n in range(PARTITIONS)]  # fmt: skip
     return found
+
+
+def claim_lane(core: Core, queue: str, claim: str, concurrency: int) -> Lane:
+    """The lane of a claim (validated by the caller): its durable consumer `<prefix>-<queue>-target-<claim>` on
+    `<prefix>.<queue>.target.<claim>.>`, up to `concurrency` handlers at once."""
+    topology, settings = core.topology, core.settings
+    return Lane(lane_consumer_config(topology.target_consumer(queue, claim), topology.target_filter(queue, claim),
+                                     settings, max_ack_pending=settings.max_ack_pending,
+                                     description=f"bgjob claim {claim!r} of queue {queue!r}"),
+                concurrency, f"claim {claim!r}")  # fmt: skip
 
 
 async def ensure_lane(core: Core, queue: str, lane: Lane) -> ConsumerConfig:
@@ -163,3 +193,65 @@ async def _forward(core: Core, queue: str, msg: Msg, subject: str, kind: str, wh
             await msg.nak(delay=1.0)
         except Exception:  # noqa: BLE001 - redelivered after ack_wait
             pass
+
+
+class UntakenSweep:
+    """One worker's sweep for the placed jobs of `queue` that no holder of their claim took by their
+    Bgjob-Target-Until: dead-lettered, reason `no_target` (see this module's docstring). `sensitive(job_type)`:
+    the handler's sensitive arg keys. Run by the main consumer's FetchLoop every TARGET_SWEEP_INTERVAL seconds;
+    each sweep reads at most TARGET_SWEEP_READS waiting jobs and goes on where the last one stopped.
+    `dead_lettered(job_id, job_type, error)` is told of each job it dead-lettered (the worker's lifecycle event)."""
+
+    def __init__(self, core: Core, queue: str, sensitive: Callable[[str], Collection[str]] | None = None,
+                 dead_lettered: Callable[[str, str, str], None] | None = None) -> None:  # fmt: skip
+        self.core = core
+        self.queue = queue
+        self.sensitive = sensitive
+        self.dead_lettered = dead_lettered
+        #: per claim, the stream sequence the next sweep reads from.
+        self._resume: dict[str, int] = {}
+
+    async def sweep(self) -> int:
+        """One sweep; returns how many jobs it dead-lettered. Requests: one stream info; with placed jobs
+        waiting, the directory's reads; per claim nobody holds, one consumer info and one read per job waiting
+        (bounded). Raises nats-py's and bgjob's errors (the caller logs them and sweeps again later)."""
+        core, queue = self.core, self.queue
+        topology = core.topology
+        assert core.js is not None
+        stream = topology.queue_stream(queue)
+        info = await core.js.stream_info(stream, subjects_filter=topology.target_filter(queue))
+        start = topology.target_subject(queue, "", "")[:-1]  # `<prefix>.<queue>.target.`
+        waiting = {subject[len(start) :].partition(".")[0] for subject in (info.state.subjects or {})}
+        self._resume = {claim: seq for claim, seq in self._resume.items() if claim in waiting}
+        if not waiting:
+            return 0
+        unheld = waiting - await directory.held_claims(core, queue)
+        reads = moved = 0
+        for claim in sorted(unheld):
+            try:
+                consumer = await core.js.consumer_info(stream, topology.target_consumer(queue, claim))
+                taken = consumer.delivered.stream_seq if consumer.delivered else 0
+            except nats.js.errors.NotFoundError:
+                taken = 0  # no holder ever started: nothing was delivered
+            seq = max(self._resume.pop(claim, 0), taken or 0)
+            now = datetime.now(timezone.utc)
+            while True:
+                if reads >= TARGET_SWEEP_READS:
+                    self._resume[claim] = seq
+                    return moved
+                try:
+                    found = await core.js.get_msg(stream, seq + 1, subject=topology.target_filter(queue, claim),
+                                                  next=True)  # fmt: skip
+                except nats.js.errors.NotFoundError:
+                    break  # the claim's last waiting job was read
+                reads += 1
+                seq = found.seq or seq + 1
+                until = jobmod.parse_time((found.headers or {}).get(TARGET_UNTIL))
+                if until is None or until > now:
+                    continue
+                done = await dead_letter_untaken(core, queue, claim, seq, sensitive=self.sensitive)
+                if done is not None:
+                    moved += 1
+                    if self.dead_lettered is not None:
+                        self.dead_lettered(*done)
+        return moved

@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from .. import job as jobmod
@@ -27,11 +27,12 @@ from ..handler import Mux, time_limit_seconds
 from ..hooks import HookSet, WorkerHooks
 from ..long_running import LongRunning
 from ..middleware import Middleware
-from ..placement import grouped_types, lanes_for, singleton_types, validate_claims, validate_groups
+from ..placement import claim_lane, grouped_types, lanes_for, singleton_types, validate_claims, validate_groups
 from ..retry_policy import RetryPolicy
 from ..runtime import Flag
 from ..signing import Verifier
 from ..workflows import WorkflowHooks
+from .claims import ClaimLanes, validate_claims_interval
 from .dispatch import Dispatcher
 from .loop import FetchLoop
 from .pool import make_pool
@@ -65,7 +66,11 @@ class Worker:
             no limit. See `bgjob.worker.time_limit` for what cannot be interrupted.
         claims: placement claims this worker holds (e.g. `["primary", "region/eu"]`, from ebind): it also runs
             the jobs sent with `send_job(..., target=<claim>)`, through one consumer per claim (bgjob.placement).
-            Handlers registered `singleton=True` are served through their type's one-slot consumer.
+            Handlers registered `singleton=True` are served through their type's one-slot consumer. Or a
+            callable returning such a list, called in the thread running the worker at start and every
+            `claims_interval` seconds (30.0): a claim it adds starts its consumer, one it drops stops being pulled
+            (its in-flight jobs finish); one that raises or returns bad claims is logged and the current claims are
+            kept (bgjob.worker.claims). The directory entry (`client.workers()`) lists the current claims.
         groups: worker groups (ebind's worker groups, e.g. `["reports"]`): this worker then runs only the job
             types of `mux` registered with `group=` one of them, each group through its own consumer (up to
             `concurrency` handlers each), and serves nothing else (no main consumer, no singleton, partition or
@@ -74,7 +79,7 @@ class Worker:
 
     Raises InvalidJob for a bad queue name, claim or group, TypeError for claims or groups given as one str,
     ConfigurationError for a group none of `mux`'s handlers is in or groups with claims, and ValueError for a
-    bad concurrency, pool or time_limit.
+    bad concurrency, pool, time_limit or claims_interval.
     """
 
     def __init__(
@@ -92,12 +97,16 @@ class Worker:
         max_batch: int = 256,
         pool: str = "threads",
         time_limit: float | timedelta | None = None,
-        claims: Sequence[str] = (),
+        claims: Sequence[str] | Callable[[], Sequence[str]] = (),
         groups: Sequence[str] = (),
+        claims_interval: float = 30.0,
     ) -> None:
         jobmod.validate_queue(queue)
-        #: the placement claims this worker holds (bgjob.placement).
-        self.claims = validate_claims(claims)
+        #: the placement claims this worker holds (bgjob.placement); a claims callable's latest answer.
+        self._claims_source = claims if callable(claims) else None
+        self.claims: tuple[str, ...] = () if callable(claims) else validate_claims(claims)
+        #: seconds between two calls of a claims callable (bgjob.worker.claims).
+        self.claims_interval = validate_claims_interval(claims_interval)
         #: the worker groups this worker serves, alone (bgjob.placement); () for a default worker.
         self.groups = validate_groups(groups, mux)
         if self.groups and claims:
@@ -130,7 +139,7 @@ class Worker:
         self._stop_requested = Flag()
         self._started = Flag()
         self._loop: FetchLoop | None = None
-        self._lane_loops: list[FetchLoop] = []
+        self._lane_loops: list[FetchLoop | ClaimLanes] = []
         host = re.sub(r"[^-_a-zA-Z0-9]", "_", socket.gethostname())[:60]
         #: this worker's id in the worker directory and in stored results.
         self.id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -157,13 +166,32 @@ class Worker:
                               time_limit=self.time_limit)  # fmt: skip
 
         dispatcher = new_dispatcher()
+
+        def new_claim_loop(claim: str) -> tuple[FetchLoop, Callable[[], None]]:
+            """A claim's lane, loop and pool (for a claims callable), made in this thread; and what closes them."""
+            lane = claim_lane(core, self.queue, claim, self.concurrency)
+            lane_pool, lane_dispatcher = make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane"), \
+                new_dispatcher()  # fmt: skip
+
+            def close() -> None:
+                lane_pool.shutdown()
+                if lane_dispatcher.time_limits is not None:
+                    lane_dispatcher.time_limits.close()
+
+            return FetchLoop(core, runtime, lane_pool, lane_dispatcher, worker_id=self.id,
+                             concurrency=lane.concurrency, max_batch=self.max_batch, fetch_timeout=self.fetch_timeout,
+                             grace_period=self.grace_period, started=Flag(), lane=lane), close  # fmt: skip
+
+        claim_lanes = None if self._claims_source is None else ClaimLanes(
+            self._claims_source, self.claims_interval, runtime, self.queue, new_claim_loop)  # fmt: skip
         lanes = lanes_for(core, self.queue, self.mux, self.claims, self.concurrency, self.groups)
         # A group worker has no main consumer: its first group's lane is its main loop (the directory entry).
         first = lanes.pop(0) if self.groups else None
         loop = self._loop = FetchLoop(core, runtime, pool, dispatcher, worker_id=self.id,
                                       concurrency=self.concurrency, max_batch=self.max_batch,
                                       fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
-                                      started=Flag() if lanes else self._started, lane=first, announce=True,
+                                      started=Flag() if lanes or claim_lanes else self._started, lane=first,
+                                      announce=True,
                                       singletons=frozenset(singleton_types(self.mux)),
                                       grouped=grouped_types(self.mux), groups=self.groups)  # fmt: skip
         # Placement lanes (bgjob.placement): one loop each, with its own pool and dispatcher.
@@ -174,15 +202,23 @@ class Worker:
                                       fetch_timeout=self.fetch_timeout, grace_period=self.grace_period,
                                       started=Flag(), lane=lane)
                             for lane_pool, lane_dispatcher, lane in lane_parts]  # fmt: skip
+        loop.claims = self.claims
+        if claim_lanes is not None:
+            claim_lanes.main = loop
+            claim_lanes.tick()  # the callable's first answer: those lanes start once the entry lists them
+            self.claims = claim_lanes.current()
+            self._lane_loops.append(claim_lanes)
         everything = [loop, *self._lane_loops]
-        call = runtime.start_call(_serve_all(everything, self._started) if lanes else loop.serve())
+        call = runtime.start_call(_serve_all(everything, self._started) if lanes or claim_lanes else loop.serve())
         if self._stop_requested.is_set():
             for each in everything:
                 each.request_stop()
         restore = install_drain_signals(self.stop, lambda: f"{self.in_flight} in-flight jobs")
         try:
-            while not call.wait(0.5):
-                pass  # wake up now and then so signal handlers run in the main thread
+            while not call.wait(0.5):  # wake up now and then so signal handlers run in the main thread
+                if claim_lanes is not None:
+                    claim_lanes.tick()
+                    self.claims = claim_lanes.current()
             try:
                 call.value()
             except asyncio.CancelledError:
@@ -202,6 +238,8 @@ class Worker:
                 lane_pool.shutdown()
                 if lane_dispatcher.time_limits is not None:
                     lane_dispatcher.time_limits.close()
+            if claim_lanes is not None:
+                claim_lanes.close()
 
     def start(self) -> threading.Thread:
         """Run in a background thread; returns once the worker is fetching. Raises RuntimeError if it fails."""
@@ -234,7 +272,7 @@ class Worker:
         return (len(loop.inflight) if loop is not None else 0) + sum(len(each.inflight) for each in self._lane_loops)
 
 
-async def _serve_all(loops: Sequence[FetchLoop], started: Flag) -> None:
+async def _serve_all(loops: Sequence[FetchLoop | ClaimLanes], started: Flag) -> None:
     """Serve the main loop and its placement lanes together; `started` once all fetch. The first to fail stops
     the others (each drains) and its error is raised."""
     tasks = [asyncio.create_task(each.serve()) for each in loops]

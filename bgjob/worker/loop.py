@@ -23,8 +23,9 @@ from ..codec import job_id_of
 from ..core import Core
 from ..dlq import dead_letter_stored
 from ..errors import ConnectionError, describe_error
+from ..events import EventKind, cut_error, event_body, sink_for
 from ..headers import STORE_RESULT
-from ..placement import Lane, ensure_lane, forward_grouped, forward_singleton
+from ..placement import TARGET_SWEEP_INTERVAL, Lane, UntakenSweep, ensure_lane, forward_grouped, forward_singleton
 from ..runtime import Flag, Runtime
 from .dispatch import Delivery, Dispatcher
 from .pool import Pool
@@ -84,6 +85,11 @@ class FetchLoop:
         self._unavailable_since: float | None = None
         #: stream sequences of messages past max_deliveries being dead-lettered now (see _recover_stranded).
         self._recovering: set[int] = set()
+        #: the placement claims the worker holds now, in its directory entry (set by the Worker, bgjob.worker.claims).
+        self.claims: tuple[str, ...] = ()
+        #: set to write the directory entry now; each `_announced` event is set once an entry was written after it.
+        self._announce_soon = asyncio.Event()
+        self._announced: list[asyncio.Event] = []
 
     # -- called from other threads ------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -134,6 +140,7 @@ class FetchLoop:
         leases = asyncio.create_task(self._keep_leases())
         announcements = asyncio.create_task(self._announce() if self.announces else asyncio.sleep(0))
         sweeps = asyncio.create_task(self._sweep_stranded(stream, consumer) if self.lane is None else asyncio.sleep(0))
+        untaken = asyncio.create_task(self._sweep_untaken() if self.lane is None else asyncio.sleep(0))
         log.info("worker on queue %r%s: concurrency %d, handlers %s", self.queue,
                  f" ({self.lane.what})" if self.lane else "", self.concurrency,
                  self.dispatcher.mux.types())  # fmt: skip
@@ -165,6 +172,7 @@ class FetchLoop:
             leases.cancel()
             announcements.cancel()
             sweeps.cancel()
+            untaken.cancel()
             try:
                 async with asyncio.timeout(min(2.0, core.settings.request_timeout)):
                     await directory.withdraw(core, self.worker_id)
@@ -401,16 +409,38 @@ class FetchLoop:
                 log.debug("queue %r: sweep for messages past max_deliveries failed: %r", self.queue, exc)
             await asyncio.sleep(SWEEP_INTERVAL)
 
+    # -- placed jobs nobody took by their target_timeout (bgjob.placement) ---------------------------------------
+    async def _sweep_untaken(self) -> None:
+        """Every TARGET_SWEEP_INTERVAL seconds: dead-letter (reason `no_target`) the placed jobs of this queue
+        whose claim no live worker holds and whose Bgjob-Target-Until has passed (`placement.UntakenSweep`)."""
+        sweep = UntakenSweep(self.core, self.queue, self.dispatcher.mux.sensitive_keys, self._no_target_event)
+        while True:
+            await asyncio.sleep(TARGET_SWEEP_INTERVAL)
+            try:
+                await sweep.sweep()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next sweep
+                log.warning("queue %r: sweep for placed jobs past their target_timeout failed: %s", self.queue,
+                            describe_error(exc))  # fmt: skip
+
+    def _no_target_event(self, job_id: str, job_type: str, error: str) -> None:
+        """With Settings.events: the `dead_lettered` event (reason `no_target`) of a job the sweep dead-lettered."""
+        if self.core.settings.events:
+            body = event_body(EventKind.DEAD_LETTERED, job_id, job_type, self.queue, 0, datetime.now(timezone.utc),
+                              self.worker_id, cut_error(error), "no_target")  # fmt: skip
+            sink_for(self.runtime, self.core).emit_body(self.core.topology.event_subject(job_id, self.queue, job_type),
+                                                        body)  # fmt: skip
+
     # -- the worker directory ---------------------------------------------------------------------------------
     async def _announce(self) -> None:
         """Keep this worker's entry in the worker directory fresh."""
         started = jobmod.format_time(datetime.now(timezone.utc))
         while True:
+            written, self._announced = self._announced, []  # told once this entry (claims as of now) is written
             entry = {
                 "id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "queues": [self.queue],
                 "concurrency": self.concurrency, "in_flight": len(self.inflight), "processed": self.processed,
                 "started_at": started, "last_beat": jobmod.format_time(datetime.now(timezone.utc)),
-                "version": __version__,
+                "version": __version__, "claims": list(self.claims),
             }  # fmt: skip
             if self.groups:
                 entry["groups"] = list(self.groups)
@@ -418,7 +448,19 @@ class FetchLoop:
                 await directory.announce(self.core, entry)
             except Exception as exc:  # noqa: BLE001 - tried again at the next beat
                 log.debug("worker directory heartbeat failed: %r", exc)
-            await asyncio.sleep(self.core.settings.worker_ttl / 3)
+            for event in written:
+                event.set()
+            await _wait(self._announce_soon, timeout=self.core.settings.worker_ttl / 3)
+            self._announce_soon.clear()
+
+    async def announce_now(self, timeout: float) -> bool:
+        """Have the directory entry written now (its claims changed) and wait for it, at most `timeout` seconds
+        (the loop may not be announcing yet); False when that ran out."""
+        done = asyncio.Event()
+        self._announced.append(done)
+        self._announce_soon.set()
+        await _wait(done, timeout=timeout)
+        return done.is_set()
 
     # -- the drain --------------------------------------------------------------------------------------------
     async def _drain(self, pull: PullRequests) -> None:

@@ -42,7 +42,7 @@ from nats.js.api import StorageType
 from nats.js.client import KV_PRE_TEMPLATE
 from nats.js.kv import KeyValue
 
-from .errors import BgjobError, InvalidJob, describe_error
+from .errors import InvalidJob, NonRetryable, describe_error
 from .headers import SENSITIVE_KEYS
 from .hooks import Failure, Fate, FateKind, WorkerHooks
 from .job import KEEP_CHECKPOINT, Job, encode_arg, sensitive_of, validate_job_id
@@ -63,8 +63,11 @@ _SIGNAL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PUT_OVERHEAD = 1024
 
 
-class SignalTimeout(BgjobError):
-    """`job.wait_for_signal(name, timeout)` saw no signal `name` within `timeout`."""
+class SignalTimeout(NonRetryable):
+    """`job.wait_for_signal(name, timeout)` saw no signal `name` within `timeout`.
+
+    Left uncaught, it dead-letters the job at once (reason `non_retryable`, as bgjob.NonRetryable): a retry would
+    only start the whole wait again, attempt after attempt. Catch it to do something else instead."""
 
 
 class PauseRequested(BaseException):

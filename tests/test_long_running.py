@@ -203,6 +203,26 @@ def test_a_signal_is_consumed_once_and_a_second_wait_times_out(client, start_wor
     assert drain(seen, 2) == ["once", "second wait timed out"]
 
 
+def test_an_uncaught_signal_timeout_dead_letters_the_job_at_once(client, start_worker) -> None:
+    """A retry would only wait all over again (a new user saw six full waits): the job is dead-lettered after its
+    first timed-out wait, reason non_retryable, whatever attempts its retry policy has left."""
+    runs: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    @mux.handler("approval", retry_policy=bgjob.RetryPolicy(max_attempts=5, base_delay=0.1, jitter=0))
+    def approval(job: bgjob.Job) -> bgjob.Result:
+        runs.put(job.attempt)
+        job.wait_for_signal("decision", 0.3)
+        return bgjob.Complete()
+
+    start_worker(client, mux)
+    job_id = client.send_job("approval", None)
+    entry = wait_until(lambda: next(iter(client.dlq.list(limit=5)), None), message="the dead letter")
+    assert (entry.id, entry.reason, entry.attempts) == (job_id, "non_retryable", 1)
+    assert entry.error.startswith("SignalTimeout: ") and "no signal 'decision' within 0.3s" in entry.error
+    assert _drain_all(runs) == [1]
+
+
 def test_wait_for_signal_pausing_holds_no_slot(client, start_worker) -> None:
     seen: queue.Queue = queue.Queue()
     mux = bgjob.Mux()

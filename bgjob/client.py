@@ -60,6 +60,12 @@ class Client(Sending):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        env_prefix = os.environ.get("BGJOB_PREFIX")
+        if settings is not None and env_prefix and env_prefix != settings.prefix:
+            # A second client built with Settings(...) beside bgjob.connect()'s would send to other streams, silently.
+            log.warning("BGJOB_PREFIX is %r but this client's Settings has prefix %r: its jobs go to other streams "
+                        "than the environment's; build it with bgjob.Settings.from_env(...) to take the "
+                        "environment's prefix", env_prefix, settings.prefix)  # fmt: skip
         cipher_for(self.settings.encryption_keys)  # unusable keys, or no cryptography: ConfigurationError now
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
@@ -277,9 +283,10 @@ class Client(Sending):
     def job_status(self, job_id: str) -> JobStatus:
         """The state of job `job_id` (`bgjob.events.JobStatus`: `state`, the last `event`, its `time`,
         `attempt`, `due`, `error`) from its last lifecycle event, and its latest `progress` (`progress_at`,
-        `masked_progress`; None when it reported none): two requests sent together, no store_result needed. `state` is a `JobState`: scheduled, ready, running, retry_scheduled, succeeded, dead_lettered,
-        or unknown when no event of it is kept (events were off, it is older than Settings.events_max_age, or
-        there is no such job). A job whose worker died mid-job stays `running` until it is delivered again
+        `masked_progress`; None when it reported none): two requests sent together, no store_result needed.
+        `state` is a `JobState`: scheduled, ready, running, retry_scheduled, succeeded, dead_lettered, or unknown
+        when no event of it is kept (events were off, it is older than Settings.events_max_age, or there is no
+        such job). A job whose worker died mid-job stays `running` until it is delivered again
         (after ack_wait), then is `running` with the next attempt. Raises InvalidJob for a bad id,
         ConnectionError when NATS does not answer within retry_for."""
         from . import events

@@ -195,6 +195,22 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         bgjob.Settings(prefix="Bad Prefix")
 
 
+def test_a_client_whose_settings_ignore_bgjob_prefix_says_so(monkeypatch, caplog) -> None:
+    """A new user's second client, bgjob.Client(bgjob.Settings(events=True)) beside bgjob.connect(), sent to the
+    default prefix's streams while BGJOB_PREFIX named another: it warns (no connection is made here)."""
+    monkeypatch.setenv("BGJOB_PREFIX", "evtest")
+    with caplog.at_level("WARNING", logger="bgjob.client"):
+        bgjob.Client(bgjob.Settings(events=True))
+    assert "BGJOB_PREFIX is 'evtest' but this client's Settings has prefix 'bgjob'" in caplog.text
+    assert "Settings.from_env" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bgjob.client"):
+        bgjob.Client(bgjob.Settings.from_env(events=True))
+        bgjob.Client(bgjob.Settings(prefix="evtest"))
+        bgjob.Client()
+    assert "BGJOB_PREFIX" not in caplog.text
+
+
 def test_an_environment_variable_that_does_not_parse_is_a_configuration_error(monkeypatch) -> None:
     monkeypatch.setenv("BGJOB_REPLICAS", "three")
     with pytest.raises(bgjob.ConfigurationError, match=r"BGJOB_REPLICAS='three' is not int"):

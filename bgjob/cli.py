@@ -129,7 +129,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise BgjobError(f"JSON argument is not valid JSON: {exc}") from exc
     client = _client()
     try:
-        print(client.send_job(args.type, arg, queue=args.queue, delay=args.delay, job_id=args.job_id))
+        print(client.send_job(args.type, arg, queue=args.queue, delay=args.delay, job_id=args.job_id,
+                              target=args.target, partition_key=args.partition_key,
+                              target_timeout=args.target_timeout))  # fmt: skip
     finally:
         client.close()
     return 0
@@ -774,6 +776,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", default="default")
     p.add_argument("--delay", type=float, help="seconds")
     p.add_argument("--job-id")
+    p.add_argument("--target", metavar="CLAIM", help="only a worker holding this claim runs the job (a worker "
+                   "started with --claim CLAIM); it waits in the queue until one does")  # fmt: skip
+    p.add_argument("--partition-key", metavar="KEY", help="jobs with the same key run one at a time, in send order "
+                   "(handlers registered partitioned=True); not with --target")  # fmt: skip
+    p.add_argument("--target-timeout", type=float, metavar="SECONDS", help="with --target: dead-letter the job "
+                   "(reason no_target) when no worker holds the claim this many seconds after it is due "
+                   "(default: wait for ever)")  # fmt: skip
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("dlq", help="browse and act on the dead-letter queue")

@@ -43,6 +43,46 @@ def test_send_refuses_bad_json_and_bad_types_clearly(cli_env, client) -> None:
     assert out.returncode == 2 and "invalid job type" in out.stderr
 
 
+def stored_jobs(client: bgjob.Client, queue: str = "default") -> dict[str, tuple[str, dict[str, str]]]:
+    """Every message in the queue's stream: {Bgjob-Id: (subject, headers)}."""
+    import nats.js.errors
+
+    async def read(core) -> dict[str, tuple[str, dict[str, str]]]:
+        stream, found, seq = core.topology.queue_stream(queue), {}, 1
+        while True:
+            try:
+                msg = await core.js.get_msg(stream, seq=seq, next=True, subject=core.topology.queue_subjects(queue))
+            except nats.js.errors.NotFoundError:
+                return found
+            found[msg.headers["Bgjob-Id"]] = (msg.subject, dict(msg.headers))
+            seq = msg.seq + 1
+
+    return client.run(read)
+
+
+def test_send_places_a_job_with_target_partition_key_and_target_timeout(cli_env, client) -> None:
+    out = bgjob_cli(cli_env, "send", "report", "1", "--target", "region/eu", "--target-timeout", "90")
+    assert out.returncode == 0, out.stderr
+    placed = out.stdout.strip()
+    out = bgjob_cli(cli_env, "send", "report", "2", "--partition-key", "customer-7")
+    assert out.returncode == 0, out.stderr
+    ordered = out.stdout.strip()
+    stored = stored_jobs(client)
+    subject, headers = stored[placed]
+    assert subject.endswith(".default.target.region/eu.report") and headers["Bgjob-Target"] == "region/eu"
+    assert "Bgjob-Target-Until" in headers
+    assert ".default.part." in stored[ordered][0]
+    # send_job's refusals: the usual clear error, exit 2, nothing sent
+    for args, says in ((("--target-timeout", "0", "--target", "primary"), "target_timeout must be more than 0"),
+                       (("--target-timeout", "30"), "target_timeout needs a target"),
+                       (("--target", "a.b"), "invalid claim"),
+                       (("--target", "primary", "--partition-key", "k"), "partition_key"),
+                       (("--target-timeout", "soon", "--target", "primary"), "invalid float value")):  # fmt: skip
+        out = bgjob_cli(cli_env, "send", "report", "3", *args)
+        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
+    assert len(stored_jobs(client)) == 2
+
+
 def test_worker_runs_a_module_mux_and_drains_on_sigterm(cli_env, client, tmp_path) -> None:
     (tmp_path / "myjobs.py").write_text(textwrap.dedent("""
         import bgjob

@@ -9,6 +9,7 @@ import pytest
 import bgjob
 from bgjob.client import Core
 from bgjob.signing import generate_keypair
+from bgjob.topology import PARTITIONS, partition_of
 
 from .conftest import drain, wait_until
 
@@ -118,6 +119,49 @@ def test_a_placed_or_partitioned_job_re_routed_in_the_stream_fails_verification(
     refused = {e.id: e.error for e in worker_client.dlq.list(reason="signature")}
     assert set(refused) == tampered
     assert all("does not verify" in error for error in refused.values()), refused
+    assert ran.empty()
+
+
+def test_a_signed_job_published_again_on_another_route_with_its_headers_untouched_is_refused(make_client, start_worker,
+                                                                                          keys) -> None:  # fmt: skip
+    """The subject is not signed: a holder of the stream who publishes a signed placed or partitioned job again,
+    signature and headers untouched, on another claim's or partition's subject or on `job.<type>` (where any
+    worker would run it) gets it dead-lettered (reason signature), never run."""
+    signing_key, verify_key = keys
+    producer = make_client(signing_key=signing_key)
+    worker_client = make_client(verify_keys=(verify_key,))
+    ran: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+    mux.handle("pay", lambda job: ran.put(job.arg) or bgjob.Complete())
+    mux.handle("ordered", lambda job: ran.put(job.arg) or bgjob.Complete(), partitioned=True)
+    start_worker(worker_client, mux, claims=["primary", "other"])
+    topology = producer._ensure()[1].topology
+    key = "k1"
+    other_partition = (partition_of(key) + 1) % PARTITIONS
+
+    def republished(job_type: str, arg: object, subject: str, **options: str) -> str:
+        _, body, headers, job_id = bgjob.client.prepare_job(producer.settings, job_type, arg, **options)
+        headers["Nats-Msg-Id"] = job_id
+
+        async def publish(core: Core) -> None:
+            await core.js.publish(subject, body, headers=headers)
+
+        producer.run(publish)
+        return job_id
+
+    moved = {
+        republished("pay", "other claim", topology.target_subject("default", "other", "pay"), target="primary"),
+        republished("pay", "main subject", topology.job_subject("default", "pay"), target="primary"),
+        republished("ordered", "other partition", topology.partition_subject("default", other_partition, "ordered"),
+                    partition_key=key),
+        republished("ordered", "main subject", topology.job_subject("default", "ordered"), partition_key=key),
+    }
+    honest = republished("pay", "honest", topology.target_subject("default", "primary", "pay"), target="primary")
+    assert drain(ran, 1) == ["honest"]
+    wait_until(lambda: worker_client.dlq.count(reason="signature") == len(moved), message="moved jobs refused")
+    refused = {e.id: e.error for e in worker_client.dlq.list(reason="signature")}
+    assert set(refused) == moved and honest not in refused
+    assert all("but its signed headers route it to" in error for error in refused.values()), refused
     assert ran.empty()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -183,6 +183,8 @@ class Dispatcher:
             item.reason = "max_deliveries"
             return
         refusal = self.verifier.check(self.queue, headers, msg.data) if self.verifier else None
+        if refusal is None and self.verifier is not None:
+            refusal = _misrouted(self.topology, self.queue, job_type, msg.subject, headers)
         if refusal is not None:
             item.job = self._bare_job(item, job_id, job_type)
             item.outcome, item.reason = Failure(f"signature: {refusal}"), "signature"
@@ -283,6 +285,21 @@ def _waited_past(msg: Msg, max_age: float | None) -> float | None:
         return None
     waited = (datetime.now(UTC) - msg.metadata.timestamp).total_seconds()
     return waited if waited > max_age else None
+
+
+def _misrouted(topology: Topology, queue: str, job_type: str, subject: str, headers: Mapping[str, str]) -> str | None:
+    """With signing on: why a job was delivered on a subject its signed route does not lead to, else None. The
+    signature covers Bgjob-Target and Bgjob-Partition-Key, not the subject, so without this a holder of the
+    stream could publish a signed job again, headers untouched, on another claim's or partition's subject (or
+    a placed one on `job.<type>`, where any worker runs it). Routed on `job.<type>`, a job may also be on its
+    singleton or group subject, where workers forward it."""
+    expected = topology.ready_subject(queue, job_type, headers)
+    if subject == expected:
+        return None
+    kind = subject[len(topology.prefix) + len(queue) + 2 :].partition(".")[0]
+    if expected == topology.job_subject(queue, job_type) and kind in ("one", "group"):
+        return None
+    return f"delivered on {subject}, but its signed headers route it to {expected}"
 
 
 def _past_max_attempts(attempt: int, delivered: int, limit: int) -> str:

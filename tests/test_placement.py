@@ -239,3 +239,19 @@ def test_partitioned_jobs_run_in_send_order_per_key_and_keys_in_parallel(make_cl
         starts = [(n, attempt) for k, n, attempt, what in runs if k == key and what == "start"]
         assert starts == [(n, 1) for n in range(51)] + [(50, 2)] + [(n, 1) for n in range(51, 100)], key
     assert not together.broken
+
+
+def test_a_worker_logs_one_start_line_for_its_partitions_and_one_per_other_lane(client, start_worker,
+                                                                               caplog) -> None:  # fmt: skip
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bgjob.worker")
+    mux = bgjob.Mux()
+    mux.handle("ordered", lambda job: bgjob.Complete(), partitioned=True)
+    mux.handle("one", lambda job: bgjob.Complete(), singleton=True)
+    start_worker(client, mux, claims=["primary"])
+    started = sorted(r.getMessage().split(":")[0] for r in caplog.records
+                     if r.levelno == logging.INFO and r.getMessage().startswith("worker on queue"))  # fmt: skip
+    assert started == ["worker on queue 'default'", "worker on queue 'default' (claim 'primary')",
+                       "worker on queue 'default' (partitions)", "worker on queue 'default' (singleton 'one')"]
+    assert "serving 16 partitions" in caplog.text

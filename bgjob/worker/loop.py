@@ -27,6 +27,7 @@ from ..events import EventKind, cut_error, event_body, sink_for
 from ..headers import STORE_RESULT
 from ..placement import TARGET_SWEEP_INTERVAL, Lane, UntakenSweep, ensure_lane, forward_grouped, forward_singleton
 from ..runtime import Flag, Runtime
+from ..topology import PARTITIONS
 from .dispatch import Delivery, Dispatcher
 from .pool import Pool
 from .pull import PullRequests, PullTrouble
@@ -141,9 +142,14 @@ class FetchLoop:
         announcements = asyncio.create_task(self._announce() if self.announces else asyncio.sleep(0))
         sweeps = asyncio.create_task(self._sweep_stranded(stream, consumer) if self.lane is None else asyncio.sleep(0))
         untaken = asyncio.create_task(self._sweep_untaken() if self.lane is None else asyncio.sleep(0))
-        log.info("worker on queue %r%s: concurrency %d, handlers %s", self.queue,
-                 f" ({self.lane.what})" if self.lane else "", self.concurrency,
-                 self.dispatcher.mux.types())  # fmt: skip
+        what, types = f" ({lane.what})" if lane else "", self.dispatcher.mux.types()
+        if lane is not None and lane.ordered:  # one of the PARTITIONS lanes: one INFO line for them all
+            if lane.what == "partition 0":
+                log.info("worker on queue %r (partitions): serving %d partitions, concurrency 1 each, handlers %s",
+                         self.queue, PARTITIONS, types)  # fmt: skip
+            log.debug("worker on queue %r%s: concurrency %d, handlers %s", self.queue, what, self.concurrency, types)
+        else:
+            log.info("worker on queue %r%s: concurrency %d, handlers %s", self.queue, what, self.concurrency, types)
         self.started.set()
         # Ask for more jobs once this many slots are free, so pulls come in batches under load.
         threshold = max(1, min(self.concurrency, self.max_batch) // 4)

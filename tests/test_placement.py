@@ -255,3 +255,24 @@ def test_a_worker_logs_one_start_line_for_its_partitions_and_one_per_other_lane(
     assert started == ["worker on queue 'default'", "worker on queue 'default' (claim 'primary')",
                        "worker on queue 'default' (partitions)", "worker on queue 'default' (singleton 'one')"]
     assert "serving 16 partitions" in caplog.text
+
+
+def test_a_partitioned_type_sent_without_a_partition_key_runs_and_is_warned_about_once(client, start_worker,
+                                                                                       caplog) -> None:  # fmt: skip
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="bgjob.worker")
+    ran: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+    mux.handle("ordered", lambda job: ran.put(job.arg) or bgjob.Complete(), partitioned=True)
+    start_worker(client, mux)
+    keyed = client.send_job("ordered", "keyed", partition_key="customer-1")
+    assert drain(ran, 1) == ["keyed"]
+    assert "no partition_key" not in caplog.text
+    first = client.send_job("ordered", 0)
+    assert drain(ran, 1) == [0]
+    client.send_jobs([("ordered", n) for n in range(1, 4)])
+    assert sorted(drain(ran, 3)) == [1, 2, 3]
+    warned = [r.getMessage() for r in caplog.records if "no partition_key" in r.getMessage()]
+    assert warned == [f"job type 'ordered' is partitioned but job {first} has no partition_key: it runs unordered; "
+                      "send it with partition_key= (logged once per type)"] and keyed != first  # fmt: skip

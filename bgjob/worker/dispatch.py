@@ -22,6 +22,7 @@ from ..context import current_job
 from ..encryption import Cipher, DecryptError
 from ..errors import exception_text, exception_traceback
 from ..handler import Mux, not_a_result
+from ..headers import PARTITION_KEY, TARGET
 from ..hooks import Failure, HookSet, mark_unhandled
 from ..job import Job
 from ..long_running import LongRunning, PauseRequested
@@ -137,6 +138,8 @@ class Dispatcher:
         self.max_age: float | None = None
         self.max_deliveries: int | None = None
         self._chains: dict[str, Handler] = {}
+        #: partitioned types a job without a partition_key was run of (and warned about, once each).
+        self._unordered_warned: set[str] = set()
 
     def run(self, item: Delivery) -> None:
         """Fill in `item.job` and `item.outcome` (and `item.reason` when no handler ran)."""
@@ -220,6 +223,11 @@ class Dispatcher:
             error = f"no handler for job type {job_type!r} on this worker (known: {known})"
             item.outcome, item.reason = Failure(error), "unknown_handler"
             return
+        if options.partitioned and job_type not in self._unordered_warned and PARTITION_KEY not in headers \
+                and TARGET not in headers:  # fmt: skip
+            self._unordered_warned.add(job_type)
+            log.warning("job type %r is partitioned but job %s has no partition_key: it runs unordered; send it with "
+                        "partition_key= (logged once per type)", job_type, job_id)  # fmt: skip
         item.outcome = self.call(handler, item.job)
 
     def _bare_job(self, item: Delivery, job_id: str, job_type: str) -> Job:

@@ -625,16 +625,59 @@ def job_status_lines(client: Client, job_id: str) -> list[str]:
     shown = None if status.progress is None else progress_text(shown_progress(status))
     progress = [f"  progress {shown} (at {_iso(status.progress_at)})"] if shown is not None else []
     if status.event is None:
+        if progress:  # a job whose handler reports progress is known, whatever its events
+            return [f"job {job_id}: no lifecycle events kept (Settings.events is off, or they expired); progress "
+                    "below", *progress]  # fmt: skip
         why = "" if client.settings.events else " (events are off for this process: BGJOB_EVENTS=1 turns them on)"
         return [f"job {job_id}: unknown: no event of it is kept{why}", *progress]
     lines = [f"job {job_id}: {status.state.value} (attempt {status.attempt}, last event {status.event.kind.value} "
              f"at {_iso(status.time)})"]  # fmt: skip
     if status.due is not None:
         lines.append(f"  due {_iso(status.due)}")
+    claim = waiting_claim(client, status)
+    if claim is not None:
+        lines.append(f"  waiting for a worker with claim {claim!r}")
     lines += progress
     lines += ["", *(event_line(e) for e in client.events(job_id=job_id, follow=False))]
     return lines
 
+
+def waiting_claim(client: Client, status: Any) -> str | None:
+    """The claim a job sent with `target=` waits for, when its `JobStatus` is ready or scheduled from its
+    `enqueued` event: read from the job's stored message, one request (bgjob.placement). A delayed job's schedule
+    is found by its id; a due one is the first message on its queue's `target.*.<type>` subjects stored from when
+    it was sent (or due) on, and only when that message is this job. None otherwise (not placed, taken, another
+    job stored first, or the request failed: it is a hint)."""
+    import base64
+
+    from .dlq import _parse_headers as stored_headers
+    from .events import EventKind, JobState
+    from .headers import HEADER_ID, TARGET
+    from .job import format_time
+
+    event = status.event
+    if event is None or event.kind is not EventKind.ENQUEUED or status.state not in (JobState.READY,
+                                                                                        JobState.SCHEDULED):
+        return None
+
+    async def read(core: Any) -> str | None:
+        topology = core.topology
+        request = ({"last_by_subj": topology.delayed_filter(event.queue, event.job_id)}
+                   if status.state is JobState.SCHEDULED else
+                   {"start_time": format_time(event.due or event.time),
+                    "next_by_subj": topology.target_subject(event.queue, "*", event.job_type)})  # fmt: skip
+        reply = await core.nc.request(f"{core.js._prefix}.STREAM.MSG.GET.{topology.queue_stream(event.queue)}",
+                                      json.dumps(request).encode(), timeout=core.settings.request_timeout)  # fmt: skip
+        stored = json.loads(reply.data).get("message")
+        if not stored or not stored.get("hdrs"):
+            return None
+        headers = stored_headers(base64.b64decode(stored["hdrs"]))
+        return headers.get(TARGET) if headers.get(HEADER_ID) == event.job_id else None
+
+    try:
+        return client.run(read, timeout=client.settings.request_timeout + 1.0)
+    except (BgjobError, ValueError):
+        return None
 
 def job_status_dict(client: Client, job_id: str) -> dict[str, Any]:
     """`bgjob job ID --json`: the job's state, last event's fields, its latest progress (masked; bytes as

@@ -398,3 +398,20 @@ def test_the_events_stream_is_capped_in_bytes_so_events_never_starve_the_queues(
     assert bgjob.Settings().events_max_bytes == 1 << 30
     with pytest.raises(bgjob.ConfigurationError, match="events_max_bytes must be an int >= 1048576"):
         bgjob.Settings(events_max_bytes=1000)
+
+
+def test_job_status_of_a_placed_job_says_which_claim_it_waits_for(nats_server, prefix, make_client) -> None:
+    from bgjob.cli import job_status_lines
+
+    client = make_client(events=True)
+    placed = client.send_job("sync", 1, target="primary")
+    plain = client.send_job("sync", 2)
+    later = client.send_job("sync", 3, target="region/eu", delay=3600)
+    second = client.send_job("sync", 4, target="primary")
+    wait_until(lambda: state(client, second) is JobState.READY, message="the enqueued events")
+    assert state(client, later) is JobState.SCHEDULED
+    for job_id, claim in ((placed, "primary"), (later, "region/eu"), (second, "primary")):
+        assert f"  waiting for a worker with claim {claim!r}" in job_status_lines(client, job_id), job_id
+    assert not any("waiting for" in line for line in job_status_lines(client, plain))
+    out = bgjob_cli(nats_server, prefix, "job", placed)
+    assert out.returncode == 0 and "\n  waiting for a worker with claim 'primary'\n" in out.stdout, out.stderr

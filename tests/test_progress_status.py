@@ -108,3 +108,25 @@ def test_progress_text_is_readable_and_bounded() -> None:
     for _ in range(5000):
         nested = [nested]
     assert progress_text(nested) == "<progress nested too deeply to show>"
+
+
+def test_a_job_with_progress_and_no_events_kept_is_shown_with_it_exit_0(client, start_worker, nats_server,
+                                                                         prefix) -> None:  # fmt: skip
+    mux = bgjob.Mux()
+
+    @mux.handler("count")
+    def count(job: bgjob.Job) -> bgjob.Result:
+        job.report_progress({"done": 5, "total": 5})
+        return bgjob.Complete()
+
+    start_worker(client, mux)  # Settings.events off: no lifecycle event of the job is kept
+    job_id = client.send_job("count", None, store_result=True)
+    client.result(job_id, wait=60)
+    lines = job_status_lines(client, job_id)
+    assert lines[0] == f"job {job_id}: no lifecycle events kept (Settings.events is off, or they expired); " \
+                       "progress below"  # fmt: skip
+    assert lines[1].startswith("  progress 5 / 5 (100%) (at ")
+    out = bgjob_cli(nats_server, prefix, "job", job_id)
+    assert out.returncode == 0 and "progress below" in out.stdout, out.stdout + out.stderr
+    nothing = bgjob_cli(nats_server, prefix, "job", "nosuchjob")
+    assert nothing.returncode == 1 and "unknown: no event of it is kept" in nothing.stdout

@@ -406,13 +406,16 @@ def status_lines(client: Client, outbox_line: str | None = None) -> list[str]:
     lines += ["", f"live workers: {processes} process{'' if processes == 1 else 'es'} "
               f"({len(workers)} queue worker{'' if len(workers) == 1 else 's'})"]  # fmt: skip
     if workers:
+        placed = any(w.claims or w.groups for w in workers)  # a PLACEMENT column only when some worker has some
         lines.append(f"{'WORKER':40} {'HOST:PID':24} {'QUEUES':16} {'CONC':>5} {'IN-FLIGHT':>9} {'PROCESSED':>10}  "
-                     "LAST BEAT (UTC)")  # fmt: skip
+                     "LAST BEAT (UTC)" + ("  PLACEMENT" if placed else ""))  # fmt: skip
         for w in sorted(workers, key=lambda w: (w.host, w.pid, w.id)):
             beat = w.last_beat.strftime("%H:%M:%S") if w.last_beat else "-"
             where = cut(f"{w.host}:{w.pid}", 24)
+            placement = "; ".join(f"{what} {','.join(map(str, names))}"
+                                  for what, names in (("claims", w.claims), ("groups", w.groups)) if names)  # fmt: skip
             lines.append(f"{w.id:40} {where:24} {','.join(w.queues):16} {w.concurrency:>5} {w.in_flight:>9} "
-                         f"{w.processed:>10}  {beat}")  # fmt: skip
+                         f"{w.processed:>10}  " + (f"{beat:15}  {cut(placement, 200) or '-'}" if placed else beat))
     return lines
 
 

@@ -1,8 +1,9 @@
 """The worker directory: live workers announce themselves in the BGJOB_WORKERS bucket, with a TTL.
 
 An entry is the JSON object a worker writes every third of Settings.worker_ttl (bgjob.worker.lanes): its id,
-host, pid, queues, concurrency, in-flight and processed counts, start and beat times, version, and the placement
-claims it holds (`claims`, which bgjob.placement's no_target sweep reads: an expired entry holds nothing)."""
+host, pid, queues, concurrency, in-flight and processed counts, start and beat times, version, the placement
+claims it holds (`claims`, which bgjob.placement's no_target sweep reads: an expired entry holds nothing) and the
+worker groups it serves (`groups`, a group worker's only)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class WorkerInfo:
     version: str
     #: the placement claims the worker holds now (`Worker(..., claims=)`), for the queues it serves.
     claims: tuple[str, ...] = ()
+    #: the worker groups it serves (`Worker(..., groups=)`; such a worker runs only those groups' job types).
+    groups: tuple[str, ...] = ()
 
 
 _SUFFIX = "WORKERS"
@@ -125,5 +128,6 @@ async def list_workers(core: Core) -> list[WorkerInfo]:
             in_flight=entry.get("in_flight", 0), processed=entry.get("processed", 0),
             started_at=jobmod.parse_time(entry.get("started_at")), last_beat=jobmod.parse_time(entry.get("last_beat")),
             version=entry.get("version", "?"), claims=tuple(entry.get("claims") or ()),
+            groups=tuple(entry.get("groups") or ()),
         ))  # fmt: skip
     return sorted(found, key=lambda w: w.id)

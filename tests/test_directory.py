@@ -68,3 +68,25 @@ def test_a_worker_is_listed_again_after_the_server_restarts(own_server, prefix) 
         worker.stop()
         thread.join(timeout=30)
         client.close()
+
+
+def test_workers_list_their_claims_and_groups_and_bgjob_status_shows_them(make_client, start_worker) -> None:
+    from bgjob.cli import status_lines
+
+    client = make_client()
+    mux = bgjob.Mux()
+    mux.handle("noop", lambda job: bgjob.Complete())
+    mux.handle("report", lambda job: bgjob.Complete(), group="reports")
+    plain = start_worker(make_client(), mux)
+    holder = start_worker(make_client(), mux, claims=["primary", "region/eu"])
+    grouped = start_worker(make_client(), mux, groups=["reports"])
+    listed = wait_until(lambda: len(w := client.workers()) == 3 and w, message="three workers listed")
+    assert {w.id: (w.claims, w.groups) for w in listed} == {
+        plain.id: ((), ()), holder.id: (("primary", "region/eu"), ()), grouped.id: ((), ("reports",))
+    }  # fmt: skip
+    lines = status_lines(client)
+    assert next(line for line in lines if line.startswith("WORKER")).endswith("  PLACEMENT")
+    rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in (plain.id, holder.id,
+                                                                                          grouped.id)}  # fmt: skip
+    assert rows[holder.id].endswith("  claims primary,region/eu") and rows[grouped.id].endswith("  groups reports")
+    assert rows[plain.id].endswith("  -")

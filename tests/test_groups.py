@@ -78,6 +78,7 @@ def test_a_group_worker_is_listed_with_its_groups(client, make_client, start_wor
     topology = client._ensure()[1].topology
     wait_until(lambda: worker.id in {w.id for w in client.workers()}, message="the worker's directory entry")
     assert client.run(entry)["groups"] == ["reports"]
+    assert [(w.groups, w.claims) for w in client.workers() if w.id == worker.id] == [(("reports",), ())]
 
 
 GROUP_JOBS = """

@@ -73,7 +73,7 @@ R = TypeVar("R")
 
 #: the `send_job` keyword options `fn.options(...)` takes (besides `client`); store_result is always on.
 SEND_OPTIONS = frozenset({"queue", "delay", "at", "deadline", "job_id", "max_attempts", "request_id", "headers",
-                          "unique_for", "target", "partition_key"})  # fmt: skip
+                          "unique_for", "target", "partition_key", "target_timeout"})  # fmt: skip
 _VALUE_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -352,13 +352,15 @@ class TypedJob(Generic[P, R]):
     def options(self, *, client: Client | None = None, **options: Any) -> TypedJob[P, R]:
         """This job with send options: `queue`, `delay` (seconds or timedelta), `at`, `deadline` (aware datetime or
         timedelta), `job_id` (idempotent sends), `max_attempts`, `request_id`, `headers`, `unique_for`, `target`
-        (a placement claim, from ebind) and `partition_key` (from dagnats; see the README's Routing), as
-        `Client.send_job` takes them (checked when sending; `queue`, `target` and `partition_key` here already),
-        and `client` (default: `bgjob.default_client()`). Returns a copy (chainable:
-        `.options(queue="a").options(delay=5)`); the registered job is unchanged. Raises InvalidJob for an option
-        send_job does not have (`store_result` is always on; `sensitive` is the registration's), a bad queue,
-        claim or partition key, a `partition_key` for a job whose handler is not partitioned, or both a `target`
-        and a `partition_key`."""
+        (a placement claim, from ebind), `target_timeout` (seconds > 0 or a timedelta: dead-lettered `no_target`
+        when no worker holds the claim by then) and `partition_key` (from dagnats; see the README's Routing), as
+        `Client.send_job` takes them (checked when sending; `queue`, `target`, `target_timeout` and
+        `partition_key` here already), and `client` (default: `bgjob.default_client()`). Returns a copy
+        (chainable: `.options(queue="a").options(delay=5)`); the registered job is unchanged. Raises InvalidJob
+        for an option send_job does not have (`store_result` is always on; `sensitive` is the registration's), a
+        bad queue, claim, target_timeout or partition key, a `target_timeout` without a `target` (given here or
+        before), a `partition_key` for a job whose handler is not partitioned, or both a `target` and a
+        `partition_key`."""
         unknown = sorted(set(options) - SEND_OPTIONS)
         if unknown:
             raise InvalidJob(f"{self.name}.options(): unknown option(s) {', '.join(unknown)} (known: client, "
@@ -375,6 +377,13 @@ class TypedJob(Generic[P, R]):
                                  "typed job's is not (partitioned=False): no worker would run the job")  # fmt: skip
         if merged.get("target") is not None and merged.get("partition_key") is not None:
             raise InvalidJob(f"{self.name}.options(): a job cannot have both a target and a partition_key")
+        if options.get("target_timeout") is not None:
+            try:
+                jobmod.validate_target_timeout(options["target_timeout"])
+            except InvalidJob as exc:
+                raise InvalidJob(f"{self.name}.options(): {exc}") from None
+        if merged.get("target_timeout") is not None and merged.get("target") is None:
+            raise InvalidJob(f"{self.name}.options(): target_timeout needs a target (the claim it waits for)")
         return TypedJob(self.fn, self.name, self.aliases, self._spec, self._sensitive,
                         merged, client or self._client, partitioned=self.partitioned)  # fmt: skip
 

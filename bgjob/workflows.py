@@ -130,7 +130,7 @@ _STEP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: send options a step's Signature may carry (its job id is the workflow's: `wf-<run>-<step>`).
 STEP_OPTIONS = frozenset({"queue", "delay", "deadline", "max_attempts", "store_result", "sensitive", "request_id",
-                          "headers", "target", "partition_key"})  # fmt: skip
+                          "headers", "target", "partition_key", "target_timeout"})  # fmt: skip
 #: how long a run's records are kept in the bucket (seconds): a run must finish within this.
 RUN_TTL = 7 * 24 * 3600.0
 #: the bucket's name after the prefix (`<PREFIX>_WORKFLOWS`).
@@ -363,10 +363,13 @@ def _check_options(name: str, sig: Signature) -> None:
             jobmod.validate_claim(target)
         if key is not None:
             jobmod.validate_partition_key(key)
+        timeout = jobmod.validate_target_timeout(sig.options.get("target_timeout"))
     except InvalidJob as exc:
         raise WorkflowError(f"step {name!r}: {exc}") from None
     if target is not None and key is not None:
         raise WorkflowError(f"step {name!r}: a job cannot have both a target and a partition_key")
+    if timeout is not None and target is None:
+        raise WorkflowError(f"step {name!r}: target_timeout needs a target (the claim it waits for)")
 
 
 def _jsonable(name: str, value: Any) -> Any:
@@ -389,6 +392,8 @@ def _encode_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in options.items():
         if key in ("delay", "deadline") and isinstance(value, timedelta):
             value = {"seconds": value.total_seconds()}
+        elif key == "target_timeout" and value is not None:  # checked by _check_options: seconds as a float
+            value = jobmod.validate_target_timeout(value)
         elif key in ("delay", "deadline") and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = {"seconds": float(value)}
         elif key == "deadline" and isinstance(value, datetime):

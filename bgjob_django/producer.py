@@ -45,6 +45,7 @@ def send_job(
     max_attempts: int | None = None,
     target: str | None = None,
     partition_key: str | None = None,
+    target_timeout: timedelta | float | None = None,
     on_commit: bool | None = None,
     outbox: bool | None = None,
     using: str = DEFAULT_DB_ALIAS,
@@ -59,6 +60,9 @@ def send_job(
     placement claim such as "primary" or "region/eu", from ebind: only a worker holding it runs the job) and
     `partition_key` (a printable str, from dagnats: jobs with one key run one at a time in send order on
     `partitioned=True` handlers) route the job as bgjob's send_job does; not both (see the README's Routing).
+    `target_timeout` (seconds > 0 or a timedelta, with `target`; default Settings.target_timeout): when no worker
+    holds the claim that long after the job is due, it is dead-lettered, reason `no_target` (counted from when it
+    is due, not from the commit or the relay's publish; the outbox row keeps its Bgjob-Target-Until header).
 
     The job is validated, encoded and size-checked at the call in every mode (bgjob.InvalidJob, nothing sent:
     the view can roll back), and `arg` is read then: changing it afterwards changes nothing.
@@ -79,7 +83,7 @@ def send_job(
     spec = bgjob.JobSpec(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id, request_id=request_id,
                          headers=headers, store_result=store_result, unique_for=unique_for,
                          sensitive=sensitive, deadline=deadline, max_attempts=max_attempts, target=target,
-                         partition_key=partition_key)  # fmt: skip
+                         partition_key=partition_key, target_timeout=target_timeout)  # fmt: skip
     spec = _with_request_id(spec, get_request_id())
     mode = _mode(on_commit, outbox)
     client = get_client()

@@ -185,6 +185,19 @@ def test_options_target_and_partition_key_route_the_job(client, make_client, sta
     assert step.options["target"] == "primary"  # a workflow step keeps it
 
 
+def test_options_target_timeout_is_carried_to_the_job_and_its_workflow_step(client) -> None:
+    from .test_placement_claims import waiting_placed
+
+    before = datetime.now(UTC)
+    placed = resize.options(client=client, target="primary").options(target_timeout=timedelta(minutes=5))
+    handle = placed.send("a.png")
+    until = bgjob.job.parse_time(waiting_placed(client)[handle.id]["Bgjob-Target-Until"])
+    assert until is not None and before + timedelta(seconds=299) <= until <= datetime.now(UTC) + timedelta(seconds=301)
+    assert placed.s("b.png").options["target_timeout"] == timedelta(minutes=5)
+    plain = resize.options(client=client, target="primary").send("c.png")
+    assert "Bgjob-Target-Until" not in waiting_placed(client)[plain.id]
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
@@ -192,6 +205,9 @@ def test_options_target_and_partition_key_route_the_job(client, make_client, sta
         ({"target": 7}, "invalid claim"),
         ({"partition_key": ""}, "invalid partition_key"),
         ({"partition_key": "bad\nkey"}, "invalid partition_key"),
+        ({"target": "primary", "target_timeout": 0}, "keyed.options\\(\\): target_timeout must be more than 0"),
+        ({"target": "primary", "target_timeout": "60"}, "target_timeout must be seconds"),
+        ({"target_timeout": 60}, "target_timeout needs a target"),
     ],
 )
 def test_options_refuse_a_bad_target_or_partition_key_at_once(options, match) -> None:

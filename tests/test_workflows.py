@@ -146,6 +146,21 @@ def test_a_step_with_a_target_runs_on_a_worker_holding_the_claim(
     assert counts == {"add": 2, "mul": 1}
 
 
+def test_a_step_with_a_target_timeout_is_sent_with_it(client: bgjob.Client,
+                                                      start_worker: Callable[..., bgjob.Worker]) -> None:  # fmt: skip
+    from datetime import UTC, datetime, timedelta
+
+    from .test_placement_claims import waiting_placed
+
+    start_worker(client, typed_mux())  # no claim: the targeted step waits
+    run = client.start(bgjob.chain(s("add", 1, 2), s("mul", 10).set(target="gpu", target_timeout=timedelta(hours=1))))
+    [headers] = wait_until(lambda: list(waiting_placed(client).values()), message="the targeted step sent")
+    assert run.status().steps["1"].state == "pending"
+    until = bgjob.job.parse_time(headers["Bgjob-Target-Until"])
+    assert headers["Bgjob-Target"] == "gpu" and until is not None
+    assert datetime.now(UTC) + timedelta(minutes=59) <= until <= datetime.now(UTC) + timedelta(minutes=61)
+
+
 def test_a_bad_target_or_partition_key_is_refused_at_build_time() -> None:
     with pytest.raises(bgjob.WorkflowError, match="step '1': invalid claim"):
         bgjob.chain(s("add", 1), s("add").set(target="a.b")).workflow().check()
@@ -153,6 +168,10 @@ def test_a_bad_target_or_partition_key_is_refused_at_build_time() -> None:
         bgjob.Workflow().step("a", s("add", 1).set(partition_key=""))
     with pytest.raises(bgjob.WorkflowError, match="step 'a': a job cannot have both a target and a partition_key"):
         bgjob.Workflow().step("a", s("add", 1).set(target="gpu", partition_key="k"))
+    with pytest.raises(bgjob.WorkflowError, match="step 'a': target_timeout must be more than 0"):
+        bgjob.Workflow().step("a", s("add", 1).set(target="gpu", target_timeout=-1))
+    with pytest.raises(bgjob.WorkflowError, match="step 'a': target_timeout needs a target"):
+        bgjob.Workflow().step("a", s("add", 1).set(target_timeout=60))
 
 
 def test_failure_skips_dependents_and_names_the_step(client: bgjob.Client,

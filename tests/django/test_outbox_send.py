@@ -319,12 +319,37 @@ def test_target_and_partition_key_direct_and_on_commit(bgjob_client) -> None:
     assert jobs[direct] == jobs[at_commit] == (f"{prefix}.default.target.primary.mark", "primary", None)
 
 
+def test_target_timeout_goes_through_the_outbox_direct_and_on_commit(bgjob_client) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from bgjob.job import parse_time
+    from bgjob_django.relay import Relay
+
+    from ..test_placement_claims import waiting_placed
+
+    before = datetime.now(timezone.utc)
+    with transaction.atomic():
+        boxed = send_job("mark", "o", outbox=True, target="primary", target_timeout=600)
+        at_commit = send_job("mark", "c", on_commit=True, target="primary", target_timeout=timedelta(minutes=10))
+    direct = send_job("mark", "d", target="primary", target_timeout=600.0)
+    [row] = OutboxMessage.objects.all()
+    until = bgjob.PreparedJob.from_record(row.record).headers["Bgjob-Target-Until"]
+    assert Relay(bgjob_client).run_once() == 1
+    placed = wait_until(lambda: len(found := waiting_placed(bgjob_client)) == 3 and found, message="3 placed jobs")
+    assert placed[boxed]["Bgjob-Target-Until"] == until  # relayed as prepared: counted from the call
+    for job_id in (boxed, at_commit, direct):
+        moment = parse_time(placed[job_id]["Bgjob-Target-Until"])
+        assert before + timedelta(seconds=599) <= moment <= datetime.now(timezone.utc) + timedelta(seconds=601)
+
+
 @pytest.mark.parametrize("mode", [{"outbox": True}, {"on_commit": True}, {}])
 def test_a_bad_target_or_partition_key_is_refused_at_the_call_without_connecting(unreachable, mode) -> None:
     bad = (
         ({"target": "a.b"}, "invalid claim"),
         ({"partition_key": ""}, "invalid partition_key"),
         ({"target": "primary", "partition_key": "k"}, "cannot have both a target and a partition_key"),
+        ({"target": "primary", "target_timeout": 0}, "target_timeout must be more than 0 seconds"),
+        ({"target_timeout": 60}, "target_timeout needs a target"),
     )
     for options, match in bad:
         with pytest.raises(bgjob.InvalidJob, match=match), transaction.atomic():

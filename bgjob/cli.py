@@ -414,8 +414,9 @@ def status_lines(client: Client, outbox_line: str | None = None) -> list[str]:
             where = cut(f"{w.host}:{w.pid}", 24)
             placement = "; ".join(f"{what} {','.join(map(str, names))}"
                                   for what, names in (("claims", w.claims), ("groups", w.groups)) if names)  # fmt: skip
+            last = f"{beat:15}  {cut(placement, 200) or '-'}" if placed else beat
             lines.append(f"{w.id:40} {where:24} {','.join(w.queues):16} {w.concurrency:>5} {w.in_flight:>9} "
-                         f"{w.processed:>10}  " + (f"{beat:15}  {cut(placement, 200) or '-'}" if placed else beat))
+                         f"{w.processed:>10}  {last}")  # fmt: skip
     return lines
 
 
@@ -658,9 +659,8 @@ def waiting_claim(client: Client, status: Any) -> str | None:
     from .headers import HEADER_ID, TARGET
     from .job import format_time
 
-    event = status.event
-    if event is None or event.kind is not EventKind.ENQUEUED or status.state not in (JobState.READY,
-                                                                                        JobState.SCHEDULED):
+    event, waiting = status.event, (JobState.READY, JobState.SCHEDULED)
+    if event is None or event.kind is not EventKind.ENQUEUED or status.state not in waiting:
         return None
 
     async def read(core: Any) -> str | None:

@@ -253,7 +253,8 @@ def test_a_worker_logs_one_start_line_for_its_partitions_and_one_per_other_lane(
     started = sorted(r.getMessage().split(":")[0] for r in caplog.records
                      if r.levelno == logging.INFO and r.getMessage().startswith("worker on queue"))  # fmt: skip
     assert started == ["worker on queue 'default'", "worker on queue 'default' (claim 'primary')",
-                       "worker on queue 'default' (partitions)", "worker on queue 'default' (singleton 'one')"]
+                       "worker on queue 'default' (partitions)",
+                       "worker on queue 'default' (singleton 'one')"]  # fmt: skip
     assert "serving 16 partitions" in caplog.text
 
 

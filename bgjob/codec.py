@@ -326,9 +326,12 @@ def prepared_job(settings: Settings, spec: JobSpec, *, queue: str, store_result:
     request_id = spec.request_id
     if request_id is None:
         request_id = current_request_id.get()
+        if isinstance(request_id, str):  # the ambient one (a request's, a job's) as NATS would carry it anyway
+            request_id = request_id.strip() or None
     if request_id is not None and (not isinstance(request_id, str) or not request_id.isprintable()
-                                   or not _encodable(request_id)):  # fmt: skip
-        raise InvalidJob(f"request_id must be a printable str, got {request_id!r}")
+                                   or not _encodable(request_id) or request_id != request_id.strip()):  # fmt: skip
+        raise InvalidJob(f"request_id must be a printable str without leading or trailing spaces (NATS headers "
+                         f"drop them), got {request_id!r}")  # fmt: skip
     hdrs = jobmod.validate_headers(spec.headers)
     keys = jobmod.validate_sensitive(spec.sensitive)
     body, content_type = jobmod.encode_arg(spec.arg)

@@ -216,10 +216,20 @@ def validate_target_timeout(timeout: timedelta | float | None) -> float | None:
     return seconds
 
 
+def _edge_space(text: str) -> bool:
+    """Whether `text` starts or ends with whitespace, which nats-py strips from every header value when it
+    publishes and when it reads: such a value would change in flight (a partition key would then route its
+    retries and dead-letter retries to another partition than its first send, and fail its signature)."""
+    return text != text.strip()
+
+
 def validate_partition_key(key: str) -> str:
-    """A partition key: a printable str of 1 to 256 UTF-8 bytes."""
+    """A partition key: a printable str of 1 to 256 UTF-8 bytes, without leading or trailing whitespace."""
     if not isinstance(key, str) or not key or not key.isprintable() or len(key.encode("utf-8", "replace")) > 256:
         raise InvalidJob(f"invalid partition_key {key!r}: a printable str of 1 to 256 bytes")
+    if _edge_space(key):
+        raise InvalidJob(f"invalid partition_key {key!r}: no leading or trailing whitespace (NATS headers drop it, "
+                         "so the key would change in flight)")  # fmt: skip
     try:
         key.encode()
     except UnicodeEncodeError:
@@ -334,6 +344,9 @@ def validate_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         shown = f"a {type(value).__name__}" if is_sensitive_name(name) else repr(value)
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise InvalidJob(f"header {name!r} needs a single-line str value, got {shown}")
+        if _edge_space(value):
+            raise InvalidJob(f"header {name!r} has leading or trailing whitespace, which NATS headers drop (the "
+                             f"handler would get another value): got {shown}")  # fmt: skip
         try:
             value.encode()
         except UnicodeEncodeError as exc:

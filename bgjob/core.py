@@ -48,6 +48,8 @@ from .settings import Settings
 from .topology import Topology, check_server, dlq_stream_config, queue_consumer_config, queue_stream_config
 
 log = logging.getLogger("bgjob.client")
+#: the server's err_code for deleting a sequence the stream does not hold.
+_NO_MESSAGE = 10057
 
 
 #: err_codes that are answers, not outages, although some come with code 503: retrying them within retry_for only
@@ -432,6 +434,19 @@ class Core:
                 raise ConnectionError(f"NATS {_unavailable(exc)} for {self.settings.retry_for:g}s: "
                                       f"{_describe(exc)}") from exc
             raise
+
+    async def delete_stored(self, stream: str, seq: int) -> bool:
+        """Delete (and erase) the message at `seq` of `stream`: True when this call deleted it, False when the
+        stream no longer holds it (deleted, acked or dead-lettered by another worker or admin first). The server
+        answers that with 10057 "no message found", a 500, not a 404, so `except NotFoundError` never saw it."""
+        assert self.js is not None
+        try:
+            await self.js.delete_msg(stream, seq)
+        except nats.js.errors.APIError as exc:
+            if isinstance(exc, nats.js.errors.NotFoundError) or exc.err_code == _NO_MESSAGE:
+                return False
+            raise
+        return True
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str], queue: str | None = None, *,
                       deadline: float | None = None) -> Any:

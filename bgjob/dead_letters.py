@@ -288,13 +288,14 @@ async def _retry(core: Core, entry_id: str) -> str:
     subject, headers = requeue_message(core.topology, entry.queue, entry.type, entry.id, entry.headers,
                                        entry.first_failure_at)  # fmt: skip
     await core.publish(subject, entry.body, headers, queue=entry.queue)
-    await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
+    await core.delete_stored(core.topology.dlq_stream, entry.seq)  # False: another retry or delete came first
     return entry.id
 
 
 async def _delete(core: Core, entry_id: str) -> None:
     entry = await _find(core, entry_id)
-    await core.js.delete_msg(core.topology.dlq_stream, entry.seq)
+    if not await core.delete_stored(core.topology.dlq_stream, entry.seq):
+        raise DeadLetterNotFound(f"dead letter {entry_id} was retried or deleted meanwhile")
 
 
 async def _purge(core: Core, queue: str | None, job_type: str | None, reason: str | None,
@@ -439,9 +440,7 @@ async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None
         if not arg_matches(arg, match):
             continue
         if erase:
-            try:
-                await core.js.delete_msg(core.topology.dlq_stream, entry.seq)  # the server erases its bytes too
-            except nats.js.errors.NotFoundError:
+            if not await core.delete_stored(core.topology.dlq_stream, entry.seq):  # the server erases its bytes too
                 continue  # retried or deleted by someone else meanwhile
         matches.append(entry)
     return result(await _get_next(core, last + 1, subject) is None)

@@ -187,10 +187,7 @@ async def dead_letter_stored(
     await move_to_dlq(core, msg, queue=queue, job_id=job_id, job_type=job_type, reason="max_deliveries",
                       error=error, traceback=None, attempts=attempts_used(headers) + deliveries,
                       sensitive=keys)  # fmt: skip
-    try:
-        await core.js.delete_msg(stream, stream_seq)
-    except nats.js.errors.NotFoundError:
-        pass  # deleted (or termed) by whoever got there first
+    await core.delete_stored(stream, stream_seq)  # False: deleted (or termed) by whoever got there first
     log.error("job %s (%s) moved to the DLQ after %d deliveries: max_deliveries: %s", job_id, job_type,
               deliveries, error, extra={"job_id": job_id, "job_type": job_type, "bgjob_reason": "max_deliveries",
                                         "bgjob_fate": "dead_lettered", "bgjob_handler_ran": False})  # fmt: skip
@@ -236,10 +233,7 @@ async def dead_letter_untaken(
     keys = set(sensitive(job_type)) if sensitive is not None else set()
     await move_to_dlq(core, msg, queue=queue, job_id=job_id, job_type=job_type, reason="no_target", error=error,
                       traceback=None, attempts=attempts_used(headers), sensitive=keys)  # fmt: skip
-    try:
-        await core.js.delete_msg(stream, stream_seq)
-    except nats.js.errors.NotFoundError:
-        pass  # taken (or deleted) by whoever got there first
+    await core.delete_stored(stream, stream_seq)  # False: taken (or deleted) by whoever got there first
     log.error("job %s (%s) moved to the DLQ: no_target: %s", job_id, job_type, error,
               extra={"job_id": job_id, "job_type": job_type, "bgjob_reason": "no_target",
                      "bgjob_fate": "dead_lettered", "bgjob_handler_ran": False})  # fmt: skip

@@ -42,6 +42,7 @@ from .provisioning import (
     provision_queue,
     queue_limits,
     show_value,
+    unusable_consumer,
 )
 from .redaction import mask_url
 from .settings import Settings
@@ -299,6 +300,12 @@ class Core:
             self._provisioned.discard(queue)
             await self.ensure_queue(queue)
             actual = await self.retry(ensure_consumer, self.nc, stream, wanted, self.settings.request_timeout)
+        problems = unusable_consumer(actual, wanted)
+        if problems:
+            raise ConfigurationError(f"queue {queue!r}: consumer {wanted.durable_name} exists with "
+                                     f"{'; '.join(problems)}: workers cannot run its jobs safely; delete it "
+                                     f"(`nats consumer rm {stream} {wanted.durable_name}`) for workers to create "
+                                     "it again")  # fmt: skip
         self._report_differences(queue, f"consumer {wanted.durable_name}", differences(actual, wanted, CONSUMER_FIELDS),
                                  "running with the server's values.")  # fmt: skip
         return actual

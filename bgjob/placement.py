@@ -61,7 +61,7 @@ from .dlq import dead_letter_untaken
 from .errors import ConfigurationError
 from .handler import Mux, validate_group
 from .headers import MSG_ID, TARGET_UNTIL, derived_msg_id, without_nats_headers
-from .provisioning import ensure_consumer
+from .provisioning import ensure_consumer, unusable_consumer
 from .topology import PARTITIONS, lane_consumer_config
 
 log = logging.getLogger("bgjob.worker")
@@ -155,10 +155,17 @@ def claim_lane(core: Core, queue: str, claim: str, concurrency: int) -> Lane:
 async def ensure_lane(core: Core, queue: str, lane: Lane) -> ConsumerConfig:
     """Create the lane's consumer when missing (never changing an existing one); returns the server's config.
 
-    Raises ConfigurationError when a singleton's consumer exists with max_ack_pending other than 1."""
+    Raises ConfigurationError when the consumer exists with another filter, ack policy or as a push consumer
+    (`provisioning.unusable_consumer`), or a singleton's with max_ack_pending other than 1."""
     await core.ensure_queue(queue)
     stream = core.topology.queue_stream(queue)
     actual = await core.retry(ensure_consumer, core.nc, stream, lane.config, core.settings.request_timeout)
+    problems = unusable_consumer(actual, lane.config)
+    if problems:
+        raise ConfigurationError(f"consumer {lane.config.durable_name} of the {lane.what} exists with "
+                                 f"{'; '.join(problems)}: its jobs would not run as bgjob runs them; delete it "
+                                 f"(`nats consumer rm {stream} {lane.config.durable_name}`) for workers to "
+                                 "create it again")  # fmt: skip
     if lane.singleton and actual.max_ack_pending != 1:
         raise ConfigurationError(f"consumer {lane.config.durable_name} of the {lane.what} has max_ack_pending "
                                  f"{actual.max_ack_pending}, not 1: it would not be a singleton; delete it "

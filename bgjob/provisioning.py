@@ -204,6 +204,22 @@ async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig, timeout
     return (await nc.jetstream(timeout=timeout).consumer_info(stream, config.durable_name)).config
 
 
+def unusable_consumer(actual: ConsumerConfig, wanted: ConsumerConfig) -> list[str]:
+    """What makes an existing consumer (one an operator or another tool created) unusable as `wanted`: another
+    subject filter (its jobs would never be delivered, or others' would), an ack policy other than explicit (a
+    delivery would count as done before the handler ran), or a push consumer (workers pull). Empty when usable."""
+    problems = []
+    filters = list(actual.filter_subjects or ()) or ([actual.filter_subject] if actual.filter_subject else [])
+    if filters != [wanted.filter_subject]:
+        problems.append(f"filter {', '.join(filters) or 'none'} instead of {wanted.filter_subject}")
+    if actual.ack_policy != wanted.ack_policy:
+        problems.append(f"ack policy {getattr(actual.ack_policy, 'value', actual.ack_policy)} instead of "
+                        f"{getattr(wanted.ack_policy, 'value', wanted.ack_policy)}")  # fmt: skip
+    if actual.deliver_subject:
+        problems.append(f"a push consumer (deliver subject {actual.deliver_subject}), not a pull one")
+    return problems
+
+
 async def provision_queue(js: JetStreamContext, topology: Topology, settings: Settings, queue: str) -> StreamConfig:
     """Create the queue's stream when missing (never its consumer: that is the workers' business)."""
     return await ensure_stream(js, queue_stream_config(topology, settings, queue))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import re
 import signal
 import subprocess
 import time
@@ -138,6 +139,42 @@ def test_a_singleton_consumer_with_another_cap_is_refused(client, make_client) -
     worker = bgjob.Worker(make_client(), mux, fetch_timeout=0.5)
     with pytest.raises(ConfigurationError, match="max_ack_pending 5, not 1"):
         worker.run()
+
+
+@pytest.mark.parametrize(("lane", "changes", "message"), [
+    ("singleton", {"filter_subject": "{prefix}.default.one.other"}, "filter {prefix}.default.one.other instead of"),
+    ("claim", {"filter_subject": "{prefix}.default.target.other.>"}, "filter {prefix}.default.target.other.> instead"),
+    ("singleton", {"deliver_subject": "somewhere"}, "a push consumer (deliver subject somewhere)"),
+    ("main", {"filter_subject": "{prefix}.default.job.other"}, "filter {prefix}.default.job.other instead of"),
+])  # fmt: skip
+def test_a_consumer_an_operator_made_otherwise_is_refused_naming_the_fix(client, make_client, prefix, lane, changes,
+                                                                         message) -> None:  # fmt: skip
+    """Regression (attacker): a singleton consumer pre-created with max_ack_pending=1 but another filter was taken
+    as it was, and the singleton job never ran (ROUTED 1 for ever). The kind: any lane's or the main consumer's
+    filter, or push delivery (a work-queue stream refuses other ack policies itself). The worker refuses to
+    start, naming what differs and the command that fixes it."""
+    from nats.js.api import ConsumerConfig
+
+    topology = client._ensure()[1].topology
+    client.send_job("other", None)  # makes the queue's stream
+    name, subject = {"singleton": (topology.singleton_consumer("default", "one"),
+                                   topology.singleton_subject("default", "one")),
+                     "claim": (topology.target_consumer("default", "primary"),
+                               topology.target_filter("default", "primary")),
+                     "main": (f"{prefix}-default", topology.job_filter("default"))}[lane]  # fmt: skip
+    config = {"durable_name": name, "ack_policy": "explicit", "filter_subject": subject, "max_ack_pending": 1}
+    config.update({k: v.format(prefix=prefix) for k, v in changes.items()})
+
+    async def precreate(core) -> None:
+        await core.js.add_consumer(topology.queue_stream("default"), ConsumerConfig(**config))
+
+    client.run(precreate)
+    mux = bgjob.Mux()
+    mux.handle("one", lambda job: bgjob.Complete(), singleton=True)
+    worker = bgjob.Worker(make_client(), mux, fetch_timeout=0.5, claims=["primary"])
+    with pytest.raises(ConfigurationError, match=re.escape(message.format(prefix=prefix))) as raised:
+        worker.run()
+    assert f"nats consumer rm {topology.queue_stream('default')} {name}" in str(raised.value)
 
 
 def test_a_targeted_job_waits_for_a_worker_holding_its_claim(client, make_client, start_worker) -> None:

@@ -126,6 +126,7 @@ class FetchLoop:
         self.settler.max_deliveries, self.settler.ack_wait = self.dispatcher.max_deliveries, self.ack_wait
         self.settler.stopping = self._stop
         stream, consumer = core.topology.queue_stream(self.queue), config.durable_name or ""
+        self.settler.singleton, self.settler.lane_consumer = lane is not None and lane.singleton, (stream, consumer)
         # Before the first pull: the server publishes the advisory when a pull meets a message past max_deliver.
         advisories = await core.nc.subscribe(f"{MAX_DELIVERIES_ADVISORY}.{stream}.{consumer}",
                                              cb=self._on_max_deliveries)  # fmt: skip

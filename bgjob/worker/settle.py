@@ -12,6 +12,7 @@
 | Reschedule                              | `@at` schedule of the next run, then ack             | rescheduled     |
 | Pause                                   | `@at` schedule of the same run (attempt not counted) | rescheduled     |
 | any step above fails                    | nak (or nothing: redelivered after ack_wait)         | handed_back     |
+| a lane's delivery delivered again since | nothing: the newer delivery's holder settles it      | handed_back     |
 | ... on the server's last delivery       | kept (in_progress), the step retried: see below      | (its own)       |
 
 A crash between two steps yields a duplicate, never a loss: every publish made on a delivery's behalf carries
@@ -29,6 +30,16 @@ and retries the settlement with backoff until it succeeds or the worker stops; t
 new message (a fresh delivery count, attempts carried) and acks the old one. If even that fails, it is left
 unacked: when its ack_wait runs out the server publishes the MAX_DELIVERIES advisory, and any worker of the
 queue dead-letters it from the stream (`FetchLoop`, `bgjob.dlq.dead_letter_stored`).
+
+A singleton's or partition's lane (bgjob.placement: `max_ack_pending=1`) whose worker was frozen past ack_wait
+(SIGSTOP, a stalled VM) asks the server before settling (`_superseded`: its consumer's info, bounded by
+request_timeout): when the consumer has delivered since this delivery (`delivered.consumer_seq` beyond its
+consumer sequence) and its ack floor is below this message, the server redelivered it and the copy runs
+elsewhere. Then this delivery is not settled at all (handed_back `lease_lapsed`): its ack would free the lane's
+one slot under the running copy (a second singleton job, or the key's next job overtaking), its nak would start
+a third copy. The holder of the newer delivery settles the message. When the question fails, it settles as
+before (a message is never stranded). The race left: a redelivery in the round trip between the answer and the
+settlement (an in_progress sent before the question restarts the message's ack_wait, which narrows it).
 
 Every error text and traceback settled here is scrubbed (`HookSet.scrub`: the job's sensitive values, then the
 hooks' `scrub`) before it is logged, stored in a dead letter or a result, or reported in the Fate.
@@ -99,6 +110,10 @@ class Settler:
         #: a partition's lane (bgjob.placement): retries and hand-backs are naks, which keep the job first in its
         #: line (a republished message would go to the end of it).
         self.ordered = False
+        #: a singleton's or partition's lane (max_ack_pending=1), and its (stream, consumer): a delivery whose lease
+        #: lapsed is settled only when the server did not deliver it again meanwhile (`_superseded`).
+        self.singleton = False
+        self.lane_consumer: tuple[str, str] | None = None
 
     def is_last(self, item: Delivery) -> bool:
         """Whether `item` is the server's last delivery of its message (it will never be delivered again)."""
@@ -129,6 +144,10 @@ class Settler:
     # -- every outcome -------------------------------------------------------------------------------------------
     async def settle(self, item: Delivery) -> Fate:
         """Perform the one JetStream operation `item.outcome` calls for; returns (and reports) the fate."""
+        if item.lease_lapsed is not None and await self._superseded(item):
+            fate = Fate.handed_back("lease_lapsed")
+            self._report(item, fate)
+            return fate
         try:
             fate = await self._apply(item)
         except asyncio.CancelledError:
@@ -267,6 +286,9 @@ class Settler:
         server's last delivery is never nak'ed (it would never come back): it is stored again (its handler never
         ran: dispatch dead-letters it unrun), else left unacked for the MAX_DELIVERIES recovery."""
         msg = item.msg
+        if item.started and item.lease_lapsed is not None and await self._superseded(item):
+            self._report(item, Fate.handed_back(reason))
+            return
         if self.is_last(item):
             await self._store_again(item)
             self._report(item, Fate.handed_back(reason))
@@ -364,6 +386,33 @@ class Settler:
             log.warning("job %s (%s), the server's last delivery of it, stored again as a new message: %d attempt(s) "
                         "carried", item.job_id, item.job_type, max(0, item.count_attempt() - 1),
                         extra=item.log_context())  # fmt: skip
+
+    async def _superseded(self, item: Delivery) -> bool:
+        """Whether a singleton's or partition's lane delivered `item`'s message again after `item` (its lease
+        lapsed): then the newer delivery's holder settles it, and this one must not (see the module doc). False
+        for other lanes, and when the server cannot tell (its answer failed: settled as before)."""
+        if not self.singleton or self.lane_consumer is None:
+            return False
+        msg, settings = item.msg, self.core.settings
+        stream, consumer = self.lane_consumer
+        try:
+            async with asyncio.timeout(settings.request_timeout):
+                await msg.in_progress()  # restarts the message's ack_wait: narrows the race (module doc)
+                info = await self.core.js.consumer_info(stream, consumer, timeout=settings.request_timeout)
+        except Exception as exc:  # noqa: BLE001 - unknown: settle as before rather than strand the message
+            log.warning("job %s (%s): could not ask whether its lane delivered it again (%s); settling it",
+                        item.job_id, item.job_type, describe_error(exc), extra=item.log_context())  # fmt: skip
+            return False
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        if not (delivered or 0) > msg.metadata.sequence.consumer or (floor or 0) >= msg.metadata.sequence.stream:
+            return False
+        log.warning("job %s (%s) attempt %d: this worker went %.1fs without a heartbeat, longer than ack_wait, and "
+                    "its lane delivered the job again meanwhile: that copy may still be running, so this run is not "
+                    "settled (no ack, nak or term); the newer delivery's holder settles it", item.job_id,
+                    item.job_type, item.attempt, item.lease_lapsed, extra=item.log_context())  # fmt: skip
+        self.hooks.call("on_internal_error", f"lease of job {item.job_id} lapsed ({item.lease_lapsed:.1f}s)")
+        return True
 
     def _settle_failed(self, item: Delivery, exc: BaseException) -> None:
         description = describe_error(exc)

@@ -67,10 +67,11 @@ class Worker:
         claims: placement claims this worker holds (e.g. `["primary", "region/eu"]`, from ebind): it also runs
             the jobs sent with `send_job(..., target=<claim>)`, through one consumer per claim (bgjob.placement).
             Handlers registered `singleton=True` are served through their type's one-slot consumer. Or a
-            callable returning such a list, called in the thread running the worker at start and every
+            callable returning such a list, called in a daemon helper thread at start and every
             `claims_interval` seconds (30.0): a claim it adds starts its consumer, one it drops stops being pulled
-            (its in-flight jobs finish); one that raises or returns bad claims is logged and the current claims are
-            kept (bgjob.worker.claims). The directory entry (`client.workers()`) lists the current claims.
+            (its in-flight jobs finish); one that raises, returns bad claims or has not returned within
+            min(claims_interval, 30) seconds is logged and the current claims are kept; stopping never waits for
+            it (bgjob.worker.claims). The directory entry (`client.workers()`) lists the current claims.
         groups: worker groups (ebind's worker groups, e.g. `["reports"]`): this worker then runs only the job
             types of `mux` registered with `group=` one of them, each group through its own consumer (up to
             `concurrency` handlers each), and serves nothing else (no main consumer, no singleton, partition or

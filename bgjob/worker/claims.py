@@ -1,12 +1,16 @@
 """Claims from a callable (ebind's placement, re-checked): `Worker(..., claims=fn, claims_interval=30.0)`.
 
-`fn()` is called in the thread that runs the worker (`Worker.run`), when it starts and every `claims_interval`
-seconds; it returns the claims the worker should hold now (a list of claim names). A new claim's lane (its
-consumer and a FetchLoop, bgjob.placement) starts after the worker's directory entry lists the claim (so the
-no_target sweep of other workers counts it before the lane pulls); a dropped claim's lane stops pulling and
-drains like a stopping worker (in-flight jobs finish and settle within the grace period; jobs not started are
-handed back to the claim's subject, where they wait), and leaves the directory entry once drained. A callable
-that raises or returns something that is not a list of valid claims is logged as a warning and the current
+`fn()` is called when the worker starts and every `claims_interval` seconds, in a daemon helper thread of its own
+(the worker's thread starts the call and looks for its answer on its next ticks, so it never waits on it); it
+returns the claims the worker should hold now (a list of claim names). A call that has not returned within
+`min(claims_interval, 30)` seconds is logged (a warning, once per stuck call) and the current claims are kept;
+no second call starts while it is stuck (its answer is used if it ever comes), and stopping the worker never
+waits for it (the helper thread is a daemon: a callable blocked for ever does not keep the process alive).
+A new claim's lane (its consumer and a FetchLoop, bgjob.placement) starts after the worker's directory entry lists
+the claim (so the no_target sweep of other workers counts it before the lane pulls); a dropped claim's lane stops
+pulling and drains like a stopping worker (in-flight jobs finish and settle within the grace period; jobs not
+started are handed back to the claim's subject, where they wait), and leaves the directory entry once drained. A
+callable that raises or returns something that is not a list of valid claims is logged as a warning and the current
 claims are kept: it never stops the worker.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,6 +33,31 @@ ClaimsSource = Callable[[], Sequence[str]]
 #: makes a claim's FetchLoop (in the worker's thread: its pool belongs there) and the function that closes its
 #: pool once the loop has finished.
 LoopFactory = Callable[[str], tuple[FetchLoop, Callable[[], None]]]
+#: the most seconds a claims call may take before it is reported as stuck (less when claims_interval is shorter).
+CALL_DEADLINE_MOST = 30.0
+#: seconds a tick waits for a call it just started (a quick callable's answer is used at once).
+CALL_FIRST_WAIT = 0.1
+
+
+class _Call:
+    """One call of a claims callable, in a daemon thread: `done` once it returned or raised."""
+
+    def __init__(self, source: ClaimsSource) -> None:
+        self.source = source
+        self.done = threading.Event()
+        self.answer: object = None
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.warned = False
+        threading.Thread(target=self._run, name="bgjob-claims-call", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.answer = self.source()
+        except BaseException as exc:  # noqa: BLE001 - reported by the worker's thread (ClaimLanes._answer)
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 def validate_claims_interval(interval: float) -> float:
@@ -59,6 +89,9 @@ class ClaimLanes:
         self._running: dict[str, tuple[FetchLoop, Callable[[], None], Flag]] = {}
         self._draining: list[tuple[str, FetchLoop, Callable[[], None], Flag]] = []
         self._next_call = 0.0
+        #: the call of the callable under way (None between calls), and how long one may take before it is stuck.
+        self._call: _Call | None = None
+        self.deadline = min(interval, CALL_DEADLINE_MOST)
         self._initial: list[FetchLoop] = []
         self._stopping = Flag()
         self._finished_processed = 0
@@ -75,9 +108,22 @@ class ClaimLanes:
         if self._stopping.is_set():
             return
         now = time.monotonic()
-        if now >= self._next_call:
+        if now >= self._next_call and self._call is None:
+            first = self._next_call == 0.0
             self._next_call = now + self.interval
-            self.wanted = self._ask()
+            self._call = _Call(self.source)
+            # The first call (before the worker fetches): up to its deadline; later ones: a moment, then next ticks.
+            self._call.done.wait(self.deadline if first else CALL_FIRST_WAIT)
+        call = self._call
+        if call is not None:
+            if call.done.is_set():
+                self._call = None
+                self.wanted = self._answer(call)
+            elif not call.warned and time.monotonic() - call.started >= self.deadline:
+                call.warned = True
+                log.warning("queue %r: the claims callable %r did not return within %.1fs; keeping the claims %s "
+                            "(it is asked again once that call returns)", self.queue, self.source, self.deadline,
+                            list(self.wanted))  # fmt: skip
         for claim in self.wanted:
             if claim not in self._running and not any(each[0] == claim for each in self._draining):
                 loop, close = self.new_loop(claim)
@@ -97,13 +143,17 @@ class ClaimLanes:
             self._finished_processed += entry[1].processed
             entry[2]()
 
-    def _ask(self) -> tuple[str, ...]:
+    def _answer(self, call: _Call) -> tuple[str, ...]:
+        """The claims of a call that returned, validated; the current ones (logged) when it raised or answered
+        something else."""
         try:
-            answer = self.source()
+            if call.error is not None:
+                raise call.error
+            answer = call.answer
             if isinstance(answer, (str, bytes)) or not isinstance(answer, (list, tuple, set, frozenset)):
                 raise TypeError(f"it must return a list of claim names, got {answer!r}")
             return validate_claims(sorted(answer) if isinstance(answer, (set, frozenset)) else answer)
-        except Exception as exc:  # noqa: BLE001 - a broken callable never stops the worker
+        except BaseException as exc:  # noqa: BLE001 - a broken callable never stops the worker
             log.warning("queue %r: the claims callable %r failed (%s: %s); keeping the claims %s", self.queue,
                         self.source, type(exc).__name__, exc, list(self.wanted))  # fmt: skip
             return self.wanted

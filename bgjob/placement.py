@@ -45,6 +45,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -202,6 +203,50 @@ async def _forward(core: Core, queue: str, msg: Msg, subject: str, kind: str, wh
             pass
 
 
+#: seconds between two looks (by each worker's sweep) for partitions and groups whose jobs no worker serves.
+UNSERVED_CHECK_INTERVAL = 60.0
+
+
+async def unserved_routes(core: Core, queue: str) -> list[str]:
+    """Why jobs of `queue` wait on partition or group subjects that no running worker serves (nothing would
+    ever run them, and nothing else says so): one line per partition or group whose consumer is missing or
+    has neither a pull request waiting nor a job out. Requests: two stream infos, then one consumer info per
+    partition or group with jobs waiting. (Claims have target_timeout and the no_target sweep.)"""
+    topology = core.topology
+    assert core.js is not None
+    stream = topology.queue_stream(queue)
+    found = []
+    for kind, start in (("partition", f"{topology.prefix}.{queue}.part."),
+                        ("group", f"{topology.prefix}.{queue}.group.")):  # fmt: skip
+        info = await core.js.stream_info(stream, subjects_filter=start + ">")
+        waiting: dict[str, int] = {}
+        for subject, count in (info.state.subjects or {}).items():
+            token = subject[len(start) :].partition(".")[0]
+            waiting[token] = waiting.get(token, 0) + count
+        for token, count in sorted(waiting.items()):
+            if kind == "partition":
+                if not token.isdigit():
+                    continue
+                name = topology.partition_consumer(queue, int(token))
+            else:
+                name = topology.group_consumer(queue, token)
+            try:
+                consumer = await core.js.consumer_info(stream, name)
+                served = bool(consumer.num_waiting) or bool(consumer.num_ack_pending)
+            except nats.js.errors.NotFoundError:
+                served = False
+            if served:
+                continue
+            if kind == "partition":
+                found.append(f"{count} job(s) wait in partition {token}, which no running worker serves: a worker "
+                             "serves the partitions only when a handler of its mux is registered partitioned=True "
+                             "(a job sent with partition_key= for a type no worker registers so waits)")  # fmt: skip
+            else:
+                found.append(f"{count} job(s) wait for worker group {token!r}, which no running worker serves: "
+                             f"start Worker(..., groups=[{token!r}]) or bgjob worker --group {token}")  # fmt: skip
+    return found
+
+
 class UntakenSweep:
     """One worker's sweep for the placed jobs of `queue` that no holder of their claim took by their
     Bgjob-Target-Until: dead-lettered, reason `no_target` (see this module's docstring). `sensitive(job_type)`:
@@ -217,6 +262,8 @@ class UntakenSweep:
         self.dead_lettered = dead_lettered
         #: per claim, the stream sequence the next sweep reads from.
         self._resume: dict[str, int] = {}
+        #: when (time.monotonic()) the next look for partitions and groups nobody serves is due.
+        self._next_unserved_check = 0.0
 
     async def sweep(self) -> int:
         """One sweep; returns how many jobs it dead-lettered. Requests: one stream info; with placed jobs
@@ -226,6 +273,10 @@ class UntakenSweep:
         topology = core.topology
         assert core.js is not None
         stream = topology.queue_stream(queue)
+        if time.monotonic() >= self._next_unserved_check:
+            self._next_unserved_check = time.monotonic() + UNSERVED_CHECK_INTERVAL
+            for problem in await unserved_routes(core, queue):
+                log.warning("queue %r: %s", queue, problem)
         info = await core.js.stream_info(stream, subjects_filter=topology.target_filter(queue))
         start = topology.target_subject(queue, "", "")[:-1]  # `<prefix>.<queue>.target.`
         waiting = {subject[len(start) :].partition(".")[0] for subject in (info.state.subjects or {})}

@@ -39,6 +39,9 @@ log = logging.getLogger("bgjob.worker")
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 #: seconds between sweeps for messages past max_deliveries whose advisory no worker handled.
 SWEEP_INTERVAL = 60.0
+#: on a singleton's or partition's lane, the part of ack_wait without a heartbeat after which a delivery's lease
+#: counts as lapsed (heartbeats go every third of ack_wait: a gap of two thirds is a stall, not a slow beat).
+LANE_LAPSE = 2 / 3
 
 
 class FetchLoop:
@@ -287,7 +290,7 @@ class FetchLoop:
             return
         batch = []
         now = time.monotonic()
-        expired = now - self.ack_wait  # a delivery not heard of since then lost its lease (checked cheaply here)
+        expired = now - self._lapse_after()  # a delivery not heard of since then lost its lease (checked cheaply)
         while self._completed:
             item = self._completed.popleft()
             if not item.abandoned:
@@ -304,9 +307,15 @@ class FetchLoop:
         self._capacity.set()
 
     # -- leases -----------------------------------------------------------------------------------------------
+    def _lapse_after(self) -> float:
+        """Seconds without a heartbeat after which a delivery's lease counts as lapsed: ack_wait; on a singleton's or
+        partition's lane LANE_LAPSE of it (the server's ack_wait started when it sent the delivery, a little before
+        this process heard of it: such a delivery's settlement asks the server first, bgjob.worker.settle)."""
+        return self.ack_wait * (LANE_LAPSE if self.settler.singleton else 1.0)
+
     def _check_lease(self, item: Delivery, now: float) -> None:
         gap = now - item.last_progress
-        if gap > self.ack_wait and item.lease_lapsed is None:
+        if gap > self._lapse_after() and item.lease_lapsed is None:
             item.lease_lapsed = gap
 
     async def _keep_leases(self) -> None:

@@ -32,7 +32,8 @@ unacked: when its ack_wait runs out the server publishes the MAX_DELIVERIES advi
 queue dead-letters it from the stream (`FetchLoop`, `bgjob.dlq.dead_letter_stored`).
 
 A singleton's or partition's lane (bgjob.placement: `max_ack_pending=1`) whose worker was frozen past ack_wait
-(SIGSTOP, a stalled VM) asks the server before settling (`_superseded`: its consumer's info, bounded by
+(SIGSTOP, a stalled VM; counted from two thirds of it there, `loop.LANE_LAPSE`, since the server's ack_wait
+started when it sent the delivery) asks the server before settling (`_superseded`: its consumer's info, bounded by
 request_timeout): when the consumer has delivered since this delivery (`delivered.consumer_seq` beyond its
 consumer sequence) and its ack floor is below this message, the server redelivered it and the copy runs
 elsewhere. Then this delivery is not settled at all (handed_back `lease_lapsed`): its ack would free the lane's
@@ -157,7 +158,7 @@ class Settler:
             if self.is_last(item):
                 return await self._settle_last(item, exc)
             return await self._hand_back_after_failure(item, exc)
-        if item.lease_lapsed is not None:
+        if item.lease_lapsed is not None and item.lease_lapsed > self.ack_wait:
             self._lease_lost(item)
         self._report(item, fate)
         return fate
@@ -407,10 +408,11 @@ class Settler:
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         if not (delivered or 0) > msg.metadata.sequence.consumer or (floor or 0) >= msg.metadata.sequence.stream:
             return False
-        log.warning("job %s (%s) attempt %d: this worker went %.1fs without a heartbeat, longer than ack_wait, and "
-                    "its lane delivered the job again meanwhile: that copy may still be running, so this run is not "
+        log.warning("job %s (%s) attempt %d: this worker went %.1fs without a heartbeat (ack_wait %.1fs) and its "
+                    "lane delivered the job again meanwhile: that copy may still be running, so this run is not "
                     "settled (no ack, nak or term); the newer delivery's holder settles it", item.job_id,
-                    item.job_type, item.attempt, item.lease_lapsed, extra=item.log_context())  # fmt: skip
+                    item.job_type, item.attempt, item.lease_lapsed, self.ack_wait,
+                    extra=item.log_context())  # fmt: skip
         self.hooks.call("on_internal_error", f"lease of job {item.job_id} lapsed ({item.lease_lapsed:.1f}s)")
         return True
 

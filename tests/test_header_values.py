@@ -24,7 +24,7 @@ from .conftest import drain, wait_until
     {"request_id": " req-1"},
 ])  # fmt: skip
 def test_a_header_value_that_nats_would_change_is_refused_and_nothing_is_sent(client: bgjob.Client, options) -> None:
-    with pytest.raises(bgjob.InvalidJob, match="leading or trailing|printable"):
+    with pytest.raises(bgjob.InvalidJob, match=r"leading or trailing|printable"):
         client.send_job("t", {"n": 1}, **options)
     assert client.queue_stats().pending == 0
 

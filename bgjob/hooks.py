@@ -84,8 +84,8 @@ class Fate:
 
     `delay` (seconds) is set for RETRY_SCHEDULED, `at` (aware UTC datetime) for RESCHEDULED and for retries
     that went through a server-side schedule, `reason` for DEAD_LETTERED (a DLQ reason such as `handler`,
-    `max_attempts`, `decode`) and for HANDED_BACK (`drain`, `grace_period`, `settle_failed`, `lease_lapsed`: a singleton's or partition's
-    run left unsettled, its redelivered copy settles it), `error` for
+    `max_attempts`, `decode`) and for HANDED_BACK (`drain`, `grace_period`, `settle_failed`, `lease_lapsed`: a
+    singleton's or partition's run left unsettled, its redelivered copy settles it), `error` for
     DEAD_LETTERED, for a RETRY_SCHEDULED after a failure and for a HANDED_BACK after a failure, `traceback`
     with `error` when the failure has one. `error` and `traceback` of a failed job are scrubbed (see the module
     docstring): exactly what the dead letter and the stored result hold.

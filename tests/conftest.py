@@ -3,6 +3,7 @@ and a fresh topology prefix per test so tests never see each other's streams."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -119,6 +120,13 @@ def run_mixed_outcomes(client: bgjob.Client, start_worker: Callable[..., bgjob.W
     for job_type in ("flaky", "dead", "raises", "unknown-type"):
         client.send_job(job_type, None)
     wait_until(lambda: client.dlq.count() == 3, message="three dead letters")
+
+
+def records(log: Path) -> list[dict]:
+    """The JSON lines a test's worker processes appended to `log` (a line still being written is skipped)."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, message: str = "condition") -> object:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import subprocess
 from collections import defaultdict
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import python_process, wait_until
+from .conftest import python_process, records, wait_until
 
 LANE_WORKER = r"""
 import json, os, sys, time
@@ -47,12 +46,6 @@ mux.handle("ordered", run, partitioned=True)
 bgjob.Worker(client, mux, concurrency=4, fetch_timeout=0.5).run()
 client.close()
 """
-
-
-def records(log: Path) -> list[dict]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
 
 
 def runs(log: Path) -> list[tuple[str, int, float, float]]:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import json
 import queue
 import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 import bgjob
 from bgjob.errors import ConfigurationError
 
-from .conftest import drain, python_process, wait_until
+from .conftest import drain, python_process, records, wait_until
 
 SINGLETON_WORKER = r"""
 import json, os, sys, time
@@ -43,12 +41,6 @@ def one(job):
 bgjob.Worker(client, mux, concurrency=8, fetch_timeout=0.5).run()
 client.close()
 """
-
-
-def records(log: Path) -> list[dict]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
 
 
 @pytest.fixture

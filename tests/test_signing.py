@@ -74,46 +74,53 @@ def test_bad_keys_are_refused_clearly() -> None:
         bgjob.signing.Signer("c2hvcnQ=")
 
 
-def test_a_placed_or_partitioned_job_re_routed_in_the_stream_fails_verification(make_client, start_worker,
-                                                                                 keys) -> None:  # fmt: skip
-    """The signature covers Bgjob-Target and Bgjob-Partition-Key: a holder of the stream who moves a signed job to
-    another claim or key (or strips or adds either header) gets it dead-lettered, never run."""
+@pytest.fixture
+def routed(make_client, start_worker, keys) -> tuple[bgjob.Client, bgjob.Client, queue.Queue]:
+    """(a signing producer, a verifying worker's client, what the worker ran): the worker holds claims
+    "primary" and "other" and runs "pay" (placed) and "ordered" (partitioned) jobs."""
     signing_key, verify_key = keys
-    producer = make_client(signing_key=signing_key)
-    worker_client = make_client(verify_keys=(verify_key,))
+    producer, worker_client = make_client(signing_key=signing_key), make_client(verify_keys=(verify_key,))
     ran: queue.Queue = queue.Queue()
     mux = bgjob.Mux()
     mux.handle("pay", lambda job: ran.put(job.arg) or bgjob.Complete())
     mux.handle("ordered", lambda job: ran.put(job.arg) or bgjob.Complete(), partitioned=True)
     start_worker(worker_client, mux, claims=["primary", "other"])
+    return producer, worker_client, ran
 
-    def forged(job_type: str, arg: object, change: dict[str, str | None], **options: str) -> str:
-        """A job signed by `producer`, its headers changed by `change` (None: removed), published where the changed
-        headers route it."""
-        _, body, headers, job_id = bgjob.client.prepare_job(producer.settings, job_type, arg, **options)
-        for name, value in change.items():
-            if value is None:
-                headers.pop(name)
-            else:
-                headers[name] = value
-        headers["Nats-Msg-Id"] = job_id
-        topology = producer._ensure()[1].topology
 
-        async def publish(core: Core) -> None:
-            await core.js.publish(topology.ready_subject("default", job_type, headers), body, headers=headers)
+def publish_signed(producer: bgjob.Client, job_type: str, arg: object, *, subject: str | None = None,
+                   change: dict[str, str | None] | None = None, **options: str) -> str:  # fmt: skip
+    """Publish a job signed by `producer` as a holder of the stream could: its headers changed by `change` (None:
+    removed) after signing, on `subject` (default: where its headers route it). Returns its id."""
+    _, body, headers, job_id = bgjob.client.prepare_job(producer.settings, job_type, arg, **options)
+    for name, value in (change or {}).items():
+        if value is None:
+            headers.pop(name)
+        else:
+            headers[name] = value
+    headers["Nats-Msg-Id"] = job_id
+    where = subject or producer._ensure()[1].topology.ready_subject("default", job_type, headers)
 
-        producer.run(publish)
-        return job_id
+    async def publish(core: Core) -> None:
+        await core.js.publish(where, body, headers=headers)
 
+    producer.run(publish)
+    return job_id
+
+
+def test_a_placed_or_partitioned_job_re_routed_in_the_stream_fails_verification(routed) -> None:
+    """The signature covers Bgjob-Target and Bgjob-Partition-Key: a holder of the stream who moves a signed job to
+    another claim or key (or strips or adds either header) gets it dead-lettered, never run."""
+    producer, worker_client, ran = routed
     producer.send_job("pay", "honest", target="primary")
     producer.send_job("ordered", "honest-key", partition_key="k1")
     assert sorted(drain(ran, 2)) == ["honest", "honest-key"]
     tampered = {
-        forged("pay", "moved", {"Bgjob-Target": "other"}, target="primary"),
-        forged("pay", "stripped", {"Bgjob-Target": None}, target="primary"),
-        forged("pay", "added", {"Bgjob-Target": "other"}),
-        forged("ordered", "rekeyed", {"Bgjob-Partition-Key": "k2"}, partition_key="k1"),
-        forged("ordered", "unkeyed", {"Bgjob-Partition-Key": None}, partition_key="k1"),
+        publish_signed(producer, "pay", "moved", change={"Bgjob-Target": "other"}, target="primary"),
+        publish_signed(producer, "pay", "stripped", change={"Bgjob-Target": None}, target="primary"),
+        publish_signed(producer, "pay", "added", change={"Bgjob-Target": "other"}),
+        publish_signed(producer, "ordered", "rekeyed", change={"Bgjob-Partition-Key": "k2"}, partition_key="k1"),
+        publish_signed(producer, "ordered", "unkeyed", change={"Bgjob-Partition-Key": None}, partition_key="k1"),
     }
     wait_until(lambda: worker_client.dlq.count(reason="signature") == len(tampered), message="re-routed jobs refused")
     refused = {e.id: e.error for e in worker_client.dlq.list(reason="signature")}
@@ -122,41 +129,26 @@ def test_a_placed_or_partitioned_job_re_routed_in_the_stream_fails_verification(
     assert ran.empty()
 
 
-def test_a_signed_job_published_again_on_another_route_with_its_headers_untouched_is_refused(make_client, start_worker,
-                                                                                          keys) -> None:  # fmt: skip
+def test_a_signed_job_published_again_on_another_route_with_its_headers_untouched_is_refused(routed) -> None:
     """The subject is not signed: a holder of the stream who publishes a signed placed or partitioned job again,
     signature and headers untouched, on another claim's or partition's subject or on `job.<type>` (where any
     worker would run it) gets it dead-lettered (reason signature), never run."""
-    signing_key, verify_key = keys
-    producer = make_client(signing_key=signing_key)
-    worker_client = make_client(verify_keys=(verify_key,))
-    ran: queue.Queue = queue.Queue()
-    mux = bgjob.Mux()
-    mux.handle("pay", lambda job: ran.put(job.arg) or bgjob.Complete())
-    mux.handle("ordered", lambda job: ran.put(job.arg) or bgjob.Complete(), partitioned=True)
-    start_worker(worker_client, mux, claims=["primary", "other"])
+    producer, worker_client, ran = routed
     topology = producer._ensure()[1].topology
     key = "k1"
     other_partition = (partition_of(key) + 1) % PARTITIONS
-
-    def republished(job_type: str, arg: object, subject: str, **options: str) -> str:
-        _, body, headers, job_id = bgjob.client.prepare_job(producer.settings, job_type, arg, **options)
-        headers["Nats-Msg-Id"] = job_id
-
-        async def publish(core: Core) -> None:
-            await core.js.publish(subject, body, headers=headers)
-
-        producer.run(publish)
-        return job_id
-
     moved = {
-        republished("pay", "other claim", topology.target_subject("default", "other", "pay"), target="primary"),
-        republished("pay", "main subject", topology.job_subject("default", "pay"), target="primary"),
-        republished("ordered", "other partition", topology.partition_subject("default", other_partition, "ordered"),
-                    partition_key=key),
-        republished("ordered", "main subject", topology.job_subject("default", "ordered"), partition_key=key),
-    }
-    honest = republished("pay", "honest", topology.target_subject("default", "primary", "pay"), target="primary")
+        publish_signed(producer, "pay", "other claim", subject=topology.target_subject("default", "other", "pay"),
+                       target="primary"),
+        publish_signed(producer, "pay", "main subject", subject=topology.job_subject("default", "pay"),
+                       target="primary"),
+        publish_signed(producer, "ordered", "other partition", partition_key=key,
+                       subject=topology.partition_subject("default", other_partition, "ordered")),
+        publish_signed(producer, "ordered", "main subject", subject=topology.job_subject("default", "ordered"),
+                       partition_key=key),
+    }  # fmt: skip
+    honest = publish_signed(producer, "pay", "honest", subject=topology.target_subject("default", "primary", "pay"),
+                            target="primary")  # fmt: skip
     assert drain(ran, 1) == ["honest"]
     wait_until(lambda: worker_client.dlq.count(reason="signature") == len(moved), message="moved jobs refused")
     refused = {e.id: e.error for e in worker_client.dlq.list(reason="signature")}

@@ -105,8 +105,8 @@ def test_status_lists_queues_schedules_and_live_workers(dead_letters, bgjob_clie
     out = run("bgjob_status")
     assert f"server: {bgjob_client.url}" in out
     assert [ln.split() for ln in out.splitlines() if ln.startswith(("default ", "mail "))] == [
-        ["default", "0", "0", "0", "1", "3"],  # the schedule is a stored message: "scheduled"
-        ["mail", "0", "0", "0", "0", "1"],
+        ["default", "0", "0", "0", "1", "0", "3"],  # the schedule is a stored message: "scheduled"; none routed
+        ["mail", "0", "0", "0", "0", "0", "1"],
     ]
     assert "nightly" in out and "Europe/Berlin" in out
     # one process (the test's) serving two queues: one process, two queue workers

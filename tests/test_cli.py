@@ -123,7 +123,7 @@ def test_worker_runs_a_module_mux_and_drains_on_sigterm(cli_env, client, tmp_pat
     status = bgjob_cli(cli_env, "status")
     assert status.returncode == 0
     assert [line.split() for line in status.stdout.splitlines() if line.startswith("default")] == [
-        ["default", "0", "0", "0", "0", "1"]  # pending, in-flight, retrying, scheduled, dlq
+        ["default", "0", "0", "0", "0", "0", "1"]  # pending, in-flight, retrying, scheduled, routed, dlq
     ]
     assert bgjob_cli(cli_env, "dlq", "retry", failed).returncode == 0
     assert client.dlq.count() == 0 and client.queue_stats().pending == 1

@@ -59,7 +59,6 @@ def validate_name(name: str) -> str:
 #: that sorts lower than this one in between, so a race of N declarations settles within N rounds.
 _DECLARE_ATTEMPTS = 20
 _WRONG_LAST_SEQUENCE = 10071  # a Nats-Expected-Last-Subject-Sequence that is no longer the subject's last
-_NO_MESSAGE = 10057  # deleting a sequence the stream no longer holds
 
 
 async def declare(core: Core, name: str, queue: str, subject: str, body: bytes, headers: dict[str, str]) -> bool:
@@ -156,12 +155,8 @@ async def remove(core: Core, name: str, queue: str | None, revision: int | None 
         current = await _get(core, q, core.topology.cron_subject(q, name))
         if current is None or (revision is not None and current.seq != revision):
             continue
-        try:
-            await core.js.delete_msg(core.topology.queue_stream(q), current.seq)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != _NO_MESSAGE:
-                raise
-            continue
+        if not await core.delete_stored(core.topology.queue_stream(q), current.seq):
+            continue  # removed meanwhile by another process
         removed = True
     return removed
 

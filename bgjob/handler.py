@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -15,6 +15,9 @@ from .result import Result
 from .retry_policy import RetryPolicy
 
 if TYPE_CHECKING:  # bgjob.middleware imports this module (Recovery uses not_a_result)
+    import os
+
+    from .external_process import ExternalProcess
     from .middleware.base import Middleware
 
 #: A plain function handler.
@@ -256,6 +259,49 @@ class Mux:
                             time_limit=time_limit, sensitive=sensitive, middleware=middleware)  # fmt: skip
 
         return decorate if fn is None else decorate(fn)
+
+    def external_process(self, job_type: str, argv: Sequence[str], *, timeout: float | timedelta = 60,
+                         env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                         max_output: int = 1024 * 1024, sensitive: Collection[str] | None = None,
+                         retry_policy: RetryPolicy | None = None, middleware: Sequence[Middleware] | None = None,
+                         time_limit: float | timedelta | None = None, group: str | None = None,
+                         singleton: bool = False, partitioned: bool = False) -> ExternalProcess:  # fmt: skip
+        """Run the jobs of `job_type` by an external program (from choria asyncjobs; `bgjob.external_process`).
+
+        Each job starts `argv` with no shell, in a session and process group of its own, and writes the job to its
+        stdin as one JSON object (`id`, `type`, `queue`, `arg`, `arg_encoding`, `attempt`, `request_id`,
+        `deadline`, `timeout`); the job's data never goes into the arguments or the environment. Exit 0 is
+        `Complete(value)` with stdout as the value (parsed as JSON when it is JSON, else text); exit 75
+        (EX_TEMPFAIL) is `Retry()` by the retry policy; exit 65 (EX_DATAERR) is `MoveToDlq` with the end of
+        stderr as the error; any other status, a signal or a timeout raises `ExternalProcessFailed` (retried by
+        the retry policy, stderr's end in the error). The handler runs under the worker's and its own middleware,
+        hooks and metrics like any other.
+
+        - `argv`: a list (or tuple) of str, configured in code or settings only: the program, then its fixed
+          arguments. argv[0] is an absolute path, or a name looked up on PATH now (and kept as its absolute path).
+        - `timeout`: seconds (int/float > 0) or a timedelta a run may take, shortened to the job's deadline; past
+          it the whole process group gets SIGTERM, then SIGKILL 2 s later, and the program is reaped.
+        - `env`: str -> str variables added to the program's minimal environment: only PATH, HOME, LANG,
+          LC_ALL, LC_CTYPE, TZ and TMPDIR are inherited from the worker, so its secrets (BGJOB_* settings, NATS
+          credentials, database URLs) reach the program only when listed here.
+        - `cwd`: the program's working directory (an existing directory), or None for the worker's.
+        - `max_output`: bytes (int >= 1) kept of stdout and of stderr each; the rest is read and discarded, and
+          the value or error says so.
+        - `sensitive`, `retry_policy`, `middleware`, `time_limit`, `group`, `singleton`, `partitioned`: as for
+          `handle`. A time limit (this one, else the worker's default) shortens the run too: when it fires, the
+          process group is killed the same way.
+
+        Returns the registered `bgjob.external_process.ExternalProcess`. Raises InvalidJob for a bad job type,
+        HandlerError for a duplicate type or a bad option (named in the message: argv not a list of str, a
+        program that is not an absolute path or not found on PATH or not executable, a bad env, cwd, timeout or
+        max_output).
+        """
+        from .external_process import external_process_handler
+
+        return external_process_handler(self, job_type, argv, timeout=timeout, env=env, cwd=cwd,
+                                        max_output=max_output, sensitive=sensitive, retry_policy=retry_policy,
+                                        middleware=middleware, time_limit=time_limit, group=group,
+                                        singleton=singleton, partitioned=partitioned)  # fmt: skip
 
     def get(self, job_type: str) -> HandlerFunc | None:
         return self._handlers.get(job_type)

@@ -205,6 +205,24 @@ class NonRetryable(BgjobError):
         return _safe_str(self.error) if isinstance(self.error, BaseException) else str(self.error)
 
 
+class RequestFailed(BgjobError):
+    """A request-reply handler's request (`Mux.request_reply`, from choria asyncjobs) got no usable reply: a
+    retryable failure of the job, retried by its retry policy like any handler's exception.
+
+    - `subject`: the service's NATS subject.
+    - `kind`: "timeout" (no reply in time), "no_responders" (no service listens on the subject), "error" (the
+      service replied with a `Nats-Service-Error-Code` other than the dead-letter and non-retryable ones),
+      "bad_reply" (a `Bgjob-Retry-After` that is not seconds) or "connection" (NATS could not be reached).
+    - `code`: the service's error code (a str, as sent) for "error", else None.
+    """
+
+    def __init__(self, message: str, *, subject: str, kind: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.kind = kind
+        self.code = code
+
+
 def exception_text(exc: BaseException) -> str:
     """`"<Type>: <message>"` for any exception, even one whose `__str__` raises or recurses; for a
     NonRetryable wrapping an exception, the wrapped exception's."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import HandlerError, InvalidJob
 from .job import Job, validate_claim, validate_sensitive, validate_type
+from .request_reply import RequestReplyHandler
 from .result import Result
 from .retry_policy import RetryPolicy
 
@@ -229,6 +230,34 @@ class Mux:
             return fn
 
         return register
+
+    def request_reply(self, job_type: str, *, subject: str, timeout: float | timedelta = 30.0,
+                      sensitive: Collection[str] | None = None, retry_policy: RetryPolicy | None = None,
+                      middleware: Sequence[Middleware] | None = None, time_limit: float | timedelta | None = None,
+                      singleton: bool = False, partitioned: bool = False,
+                      group: str | None = None) -> None:  # fmt: skip
+        """Register a request-reply handler for `job_type` (from choria asyncjobs): each job is sent as one NATS
+        request to `subject`, where a service in any language answers it (bgjob.request_reply; the contract is
+        README's "Request-reply handlers" section).
+
+        - `subject`: the service's NATS subject, exact (no `*` or `>` wildcards, no empty tokens or spaces).
+        - `timeout`: seconds (int/float > 0) or a timedelta to wait for the reply (default 30); the wait is
+          shortened to the time left before the job's deadline and its time limit. No reply in time, or no
+          service on the subject, is a retryable failure (`bgjob.RequestFailed`), retried by the retry policy.
+        - `sensitive`, `retry_policy`, `middleware`, `time_limit`, `singleton`, `partitioned`, `group`: as for
+          `handle`; the worker's middleware, hooks and metrics see the job like any other.
+
+        The request blocks the pool thread (or greenlet) running it, never the worker's event loop. Raises
+        InvalidJob for a bad job type, HandlerError for a bad subject or timeout, a duplicate type or a bad option
+        (named in the message).
+        """
+        validate_type(job_type)
+        try:
+            handler = RequestReplyHandler(subject, timeout, time_limit=_time_limit(job_type, time_limit))
+        except ValueError as exc:
+            raise HandlerError(f"request-reply handler for {job_type!r}: {exc}") from None
+        self.handle(job_type, handler, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
+                    time_limit=time_limit, singleton=singleton, partitioned=partitioned, group=group)  # fmt: skip
 
     def job(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
             aliases: Collection[str] = (), queue: str | None = None, retry_policy: RetryPolicy | None = None,

@@ -50,6 +50,18 @@ TARGET_UNTIL = "Bgjob-Target-Until"
 #: the key of a partitioned job (`send_job(..., partition_key=)`): jobs of one key run one at a time, in order.
 PARTITION_KEY = "Bgjob-Partition-Key"
 
+# -- a request-reply handler's request and its reply (bgjob.request_reply; README "Request-reply handlers") ---
+#: the request's attempt number (1 on the first delivery), decimal; the request also carries HEADER_ID,
+#: HEADER_TYPE, HEADER_REQUEST_ID, CONTENT_TYPE and DEADLINE (there: when the worker stops waiting for the reply).
+ATTEMPT = "Bgjob-Attempt"
+#: the job's queue, on a request.
+QUEUE = "Bgjob-Queue"
+#: on a reply: run the job again after this many seconds (a decimal >= 0): `Retry(delay)`.
+RETRY_AFTER = "Bgjob-Retry-After"
+#: on a reply: NATS micro services' error description and code (nats.go/micro, nats.py's `nats.micro`).
+SERVICE_ERROR = "Nats-Service-Error"
+SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+
 # -- a dead letter: the job's own headers plus these --------------------------------------------------------
 DLQ_REASON = "Bgjob-Dlq-Reason"
 #: JSON-encoded str (ASCII only, one line), cut to a byte budget.

@@ -47,6 +47,7 @@ from .headers import SENSITIVE_KEYS
 from .hooks import Failure, Fate, FateKind, WorkerHooks
 from .job import KEEP_CHECKPOINT, Job, encode_arg, sensitive_of, validate_job_id
 from .job_results import result_key
+from .request_reply import Reply
 from .result import Pause, Result
 from .schedule import seconds_of
 from .topology import CHECKPOINTS_BUCKET, PROGRESS_BUCKET, SIGNALS_BUCKET
@@ -339,6 +340,9 @@ class LongRunning(WorkerHooks):
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
+        #: the worker's default time limit in seconds (None: none), set by the Worker: what bounds a request-reply
+        #: handler's wait when its type has no time limit of its own (bgjob.request_reply).
+        self.time_limit: float | None = None
         self._keys: dict[str, set[str]] = {}
         self._progress: dict[str, _Progress] = {}
         self._lock = threading.Lock()
@@ -460,6 +464,15 @@ class LongRunning(WorkerHooks):
         except Exception as exc:  # noqa: BLE001 - progress is a report: the job goes on
             log.warning("could not store the progress of job %s: %s", job.id, describe_error(exc))
 
+    # -- request-reply handlers (bgjob.request_reply) -------------------------------------------------------
+    def request(self, subject: str, body: bytes, headers: dict[str, str], timeout: float) -> Reply:
+        """Send one NATS request on the worker's connection and wait for its reply, at most `timeout` seconds
+        (plus at most 0.1 s should the worker's event loop be late to report the timeout); blocks the calling
+        pool thread (or greenlet), never the event loop. Returns a `bgjob.request_reply.Reply`: the reply, or its
+        absence ("timeout", "no_responders"). Raises a bgjob error (ConnectionError, ...) when NATS cannot be
+        reached."""
+        return self.runner.run(_request, subject, body, headers, timeout, timeout=timeout + 0.1)
+
     # -- hooks ---------------------------------------------------------------------------------------------
     def on_job_end(self, job: Job, outcome: Result | Failure) -> None:
         """In the handler's thread: store the last throttled progress report now (its timer then finds nothing)."""
@@ -484,6 +497,17 @@ class LongRunning(WorkerHooks):
             return
         runtime, core = self.runner._ensure()  # type: ignore[attr-defined]
         runtime.spawn(_delete_quietly(core, job.id, sorted(keys)))
+
+
+async def _request(core: Core, subject: str, body: bytes, headers: dict[str, str], timeout: float) -> Reply:
+    assert core.nc is not None
+    try:
+        msg = await core.nc.request(subject, body, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        return Reply("no_responders")
+    except nats.errors.TimeoutError:
+        return Reply("timeout")
+    return Reply("reply", msg.data, dict(msg.headers or {}))
 
 
 async def _delete_quietly(core: Core, job_id: str, keys: list[str]) -> None:

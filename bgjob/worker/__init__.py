@@ -127,7 +127,8 @@ class Worker:
         self.middleware = list(middleware)
         # Every worker runs the workflow engine for its own client (bgjob.workflows.WorkflowHooks says why).
         # And the long-running jobs' services (job.checkpoint(), ...; bgjob.long_running), which are hooks too.
-        hooks = [*hooks, WorkflowHooks(client), LongRunning(client)]
+        long_running = LongRunning(client)
+        hooks = [*hooks, WorkflowHooks(client), long_running]
         self.hooks = HookSet([*self.middleware, *hooks], client.settings.sensitive_headers)
         self.retry_policy = retry_policy or RetryPolicy()
         self.grace_period = grace_period
@@ -136,6 +137,7 @@ class Worker:
         self.pool = pool
         #: the default time limit in seconds (None: none).
         self.time_limit = time_limit_seconds(time_limit)
+        long_running.time_limit = self.time_limit  # what bounds a request-reply handler's wait (bgjob.request_reply)
         # Raw-lock flags, not threading.Events: they are set from the runtime thread even under gevent.
         self._stop_requested = Flag()
         self._started = Flag()

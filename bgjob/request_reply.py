@@ -1,0 +1,236 @@
+"""Request-reply handlers (from choria asyncjobs): a job type handled by a NATS service in any language.
+
+`mux.request_reply("thumbnail", subject="svc.thumbnail", timeout=30)` registers a `RequestReplyHandler`: the
+worker sends each job of the type as one NATS request to `subject`, on its own connection (through the
+`LongRunning` services the worker installs in the handler's thread, `bgjob.job.worker_services`), blocking that
+pool thread (never the event loop) until the reply, and turns the reply into the job's Result. The contract a
+service implements is README.md's "Request-reply handlers" section:
+
+The request: the body is the job's arg (compact JSON, or the raw bytes of a bytes arg, `Content-Type` saying
+which), with headers `Bgjob-Id`, `Bgjob-Type`, `Bgjob-Queue`, `Bgjob-Attempt` (1 on the first delivery),
+`Bgjob-Request-Id` (when the job has one) and `Bgjob-Deadline` (RFC 3339 UTC: when the worker stops waiting for
+this reply, the earliest of the handler's timeout, the job's deadline and its time limit).
+
+The reply, read in this order (header names matched without regard to case):
+
+1. `Bgjob-Retry-After: <seconds>` (a decimal >= 0) -> `Retry(seconds)`, the service's error text kept with it.
+2. `Nats-Service-Error-Code` / `Nats-Service-Error` (NATS micro services' error headers): `422` ->
+   `MoveToDlq(error, reason="service")`; `400` -> `bgjob.NonRetryable` (dead-lettered at once, reason
+   `non_retryable`); any other code -> `bgjob.RequestFailed` (kind "error"), retried by the retry policy.
+3. Otherwise `Complete(value)`: the body JSON-decoded when it parses, else its text (UTF-8), else its bytes;
+   an empty body is None.
+
+No reply in time or no service on the subject -> `bgjob.RequestFailed` (kind "timeout" / "no_responders"),
+retried by the policy like any handler's exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import reprlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from . import job as jobmod
+from .errors import BgjobError, InvalidJob, NonRetryable, RequestFailed, describe_error
+from .headers import (
+    ATTEMPT,
+    CONTENT_TYPE,
+    DEADLINE,
+    HEADER_ID,
+    HEADER_REQUEST_ID,
+    HEADER_TYPE,
+    QUEUE,
+    RETRY_AFTER,
+    SERVICE_ERROR,
+    SERVICE_ERROR_CODE,
+)
+from .result import Complete, MoveToDlq, Result, Retry
+
+__all__ = ["DEAD_LETTER_CODE", "DLQ_REASON", "NON_RETRYABLE_CODE", "Reply", "RequestReplyHandler", "reply_result",
+           "validate_subject", "validate_timeout"]  # fmt: skip
+
+#: a reply's `Nats-Service-Error-Code` that dead-letters the job (`MoveToDlq`): "Unprocessable Content".
+DEAD_LETTER_CODE = "422"
+#: a reply's `Nats-Service-Error-Code` that raises `bgjob.NonRetryable` (dead-lettered at once): "Bad Request".
+NON_RETRYABLE_CODE = "400"
+#: the DLQ reason of a job its service dead-lettered with DEAD_LETTER_CODE.
+DLQ_REASON = "service"
+
+#: seconds before the job's time limit a request stops waiting (a tenth of the limit when that is less).
+LIMIT_MARGIN = 0.25
+#: a subject token: printable ASCII without spaces, '.', '*' or '>' (NATS's rules, wildcards refused).
+_TOKEN = re.compile(r"[!-~]+")
+_MAX_SUBJECT = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a request got (`LongRunning.request`): `status` "reply" (with the reply's `data` and `headers`),
+    "timeout" (none within the timeout) or "no_responders" (no service listening on the subject)."""
+
+    status: str
+    data: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def validate_subject(subject: str) -> str:
+    """A request-reply service's subject: dot-separated tokens of printable ASCII (no spaces), no empty token,
+    no wildcard (`*`, `>`), at most 255 characters; returns it. Raises ValueError naming the problem."""
+    if not isinstance(subject, str):
+        raise ValueError(f"subject must be a str (a NATS subject such as 'svc.thumbnail'), got "
+                         f"{type(subject).__name__} {reprlib.repr(subject)}")  # fmt: skip
+    if not subject or len(subject) > _MAX_SUBJECT:
+        raise ValueError(f"subject must be 1-{_MAX_SUBJECT} characters, got {len(subject)}")
+    for token in subject.split("."):
+        if not token:
+            raise ValueError(f"subject {subject!r} has an empty token (a leading, trailing or doubled '.')")
+        if "*" in token or ">" in token:
+            raise ValueError(f"subject {subject!r} has a wildcard ('*' or '>'): a request goes to one exact subject")
+        if not _TOKEN.fullmatch(token):
+            raise ValueError(f"subject {subject!r} has a space, control or non-ASCII character: use printable ASCII "
+                             "tokens separated by '.'")  # fmt: skip
+    return subject
+
+
+def validate_timeout(timeout: float | timedelta) -> float:
+    """A request's timeout in seconds: an int or float > 0 (finite), or a timedelta; returns it as a float.
+    Raises ValueError for anything else (0, a negative, NaN, infinity, a bool, a str, None)."""
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        try:
+            seconds = float(timeout)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise ValueError(f"timeout must be seconds (an int or float) or a timedelta, got {type(timeout).__name__} "
+                         f"{reprlib.repr(timeout)}")  # fmt: skip
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {reprlib.repr(timeout)}")
+    return seconds
+
+
+class RequestReplyHandler:
+    """The handler `Mux.request_reply` registers (from choria asyncjobs): each job becomes one NATS request to
+    `subject` on the worker's connection; the reply becomes its Result (`reply_result`).
+
+    - `subject`: the service's subject (validated: `validate_subject`).
+    - `timeout`: seconds to wait for a reply (validated: `validate_timeout`); shortened to the time left before
+      the job's deadline and to its time limit less LIMIT_MARGIN (`time_limit`: the type's own, in seconds, else
+      the worker's), so that the wait ends in this handler's own retryable timeout rather than at the limit.
+
+    `handle(job)` blocks the pool thread (or greenlet) running it, at most the request's timeout (plus 0.1 s of
+    slack should the event loop be late). It returns the reply's Result, or raises `bgjob.NonRetryable` (a 400
+    reply), `bgjob.RequestFailed` (no reply in time, no responders, another service error, NATS unreachable) and
+    RuntimeError outside a worker's handler thread.
+    """
+
+    def __init__(self, subject: str, timeout: float | timedelta = 30.0, *, time_limit: float | None = None) -> None:
+        self.subject = validate_subject(subject)
+        self.timeout = validate_timeout(timeout)
+        self.time_limit = time_limit
+
+    def __repr__(self) -> str:
+        return f"RequestReplyHandler(subject={self.subject!r}, timeout={self.timeout:g})"
+
+    def handle(self, job: jobmod.Job) -> Result:
+        """Send `job` to the service and return its reply's Result (see the class)."""
+        started = time.monotonic()
+        service = jobmod.worker_services.get()
+        if service is None:
+            raise RuntimeError(f"request-reply handler for {job.type!r} works only in a bgjob worker, in the thread "
+                               "(or greenlet) that runs the job's handler")  # fmt: skip
+        seconds, bound = self.timeout, "the handler's timeout"
+        limit = self.time_limit if self.time_limit is not None else getattr(service, "time_limit", None)
+        if limit is not None and limit - min(LIMIT_MARGIN, limit / 10) < seconds:
+            # ends a little before the limit: the job fails with this request's (retryable) timeout, and the
+            # time limit's exception never meets a thread blocked on the reply
+            seconds, bound = limit - min(LIMIT_MARGIN, limit / 10), "the job's time limit"
+        now = datetime.now(timezone.utc)
+        if job.deadline is not None:
+            left = (job.deadline - now).total_seconds()
+            if left <= 0:
+                raise RequestFailed(f"job {job.id}: its deadline {jobmod.format_time(job.deadline)} passed before the "
+                                    f"request to {self.subject!r} was sent", subject=self.subject,
+                                    kind="timeout")  # fmt: skip
+            if left < seconds:
+                seconds, bound = left, "the job's deadline"
+        seconds = max(0.001, seconds - (time.monotonic() - started))
+        try:
+            body, content_type = jobmod.encode_arg(job.arg)
+        except InvalidJob as exc:  # a decoded arg always encodes again; kept for a hand-built Job
+            raise NonRetryable(exc) from exc
+        headers = request_headers(job, content_type, now + timedelta(seconds=seconds))
+        try:
+            reply = service.request(self.subject, body, headers, seconds)
+        except BgjobError as exc:
+            raise RequestFailed(f"request to {self.subject!r} failed: {describe_error(exc)}", subject=self.subject,
+                                kind="connection") from exc  # fmt: skip
+        if reply.status == "timeout":
+            raise RequestFailed(f"no reply from the service on {self.subject!r} within {seconds:.3g}s ({bound})",
+                                subject=self.subject, kind="timeout")  # fmt: skip
+        if reply.status == "no_responders":
+            raise RequestFailed(f"no responders: no service listens on {self.subject!r}", subject=self.subject,
+                                kind="no_responders")  # fmt: skip
+        return reply_result(self.subject, reply.data, reply.headers)
+
+
+def request_headers(job: jobmod.Job, content_type: str, deadline: datetime) -> dict[str, str]:
+    """The headers of `job`'s request (README "Request-reply handlers"); `deadline`: when the worker stops
+    waiting for the reply."""
+    headers = {HEADER_ID: job.id, HEADER_TYPE: job.type, QUEUE: job.queue, ATTEMPT: str(job.attempt),
+               CONTENT_TYPE: content_type, DEADLINE: jobmod.format_time(deadline)}  # fmt: skip
+    if job.request_id:
+        headers[HEADER_REQUEST_ID] = job.request_id
+    return headers
+
+
+def reply_result(subject: str, data: bytes, headers: dict[str, str] | None) -> Result:
+    """The Result of a service's reply from `subject` (the module's table): `Retry`, `MoveToDlq` or `Complete`.
+
+    Raises bgjob.NonRetryable for error code 400, bgjob.RequestFailed for any other error code and for a
+    `Bgjob-Retry-After` that is not a number of seconds >= 0."""
+    found = {name.lower(): value.strip() for name, value in (headers or {}).items()}
+    code = found.get(SERVICE_ERROR_CODE.lower())
+    text = found.get(SERVICE_ERROR.lower())
+    error = None
+    if code or text:
+        error = f"service {subject!r} replied error {code or '(no code)'}: {text or '(no description)'}"
+    after = found.get(RETRY_AFTER.lower())
+    if after is not None:
+        try:
+            delay = float(after)
+        except ValueError:
+            delay = math.nan
+        if not math.isfinite(delay) or delay < 0:
+            raise RequestFailed(f"service {subject!r} replied {RETRY_AFTER}: {reprlib.repr(after)}, not a number of "
+                                f"seconds >= 0{f' ({error})' if error else ''}", subject=subject,
+                                kind="bad_reply", code=code)  # fmt: skip
+        return Retry(delay, error=error or f"service {subject!r} asked to retry after {delay:g}s")
+    if error is None:
+        return Complete(decode_body(data))
+    if code == DEAD_LETTER_CODE:
+        return MoveToDlq(error, reason=DLQ_REASON)
+    if code == NON_RETRYABLE_CODE:
+        raise NonRetryable(error)
+    raise RequestFailed(error, subject=subject, kind="error", code=code)
+
+
+def decode_body(data: bytes) -> Any:
+    """A reply's body as a job's value: None when empty, its JSON value when it parses, else its UTF-8 text,
+    else its bytes."""
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(data)

@@ -3,4 +3,4 @@
 from __future__ import annotations
 
 SCENARIOS = ["enqueue", "process", "e2e", "delay", "backlog", "memory", "peers", "wsgi", "outbox", "events", "typed",
-             "workflows", "partitions"]
+             "workflows", "partitions", "delegated"]

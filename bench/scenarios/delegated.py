@@ -68,9 +68,19 @@ def _request_reply(ctx: Context, mux: bgjob.Mux) -> Callable[[], None]:
 
 
 def _external_process(ctx: Context, mux: bgjob.Mux) -> Callable[[], None] | None:
-    """The external-process row: register JOB_TYPE with `mux.external_process([...])` running a no-op program and
-    return what cleans up after it (added with bgjob.external_process); None leaves the row out."""
-    return None
+    """The external-process row: JOB_TYPE run by `mux.external_process` as a no-op `/bin/sh` script (a `/bin/true`
+    that reads its stdin: the job's JSON), so a job costs a fork/exec of sh, the stdin write, the output reads
+    and the reaping; returns what removes the script."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="bgjob-bench-"))
+    program = directory / "noop.sh"
+    program.write_text("#!/bin/sh\nexec cat >/dev/null\n")
+    program.chmod(0o755)
+    mux.external_process(JOB_TYPE, [str(program)], timeout=30)
+    return lambda: shutil.rmtree(directory, ignore_errors=True)
 
 
 #: (name, what the row's case says, setup), the first is the baseline.

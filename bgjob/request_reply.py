@@ -9,7 +9,7 @@ service implements is README.md's "Request-reply handlers" section:
 The request: the body is the job's arg (compact JSON, or the raw bytes of a bytes arg, `Content-Type` saying
 which), with headers `Bgjob-Id`, `Bgjob-Type`, `Bgjob-Queue`, `Bgjob-Attempt` (1 on the first delivery),
 `Bgjob-Request-Id` (when the job has one) and `Bgjob-Deadline` (RFC 3339 UTC: when the worker stops waiting for
-this reply, the earliest of the handler's timeout, the job's deadline and its time limit).
+this reply, the earliest of the handler's timeout, the job's deadline and its time limit less LIMIT_MARGIN).
 
 The reply, read in this order (header names matched without regard to case):
 

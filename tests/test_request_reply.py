@@ -208,7 +208,7 @@ def test_the_worker_serves_other_jobs_while_a_request_waits(client, start_worker
 )
 def test_a_bad_subject_or_timeout_is_refused_at_registration(options, problem) -> None:
     mux = bgjob.Mux()
-    with pytest.raises(bgjob.HandlerError, match="request-reply handler for 'x'|handler for 'x'") as caught:
+    with pytest.raises(bgjob.HandlerError, match="handler for 'x'") as caught:
         mux.request_reply("x", **options)
     assert problem in str(caught.value)
     assert "x" not in mux

@@ -212,7 +212,9 @@ class RequestFailed(BgjobError):
     - `subject`: the service's NATS subject.
     - `kind`: "timeout" (no reply in time), "no_responders" (no service listens on the subject), "error" (the
       service replied with a `Nats-Service-Error-Code` other than the dead-letter and non-retryable ones),
-      "bad_reply" (a `Bgjob-Retry-After` that is not seconds) or "connection" (NATS could not be reached).
+      "bad_reply" (a `Bgjob-Retry-After` that is not a plain decimal of seconds within Retry's bounds),
+      "connection" (NATS could not be reached) or "stream" (the reply is a JetStream publish acknowledgement:
+      a stream captures the subject; raised wrapped in `NonRetryable`, so the job is dead-lettered at once).
     - `code`: the service's error code (a str, as sent) for "error", else None.
     """
 

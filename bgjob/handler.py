@@ -240,7 +240,9 @@ class Mux:
         request to `subject`, where a service in any language answers it (bgjob.request_reply; the contract is
         README's "Request-reply handlers" section).
 
-        - `subject`: the service's NATS subject, exact (no `*` or `>` wildcards, no empty tokens or spaces).
+        - `subject`: the service's NATS subject, exact (no `*` or `>` wildcards, no empty tokens or spaces), not
+          one of NATS's own (`$JS.`, `$KV.`, `$SYS.`, any `$...`, `_INBOX.`). A Worker refuses to start
+          (ConfigurationError) while a JetStream stream captures it: requests there would be stored, not answered.
         - `timeout`: seconds (int/float > 0) or a timedelta to wait for the reply (default 30); the wait is
           shortened to the time left before the job's deadline and its time limit. No reply in time, or no
           service on the subject, is a retryable failure (`bgjob.RequestFailed`), retried by the retry policy.
@@ -345,6 +347,13 @@ class Mux:
 
     def types(self) -> list[str]:
         return sorted(self._handlers)
+
+    def request_reply_subjects(self) -> dict[str, str]:
+        """The subject of each request-reply handler (`request_reply`), by job type: what a Worker checks no
+        JetStream stream captures before it starts (bgjob.long_running.check_request_subjects)."""
+        found = {job_type: getattr(fn, "__self__", None) for job_type, fn in self._handlers.items()}
+        return {job_type: handler.subject for job_type, handler in sorted(found.items())
+                if isinstance(handler, RequestReplyHandler)}  # fmt: skip
 
     def __contains__(self, job_type: object) -> bool:
         return job_type in self._handlers

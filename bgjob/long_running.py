@@ -31,7 +31,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,7 +42,7 @@ from nats.js.api import StorageType
 from nats.js.client import KV_PRE_TEMPLATE
 from nats.js.kv import KeyValue
 
-from .errors import InvalidJob, NonRetryable, describe_error
+from .errors import ConfigurationError, InvalidJob, NonRetryable, describe_error
 from .headers import SENSITIVE_KEYS
 from .hooks import Failure, Fate, FateKind, WorkerHooks
 from .job import KEEP_CHECKPOINT, Job, encode_arg, sensitive_of, validate_job_id
@@ -508,6 +508,44 @@ async def _request(core: Core, subject: str, body: bytes, headers: dict[str, str
     except nats.errors.TimeoutError:
         return Reply("timeout")
     return Reply("reply", msg.data, dict(msg.headers or {}))
+
+
+#: the JetStream API request listing the streams whose subjects match a `{"subject": ...}` filter.
+STREAM_NAMES_API = "$JS.API.STREAM.NAMES"
+
+
+async def check_request_subjects(core: Core, subjects: Mapping[str, str]) -> None:
+    """At a Worker's start, on the event loop: refuse request-reply subjects (`subjects`: job type -> subject,
+    `Mux.request_reply_subjects`) that a JetStream stream captures. A request on such a subject is stored in the
+    stream as a message (a copy of the job, when it is a queue's) and answered by the stream's PubAck, never by
+    a service. One `$JS.API.STREAM.NAMES` request per subject (each at most request_timeout seconds, transient
+    errors retried within retry_for). Raises ConfigurationError naming the type, subject and streams, and
+    bgjob.ConnectionError when the server does not answer."""
+    for job_type, subject in subjects.items():
+        streams = await core.retry(_capturing_streams, core, subject)
+        if streams:
+            named = ", ".join(repr(name) for name in streams)
+            raise ConfigurationError(
+                f"request-reply handler for {job_type!r}: subject {subject!r} is captured by JetStream stream "
+                f"{named}: a request there would be stored as a message (a copy of the job on a queue's stream) and "
+                "answered by the stream, not by a service; register the service's own subject, one no stream's "
+                "subjects match")  # fmt: skip
+
+
+async def _capturing_streams(core: Core, subject: str) -> list[str]:
+    """The names of the streams whose subjects match `subject` (the server's `$JS.API.STREAM.NAMES` filter)."""
+    assert core.nc is not None
+    names: list[str] = []
+    while True:
+        request = json.dumps({"subject": subject, "offset": len(names)}).encode()
+        reply = await core.nc.request(STREAM_NAMES_API, request, timeout=core.settings.request_timeout)
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise nats.js.errors.APIError.from_error(answer["error"])
+        page = answer.get("streams") or []
+        names.extend(page)
+        if not page or len(names) >= int(answer.get("total", 0)):
+            return names
 
 
 async def _delete_quietly(core: Core, job_id: str, keys: list[str]) -> None:

@@ -13,15 +13,25 @@ this reply, the earliest of the handler's timeout, the job's deadline and its ti
 
 The reply, read in this order (header names matched without regard to case):
 
-1. `Bgjob-Retry-After: <seconds>` (a decimal >= 0) -> `Retry(seconds)`, the service's error text kept with it.
-2. `Nats-Service-Error-Code` / `Nats-Service-Error` (NATS micro services' error headers): `422` ->
-   `MoveToDlq(error, reason="service")`; `400` -> `bgjob.NonRetryable` (dead-lettered at once, reason
-   `non_retryable`); any other code -> `bgjob.RequestFailed` (kind "error"), retried by the retry policy.
-3. Otherwise `Complete(value)`: the body JSON-decoded when it parses, else its text (UTF-8), else its bytes;
+1. `Bgjob-Retry-After: <seconds>` (a plain decimal: digits, optionally '.' and digits; at most Retry's 100 years) ->
+   `Retry(seconds)`, the service's error text kept with it; any other value -> `bgjob.RequestFailed` (kind
+   "bad_reply").
+2. `Nats-Service-Error-Code` / `Nats-Service-Error` (NATS micro services' error headers), either one present
+   (even empty): `422` -> `MoveToDlq(error, reason="service")`; `400` -> `bgjob.NonRetryable` (dead-lettered at
+   once, reason `non_retryable`); any other code, or none -> `bgjob.RequestFailed` (kind "error"), retried by
+   the retry policy.
+3. A JetStream publish acknowledgement (a JSON object of PubAck fields with "stream" and "seq", and none of the
+   headers above): the subject is a stream's, not a service's -> `bgjob.NonRetryable` wrapping a
+   `bgjob.RequestFailed` (kind "stream"), dead-lettered at once (a retry would store one more copy).
+4. Otherwise `Complete(value)`: the body JSON-decoded when it parses, else its text (UTF-8), else its bytes;
    an empty body is None.
 
 No reply in time or no service on the subject -> `bgjob.RequestFailed` (kind "timeout" / "no_responders"),
 retried by the policy like any handler's exception.
+
+Subjects a service cannot own are refused at registration (`validate_subject`: `$JS.`, `$KV.`, `$SYS.`, any
+`$`-API, `_INBOX.`), and a Worker refuses to start when a JetStream stream captures a request-reply subject
+(`bgjob.long_running.check_request_subjects`): a request there is stored as a message, answered by a PubAck.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ import math
 import re
 import reprlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from nats.js.api import PubAck
 
 from . import job as jobmod
 from .errors import BgjobError, InvalidJob, NonRetryable, RequestFailed, describe_error
@@ -50,9 +62,10 @@ from .headers import (
     SERVICE_ERROR_CODE,
 )
 from .result import Complete, MoveToDlq, Result, Retry
+from .schedule import MAX_DELAY_SECONDS
 
-__all__ = ["DEAD_LETTER_CODE", "DLQ_REASON", "NON_RETRYABLE_CODE", "Reply", "RequestReplyHandler", "reply_result",
-           "validate_subject", "validate_timeout"]  # fmt: skip
+__all__ = ["DEAD_LETTER_CODE", "DLQ_REASON", "NON_RETRYABLE_CODE", "RESERVED_PREFIXES", "Reply", "RequestReplyHandler",
+           "is_pub_ack", "reply_result", "retry_after_seconds", "validate_subject", "validate_timeout"]  # fmt: skip
 
 #: a reply's `Nats-Service-Error-Code` that dead-letters the job (`MoveToDlq`): "Unprocessable Content".
 DEAD_LETTER_CODE = "422"
@@ -66,6 +79,13 @@ LIMIT_MARGIN = 0.25
 #: a subject token: printable ASCII without spaces, '.', '*' or '>' (NATS's rules, wildcards refused).
 _TOKEN = re.compile(r"[!-~]+")
 _MAX_SUBJECT = 255
+#: subject prefixes no service may own: `$` (the JetStream, KV and system APIs: `$JS.`, `$KV.`, `$SYS.`, ...) and
+#: `_INBOX.` (replies to requests).
+RESERVED_PREFIXES = ("$", "_INBOX.")
+#: `Bgjob-Retry-After`'s one accepted form: a plain decimal number of seconds (no sign, exponent or '_').
+_RETRY_AFTER = re.compile(r"[0-9]+(\.[0-9]+)?")
+#: the keys of a JetStream publish acknowledgement (nats-py's PubAck, plus "error" of a refused publish).
+_PUB_ACK_KEYS = frozenset(f.name for f in fields(PubAck)) | {"batch", "count", "error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +100,8 @@ class Reply:
 
 def validate_subject(subject: str) -> str:
     """A request-reply service's subject: dot-separated tokens of printable ASCII (no spaces), no empty token,
-    no wildcard (`*`, `>`), at most 255 characters; returns it. Raises ValueError naming the problem."""
+    no wildcard (`*`, `>`), at most 255 characters, not starting with `$` (JetStream, KV and system APIs) or
+    `_INBOX.` (reply subjects); returns it. Raises ValueError naming the problem."""
     if not isinstance(subject, str):
         raise ValueError(f"subject must be a str (a NATS subject such as 'svc.thumbnail'), got "
                          f"{type(subject).__name__} {reprlib.repr(subject)}")  # fmt: skip
@@ -94,6 +115,11 @@ def validate_subject(subject: str) -> str:
         if not _TOKEN.fullmatch(token):
             raise ValueError(f"subject {subject!r} has a space, control or non-ASCII character: use printable ASCII "
                              "tokens separated by '.'")  # fmt: skip
+    for prefix in RESERVED_PREFIXES:
+        if subject.startswith(prefix):
+            raise ValueError(f"subject {subject!r} starts with {prefix!r}, reserved for NATS's own APIs (JetStream, "
+                             "KV, system) and reply inboxes: a request there never reaches a service; use the "
+                             "service's subject, e.g. 'svc.thumbnail'")  # fmt: skip
     return subject
 
 
@@ -193,32 +219,60 @@ def request_headers(job: jobmod.Job, content_type: str, deadline: datetime) -> d
 def reply_result(subject: str, data: bytes, headers: dict[str, str] | None) -> Result:
     """The Result of a service's reply from `subject` (the module's table): `Retry`, `MoveToDlq` or `Complete`.
 
-    Raises bgjob.NonRetryable for error code 400, bgjob.RequestFailed for any other error code and for a
-    `Bgjob-Retry-After` that is not a number of seconds >= 0."""
+    Raises bgjob.NonRetryable for error code 400 and for a JetStream publish acknowledgement (wrapping a
+    RequestFailed of kind "stream"), bgjob.RequestFailed for any other error code or an error header without
+    one (kind "error") and for a `Bgjob-Retry-After` that is not a plain decimal within Retry's bounds (kind
+    "bad_reply")."""
     found = {name.lower(): value.strip() for name, value in (headers or {}).items()}
     code = found.get(SERVICE_ERROR_CODE.lower())
     text = found.get(SERVICE_ERROR.lower())
     error = None
-    if code or text:
+    if code is not None or text is not None:  # present, even empty: the service said it failed
         error = f"service {subject!r} replied error {code or '(no code)'}: {text or '(no description)'}"
     after = found.get(RETRY_AFTER.lower())
     if after is not None:
-        try:
-            delay = float(after)
-        except ValueError:
-            delay = math.nan
-        if not math.isfinite(delay) or delay < 0:
-            raise RequestFailed(f"service {subject!r} replied {RETRY_AFTER}: {reprlib.repr(after)}, not a number of "
-                                f"seconds >= 0{f' ({error})' if error else ''}", subject=subject,
-                                kind="bad_reply", code=code)  # fmt: skip
+        delay = retry_after_seconds(after)
+        if delay is None:
+            raise RequestFailed(f"service {subject!r} replied {RETRY_AFTER}: {reprlib.repr(after)}, not a plain "
+                                f"decimal number of seconds from 0 to {MAX_DELAY_SECONDS:.0f} (100 years)"
+                                f"{f' ({error})' if error else ''}", subject=subject, kind="bad_reply",
+                                code=code)  # fmt: skip
         return Retry(delay, error=error or f"service {subject!r} asked to retry after {delay:g}s")
     if error is None:
-        return Complete(decode_body(data))
+        value = decode_body(data)
+        if is_pub_ack(value):
+            where = f" (stream {value['stream']!r}, seq {value['seq']})" if "stream" in value else ""
+            raise NonRetryable(RequestFailed(
+                f"the reply from {subject!r} is a JetStream publish acknowledgement{where}: the subject is a "
+                "stream's, not a service's (each request is stored in the stream as a message); use a subject no "
+                "stream captures", subject=subject, kind="stream"))  # fmt: skip
+        return Complete(value)
     if code == DEAD_LETTER_CODE:
         return MoveToDlq(error, reason=DLQ_REASON)
     if code == NON_RETRYABLE_CODE:
         raise NonRetryable(error)
     raise RequestFailed(error, subject=subject, kind="error", code=code)
+
+
+def retry_after_seconds(value: str) -> float | None:
+    """A `Bgjob-Retry-After` value in seconds: a plain decimal (`^[0-9]+(\\.[0-9]+)?$`: no sign, exponent, '_',
+    'inf' or 'nan') from 0 to MAX_DELAY_SECONDS (Retry's bound); None for anything else."""
+    if not _RETRY_AFTER.fullmatch(value):
+        return None
+    seconds = float(value)  # only digits and one '.': never raises, may round a long fraction
+    return seconds if seconds <= MAX_DELAY_SECONDS else None
+
+
+def is_pub_ack(value: Any) -> bool:
+    """Whether a decoded reply body is JetStream's answer to a publish (nats-py's PubAck): a JSON object with no
+    key a PubAck does not have, and a str "stream" with an int "seq", or a JetStream API "error" (an object with
+    an int "code" and "err_code": a refused publish, e.g. a full stream)."""
+    if not isinstance(value, dict) or not value or not value.keys() <= _PUB_ACK_KEYS:
+        return False
+    stored = isinstance(value.get("stream"), str) and type(value.get("seq")) is int
+    refused = value.get("error")
+    return stored or (isinstance(refused, dict) and type(refused.get("code")) is int
+                      and type(refused.get("err_code")) is int)  # fmt: skip
 
 
 def decode_body(data: bytes) -> Any:

@@ -204,6 +204,10 @@ def test_the_worker_serves_other_jobs_while_a_request_waits(client, start_worker
         ({"subject": "svc", "timeout": float("inf")}, "timeout must be a finite number of seconds > 0"),
         ({"subject": "svc", "timeout": "30"}, "timeout must be seconds"),
         ({"subject": "svc", "time_limit": -1}, "time_limit must be a finite number of seconds > 0"),
+        ({"subject": "$JS.API.STREAM.NAMES"}, "starts with '$'"),
+        ({"subject": "$KV.jobs.key"}, "starts with '$'"),
+        ({"subject": "$SYS.REQ.SERVER.PING"}, "starts with '$'"),
+        ({"subject": "_INBOX.abc"}, "starts with '_INBOX.'"),
     ],
 )
 def test_a_bad_subject_or_timeout_is_refused_at_registration(options, problem) -> None:
@@ -221,7 +225,7 @@ def test_reply_mapping_without_a_server() -> None:
     assert reply_result("s", b"", {}) == bgjob.Complete(None)
     assert reply_result("s", b"\xff\xfe", {}) == bgjob.Complete(b"\xff\xfe")
     assert reply_result("s", b"", {"bgjob-retry-after": "2.5"}).delay == 2.5  # type: ignore[attr-defined]
-    with pytest.raises(bgjob.RequestFailed, match="not a number of seconds"):
+    with pytest.raises(bgjob.RequestFailed, match="not a plain decimal number of seconds"):
         reply_result("s", b"", {"Bgjob-Retry-After": "soon"})
     with pytest.raises(bgjob.NonRetryable):
         reply_result("s", b"", {"Nats-Service-Error-Code": "400", "Nats-Service-Error": "no"})
@@ -230,3 +234,128 @@ def test_reply_mapping_without_a_server() -> None:
     with pytest.raises(bgjob.RequestFailed) as caught:
         reply_result("s", json.dumps({"x": 1}).encode(), {"Nats-Service-Error-Code": "503"})
     assert caught.value.kind == "error" and caught.value.code == "503" and caught.value.subject == "s"
+
+
+def run_until_it_stops(worker: bgjob.Worker) -> BaseException | None:
+    """Run `worker` in a thread and return what its run() raised; fail the test when it keeps running."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - what the test checks
+            raised.append(exc)
+        else:
+            raised.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: raised, message="the worker refusing to start")
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    return raised[0]
+
+
+@pytest.mark.parametrize("captured_by", ["its own queue's stream", "another stream"])
+def test_a_worker_refuses_to_start_when_a_stream_captures_a_request_subject(client, prefix, captured_by) -> None:
+    if captured_by == "its own queue's stream":  # the stream every send_job("loop") is stored in
+        subject, stream = f"{prefix}.default.job.loop", f"{prefix.upper()}_DEFAULT"
+    else:
+        subject, stream = f"{prefix}.orders.new", f"{prefix.upper()}_ORDERS"
+        client.run(lambda core: core.js.add_stream(name=stream, subjects=[f"{prefix}.orders.>"]))
+    mux = bgjob.Mux()
+    mux.handle("local", lambda job: bgjob.Complete())
+    mux.request_reply("loop", subject=subject, timeout=5)
+    job_id = client.send_job("loop", None, store_result=True)
+    error = run_until_it_stops(bgjob.Worker(client, mux, fetch_timeout=0.5))
+    assert isinstance(error, bgjob.ConfigurationError), error
+    assert f"request-reply handler for 'loop': subject {subject!r} is captured by JetStream stream {stream!r}" in str(
+        error)  # fmt: skip
+    assert client.result(job_id).status is bgjob.ResultStatus.READY  # never run, never copied
+
+
+def test_a_publish_acknowledgement_reply_dead_letters_the_job_at_once(client, start_worker, prefix) -> None:
+    # A stream made after the worker started (its start-up check saw none): each request is stored, the reply
+    # is the stream's PubAck. Retried, every attempt would store one more copy.
+    subject, stream = f"{prefix}.late.thumb", f"{prefix.upper()}_LATE"
+    mux = bgjob.Mux()
+    mux.request_reply("thumb", subject=subject, timeout=5)
+    start_worker(client, mux, retry_policy=POLICY)
+    client.run(lambda core: core.js.add_stream(name=stream, subjects=[f"{prefix}.late.>"]))
+    job_id = client.send_job("thumb", {"w": 64}, store_result=True)
+    entry = dead_letter(client, job_id)
+    assert entry.reason == "non_retryable" and entry.attempts == 1
+    assert "RequestFailed" in entry.error and "JetStream publish acknowledgement" in entry.error
+    assert f"stream {stream!r}" in entry.error and "not a service's" in entry.error
+    info = client.run(lambda core: core.js.stream_info(stream))
+    assert info.state.messages == 1  # the one request of its one attempt, no more
+
+
+RETRY_LIMIT = "3155760000"  # Retry's bound, MAX_DELAY_SECONDS (100 years), as a plain decimal
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("0", 0.0), ("5", 5.0), ("2.5", 2.5), (" 10 ", 10.0), ("007", 7.0), ("0.000", 0.0), (RETRY_LIMIT, 3155760000.0)],
+)
+def test_retry_after_accepts_a_plain_decimal_within_retrys_bounds(value, seconds) -> None:
+    from bgjob.request_reply import reply_result
+
+    result = reply_result("s", b"", {"Bgjob-Retry-After": value})
+    assert isinstance(result, bgjob.Retry) and result.delay == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "soon", "1e20", "3e9", "1E2", "1_0", "-0", "-1", "+5", "inf", "nan", "Infinity", "0x10", ".5", "5.", "1.2.3",
+     "1 0", "\u0661", "3155760000.5", "3155760001", "9" * 400],
+)  # fmt: skip
+def test_retry_after_anything_but_a_plain_decimal_within_bounds_is_a_bad_reply(value) -> None:
+    from bgjob.request_reply import reply_result
+
+    with pytest.raises(bgjob.RequestFailed) as caught:
+        reply_result("s", b"", {"Bgjob-Retry-After": value})
+    assert caught.value.kind == "bad_reply" and caught.value.subject == "s"
+    message = str(caught.value)
+    assert "Bgjob-Retry-After" in message and "not a plain decimal number of seconds" in message
+    assert len(message) < 300  # the value is cut to a short repr
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Nats-Service-Error-Code": ""}, {"Nats-Service-Error": ""}, {"nats-service-error-code": "  "},
+     {"Nats-Service-Error-Code": "", "Nats-Service-Error": ""}, {"Nats-Service-Error": "broken"}],
+)  # fmt: skip
+def test_an_error_header_present_even_empty_is_an_error(headers) -> None:
+    from bgjob.request_reply import reply_result
+
+    with pytest.raises(bgjob.RequestFailed) as caught:
+        reply_result("s", b'{"ok": true}', headers)
+    assert caught.value.kind == "error" and "service 's' replied error" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"stream": "X", "seq": 4}, {"stream": "X", "seq": 5, "duplicate": True}, {"stream": "X", "seq": 1, "domain": "h"},
+     {"error": {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"}}],
+)  # fmt: skip
+def test_a_publish_acknowledgement_is_a_non_retryable_stream_failure(body) -> None:
+    from bgjob.request_reply import reply_result
+
+    with pytest.raises(bgjob.NonRetryable) as caught:
+        reply_result("s", json.dumps(body).encode(), {})
+    assert isinstance(caught.value.error, bgjob.RequestFailed) and caught.value.error.kind == "stream"
+    assert "JetStream publish acknowledgement" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"stream": "X", "seq": 4, "frames": 9}, {"stream": "X"}, {"stream": 1, "seq": 1}, {"stream": "X", "seq": "1"},
+     {"stream": "X", "seq": True}, {"error": "no"}, {}, [1, 2]],
+)  # fmt: skip
+def test_a_value_that_only_looks_like_an_acknowledgement_completes(body) -> None:
+    from bgjob.request_reply import reply_result
+
+    assert reply_result("s", json.dumps(body).encode(), {}) == bgjob.Complete(body)

@@ -25,6 +25,7 @@ from ..dlq import dead_letter_stored
 from ..errors import ConnectionError, describe_error
 from ..events import EventKind, cut_error, event_body, sink_for
 from ..headers import STORE_RESULT
+from ..long_running import check_request_subjects
 from ..placement import TARGET_SWEEP_INTERVAL, Lane, UntakenSweep, ensure_lane, forward_grouped, forward_singleton
 from ..runtime import Flag, Runtime
 from ..topology import PARTITIONS
@@ -122,6 +123,8 @@ class FetchLoop:
         core = self.core
         await core.ensure_queue(self.queue)
         await core.ensure_dlq()
+        if self.announces:  # the worker's first loop: no stream may capture a request-reply subject
+            await check_request_subjects(core, self.dispatcher.mux.request_reply_subjects())
         lane = self.lane
         config = await (core.ensure_consumer(self.queue) if lane is None else ensure_lane(core, self.queue, lane))
         self.ack_wait = config.ack_wait or core.settings.ack_wait

@@ -15,9 +15,13 @@ object on stdin, never in its arguments or environment. The contract (README, "E
 - timeout: min(`timeout`, the time left to the job's deadline); then the whole process group gets SIGTERM, after
   KILL_GRACE seconds SIGKILL, and the program is reaped. Whatever the program leaves running in its group when
   it exits is killed too. A worker time limit (TimeLimitExceeded) or a drain handing the job back kills it the
-  same way, and so does the worker's interpreter exiting (atexit).
+  same way, and so does the worker's interpreter exiting (atexit) or exiting hard on a second SIGTERM/SIGINT
+  (`bgjob.hard_exit`). Nothing can when the worker is SIGKILLed (no PR_SET_PDEATHSIG: it needs `preexec_fn`,
+  unsafe in a threaded process): the program runs on until it exits, beside the job's redelivery.
 - stdout and stderr are read concurrently, `max_output` bytes each kept (stdout's head, stderr's tail); the rest
-  is read and discarded, and said so in the value or error.
+  is read and discarded, and said so in the value or error. A text value is stdout as written (its trailing
+  newline kept, as `subprocess.run(...).stdout` has it); the value, as a result stores it (compact JSON), never
+  exceeds MAX_VALUE_BYTES, its note included.
 
 Every wait is bounded: the loop below never blocks longer than POLL seconds, so a time limit's asynchronous
 exception reaches it, and never past the run's timeout plus the kill's grace.
@@ -46,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BgjobError, HandlerError
 from .handler import time_limit_seconds
+from .hard_exit import before_hard_exit
 from .hooks import Fate, FateKind, WorkerHooks, register_hooks
 from .job import Job, format_time, validate_type
 from .result import Complete, MoveToDlq, Result, Retry
@@ -61,10 +66,16 @@ log = logging.getLogger("bgjob.worker")
 RETRY_EXIT = 75
 #: exit status meaning "dead-letter this job now" (sysexits.h EX_DATAERR).
 DEAD_LETTER_EXIT = 65
-#: bytes of stdout and of stderr kept by default (1 MiB each).
-DEFAULT_MAX_OUTPUT = 1024 * 1024
+#: bytes of stdout and of stderr kept by default (256 KiB each): a value this size always fits in a stored result.
+DEFAULT_MAX_OUTPUT = 256 * 1024
+#: the most bytes Complete's value takes as a result stores it (compact UTF-8 JSON), its discard note included:
+#: half of what a result holds on a server with the default 1 MiB max_payload (about 1,047,000 bytes), leaving
+#: room for the record's errors. Output past it (a max_output above it, or text that JSON-escapes to more) is cut.
+MAX_VALUE_BYTES = 512 * 1024
 #: seconds between SIGTERM to the process group and SIGKILL.
 KILL_GRACE = 2.0
+#: seconds between SIGTERM and SIGKILL when the worker exits hard (a second SIGTERM/SIGINT).
+HARD_EXIT_GRACE = 0.5
 #: the longest single wait (seconds): a time limit or a hand-back is noticed within it.
 POLL = 0.1
 #: characters of stderr's end quoted in an error (the dead letter's, the retry's).
@@ -163,6 +174,7 @@ def _install() -> None:
         _installed = True
     register_hooks(_hooks)
     atexit.register(_kill_all)
+    before_hard_exit(_kill_all_now)
 
 
 def _kill_all() -> None:
@@ -173,6 +185,20 @@ def _kill_all() -> None:
         _signal_group(run.process, signal.SIGTERM)
     for run in runs:
         _stop(run.process, KILL_GRACE / 2, signal_first=False)
+
+
+def _kill_all_now() -> None:
+    """Before a hard exit (bgjob.hard_exit, in a signal handler): SIGTERM every running program's process group,
+    up to HARD_EXIT_GRACE seconds for the programs to exit, then SIGKILL the groups. Takes no lock (the signal
+    may have interrupted its holder) and reaps nothing (the process is about to go; init reaps)."""
+    runs = list(_running.values())  # one C-level copy under the GIL
+    for run in runs:
+        _signal_group(run.process, signal.SIGTERM)
+    deadline = time.monotonic() + HARD_EXIT_GRACE
+    while time.monotonic() < deadline and not all(_exited(run.process) for run in runs):
+        time.sleep(0.01)
+    for run in runs:
+        _signal_group(run.process, signal.SIGKILL)
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -276,7 +302,7 @@ class ExternalProcess:
                  budget: float, cancelled: bool) -> Result:  # fmt: skip
         program, code = self.argv[0], process.returncode
         err = stderr.text()
-        tail = _tail(err, stderr.discarded)
+        tail = _tail(stderr)
         if timed_out or cancelled:
             why = "was handed back by the worker's drain" if cancelled else f"ran past its timeout of {budget:g}s"
             raise ExternalProcessTimeout(f"{program} {why}: its process group was killed{tail}", program=program,
@@ -366,28 +392,65 @@ def stdin_payload(job: Job, timeout: float) -> bytes:
 
 
 def _value(stdout: _Capture) -> Any:
-    """Complete's value: stdout as JSON when it parses, else as text (with a note when some was discarded);
-    None for empty output."""
+    """Complete's value: stdout as JSON when all of it was kept and it parses, else stdout as text, exactly as
+    written (trailing newline included; invalid UTF-8 as U+FFFD); None when it is empty or only whitespace.
+    Text cut by max_output ends with a note; a value that would take more than MAX_VALUE_BYTES stored is cut to
+    fit (as text, a parsed JSON value too), note included."""
     data = bytes(stdout.data)
-    if stdout.discarded:
-        return f"{stdout.text()}\n[bgjob: {stdout.discarded} more bytes of output discarded, past max_output=" \
-               f"{stdout.limit}]"  # fmt: skip
-    if not data.strip():
-        return None
+    if not stdout.discarded:
+        if not data.strip():
+            return None
+        try:
+            value = json.loads(data)
+        except ValueError:
+            value = stdout.text()
+        if _stored_size(value) <= MAX_VALUE_BYTES:
+            return value
+    return _cut_value(data, stdout.discarded, stdout.limit)
+
+
+def _cut_value(data: bytes, discarded: int, limit: int) -> str:
+    """`data` (the kept head of stdout, `discarded` bytes after it thrown away) as text, cut so that it and its
+    note take at most MAX_VALUE_BYTES stored."""
+    total = len(data) + discarded
+
+    def text(kept: int, reason: str) -> str:
+        return f"{data[:kept].decode('utf-8', errors='replace')}\n[bgjob: {total - kept} more bytes of output " \
+               f"discarded, past {reason}]"  # fmt: skip
+
+    reason = f"max_output={limit}"
+    if discarded and _stored_size(text(len(data), reason)) <= MAX_VALUE_BYTES:
+        return text(len(data), reason)
+    reason = f"the {MAX_VALUE_BYTES}-byte limit of a stored value"
+    low, high = 0, len(data)  # the most bytes kept whose text fits (text(0, ...) always does)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _stored_size(text(middle, reason)) <= MAX_VALUE_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return text(low, reason)
+
+
+def _stored_size(value: Any) -> int:
+    """Bytes `value` takes in a stored result (compact UTF-8 JSON, as bgjob.job_results.encoded_size counts)."""
     try:
-        return json.loads(data)
-    except ValueError:
-        return stdout.text()
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates: stored escaped
+        return len(json.dumps(value, separators=(",", ":")))
 
 
-def _tail(text: str, discarded: int) -> str:
-    """The error-message suffix quoting the last ERROR_TAIL characters of stderr ("" when stderr was empty)."""
-    text = text.strip()
-    if not text:
+def _tail(stderr: _Capture) -> str:
+    """The error-message suffix quoting stderr's end: at most ERROR_TAIL characters of its kept tail, surrounding
+    whitespace left out; "" when stderr was empty. When that is not all of stderr, the suffix says how many
+    characters it quotes and how many bytes stderr had in all."""
+    text = stderr.text()
+    quoted = text.rstrip()[-ERROR_TAIL:].lstrip()
+    if not quoted:
         return ""
-    if len(text) <= ERROR_TAIL and not discarded:
-        return f"; stderr: {text}"
-    return f"; stderr (its last {ERROR_TAIL} characters; {discarded} earlier bytes discarded): {text[-ERROR_TAIL:]}"
+    if quoted == text.strip() and not stderr.discarded:
+        return f"; stderr: {quoted}"
+    return f"; stderr (its last {len(quoted)} characters, of {len(stderr.data) + stderr.discarded} bytes): {quoted}"
 
 
 def _signal_name(number: int) -> str:
@@ -443,8 +506,13 @@ def _argv(job_type: str, argv: Sequence[str]) -> tuple[str, ...]:
         if found is None:
             raise HandlerError(f"{where}: program {program!r} is not on PATH; give its absolute path")
         path = os.path.abspath(found)
+    if not os.path.exists(path):
+        raise HandlerError(f"{where}: program {path!r} does not exist")
+    if os.path.isdir(path):
+        raise HandlerError(f"{where}: program {path!r} is a directory, not a program")
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise HandlerError(f"{where}: program {path!r} is not an executable file")
+        raise HandlerError(f"{where}: program {path!r} is not executable (chmod +x it, or give its interpreter "
+                           "as argv[0])")  # fmt: skip
     return (path, *argv[1:])
 
 

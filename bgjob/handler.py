@@ -293,7 +293,7 @@ class Mux:
 
     def external_process(self, job_type: str, argv: Sequence[str], *, timeout: float | timedelta = 60,
                          env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-                         max_output: int = 1024 * 1024, sensitive: Collection[str] | None = None,
+                         max_output: int = 256 * 1024, sensitive: Collection[str] | None = None,
                          retry_policy: RetryPolicy | None = None, middleware: Sequence[Middleware] | None = None,
                          time_limit: float | timedelta | None = None, group: str | None = None,
                          singleton: bool = False, partitioned: bool = False) -> ExternalProcess:  # fmt: skip
@@ -302,11 +302,11 @@ class Mux:
         Each job starts `argv` with no shell, in a session and process group of its own, and writes the job to its
         stdin as one JSON object (`id`, `type`, `queue`, `arg`, `arg_encoding`, `attempt`, `request_id`,
         `deadline`, `timeout`); the job's data never goes into the arguments or the environment. Exit 0 is
-        `Complete(value)` with stdout as the value (parsed as JSON when it is JSON, else text); exit 75
-        (EX_TEMPFAIL) is `Retry()` by the retry policy; exit 65 (EX_DATAERR) is `MoveToDlq` with the end of
-        stderr as the error; any other status, a signal or a timeout raises `ExternalProcessFailed` (retried by
-        the retry policy, stderr's end in the error). The handler runs under the worker's and its own middleware,
-        hooks and metrics like any other.
+        `Complete(value)` with stdout as the value (parsed as JSON when it is JSON, else the text as written,
+        trailing newline included); exit 75 (EX_TEMPFAIL) is `Retry()` by the retry policy; exit 65 (EX_DATAERR)
+        is `MoveToDlq` with the end of stderr as the error; any other status, a signal or a timeout raises
+        `ExternalProcessFailed` (retried by the retry policy, stderr's end in the error). The handler runs under
+        the worker's and its own middleware, hooks and metrics like any other.
 
         - `argv`: a list (or tuple) of str, configured in code or settings only: the program, then its fixed
           arguments. argv[0] is an absolute path, or a name looked up on PATH now (and kept as its absolute path).
@@ -316,8 +316,10 @@ class Mux:
           LC_ALL, LC_CTYPE, TZ and TMPDIR are inherited from the worker, so its secrets (BGJOB_* settings, NATS
           credentials, database URLs) reach the program only when listed here.
         - `cwd`: the program's working directory (an existing directory), or None for the worker's.
-        - `max_output`: bytes (int >= 1) kept of stdout and of stderr each; the rest is read and discarded, and
-          the value or error says so.
+        - `max_output`: bytes (int >= 1) kept of stdout and of stderr each, 256 KiB by default
+          (`bgjob.external_process.DEFAULT_MAX_OUTPUT`); the rest is read and discarded, and the value or error
+          says so. The value never takes more than 512 KiB stored (`MAX_VALUE_BYTES`), so it always fits in a
+          result: longer output is cut, with the note.
         - `sensitive`, `retry_policy`, `middleware`, `time_limit`, `group`, `singleton`, `partitioned`: as for
           `handle`. A time limit (this one, else the worker's default) shortens the run too: when it fires, the
           process group is killed the same way.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import bgjob
-from bgjob.external_process import ExternalProcessFailed
+from bgjob.external_process import MAX_VALUE_BYTES, ExternalProcessFailed
 from bgjob.job import Job
 
 from .conftest import drain, python_process, wait_until
@@ -183,6 +185,44 @@ def test_the_worker_process_exiting_kills_a_program_still_running(tmp_path) -> N
     wait_until(lambda: not alive(child) and not alive(grandchild), message="the program and its child killed")
 
 
+HARD_EXIT_WORKER = """
+import logging, sys
+import bgjob
+logging.basicConfig(level=logging.INFO)
+url, prefix, program, directory = sys.argv[1:5]
+client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix))
+mux = bgjob.Mux()
+mux.external_process("hang", [program, directory], timeout=600)
+bgjob.Worker(client, mux, fetch_timeout=0.5, grace_period=600).run()
+"""
+
+
+def test_a_second_sigterm_exiting_the_worker_at_once_kills_its_programs_first(client, nats_server, prefix,
+                                                                               tmp_path) -> None:  # fmt: skip
+    program = script(tmp_path / "hang.sh", GRANDCHILD)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as err:
+        process = python_process(HARD_EXIT_WORKER, nats_server.url, prefix, program, str(tmp_path), stderr=err)
+    child = grandchild = 0
+    try:
+        client.send_job("hang", None)
+        child, grandchild = wait_until(lambda: pids(tmp_path), timeout=30, message="the program's pids")
+        process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "send again to exit now" in log.read_text(), message="the drain to start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 1  # os._exit(1): no atexit handler ran
+        wait_until(lambda: not alive(child) and not alive(grandchild), message="the program and its child killed")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if child:  # without the fix: the program's whole group (it leads it) would be left running
+            try:
+                os.killpg(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_huge_output_is_capped_and_the_cut_is_noted(client, start_worker, tmp_path) -> None:
     program = python_script(tmp_path / "loud.py", "sys.stdout.write('x' * 5_000_000)\n"
                                                   "sys.stderr.write('e' * 5_000_000 + 'END')\n"
@@ -197,7 +237,40 @@ def test_huge_output_is_capped_and_the_cut_is_noted(client, start_worker, tmp_pa
     client.send_job("loud", 3)
     entry = wait_until(lambda: client.dlq.list(), message="dead letter")[0]
     assert "exited with status 3" in entry.error and entry.error.endswith("eeeEND")
-    assert "4990003 earlier bytes discarded" in entry.error and len(entry.error) < 5_000
+    assert "(its last 4000 characters, of 5000003 bytes)" in entry.error and len(entry.error) < 5_000
+
+
+def test_the_stderr_note_states_what_it_quotes_with_a_small_max_output(tmp_path) -> None:
+    program = python_script(tmp_path / "noisy.py", "sys.stderr.write('e' * 5_000 + 'END')\nsys.exit(3)\n")
+    handler = bgjob.Mux().external_process("noisy", [program], max_output=1000)
+    with pytest.raises(ExternalProcessFailed) as caught:
+        handler.handle(Job(id="j1", type="noisy", arg=None))
+    note = re.search(r"; stderr \(its last (\d+) characters, of (\d+) bytes\): (.*)$", str(caught.value), re.S)
+    assert note is not None, str(caught.value)
+    assert (int(note[1]), int(note[2]), note[3]) == (1000, 5003, "e" * 997 + "END")
+
+
+def test_the_default_max_output_always_fits_in_a_stored_result(client, start_worker, tmp_path) -> None:
+    # 2 MB of output, and 300 kB of control characters (6 bytes each once JSON-escaped): both stored SUCCESSFUL.
+    program = python_script(tmp_path / "flood.py", "sys.stdout.write(job['arg'][0] * job['arg'][1])\n")
+    mux = bgjob.Mux()
+    mux.external_process("flood", [program])
+    start_worker(client, mux)
+    for arg in (["x", 2_000_000], ["\x01", 300_000]):
+        result = client.result(client.send_job("flood", arg, store_result=True), wait=30)
+        assert (result.status, result.errors) == (bgjob.ResultStatus.SUCCESSFUL, ()), arg
+        assert result.value.startswith(arg[0] * 1000) and "more bytes of output discarded, past" in result.value
+        assert len(json.dumps(result.value, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_VALUE_BYTES
+    big = client.result(client.send_job("flood", ["x", 2_000_000], store_result=True), wait=30).value
+    assert big == "x" * 262_144 + "\n[bgjob: 1737856 more bytes of output discarded, past max_output=262144]"
+
+
+def test_a_json_value_too_large_to_store_is_cut_to_fit(tmp_path) -> None:
+    program = python_script(tmp_path / "list.py", "print(json.dumps(['\x01' * 1000] * 300))\n")
+    handler = bgjob.Mux().external_process("list", [program], max_output=2_000_000)
+    value = handler.handle(Job(id="j1", type="list", arg=None)).value
+    assert value.startswith('["\\u0001') and value.endswith("-byte limit of a stored value]")
+    assert len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()) <= MAX_VALUE_BYTES
 
 
 def test_a_hostile_arg_reaches_the_program_as_literal_text_on_stdin(client, start_worker, tmp_path) -> None:
@@ -284,12 +357,16 @@ def test_bad_configuration_is_refused_at_registration(argv, options, message) ->
         bgjob.Mux().external_process("convert", argv, **options)
 
 
-def test_a_program_that_is_not_executable_is_refused_at_registration(tmp_path) -> None:
+def test_a_program_that_is_missing_or_not_executable_is_refused_at_registration_saying_which(tmp_path) -> None:
     plain = tmp_path / "plain.sh"
     plain.write_text("#!/bin/sh\n")
     plain.chmod(0o644)
-    for argv in ([str(plain)], [str(tmp_path)]):
-        with pytest.raises(bgjob.HandlerError, match="is not an executable file"):
+    for argv, message in (
+        ([str(plain)], f"program '{plain}' is not executable"),
+        ([str(tmp_path)], f"program '{tmp_path}' is a directory, not a program"),
+        ([str(tmp_path / "count-words")], f"program '{tmp_path / 'count-words'}' does not exist"),
+    ):
+        with pytest.raises(bgjob.HandlerError, match=re.escape(message)):
             bgjob.Mux().external_process("convert", argv)
 
 

@@ -4,6 +4,7 @@ the npm `nats` client) and a real nats-server: every reply mapping of README's "
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -94,6 +95,17 @@ def test_a_reply_completes_the_job_with_its_value_and_the_request_carries_the_jo
     assert client.result(text_id, wait=15).value == f"plain text for {text_id}"
     assert seen == ["thumb"]
     wait_until(lambda: storage.success.get(("default", "thumb")) == 1, message="the success counted by Metrics")
+
+
+@pytest.mark.parametrize("request_id_middleware", [True, False])
+def test_the_request_id_header_is_the_job_id_under_request_id_middleware(client, start_worker, responder,
+                                                                         request_id_middleware) -> None:  # fmt: skip
+    mux = bgjob.Mux()
+    mux.request_reply("thumb", subject=responder.subject, timeout=30)
+    start_worker(client, mux, middleware=[bgjob.RequestId()] if request_id_middleware else [])
+    job_id = client.send_job("thumb", {"do": "ok"}, store_result=True)  # sent with no request id
+    value = client.result(job_id, wait=15).value
+    assert value["request_id"] == (job_id if request_id_middleware else "")  # "": the header is absent
 
 
 def test_retry_after_header_retries_the_job_after_that_delay(client, start_worker, responder) -> None:
@@ -359,3 +371,66 @@ def test_a_value_that_only_looks_like_an_acknowledgement_completes(body) -> None
     from bgjob.request_reply import reply_result
 
     assert reply_result("s", json.dumps(body).encode(), {}) == bgjob.Complete(body)
+
+
+README = ROOT / "README.md"
+
+
+def readme_node_example() -> str:
+    """The Node.js service of README's "Request-reply handlers" section, as printed."""
+    text = README.read_text()
+    start = text.index("```js\n// thumbnail-service.js") + len("```js\n")
+    return text[start : text.index("```", start)]
+
+
+@pytest.fixture
+def dev_server(tmp_path) -> Iterator[str]:
+    """bgjob's development server, started as a bgjob command starts it (a token, the 0600 server.json); its data
+    dir."""
+    from bgjob.server import ensure_embedded_server, stop_embedded_server
+
+    data_dir = tmp_path / "data"
+    ensure_embedded_server(data_dir)
+    yield data_dir
+    stop_embedded_server(data_dir)
+
+
+def test_the_readme_node_example_serves_the_dev_server_from_the_url_in_server_json(tmp_path, dev_server,
+                                                                                   prefix) -> None:  # fmt: skip
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "nats").is_dir():
+        pytest.skip("needs node and tests/node/node_modules (`npm ci --prefix tests/node`)")
+    url = json.loads((dev_server / "server.json").read_text())["url"]  # where README says the URL is
+    assert "@" in url, "the development server requires a token"
+    script = tmp_path / "thumbnail-service.js"
+    script.write_text(readme_node_example())
+    env = {"PATH": os.environ["PATH"], "NODE_PATH": str(NODE_DIR / "node_modules")}
+    service = subprocess.Popen(["node", str(script), url], env=env, stderr=subprocess.PIPE, text=True)
+    client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix, ack_wait=5.0, retry_for=5.0)).connect()
+    mux = bgjob.Mux()
+    mux.request_reply("thumbnail", subject="svc.thumbnail", timeout=5,
+                      retry_policy=bgjob.RetryPolicy(max_attempts=50, base_delay=0.1, jitter=0))  # fmt: skip
+    worker = bgjob.Worker(client, mux, fetch_timeout=0.5)
+    thread = worker.start()
+    try:
+
+        def value(job_id: str) -> object:  # retried (no responders) until the service has subscribed
+            result = client.result(job_id)
+            assert result.status is not bgjob.ResultStatus.FAILED, result.errors
+            return result.status is bgjob.ResultStatus.SUCCESSFUL and result.value
+
+        good = client.send_job("thumbnail", {"path": "a.png", "size": 64}, store_result=True)
+        assert wait_until(lambda: value(good), timeout=60, message="the example's reply") == {
+            "thumbnail": "a.png.64.png"}  # fmt: skip
+        not_json = client.send_job("thumbnail", b"\xff\x00 not JSON")
+        entry = dead_letter(client, not_json)
+        assert entry.reason == "non_retryable" and "replied error 400: the arg is not JSON" in entry.error
+        no_path = client.send_job("thumbnail", None)
+        assert "replied error 400: no path" in dead_letter(client, no_path).error
+        assert service.poll() is None, "the service died on a bad job"
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        client.close()
+        service.terminate()
+        _, stderr = service.communicate(timeout=10)
+    assert "Error" not in stderr, stderr

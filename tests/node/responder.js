@@ -18,6 +18,17 @@ const { connect, headers, StringCodec } = require("nats");
 
 const sc = StringCodec();
 
+// nats.js v2 ignores credentials in a URL (bgjob's development server's is nats://<token>@host:port).
+function natsOptions(text) {
+  const url = new URL(text);
+  const options = { servers: `${url.protocol}//${url.host}`, name: "bgjob-test-responder" };
+  const user = decodeURIComponent(url.username);
+  const pass = decodeURIComponent(url.password);
+  if (user && pass) Object.assign(options, { user, pass });
+  else if (user) options.token = user;
+  return options;
+}
+
 function serviceError(code, text) {
   const h = headers();
   h.set("Nats-Service-Error", text);
@@ -27,7 +38,7 @@ function serviceError(code, text) {
 
 async function main() {
   const [url, subject] = process.argv.slice(2);
-  const nc = await connect({ servers: url, name: "bgjob-test-responder" });
+  const nc = await connect(natsOptions(url));
   const sub = nc.subscribe(subject);
   const held = [];
   nc.subscribe(`${subject}.release`, {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,12 @@ from bgjob.errors import InvalidJob, InvalidResult, InvalidSchedule
 from bgjob.result import KEEP_ARG, Complete, MoveToDlq, Reschedule, Retry
 from bgjob.retry_policy import RetryPolicy
 from bgjob.schedule import MAX_DELAY_SECONDS, ByAfterTime, ByCron
+
+
+def stable_id(value: object) -> str:
+    """A parameter's repr without memory addresses: pytest-xdist's workers must collect the same test ids."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
 
 #: Not a delay: wrong types (a str, bytes, a bool, a list), NaN, infinities, negatives, and beyond JetStream's limit.
 BAD_DELAYS = [
@@ -57,26 +64,26 @@ def test_retry_with_negative_delay_is_refused_when_built() -> None:
         Retry(-5)
 
 
-@pytest.mark.parametrize("delay", BAD_DELAYS, ids=repr)
+@pytest.mark.parametrize("delay", BAD_DELAYS, ids=stable_id)
 def test_retry_refuses_every_delay_that_is_not_finite_non_negative_seconds(delay: object) -> None:
     with pytest.raises(InvalidResult, match="Retry delay"):
         Retry(delay)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("delay", [None, *GOOD_DELAYS], ids=repr)
+@pytest.mark.parametrize("delay", [None, *GOOD_DELAYS], ids=stable_id)
 def test_retry_accepts_seconds_a_timedelta_or_none(delay: object) -> None:
     retry = Retry(delay)  # type: ignore[arg-type]
     expected = None if delay is None else (delay.total_seconds() if isinstance(delay, timedelta) else delay)
     assert retry.delay_seconds() == expected
 
 
-@pytest.mark.parametrize("error", BAD_ERRORS, ids=repr)
+@pytest.mark.parametrize("error", BAD_ERRORS, ids=stable_id)
 def test_retry_error_must_be_an_exception_a_str_or_none(error: object) -> None:
     with pytest.raises(InvalidResult, match="Retry error must be an exception, a str or None"):
         Retry(1, error=error)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("trace", BAD_TRACEBACKS, ids=repr)
+@pytest.mark.parametrize("trace", BAD_TRACEBACKS, ids=stable_id)
 def test_retry_traceback_must_be_a_str_or_none(trace: object) -> None:
     with pytest.raises(InvalidResult, match="Retry traceback must be a str or None"):
         Retry(1, "failed", trace)  # type: ignore[arg-type]
@@ -92,25 +99,25 @@ def test_retry_keeps_its_positional_fields() -> None:
 # MoveToDlq
 
 
-@pytest.mark.parametrize("error", BAD_ERRORS, ids=repr)
+@pytest.mark.parametrize("error", BAD_ERRORS, ids=stable_id)
 def test_move_to_dlq_error_must_be_an_exception_a_str_or_none(error: object) -> None:
     with pytest.raises(InvalidResult, match="MoveToDlq error must be an exception, a str or None"):
         MoveToDlq(error)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("reason", ["", "has space", "a.b", "a*", "x" * 65, "ü", None, 5, b"handler"], ids=repr)
+@pytest.mark.parametrize("reason", ["", "has space", "a.b", "a*", "x" * 65, "ü", None, 5, b"handler"], ids=stable_id)
 def test_move_to_dlq_reason_must_be_one_subject_token(reason: object) -> None:
     with pytest.raises(InvalidResult, match="MoveToDlq reason: invalid DLQ reason"):
         MoveToDlq("gave up", reason)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("trace", BAD_TRACEBACKS, ids=repr)
+@pytest.mark.parametrize("trace", BAD_TRACEBACKS, ids=stable_id)
 def test_move_to_dlq_traceback_must_be_a_str_or_none(trace: object) -> None:
     with pytest.raises(InvalidResult, match="MoveToDlq traceback must be a str or None"):
         MoveToDlq("gave up", "handler", trace)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("error", ["no user", ValueError("no user"), None], ids=repr)
+@pytest.mark.parametrize("error", ["no user", ValueError("no user"), None], ids=stable_id)
 def test_move_to_dlq_accepts_an_exception_a_str_or_none(error: object) -> None:
     result = MoveToDlq(error, "bad-input_2", None)  # type: ignore[arg-type]
     assert (result.error, result.reason) == (error, "bad-input_2")
@@ -126,13 +133,13 @@ def test_the_dlq_reason_rule_lives_with_the_other_job_validators() -> None:
 # Reschedule
 
 
-@pytest.mark.parametrize("by", ["0 * * * *", None, timedelta(minutes=5), 300, ByCron], ids=repr)
+@pytest.mark.parametrize("by", ["0 * * * *", None, timedelta(minutes=5), 300, ByCron], ids=stable_id)
 def test_reschedule_needs_a_schedule_instance(by: object) -> None:
     with pytest.raises(InvalidSchedule, match=r"Reschedule needs ByCron\(...\) or ByAfterTime\(...\)"):
         Reschedule(by)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("arg", [object(), {1, 2}, math.nan, {"n": math.inf}, "\ud800", {"k": object()}], ids=repr)
+@pytest.mark.parametrize("arg", [object(), {1, 2}, math.nan, {"n": math.inf}, "\ud800", {"k": object()}], ids=stable_id)
 def test_reschedule_arg_must_encode_as_a_job_arg(arg: object) -> None:
     with pytest.raises(InvalidResult, match="Reschedule arg: job arg must be JSON-serialisable or bytes"):
         Reschedule(ByAfterTime(60), arg)
@@ -146,7 +153,7 @@ def test_reschedule_accepts_json_bytes_or_keep_arg(arg: object) -> None:
 # Complete
 
 
-@pytest.mark.parametrize("value", [None, 1, "done", {"rows": 3}, b"raw", object()], ids=repr)
+@pytest.mark.parametrize("value", [None, 1, "done", {"rows": 3}, b"raw", object()], ids=stable_id)
 def test_complete_takes_any_value(value: object) -> None:
     # A value with no JSON form is stored as its repr when results are kept, so nothing can be refused here.
     assert Complete(value).value is value
@@ -155,18 +162,18 @@ def test_complete_takes_any_value(value: object) -> None:
 # Schedules
 
 
-@pytest.mark.parametrize("delay", BAD_DELAYS, ids=repr)
+@pytest.mark.parametrize("delay", BAD_DELAYS, ids=stable_id)
 def test_by_after_time_refuses_every_delay_that_is_not_finite_non_negative_seconds(delay: object) -> None:
     with pytest.raises(InvalidSchedule, match="ByAfterTime delay"):
         ByAfterTime(delay)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("delay", GOOD_DELAYS, ids=repr)
+@pytest.mark.parametrize("delay", GOOD_DELAYS, ids=stable_id)
 def test_by_after_time_accepts_seconds_or_a_timedelta(delay: object) -> None:
     assert ByAfterTime(delay).delay == delay  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("expr", [None, 5, b"0 * * * *", ["0", "*", "*", "*", "*"]], ids=repr)
+@pytest.mark.parametrize("expr", [None, 5, b"0 * * * *", ["0", "*", "*", "*", "*"]], ids=stable_id)
 def test_by_cron_expression_must_be_a_str(expr: object) -> None:
     with pytest.raises(InvalidSchedule, match="a cron expression must be a str"):
         ByCron(expr)  # type: ignore[arg-type]
@@ -184,7 +191,7 @@ def test_by_cron_refuses_an_expression_that_never_fires(expr: str) -> None:
         ByCron(expr)
 
 
-@pytest.mark.parametrize("tz", [None, 1, b"UTC"], ids=repr)
+@pytest.mark.parametrize("tz", [None, 1, b"UTC"], ids=stable_id)
 def test_by_cron_time_zone_must_be_a_str(tz: object) -> None:
     with pytest.raises(InvalidSchedule, match="a time zone must be a str"):
         ByCron("0 * * * *", tz)  # type: ignore[arg-type]
@@ -199,7 +206,7 @@ def test_by_cron_refuses_unknown_time_zones(tz: str) -> None:
 # RetryPolicy
 
 
-@pytest.mark.parametrize("max_attempts", [0, -1, True, False, 1.5, 3.0, "3"], ids=repr)
+@pytest.mark.parametrize("max_attempts", [0, -1, True, False, 1.5, 3.0, "3"], ids=stable_id)
 def test_retry_policy_max_attempts_must_be_an_int_of_at_least_one_or_none(max_attempts: object) -> None:
     with pytest.raises(InvalidResult, match="max_attempts must be an int >= 1 or None"):
         RetryPolicy(max_attempts=max_attempts)  # type: ignore[arg-type]
@@ -207,19 +214,19 @@ def test_retry_policy_max_attempts_must_be_an_int_of_at_least_one_or_none(max_at
 
 
 @pytest.mark.parametrize("field", ["base_delay", "max_delay"])
-@pytest.mark.parametrize("value", [-1, -0.5, math.nan, math.inf, "1", True, None, MAX_DELAY_SECONDS * 2], ids=repr)
+@pytest.mark.parametrize("value", [-1, -0.5, math.nan, math.inf, "1", True, None, MAX_DELAY_SECONDS * 2], ids=stable_id)
 def test_retry_policy_delays_must_be_finite_non_negative_seconds(field: str, value: object) -> None:
     with pytest.raises(InvalidResult, match=f"RetryPolicy {field} must be"):
         RetryPolicy(**{field: value})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("multiplier", [0, 0.5, -2, math.nan, math.inf, "2", True], ids=repr)
+@pytest.mark.parametrize("multiplier", [0, 0.5, -2, math.nan, math.inf, "2", True], ids=stable_id)
 def test_retry_policy_multiplier_must_be_finite_and_at_least_one(multiplier: object) -> None:
     with pytest.raises(InvalidResult, match="RetryPolicy multiplier must be"):
         RetryPolicy(multiplier=multiplier)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("jitter", [-0.1, 1.5, math.nan, math.inf, "0.1", True], ids=repr)
+@pytest.mark.parametrize("jitter", [-0.1, 1.5, math.nan, math.inf, "0.1", True], ids=stable_id)
 def test_retry_policy_jitter_must_be_between_zero_and_one(jitter: object) -> None:
     with pytest.raises(InvalidResult, match="RetryPolicy jitter must be"):
         RetryPolicy(jitter=jitter)  # type: ignore[arg-type]

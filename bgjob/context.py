@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
@@ -15,6 +17,21 @@ if TYPE_CHECKING:
 current_job: ContextVar[Job | None] = ContextVar("bgjob_current_job", default=None)
 #: The request id jobs sent from here carry (set by RequestId middleware and web middleware).
 current_request_id: ContextVar[str | None] = ContextVar("bgjob_request_id", default=None)
+
+
+#: What an incoming X-Request-ID may look like; anything else is replaced (it ends up in logs and headers).
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
+
+
+def new_request_id() -> str:
+    """A new request id: 32 hex digits (a uuid4), for a request that came without a usable one."""
+    return uuid.uuid4().hex
+
+
+def clean_request_id(value: object) -> str | None:
+    """`value` if it is a safe request id to keep (1 to 200 of `A-Za-z0-9._:@/+=-`), else None: web middleware
+    (bgjob_django's, bgjob.contrib.flask's) keeps an incoming `X-Request-ID` only when this accepts it."""
+    return value if isinstance(value, str) and _VALID_REQUEST_ID.fullmatch(value) else None
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from ..workflows import WorkflowHooks
 from .claims import ClaimLanes, validate_claims_interval
 from .dispatch import Dispatcher
 from .loop import FetchLoop
-from .pool import make_pool
+from .pool import Pool, make_pool
 from .signals import install_drain_signals
 from .time_limit import loop_reporter, make_time_limits
 
@@ -150,6 +150,10 @@ class Worker:
             self.hooks = HookSet([*self.middleware, *hooks, EventHooks(client, self.id)],
                                  client.settings.sensitive_headers)  # fmt: skip
 
+    #: what makes the handler executors (`bgjob.worker.pool.make_pool`); `bgjob.testing.run_jobs` replaces it with
+    #: one that runs each job in the calling thread.
+    _make_pool: Callable[..., Pool] = staticmethod(make_pool)
+
     def run(self) -> None:
         """Process jobs until stop() or SIGTERM/SIGINT (handled when run in the main thread); then drain.
 
@@ -158,7 +162,7 @@ class Worker:
         """
         runtime, core = self.client._ensure()
         # Made here: a gevent pool belongs to the hub of the thread that runs the worker.
-        pool = make_pool(self.pool, self.concurrency, name=f"bgjob-{self.queue}")
+        pool = self._make_pool(self.pool, self.concurrency, name=f"bgjob-{self.queue}")
         keys = self.client.settings.verify_keys
 
         def new_dispatcher() -> Dispatcher:
@@ -173,8 +177,8 @@ class Worker:
         def new_claim_loop(claim: str) -> tuple[FetchLoop, Callable[[], None]]:
             """A claim's lane, loop and pool (for a claims callable), made in this thread; and what closes them."""
             lane = claim_lane(core, self.queue, claim, self.concurrency)
-            lane_pool, lane_dispatcher = make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane"), \
-                new_dispatcher()  # fmt: skip
+            lane_pool = self._make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane")
+            lane_dispatcher = new_dispatcher()
 
             def close() -> None:
                 lane_pool.shutdown()
@@ -198,7 +202,7 @@ class Worker:
                                       singletons=frozenset(singleton_types(self.mux)),
                                       grouped=grouped_types(self.mux), groups=self.groups)  # fmt: skip
         # Placement lanes (bgjob.placement): one loop each, with its own pool and dispatcher.
-        lane_parts = [(make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane"), new_dispatcher(),
+        lane_parts = [(self._make_pool(self.pool, lane.concurrency, name=f"bgjob-{self.queue}-lane"), new_dispatcher(),
                        lane) for lane in lanes]  # fmt: skip
         self._lane_loops = [FetchLoop(core, runtime, lane_pool, lane_dispatcher, worker_id=self.id,
                                       concurrency=lane.concurrency, max_batch=self.max_batch,

@@ -20,6 +20,7 @@ from .errors import BgjobError, ConnectionError, InvalidJob, JobTooLarge, SendJo
 from .events import emit_enqueued, withdraw_enqueued
 from .job import JobSpec
 from .publisher import Outgoing, PublishBatch
+from .send_hooks import SendScope, end_sends, start_sends
 
 if TYPE_CHECKING:
     from .core import Core
@@ -101,11 +102,18 @@ class Sending:
                        sensitive=sensitive, deadline=deadline, max_attempts=max_attempts,
                        target=target, partition_key=partition_key, target_timeout=target_timeout)  # fmt: skip
         # Sized now against the server's max_payload when connected; else once connected, in _publish.
-        job = self._prepare(spec, queue, self._connected_max_payload())
+        job, scopes = self._prepare_observed(spec, queue, self._connected_max_payload(), publish=True)
         try:
-            return self._publish([job], window=1)[0]
+            job_id = self._publish([job], window=1)[0]
         except SendJobsError as exc:
-            raise _one_job_error(exc, job.job_id) from None
+            error = _one_job_error(exc, job.job_id)
+            end_sends(scopes, job.job_id, error)
+            raise error from None
+        except BaseException as exc:
+            end_sends(scopes, job.job_id, exc)
+            raise
+        end_sends(scopes, job_id, None)
+        return job_id
 
     def send_jobs(
         self, jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000
@@ -120,13 +128,25 @@ class Sending:
         `send_job`'s (a timedelta deadline counts from this call), and so do `target` and `target_timeout`. The
         same as `publish_prepared` of each job's `prepare_job`.
         """
-        prepared = []
-        for index, item in enumerate(jobs):
-            try:
-                prepared.append(self._prepare(item if isinstance(item, JobSpec) else spec_of(item), queue, None))
-            except InvalidJob as exc:
-                raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
-        return self._publish(prepared, window)
+        prepared: list[PreparedJob] = []
+        observed: list[list[SendScope]] = []
+        try:
+            for index, item in enumerate(jobs):
+                try:
+                    job, scopes = self._prepare_observed(item if isinstance(item, JobSpec) else spec_of(item), queue,
+                                                         None, publish=True)  # fmt: skip
+                except InvalidJob as exc:
+                    raise InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
+                prepared.append(job)
+                observed.append(scopes)
+            ids = self._publish(prepared, window)
+        except BaseException as exc:
+            for job, scopes in zip(prepared, observed, strict=True):
+                end_sends(scopes, job.job_id, _job_error(exc, job.job_id))
+            raise
+        for job, scopes in zip(prepared, observed, strict=True):
+            end_sends(scopes, job.job_id, None)
+        return ids
 
     def prepare_job(self, spec: JobSpec, *, queue: str = "default") -> PreparedJob:
         """Build `spec` into a PreparedJob now, for `publish_prepared` to publish later (at a transaction's commit,
@@ -141,7 +161,22 @@ class Sending:
         kept for a dead letter's error. Raises InvalidJob (nothing to publish), ConfigurationError for unusable
         encryption keys.
         """
-        return self._prepare(spec, queue, self._known_max_payload())
+        job, scopes = self._prepare_observed(spec, queue, self._known_max_payload(), publish=False)
+        end_sends(scopes, job.job_id, None)
+        return job
+
+    def _prepare_observed(self, spec: JobSpec, queue: str, max_payload: int | None, *,
+                          publish: bool) -> tuple[PreparedJob, list[SendScope]]:  # fmt: skip
+        """`_prepare` with the send hooks (bgjob.send_hooks) started first: their headers built into the job; their
+        scopes returned for the caller to end (ended here, with the error, when building fails)."""
+        if not isinstance(spec, JobSpec):
+            raise InvalidJob(f"expected a bgjob.JobSpec, got a {type(spec).__name__}")
+        spec, scopes = start_sends(spec, queue, publish=publish)
+        try:
+            return self._prepare(spec, queue, max_payload), scopes
+        except BaseException as exc:
+            end_sends(scopes, None, exc)
+            raise
 
     def _prepare(self, spec: JobSpec, queue: str, max_payload: int | None) -> PreparedJob:
         if not isinstance(spec, JobSpec):
@@ -332,6 +367,16 @@ def _raise_unsent(ids: list[str], stored: set[str], errors: dict[str, BaseExcept
         "job ids is safe and is the way to retry (a send without those ids could run a job twice)",
         stored=[i for i in ids if i in stored], not_stored=not_stored, errors=errors,
     )  # fmt: skip
+
+
+def _job_error(exc: BaseException, job_id: str) -> BaseException | None:
+    """What a failed send_jobs call means for its job `job_id`: None if it was stored all the same (a SendJobsError
+    that lists it as stored), else its own error, else the call's."""
+    if isinstance(exc, SendJobsError):
+        if job_id in exc.stored:
+            return None
+        return exc.errors.get(job_id) or exc
+    return exc
 
 
 def _not_confirmed(error: BaseException, job_id: str) -> BaseException:

@@ -132,7 +132,7 @@ def test_each_job_runs_in_an_app_context_whose_teardown_removes_the_session(clie
         seen.append((flask.current_app.name, len(db.session.registry.registry)))
         return bgjob.Complete()
 
-    start_worker(client, ext.mux, middleware=[AppContext(app), bgjob.Recovery()])
+    start_worker(client, ext.mux, concurrency=1, middleware=[AppContext(app), bgjob.Recovery()])
     for n in range(3):
         client.send_job("touch", n)
     wait_until(lambda: len(torn_down) == 3, message="3 app-context teardowns")
@@ -189,3 +189,19 @@ def test_send_job_outside_an_app_context_is_a_named_error() -> None:
         send_job("report")
     with pytest.raises(bgjob.BgjobError, match="not set up"), flask.Flask("bare").app_context():
         BgJob().send_job("report")
+
+
+def test_example_flask_app_counts_a_visit(nats_server, prefix, tmp_path, monkeypatch, client, start_worker) -> None:
+    monkeypatch.setenv("BGJOB_URL", nats_server.url)
+    monkeypatch.setenv("BGJOB_PREFIX", prefix)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'example.sqlite'}")
+    monkeypatch.syspath_prepend(str(ROOT))
+    from example_flask.app import app, bgjob_ext
+
+    try:
+        start_worker(client, bgjob_ext.mux, middleware=[AppContext(app), bgjob.Recovery()])
+        with app.test_client() as http:
+            assert http.get("/visit/ada").status_code == 200
+            wait_until(lambda: http.get("/visits/ada").get_json()["count"] == 1, message="the visit counted")
+    finally:
+        bgjob_ext.state(app).close()  # the view's client; the worker's is the fixture's

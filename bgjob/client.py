@@ -18,7 +18,7 @@ from . import job_results
 from .codec import PreparedJob, periodic_message, prepare_job
 from .core import Core, QueueConfig, as_bgjob_error, is_transient
 from .encryption import cipher_for
-from .errors import BgjobError, InvalidJob, ResultNotFound
+from .errors import BgjobError, ConfigurationError, InvalidJob, ResultNotFound
 from .job import JobSpec
 from .job_results import JobResult
 from .provisioning import validate_queue_changes
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .dead_letters import DeadLetters
     from .directory import WorkerInfo
     from .events import Event, JobStatus
+    from .handler import Mux
     from .periodic import PeriodicJob
 
 log = logging.getLogger("bgjob.client")
@@ -75,6 +76,9 @@ class Client(Sending):
         self._dlq: DeadLetters | None = None
         self._publisher: Publisher | None = None
         self._green_gate: tuple[int, Any] | None = None
+        #: immediate mode (Settings.immediate, test-only): the Mux whose handlers send_job runs inline; None: the
+        #: one given to bgjob.testing.set_immediate_mux (bgjob.testing.immediate).
+        self.immediate_mux: Mux | None = None
         _live_clients.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -83,6 +87,9 @@ class Client(Sending):
         runtime, core = self._runtime, self._core
         if runtime is not None and core is not None and runtime.alive and not core.lost:
             return runtime, core
+        if self.settings.immediate:
+            raise ConfigurationError("this client is in immediate mode (Settings.immediate, test-only): it never "
+                                     "connects; only sending works (see bgjob.testing.immediate)")  # fmt: skip
         with self._connect_gate():
             if self._closed:
                 raise BgjobError("this bgjob client is closed")
@@ -104,6 +111,15 @@ class Client(Sending):
                 self._publisher = publisher
                 self._runtime, self._core = runtime, core
             return self._runtime, self._core  # type: ignore[return-value]
+
+    def _publish(self, jobs: list[PreparedJob], window: int) -> list[str]:
+        """Sending's publish, or in immediate mode (Settings.immediate) each job run inline instead
+        (bgjob.testing.immediate)."""
+        if self.settings.immediate:
+            from .testing.immediate import run_immediately
+
+            return run_immediately(self, jobs)
+        return super()._publish(jobs, window)
 
     def _connect_gate(self) -> Any:
         """What serialises connecting: a gevent lock for greenlets (an OS lock held while a greenlet waits

@@ -108,6 +108,10 @@ class Settings:
     #: bytes the events stream may hold; past it the oldest events are dropped (they never decide anything), so
     #: events can never take the storage that queues, retries and dead letters need.
     events_max_bytes: int = 1 << 30
+    #: test-only immediate mode (bgjob.testing.immediate; env BGJOB_IMMEDIATE=1): `send_job` runs the handler
+    #: inline, in the caller's thread, and never connects; refused (ConfigurationError) with a `url` naming a host
+    #: that is not loopback, the sign of a production configuration.
+    immediate: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -130,8 +134,8 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Settings from `BGJOB_*` environment variables (BGJOB_URL, BGJOB_PREFIX, BGJOB_REPLICAS, BGJOB_DATA_DIR,
-        BGJOB_ENCRYPTION_KEYS: comma-separated, BGJOB_EVENTS: 1/0, BGJOB_EVENTS_MAX_AGE: seconds), then
-        `overrides` (Settings fields; None values are skipped).
+        BGJOB_ENCRYPTION_KEYS: comma-separated, BGJOB_EVENTS: 1/0, BGJOB_EVENTS_MAX_AGE: seconds,
+        BGJOB_IMMEDIATE: 1/0), then `overrides` (Settings fields; None values are skipped).
 
         Raises ConfigurationError for an unknown key (with the closest field names; nats.connect options go in
         `nats_options`), an environment variable that does not parse, or a value `Settings` refuses.
@@ -171,6 +175,7 @@ _ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("BGJOB_EVENTS", "events", _flag),
     ("BGJOB_EVENTS_MAX_AGE", "events_max_age", float),
     ("BGJOB_EVENTS_MAX_BYTES", "events_max_bytes", int),
+    ("BGJOB_IMMEDIATE", "immediate", _flag),
 )
 #: nats.connect options bgjob sets itself, and the Settings field (or reason) that owns each.
 _OWN_NATS_OPTIONS = {
@@ -259,7 +264,7 @@ def _validate(settings: Settings) -> None:
     _number(settings, "target_timeout", 0, optional=True, inclusive=False)
     _number(settings, "max_outstanding_pings", 1, integer=True)
     _number(settings, "events_max_bytes", 1 << 20, integer=True)
-    for field in ("double_ack", "dlq_keep_sensitive_headers", "events"):
+    for field in ("double_ack", "dlq_keep_sensitive_headers", "events", "immediate"):
         if not isinstance(getattr(settings, field), bool):
             raise ConfigurationError(f"{field} must be True or False, not {getattr(settings, field)!r}")
     _text(settings, "signing_key", secret=True)
@@ -284,6 +289,10 @@ def _validate(settings: Settings) -> None:
     _texts(settings, "sensitive_headers", "header names or fnmatch patterns")
     _texts(settings, "encryption_keys", "base64 32-byte keys (see bgjob.encryption.generate_key)", secret=True)
     _validate_nats_options(settings.nats_options)
+    if settings.immediate and settings.url is not None:
+        from .testing.immediate import refuse_production_url
+
+        refuse_production_url(settings.url)
 
 
 def _texts(settings: Settings, field: str, what: str, *, secret: bool = False) -> None:

@@ -8,6 +8,8 @@ The peers' equivalents: Celery's `task_always_eager`, RQ's `Queue(is_async=False
 
 from __future__ import annotations
 
+from .immediate import IMMEDIATE_ATTEMPTS, ImmediateLog, immediate_log, set_immediate_mux
 from .run import JobOutcome, RunJobsTimeout, run_jobs
 
-__all__ = ["JobOutcome", "RunJobsTimeout", "run_jobs"]
+__all__ = ["IMMEDIATE_ATTEMPTS", "ImmediateLog", "JobOutcome", "RunJobsTimeout", "immediate_log", "run_jobs",
+           "set_immediate_mux"]  # fmt: skip

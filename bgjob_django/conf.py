@@ -460,9 +460,26 @@ def get_client() -> bgjob.Client:
         config = get_config()
         with _lock:
             if _client is None:
+                if config.client.immediate:
+                    refuse_immediate_in_production()
                 _client = bgjob.Client(project_settings(config.client))
+                if config.client.immediate:  # BGJOB["IMMEDIATE"] (test-only): the project's handlers run inline
+                    from .registry import registry
+
+                    _client.immediate_mux = registry
             client = _client
     return client
+
+
+def refuse_immediate_in_production() -> None:
+    """ConfigurationError for BGJOB["IMMEDIATE"] (bgjob.testing.immediate) with DEBUG = False outside Django's test
+    environment (django.test.utils.setup_test_environment, which the test runner and pytest-django call): then
+    this is a deployed site, where jobs must go to NATS. A non-loopback URL is refused by bgjob.Settings itself."""
+    from django.test import utils as test_utils
+
+    if not django_settings.DEBUG and not hasattr(test_utils._TestState, "saved_data"):
+        raise bgjob.ConfigurationError('BGJOB["IMMEDIATE"] is a test-only setting: it is refused with DEBUG = False '
+                                       "outside tests; remove it from production settings")  # fmt: skip
 
 
 def interactive_client() -> bgjob.Client:

@@ -27,6 +27,10 @@ from .request_id import get_request_id
 
 log = logging.getLogger("bgjob_django.producer")
 
+#: the recorders of bgjob_django.testing.captured_jobs() (the innermost last): while one is open, send_job and
+#: send_jobs validate and prepare jobs as usual and hand them to it instead of sending them.
+_captures: list[Any] = []
+
 
 def send_job(
     job_type: str,
@@ -87,6 +91,8 @@ def send_job(
     spec = _with_request_id(spec, get_request_id())
     mode = _mode(on_commit, outbox)
     client = get_client()
+    if _captures:  # bgjob_django.testing.captured_jobs(): recorded, not sent
+        return _captures[-1].sent([spec], [client.prepare_job(spec, queue=queue)], mode, using)[0]
     if mode == "direct":
         return _send_direct(client, spec)
     prepared = [client.prepare_job(spec, queue=queue)]
@@ -121,7 +127,7 @@ def send_jobs(
         specs.append(_with_request_id(spec, request_id))
     mode = _mode(on_commit, outbox)
     client = get_client()
-    if mode == "direct":
+    if mode == "direct" and not _captures:
         return client.send_jobs(specs, queue=queue)
     prepared = []
     for index, spec in enumerate(specs):
@@ -129,6 +135,8 @@ def send_jobs(
             prepared.append(client.prepare_job(spec, queue=queue))
         except bgjob.InvalidJob as exc:
             raise bgjob.InvalidJob(f"job {index}: {exc}; nothing was sent") from exc
+    if _captures:  # bgjob_django.testing.captured_jobs(): recorded, not sent
+        return _captures[-1].sent(specs, prepared, mode, using)
     _defer(prepared, mode, using)
     return [job.job_id for job in prepared]
 

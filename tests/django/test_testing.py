@@ -1,0 +1,80 @@
+"""bgjob_django.testing.captured_jobs() (jobs a view sent, recorded instead of sent) and BGJOB["IMMEDIATE"]."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import TestCase
+from django.test import utils as test_utils
+from django.urls import reverse
+
+import bgjob
+from bgjob.testing import immediate_log
+from bgjob_django import get_client, send_job, send_jobs
+from bgjob_django.models import OutboxMessage
+from bgjob_django.testing import captured_jobs
+
+from .testapp.models import Marker
+
+
+class CapturedInTestCase(TestCase):
+    """A TestCase never commits: on_commit jobs are recorded when captureOnCommitCallbacks runs the callbacks."""
+
+    def test_on_commit_jobs_recorded_when_the_callbacks_run(self) -> None:
+        with captured_jobs() as jobs, self.captureOnCommitCallbacks(execute=True):
+            response = self.client.get(reverse("send-report-in-transaction"), {"user": 5})
+        [job] = jobs
+        assert (job.id, job.type, job.arg, job.queue, job.on_commit) == (response.json()["job_id"], "report",
+                                                                         {"user": 5}, "default", True)  # fmt: skip
+        assert jobs.pending == []
+
+    def test_callbacks_that_never_run_leave_the_jobs_pending(self) -> None:
+        with captured_jobs() as jobs, self.captureOnCommitCallbacks(execute=False) as callbacks:
+            self.client.get(reverse("send-report-in-transaction"), {"user": 6})
+        assert list(jobs) == [] and [j.arg for j in jobs.pending] == [{"user": 6}]
+        for callback in callbacks:  # run later: recorded then
+            callback()
+        assert jobs.types() == ["report"] and jobs.pending == []
+
+    def test_a_rolled_back_transaction_records_nothing(self) -> None:
+        with captured_jobs() as jobs, self.captureOnCommitCallbacks(execute=True):
+            response = self.client.get(reverse("send-report-in-transaction"), {"user": 7, "fail": 1})
+        assert response.status_code == 500 and list(jobs) == []
+
+
+@pytest.mark.django_db
+def test_direct_and_outbox_jobs_recorded_at_the_call_and_never_sent(bgjob_client: bgjob.Client) -> None:
+    with captured_jobs() as jobs:
+        direct = send_job("report", {"user": 1}, queue="mail", delay=30, request_id="req-1")
+        boxed = send_job("mark", "m", outbox=True)
+        many = send_jobs([("mark", "a"), bgjob.JobSpec("mark", "b", queue="other")])
+        with captured_jobs() as inner:  # the innermost block records
+            send_job("mark", "inner")
+    expected = [(direct, "report", "direct"), (boxed, "mark", "outbox"), (many[0], "mark", "direct"),
+                (many[1], "mark", "direct")]  # fmt: skip
+    assert [(j.id, j.type, j.mode) for j in jobs] == expected
+    assert (jobs[0].queue, jobs[0].delay, jobs[0].request_id, jobs[0].due is not None) == ("mail", 30, "req-1", True)
+    assert jobs[1].outbox and jobs[3].queue == "other" and jobs.of_type("report") == [jobs[0]]
+    assert inner.types() == ["mark"]
+    assert OutboxMessage.objects.count() == 0
+    assert bgjob_client.queue_stats("default").pending == 0
+    with captured_jobs(), pytest.raises(bgjob.InvalidJob):  # validated at the call, as when sending
+        send_job("report", {"bad": {1, 2}})
+
+
+@pytest.mark.django_db
+def test_immediate_setting_runs_the_registry_handlers_inline(settings, bgjob_settings: dict) -> None:
+    settings.BGJOB = {**bgjob_settings, "IMMEDIATE": True}
+    job_id = send_job("mark", "now")
+    assert Marker.objects.filter(name="now").exists()  # ran inside the call, in this test's transaction
+    assert [(o.id, o.acked) for o in immediate_log(get_client()).outcomes] == [(job_id, True)]
+    send_job("fail", 1)
+    assert immediate_log(get_client()).dead_letters[-1].fate.reason == "handler"
+
+
+def test_immediate_setting_refused_with_debug_off_outside_tests(settings, bgjob_settings: dict,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    settings.BGJOB = {**bgjob_settings, "IMMEDIATE": True}
+    settings.DEBUG = False
+    monkeypatch.delattr(test_utils._TestState, "saved_data")  # as in a deployed site
+    with pytest.raises(bgjob.ConfigurationError, match="test-only"):
+        get_client()

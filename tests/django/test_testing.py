@@ -78,3 +78,13 @@ def test_immediate_setting_refused_with_debug_off_outside_tests(settings, bgjob_
     monkeypatch.delattr(test_utils._TestState, "saved_data")  # as in a deployed site
     with pytest.raises(bgjob.ConfigurationError, match="test-only"):
         get_client()
+
+
+@pytest.mark.django_db
+def test_run_jobs_fixture_runs_the_registry_in_the_test_transaction(run_jobs) -> None:
+    """The plugin's run_jobs with this conftest's bgjob_client (the project's client) and the registry: handlers run
+    in the test's thread, so they see (and write in) the test's transaction."""
+    marked, failed = send_job("mark", "from-a-worker"), send_job("fail", 1)
+    outcomes = {o.id: o for o in run_jobs()}
+    assert outcomes[marked].acked and Marker.objects.filter(name="from-a-worker").exists()
+    assert outcomes[failed].dead_lettered and outcomes[failed].fate.reason == "handler"

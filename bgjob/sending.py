@@ -3,6 +3,8 @@
 `Client` inherits them from `Sending`: a job is prepared (validated, encoded, size-checked, encrypted, signed:
 `codec.prepared_job`, no I/O), then published as it is (unique ids reserved, PubAcks awaited, READY result
 records written). Every call is bounded like the client's others: Settings.retry_for plus one request_timeout.
+The process's send hooks (`bgjob.send_hooks`: tracing) see each job: started at the call, before it is built
+(their headers built in), ended after its PubAck or refusal (`prepare_job`: at once).
 """
 
 from __future__ import annotations

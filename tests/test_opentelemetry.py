@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import bgjob
+from bgjob.contrib import opentelemetry as otel
 from bgjob.contrib.opentelemetry import BgjobInstrumentor
 
 from .conftest import drain, wait_until
@@ -141,6 +142,9 @@ def test_a_caller_traceparent_wins_and_uninstrument_stops_spans(spans, client, s
     assert drain(done, 1) == [theirs]
     assert one(spans, "process t").parent.span_id == 0xB7AD6B7169203331
     BgjobInstrumentor().uninstrument()
+    assert not BgjobInstrumentor().is_instrumented_by_opentelemetry
+    # No job was running: its worker hooks are gone at once (others, such as Sentry's, may stay).
+    assert not any(type(h).__module__ == otel.__name__ for h in bgjob.hooks._global_hooks)
     spans.clear()
     client.send_jobs([("t", 1), ("t", 2)])
     assert drain(done, 2) == [None, None]

@@ -70,7 +70,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError('bgjob.contrib.opentelemetry needs opentelemetry-api: pip install "bgjob[otel]"') from exc
 
 from .._version import __version__
-from ..hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, register_hooks
+from ..hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, register_hooks, unregister_hooks
 from ..job import Job, JobSpec
 from ..redaction import scrub_text, secret_texts
 from ..result import Result
@@ -125,13 +125,13 @@ class BgjobInstrumentor:
             register_send_hooks(_SEND_HOOKS)
 
     def uninstrument(self, **kwargs: Any) -> None:
-        """Stop tracing: no new spans. A job already running still ends its span (the worker hooks stay
-        registered, inert, so that a span and its context are always closed in the thread that opened them)."""
+        """Stop tracing: no new spans. A job already running still ends its span: the worker hooks are removed
+        once no job they saw start is left (a span and its context are closed in the thread that opened them)."""
         with self._lock:
             self._tracer = None
-            _WORKER_HOOKS.tracer = None
             _SEND_HOOKS.tracer = None
             unregister_send_hooks(_SEND_HOOKS)
+            _WORKER_HOOKS.stop()
 
 
 def _carrier(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -191,6 +191,13 @@ class _OtelWorkerHooks(WorkerHooks):
         self._runs: dict[int, _Run] = {}
         self._lock = threading.Lock()
 
+    def stop(self) -> None:
+        """No new spans; unregistered now when no run is open, else by the last open run's `on_settled`."""
+        with self._lock:
+            self.tracer = None
+            if not self._runs:
+                unregister_hooks(self)
+
     def _start(self, job: Job) -> tuple[Span, otel_context.Context] | None:
         tracer = self.tracer
         if tracer is None:
@@ -212,7 +219,10 @@ class _OtelWorkerHooks(WorkerHooks):
             return
         span, ctx = started
         with self._lock:
-            self._runs[id(job)] = _Run(span, otel_context.attach(ctx))
+            if self.tracer is not None:  # not uninstrumented meanwhile (then these hooks may be unregistered)
+                self._runs[id(job)] = _Run(span, otel_context.attach(ctx))
+                return
+        span.end()
 
     def on_job_end(self, job: Job, outcome: Result | Failure) -> None:
         with self._lock:
@@ -224,6 +234,8 @@ class _OtelWorkerHooks(WorkerHooks):
     def on_settled(self, job: Job, outcome: Result | Failure, fate: Fate) -> None:
         with self._lock:
             run = self._runs.pop(id(job), None)
+            if self.tracer is None and not self._runs:
+                unregister_hooks(self)
         if run is not None:
             span = run.span
         else:  # the job never reached a handler (or tracing started while it ran)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .events import Event, JobStatus
     from .handler import Mux
     from .periodic import PeriodicJob
+    from .retry_policy import RetryPolicy
 
 log = logging.getLogger("bgjob.client")
 
@@ -79,6 +80,8 @@ class Client(Sending):
         #: immediate mode (Settings.immediate, test-only): the Mux whose handlers send_job runs inline; None: the
         #: one given to bgjob.testing.set_immediate_mux (bgjob.testing.immediate).
         self.immediate_mux: Mux | None = None
+        #: immediate mode: the retry policy for handlers without their own (None: RetryPolicy()), as a worker's.
+        self.immediate_retry_policy: RetryPolicy | None = None
         _live_clients.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -466,7 +466,7 @@ def get_client() -> bgjob.Client:
                 if config.client.immediate:  # BGJOB["IMMEDIATE"] (test-only): the project's handlers run inline
                     from .registry import registry
 
-                    _client.immediate_mux = registry
+                    _client.immediate_mux, _client.immediate_retry_policy = registry, config.retry_policy()
             client = _client
     return client
 

@@ -10,7 +10,8 @@ middleware, its time limit is not enforced, the process-wide hooks see it (`on_j
 - `Complete(value)`: done; the value is kept in `immediate_log(client).results[job_id]` when the job stores its
   result (`store_result`, or a queue in Settings.result_queues).
 - `Retry(delay)` or an exception: run again at once (the delay is not waited for), attempt + 1, until the retry
-  policy's max_attempts (the job's, else the handler's, else `RetryPolicy()`'s); then a dead letter, reason
+  policy's max_attempts (the job's, else the handler's, else the client's `immediate_retry_policy`'s — in Django
+  BGJOB["MAX_ATTEMPTS"] — else `RetryPolicy()`'s); then a dead letter, reason
   `max_attempts`. An exception the policy gives up on (`non_retryable`) is a dead letter at once (`handler`).
   A policy without a limit stops after IMMEDIATE_ATTEMPTS runs, the last one's fate left `retry_scheduled`.
 - `MoveToDlq(error, reason)`, an unknown job type (`unknown_handler`), a job past its deadline (`deadline`):
@@ -146,7 +147,8 @@ def _run(client: Client, mux: Mux, prepared: PreparedJob, record: ImmediateLog) 
     settings, headers = client.settings, prepared.headers
     hooks = HookSet([], settings.sensitive_headers)
     options = mux.options(prepared.job_type)
-    policy = (options.retry_policy or RetryPolicy()).limited_to(carried_max_attempts(headers))
+    default = getattr(client, "immediate_retry_policy", None) or RetryPolicy()
+    policy = (options.retry_policy or default).limited_to(carried_max_attempts(headers))
     dispatcher = Dispatcher(prepared.queue, mux, [], hooks, policy, Topology(settings.prefix), None)
     arg = jobmod.decode_arg(decrypt_body(prepared.body, headers, cipher_for(settings.encryption_keys)),
                             headers.get(jobmod.CONTENT_TYPE))  # fmt: skip

@@ -88,3 +88,20 @@ def test_run_jobs_fixture_runs_the_registry_in_the_test_transaction(run_jobs) ->
     outcomes = {o.id: o for o in run_jobs()}
     assert outcomes[marked].acked and Marker.objects.filter(name="from-a-worker").exists()
     assert outcomes[failed].dead_lettered and outcomes[failed].fate.reason == "handler"
+
+
+def test_example_project_tests_pass(tmp_path) -> None:
+    """example_project/reports/tests.py (captured_jobs, BGJOB["IMMEDIATE"]) passes under Django's test runner,
+    with no nats-server."""
+    import os
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BGJOB_", "DJANGO_"))}
+    env.update(PYTHONPATH=str(ROOT), EXAMPLE_DB_PATH=str(tmp_path / "db.sqlite3"))
+    done = subprocess.run([sys.executable, "manage.py", "test", "reports"], cwd=ROOT / "example_project", env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Ran 4 tests" in done.stderr

@@ -185,3 +185,44 @@ def python_process(code: str, *args: str, env: dict[str, str] | None = None, **k
     """Start `python -c code args...` with the project importable."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-c", code, *args], env=full_env, **kwargs)  # type: ignore[call-overload]
+
+
+# -- the reliability suite's summary table -----------------------------------------------------------------
+#: The summary's rows as the reports bring them: under pytest-xdist each test runs in a worker process, whose ROWS
+#: the controller never sees, so every row travels with its test's report (user_properties) to the one summary.
+REPORTED: list = []  # of tests.reliability.support.Row (imported in the hooks: support imports this module)
+_ROW_PROPERTY = "bgjob_reliability_row"
+
+
+_rows_sent = 0  # how many of this process's ROWS a report has carried
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    global _rows_sent
+    from .reliability.support import ROWS
+
+    outcome = yield
+    if len(ROWS) > _rows_sent:  # rows added by this test (in its call or a fixture), sent once
+        outcome.get_result().user_properties.extend((_ROW_PROPERTY, row.__dict__) for row in ROWS[_rows_sent:])
+        _rows_sent = len(ROWS)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    from .reliability.support import Row
+
+    REPORTED.extend(Row(**value) for name, value in report.user_properties if name == _ROW_PROPERTY)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from .reliability.support import FULL, format_table
+
+    if not REPORTED:
+        return
+    mode = "full (BGJOB_RELIABILITY_FULL=1)" if FULL else "default (set BGJOB_RELIABILITY_FULL=1 for the long run)"
+    terminalreporter.section(f"bgjob reliability: {mode}")
+    for line in format_table(REPORTED):
+        terminalreporter.write_line(line)
+    path = os.environ.get("BGJOB_RELIABILITY_REPORT")
+    if path:
+        Path(path).write_text(json.dumps([row.__dict__ for row in REPORTED], indent=2))

@@ -1,9 +1,9 @@
-"""Fixtures of the reliability suite: worker processes that are killed and restarted, and the summary table."""
+"""Fixtures of the reliability suite: worker processes that are killed and restarted (the summary table is
+tests/conftest.py's: hooks of the run itself belong in an initial conftest, which pytest-xdist's controller loads)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ..conftest import python_process
-from .support import FULL, ROWS, Cluster, format_table
+from .support import Cluster
 
 WORKER_CODE = "from tests.reliability.worker_app import main; main()"
 
@@ -78,15 +78,3 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield nodes
     finally:
         nodes.stop()
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not ROWS:
-        return
-    mode = "full (BGJOB_RELIABILITY_FULL=1)" if FULL else "default (set BGJOB_RELIABILITY_FULL=1 for the long run)"
-    terminalreporter.section(f"bgjob reliability: {mode}")
-    for line in format_table(ROWS):
-        terminalreporter.write_line(line)
-    path = os.environ.get("BGJOB_RELIABILITY_REPORT")
-    if path:
-        Path(path).write_text(json.dumps([row.__dict__ for row in ROWS], indent=2))

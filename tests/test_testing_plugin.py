@@ -13,6 +13,13 @@ from .conftest import wait_until
 
 pytest_plugins = ["pytester"]
 
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user project's pytest runs without this suite's Django settings (tests/django sets them in os.environ)."""
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+
+
 USER_TESTS = """
 import threading
 

@@ -159,10 +159,11 @@ def run_jobs(
 
     Returns when the queue holds no job the server has not delivered and none is in flight, or once `max_jobs`
     (an int >= 1; None: no limit) deliveries were settled; jobs fetched but not run are handed back without
-    using an attempt. `timeout` (seconds) bounds the whole call: past it RunJobsTimeout (with the outcomes so
-    far). `middleware`, `hooks`, `retry_policy` and `time_limit` are the Worker's (defaults: none, none,
-    `RetryPolicy()`, none). Raises ValueError for a bad max_jobs or timeout, and what `Worker.run` raises
-    (ConnectionError, ...). From the seed's worker test helpers; see the module docstring for what it skips.
+    using an attempt. `timeout` (seconds) bounds the wait for jobs: past it RunJobsTimeout (with the outcomes so
+    far); a handler that never returns is not interrupted unless `time_limit` is given. `middleware`, `hooks`,
+    `retry_policy` and `time_limit` are the Worker's (defaults: none, none, `RetryPolicy()`, none). Raises
+    ValueError for a bad max_jobs or timeout, and what `Worker.run` raises (ConnectionError, ...). Dramatiq's
+    `Worker` + `join()` in tests is the model; see the module docstring for what it skips.
     """
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
         raise ValueError(f"max_jobs must be an int >= 1 or None, got {max_jobs!r}")

@@ -1,4 +1,4 @@
-"""bgjob's pytest plugin (bgjob.testing.pytest_plugin, loaded through the pytest11 entry point) and run_jobs."""
+"""bgjob's pytest plugin (pytest_bgjob, loaded through the pytest11 entry point) and run_jobs."""
 
 from __future__ import annotations
 
@@ -122,3 +122,14 @@ def test_run_jobs_max_jobs_and_attempts(client: bgjob.Client) -> None:
     assert threads and all(t is threading.current_thread() for t in threads)
     with pytest.raises(ValueError):
         run_jobs(client, mux, max_jobs=0)
+
+
+def test_loading_the_plugin_imports_nothing_of_bgjob() -> None:
+    """pytest loads entry-point plugins before any conftest: an app that monkey-patches for gevent there must still
+    be first to import bgjob (its client, locks and threads)."""
+    import subprocess
+    import sys
+
+    code = "import sys, pytest_bgjob; print(sorted(m for m in sys.modules if m.split('.')[0] == 'bgjob'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

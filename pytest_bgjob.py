@@ -1,5 +1,9 @@
 """bgjob's pytest plugin, loaded by pytest through the `pytest11` entry point of the bgjob distribution.
 
+A top-level module that imports nothing of bgjob until a fixture runs: pytest loads plugins before any conftest,
+and an application that monkey-patches for gevent in its conftest must get to patch before bgjob is imported
+(a module of the `bgjob` package would import `bgjob/__init__.py`, the client and its locks, first).
+
 Fixtures (all prefixed `bgjob_`, so a project's own `client` or `nats_server` fixtures are left alone; a conftest
 fixture of the same name wins over the plugin's, as pytest's rules say):
 
@@ -19,13 +23,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import bgjob
-
-from .run import JobOutcome, run_jobs
+if TYPE_CHECKING:
+    import bgjob
+    from bgjob.testing import JobOutcome
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +53,8 @@ def bgjob_prefix() -> str:
 @pytest.fixture
 def bgjob_client(bgjob_server: Any, bgjob_prefix: str) -> Iterator[bgjob.Client]:
     """A connected `bgjob.Client` on the session's server and this test's prefix; closed after the test."""
+    import bgjob
+
     client = bgjob.Client(bgjob.Settings(url=bgjob_server.url, prefix=bgjob_prefix, retry_for=5.0)).connect()
     yield client
     client.close()
@@ -80,6 +86,8 @@ def _run_jobs(request: pytest.FixtureRequest, bgjob_client: bgjob.Client) -> Cal
 
     def run(queue: str = "default", max_jobs: int | None = None, timeout: float = 30.0, mux: bgjob.Mux | None = None,
             **worker_options: Any) -> list[JobOutcome]:  # fmt: skip
+        from bgjob.testing import run_jobs
+
         return run_jobs(bgjob_client, mux if mux is not None else request.getfixturevalue("bgjob_mux"), queue=queue,
                         max_jobs=max_jobs, timeout=timeout, **worker_options)  # fmt: skip
 

@@ -9,9 +9,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import job as jobmod
 from . import job_results
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .handler import Mux
     from .periodic import PeriodicJob
     from .retry_policy import RetryPolicy
+
+T = TypeVar("T")
 
 log = logging.getLogger("bgjob.client")
 
@@ -150,7 +152,8 @@ class Client(Sending):
         """The URL with its credentials: for bgjob's own use (which embedded server it is), never for display."""
         return self._ensure()[1].url
 
-    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any:
+    def run(self, coro_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, timeout: float | None = None,
+            idempotent: bool = False) -> T:  # fmt: skip
         """Run `await coro_fn(core, *args)` on the runtime loop and block for the result, at most `timeout`
         seconds (None: Settings.retry_for plus one request_timeout, plus a second of slack). An `idempotent`
         call (a read) is retried on transient errors within retry_for, so it rides out a leader election.
@@ -166,8 +169,8 @@ class Client(Sending):
         """Seconds a blocking call may take: retry_for plus one request timeout (plus a second of slack)."""
         return self.settings.retry_for + self.settings.request_timeout + 1.0
 
-    def _call(self, runtime: Runtime, coro: Any, timeout: float | None = None,
-              job_ids: tuple[str, ...] = (), publishing: bool = False) -> Any:  # fmt: skip
+    def _call(self, runtime: Runtime, coro: Coroutine[Any, Any, T], timeout: float | None = None,
+              job_ids: tuple[str, ...] = (), publishing: bool = False) -> T:  # fmt: skip
         """`runtime.run(coro)` bounded by `timeout` (None: `_bound()`), nats-py errors turned into bgjob errors
         (`publishing`: a refusal gets its publish name, StorageFull, QueueFull, ...)."""
         try:

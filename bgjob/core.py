@@ -7,13 +7,16 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import ConsumerConfig, DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, ConsumerInfo, DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
@@ -48,6 +51,10 @@ from .redaction import mask_url
 from .settings import Settings
 from .topology import Topology, check_server, dlq_stream_config, queue_consumer_config, queue_stream_config
 
+if TYPE_CHECKING:
+    from .events import EventSink
+
+T = TypeVar("T")
 log = logging.getLogger("bgjob.client")
 #: the server's err_code for deleting a sequence the stream does not hold.
 _NO_MESSAGE = 10057
@@ -165,8 +172,9 @@ class Core:
         self.settings = settings
         self.url = url
         self.topology = Topology(settings.prefix)
-        self.nc: nats.NATS | None = None
-        self.js: nats.js.JetStreamContext | None = None
+        #: set by connect(); read through the `nc` and `js` properties, which refuse before it
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
         self._provisioned: set[str] = set()
         self._provision_lock = asyncio.Lock()
         self._closing = False
@@ -176,6 +184,8 @@ class Core:
         self._rooms: dict[str, _Room] = {}
         #: the URL's credentials are passed as options (see nats_servers): nats-py's URLs lack them.
         self._moved_credentials = False
+        #: this connection's lifecycle-event sink, made on first use by bgjob.events.sink_for
+        self._event_sink: EventSink | None = None
 
     async def connect(self) -> None:
         servers, credentials = nats_servers(self.url)
@@ -184,7 +194,7 @@ class Core:
         try:
             async for attempt in self._retrying(retry=retry_if_exception(_connect_retryable)):
                 with attempt:
-                    self.nc = await nats.connect(
+                    self._nc = await nats.connect(
                         servers=servers,
                         name=self.settings.name or f"bgjob-{os.getpid()}",
                         connect_timeout=self.settings.connect_timeout,
@@ -207,11 +217,32 @@ class Core:
             raise ConnectionError(f"cannot connect to NATS at {mask_url(self.url)}: {_describe(exc)}") from exc
         except OSError as exc:
             raise ConnectionError(f"cannot connect to NATS at {mask_url(self.url)}: {exc}") from exc
-        self.nc.options["allow_reconnect"] = True
-        self.nc.options["max_reconnect_attempts"] = -1
+        nc = self._nc
+        assert nc is not None  # the loop above either connected or raised
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
         self._outage = False  # connected: the next disconnect is worth a warning again
-        check_server(self.nc)
-        self.js = self.nc.jetstream(timeout=self.settings.request_timeout)
+        check_server(nc)
+        self._js = nc.jetstream(timeout=self.settings.request_timeout)
+
+    @property
+    def nc(self) -> NATS:
+        """The NATS connection. Raises ConnectionError before connect() made it."""
+        if self._nc is None:
+            raise ConnectionError("not connected to NATS")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the connection. Raises ConnectionError before connect() made it."""
+        if self._js is None:
+            raise ConnectionError("not connected to NATS")
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        """connect() made the connection, and it is up now (not reconnecting, not closed)."""
+        return self._nc is not None and self._nc.is_connected
 
     def _retrying(self, retry: Any = None, deadline: float | None = None) -> AsyncRetrying:
         """Retries transient errors; no attempt starts after `deadline` (time.monotonic(); default: retry_for
@@ -227,17 +258,17 @@ class Core:
     @property
     def lost(self) -> bool:
         """The connection was closed, and not by us (nats-py gives up on some protocol errors)."""
-        return self.nc is not None and self.nc.is_closed and not self._closing
+        return self._nc is not None and self._nc.is_closed and not self._closing
 
     @property
     def max_payload(self) -> int:
-        return self.nc.max_payload if self.nc is not None else 1024 * 1024
+        return self._nc.max_payload if self._nc is not None else 1024 * 1024
 
     async def _on_error(self, exc: Exception) -> None:
         # One warning per outage; the reconnect attempts that follow are only worth a debug line. A first
         # connect that keeps failing is an outage too: one warning, then its retries at debug level.
         log.log(logging.DEBUG if self._outage else logging.WARNING, "nats: %s", _describe(exc))
-        if self.nc is None or not self.nc.is_connected:
+        if not self.connected:
             self._outage = True
 
     async def _on_disconnected(self) -> None:
@@ -251,7 +282,7 @@ class Core:
         # stream if its store was replaced. Look them up (and create them) again on next use.
         self._buckets.clear()
         self._provisioned.clear()
-        url = self.nc.connected_url if self.nc is not None else None
+        url = self._nc.connected_url if self._nc is not None else None
         shown = mask_url(url.geturl()) if url is not None else "?"
         if self._moved_credentials and "://" in shown and "@" not in shown:
             shown = shown.replace("://", "://***@", 1)  # as the disconnect line shows it
@@ -259,11 +290,11 @@ class Core:
 
     async def close(self) -> None:
         self._closing = True
-        if self.nc is not None and not self.nc.is_closed:
+        if self._nc is not None and not self._nc.is_closed:
             try:
-                await asyncio.wait_for(self.nc.drain(), timeout=5)
+                await asyncio.wait_for(self._nc.drain(), timeout=5)
             except Exception:  # noqa: BLE001 - closing anyway
-                await self.nc.close()
+                await self._nc.close()
 
     async def ensure_queue(self, queue: str, *, deadline: float | None = None) -> None:
         """Make sure the queue's stream exists (created from Settings when missing), once per connection.
@@ -365,7 +396,8 @@ class Core:
     async def _consumer_config(self, queue: str) -> ConsumerConfig | None:
         stream, name = self.topology.queue_stream(queue), self.topology.consumer(queue)
         try:
-            return (await self.retry(self.js.consumer_info, stream, name)).config
+            info: ConsumerInfo = await self.retry(self.js.consumer_info, stream, name)
+            return info.config
         except nats.js.errors.NotFoundError:
             return None
 
@@ -429,7 +461,8 @@ class Core:
             return None, deliveries_cap(consumer.max_deliver)
         return queue_limits(config)[1], deliveries_cap(consumer.max_deliver)
 
-    async def retry(self, fn: Any, *args: Any, deadline: float | None = None, **kwargs: Any) -> Any:
+    async def retry(self, fn: Callable[..., Awaitable[T]], *args: Any, deadline: float | None = None,
+                    **kwargs: Any) -> T:  # fmt: skip
         """Call `await fn(...)`, retrying transient errors until `deadline` (time.monotonic(); default retry_for
         from now), then raise bgjob.ConnectionError. Takes at most the budget plus one attempt."""
         try:
@@ -441,12 +474,12 @@ class Core:
                 raise ConnectionError(f"NATS {_unavailable(exc)} for {self.settings.retry_for:g}s: "
                                       f"{_describe(exc)}") from exc
             raise
+        raise AssertionError("unreachable: tenacity (reraise=True) raises the last error when it stops")
 
     async def delete_stored(self, stream: str, seq: int) -> bool:
         """Delete (and erase) the message at `seq` of `stream`: True when this call deleted it, False when the
         stream no longer holds it (deleted, acked or dead-lettered by another worker or admin first). The server
         answers that with 10057 "no message found", a 500, not a 404, so `except NotFoundError` never saw it."""
-        assert self.js is not None
         try:
             await self.js.delete_msg(stream, seq)
         except nats.js.errors.APIError as exc:
@@ -463,7 +496,6 @@ class Core:
         `deadline` (time.monotonic(); default retry_for from now); the whole never takes longer than that plus
         one request timeout (then TimeoutError). Refusals raise what nats-py raised (see `as_bgjob_error`).
         """
-        assert self.nc is not None and self.js is not None
         if deadline is None:
             deadline = time.monotonic() + self.settings.retry_for
         bound = max(0.0, deadline - time.monotonic()) + self.settings.request_timeout

@@ -4,11 +4,12 @@ retries, deletes, purges, finds and erases dead letters (`client.dlq`)."""
 from __future__ import annotations
 
 import base64
+import builtins
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -35,8 +36,11 @@ from .headers import (
 from .job import validate_reason
 from .stats import count_dead_letters
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from .core import Core
+    from .settings import Settings
 
 
 
@@ -159,15 +163,21 @@ def stored_headers(raw: RawStreamMsg) -> dict[str, str]:
     return headers
 
 
+def _seq(raw: RawStreamMsg) -> int:
+    """The stream sequence of a message read from a stream (nats-py types it Optional: a stored one has it)."""
+    assert raw.seq is not None
+    return raw.seq
+
+
 def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
     headers = stored_headers(raw)
     try:
-        queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject)
+        queue, reason, job_id, job_type = core.topology.parse_dlq_subject(raw.subject or "")
         from_bgjob = _valid_parts(queue, reason, job_id, job_type)
     except ValueError:
         from_bgjob = False
     if not from_bgjob:  # published to the DLQ's subjects by something else than bgjob: shown, found by seq
-        queue, reason, job_id, job_type = "unknown", "unknown", _by_seq(raw.seq), "unknown"
+        queue, reason, job_id, job_type = "unknown", "unknown", _by_seq(_seq(raw)), "unknown"
 
     def text(name: str) -> str | None:
         """A JSON-encoded text header (bgjob writes them so); a value written otherwise as it is."""
@@ -184,7 +194,7 @@ def _entry(core: Core, raw: RawStreamMsg) -> DeadLetter:
     # an invalid Bgjob-Id is stored under the id it ran with, `seq-<n>`): the one id every lookup finds it by.
     return DeadLetter(
         id=job_id,
-        seq=raw.seq,
+        seq=_seq(raw),
         queue=queue,
         type=job_type,
         reason=reason,
@@ -238,10 +248,10 @@ async def _list(core: Core, queue: str | None, job_type: str | None, reason: str
         newer: list[DeadLetter] = []
         seq = after + 1
         while len(newer) < limit and (raw := await _get_next(core, seq, subject)) is not None:
-            if before is not None and raw.seq >= before:
+            if before is not None and _seq(raw) >= before:
                 break
             newer.append(_entry(core, raw))
-            seq = raw.seq + 1
+            seq = _seq(raw) + 1
         return newer[::-1]
     info = await core.js.stream_info(core.topology.dlq_stream)
     first, last = info.state.first_seq, info.state.last_seq
@@ -252,9 +262,9 @@ async def _list(core: Core, queue: str | None, job_type: str | None, reason: str
         lo = max(first, hi - window + 1)
         batch: list[DeadLetter] = []
         seq = lo
-        while (raw := await _get_next(core, seq, subject)) is not None and raw.seq <= hi:
+        while (raw := await _get_next(core, seq, subject)) is not None and _seq(raw) <= hi:
             batch.append(_entry(core, raw))
-            seq = raw.seq + 1
+            seq = _seq(raw) + 1
         found.extend(reversed(batch))
         hi, window = lo - 1, min(window * 2, 4096)
     return found[:limit]
@@ -334,7 +344,7 @@ async def _present(core: Core, queue: str | None, scan_limit: int) -> tuple[list
     types: set[str] = set()
     reasons: set[str] = set()
     try:
-        pending = (await sub.consumer_info()).num_pending
+        pending = (await sub.consumer_info()).num_pending or 0
         while pending > 0:
             try:
                 msgs = await sub.fetch(min(pending, scan_limit), timeout=core.settings.request_timeout)
@@ -429,7 +439,7 @@ async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None
         raw = await _get_next(core, last + 1, subject)
         if raw is None:
             return result(True)
-        scanned, last = scanned + 1, raw.seq
+        scanned, last = scanned + 1, _seq(raw)
         entry = _entry(core, raw)
         arg, unreadable = entry._read()
         if unreadable is not None:
@@ -449,7 +459,8 @@ async def _scan(core: Core, match: dict[tuple[str, ...], Any], queue: str | None
 class Runner(Protocol):
     """What DeadLetters needs of a client: run `await coro_fn(core, *args)` on its loop and block for the result."""
 
-    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any: ...
+    def run(self, coro_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, timeout: float | None = None,
+            idempotent: bool = False) -> T: ...  # fmt: skip
 
 
 class DeadLetters:
@@ -514,19 +525,19 @@ class DeadLetters:
         passes as `up_to`."""
         return self._client.run(_last_seq, idempotent=True)
 
-    def job_types(self, queue: str | None = None, *, scan_limit: int = 1000) -> list[str]:
+    def job_types(self, queue: str | None = None, *, scan_limit: int = 1000) -> builtins.list[str]:
         """The job types present among the newest `scan_limit` dead letters (of a queue), sorted: what failed,
         including types no handler here knows. One server read however many. Raises InvalidJob for a bad
         queue, ValueError for a bad `scan_limit`."""
         return self._present(queue, scan_limit)[0]
 
-    def reasons(self, queue: str | None = None, *, scan_limit: int = 1000) -> list[str]:
+    def reasons(self, queue: str | None = None, *, scan_limit: int = 1000) -> builtins.list[str]:
         """The DLQ reasons present among the newest `scan_limit` dead letters (of a queue), sorted: bgjob's
         (`bgjob.dlq.REASONS`) and the handlers' own (`MoveToDlq(reason=...)`). Same cost and errors as
         `job_types`."""
         return self._present(queue, scan_limit)[1]
 
-    def _present(self, queue: str | None, scan_limit: int) -> tuple[list[str], list[str]]:
+    def _present(self, queue: str | None, scan_limit: int) -> tuple[builtins.list[str], builtins.list[str]]:
         _validate_filter(queue, None, None)
         if isinstance(scan_limit, bool) or not isinstance(scan_limit, int) or scan_limit < 1:
             raise ValueError(f"scan_limit must be a positive int, not {scan_limit!r}")
@@ -594,7 +605,7 @@ class DeadLetters:
         return parsed
 
     def _scan_timeout(self, scan_limit: int) -> float | None:
-        settings = getattr(self._client, "settings", None)
+        settings: Settings | None = getattr(self._client, "settings", None)
         if settings is None:
             return None
         return settings.retry_for + settings.request_timeout + 1.0 + scan_limit * _SCAN_SECONDS_EACH

@@ -85,7 +85,6 @@ async def _entries(core: Core) -> list[dict[str, Any]]:
     kv = await _bucket(core, create=False)
     if kv is None:
         return []
-    assert core.js is not None
     bucket = core.topology.stream_prefix + _SUFFIX
     subject_prefix = f"$KV.{bucket}."
     try:

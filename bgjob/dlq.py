@@ -244,7 +244,6 @@ async def _stored_job(core: Core, stream: str, consumer: str, seq: int, deliveri
     """The message stored at `seq`, as a Msg that `move_to_dlq` and `derived_msg_id` read like a delivery of it
     (None when it is gone). Its reply is the `$JS.ACK` subject such a delivery would carry (the stored time in
     ns, exact: nats-py's get_msg keeps only microseconds); it is never acked through it."""
-    assert core.nc is not None
     reply = await core.nc.request(f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"seq": seq}).encode(),
                                   timeout=core.settings.request_timeout)  # fmt: skip
     answer = json.loads(reply.data)

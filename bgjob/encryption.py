@@ -17,11 +17,14 @@ import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import job as jobmod
 from .errors import ConfigurationError
 from .headers import ENCRYPTION, HEADER_ID
+
+if TYPE_CHECKING:  # an optional dependency (the encryption extra), imported when keys are configured
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SCHEME = "aes256gcm"
 NONCE_BYTES = 12
@@ -43,7 +46,7 @@ class DecryptError(jobmod.DecodeError):
         self.key_id = key_id
 
 
-def _aesgcm() -> Any:
+def _aesgcm() -> type[AESGCM]:
     try:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     except ImportError as exc:
@@ -103,7 +106,7 @@ class Cipher:
             raise ConfigurationError("encryption needs at least one key in Settings.encryption_keys")
         raws = [_decode_key(k, i) for i, k in enumerate(keys)]
         aesgcm = _aesgcm()
-        self._by_id: dict[str, list[Any]] = {}
+        self._by_id: dict[str, list[AESGCM]] = {}
         for raw in raws:
             self._by_id.setdefault(key_id(raw), []).append(aesgcm(raw))
         #: the id of the key that encrypts (the first).

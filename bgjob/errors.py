@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import traceback
-from typing import Any
+from typing import Any, TypedDict
 
 
 class BgjobError(Exception):
@@ -296,6 +296,15 @@ _STORAGE = {10002, 10023, 10028, 10047}
 _LIMIT_TEXTS = ("maximum messages", "maximum bytes", "maximum messages per subject")
 
 
+class _RefusalDetails(TypedDict):
+    """The keyword arguments of PublishError (and its subclasses) that publish_refusal passes on."""
+
+    job_ids: tuple[str, ...] | list[str]
+    description: str | None
+    err_code: int | None
+    code: int | None
+
+
 def publish_refusal(code: int | None, err_code: int | None, description: str | None, *,
                     job_ids: tuple[str, ...] | list[str] = (), queue: str | None = None) -> BgjobError | None:
     """The named bgjob error for a JetStream error answered to a publish (a PubAck with `error`), or None when the
@@ -311,7 +320,7 @@ def publish_refusal(code: int | None, err_code: int | None, description: str | N
     where = f"queue {queue!r}" if queue else "the stream"
     jobs = ", ".join(job_ids) or "the message"
     said = f"the server answered: {text or 'an error'} (err {err_code}, {code})"
-    details = {"job_ids": job_ids, "description": description, "err_code": err_code, "code": code}
+    details: _RefusalDetails = {"job_ids": job_ids, "description": description, "err_code": err_code, "code": code}
     if err_code == DUPLICATE_IN_PROCESS:
         return None
     if err_code in _TOO_LARGE or "message size exceeds" in lowered:

@@ -287,7 +287,7 @@ class EventSink:
             while queue:
                 subject, body, headers = queue.popleft()
                 try:
-                    await core.nc.publish(subject, body, headers=headers)  # type: ignore[union-attr]
+                    await core.nc.publish(subject, body, headers=headers)
                 except Exception as exc:  # noqa: BLE001 - e.g. the reconnect buffer is full
                     self._dropped(1, exc)
                 else:
@@ -309,13 +309,13 @@ _sink_lock = original("_thread", "allocate_lock")()
 
 def sink_for(runtime: Runtime, core: Core) -> EventSink:
     """The EventSink of this connection (made on first use)."""
-    sink = getattr(core, "_event_sink", None)
+    sink = core._event_sink
     if sink is None:
         with _sink_lock:
-            sink = getattr(core, "_event_sink", None)
+            sink = core._event_sink
             if sink is None:
                 sink = EventSink(core, runtime)
-                core._event_sink = sink  # type: ignore[attr-defined]
+                core._event_sink = sink
     return sink
 
 
@@ -324,17 +324,18 @@ async def ensure_events_stream(core: Core) -> None:
     if _PROVISIONED in core._provisioned:
         return
     config = events_stream_config(core.topology, core.settings)
+    name = config.name
+    assert name is not None  # events_stream_config names it
 
     async def provision() -> None:
         js = core.js
-        assert js is not None
         try:
-            await js.stream_info(config.name)
+            await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             try:
                 await js.add_stream(config)
             except nats.js.errors.BadRequestError:  # made by another process meanwhile (err 10058)
-                await js.stream_info(config.name)
+                await js.stream_info(name)
 
     await core.retry(provision)
     core._provisioned.add(_PROVISIONED)
@@ -364,7 +365,6 @@ async def withdraw_enqueued(core: Core, jobs: list[PreparedJob]) -> None:
     with `Nats-Rollup: sub` on the job's events subject (stored after the event, which was published before it
     on this connection, it purges it), then that message itself is deleted. The job's earlier events, if its id
     was used before, go too. Best effort: a warning when it fails."""
-    assert core.js is not None
     try:
         for job in jobs:
             subject = core.topology.event_subject(job.job_id, job.queue, job.job_type)
@@ -443,7 +443,6 @@ async def job_status(core: Core, job_id: str) -> JobStatus:
 
 async def _last_event_status(core: Core, job_id: str) -> JobStatus:
     """The state of job `job_id` from its last event: one request. Unknown when there is none (or no stream)."""
-    assert core.js is not None
     try:
         msg = await core.js.get_last_msg(core.topology.events_stream, core.topology.events_filter(job_id=job_id))
     except nats.js.errors.NotFoundError:
@@ -506,7 +505,8 @@ async def _subscribe(core: Core, subject: str, since: datetime | None, *, create
     options: dict[str, Any] = {}
     if since is not None:
         options = {"deliver_policy": DeliverPolicy.BY_START_TIME,
-                   "config": ConsumerConfig(opt_start_time=format_time(since))}  # fmt: skip
+                   # nats-py types it datetime but sends a str as it is; format_time is what the server expects
+                   "config": ConsumerConfig(opt_start_time=format_time(since))}  # type: ignore[arg-type]  # fmt: skip
     sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, **options)
     try:
         info = await sub.consumer_info()

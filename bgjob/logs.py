@@ -31,9 +31,10 @@ class ContextFilter(JobContextFilter):
         super().filter(record)
         for name, value in given.items():
             setattr(record, name, value)
-        parts = [] if record.job_id == "-" else [record.job_type, record.job_id]
-        if record.request_id != "-":
-            parts.append(f"request={record.request_id}")
+        fields: dict[str, str] = vars(record)  # job_id, job_type, request_id: set by JobContextFilter.filter
+        parts = [] if fields["job_id"] == "-" else [fields["job_type"], fields["job_id"]]
+        if fields["request_id"] != "-":
+            parts.append(f"request={fields['request_id']}")
         record.job_context = f" [{' '.join(parts)}]" if parts else ""
         return True
 

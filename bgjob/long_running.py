@@ -31,10 +31,10 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -51,6 +51,8 @@ from .request_reply import Reply
 from .result import Pause, Result
 from .schedule import seconds_of
 from .topology import CHECKPOINTS_BUCKET, PROGRESS_BUCKET, SIGNALS_BUCKET
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .core import Core
@@ -83,7 +85,8 @@ class PauseRequested(BaseException):
 class Runner(Protocol):
     """What runs a coroutine function with the Core on the client's loop (`bgjob.Client.run`)."""
 
-    def run(self, coro_fn: Any, *args: Any, timeout: float | None = None, idempotent: bool = False) -> Any: ...
+    def run(self, coro_fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, timeout: float | None = None,
+            idempotent: bool = False) -> T: ...  # fmt: skip
 
 
 def validate_signal_name(name: str) -> str:
@@ -161,7 +164,6 @@ async def put(core: Core, suffix: str, key: str, data: bytes, headers: dict[str,
     if not headers:
         await kv.put(key, data)
         return
-    assert core.js is not None
     await core.js.publish(KV_PRE_TEMPLATE.format(bucket=core.topology.stream_prefix + suffix) + key, data,
                           headers=headers)  # fmt: skip
 
@@ -293,7 +295,6 @@ class StoredProgress:
 async def read_progress(core: Core, job_id: str) -> StoredProgress | None:
     """Job `job_id`'s latest progress with its time: one request (a stream message get on the bucket's stream,
     which carries the time the KV get leaves out). None when there is none, or no progress bucket at all."""
-    assert core.js is not None
     bucket_name = core.topology.stream_prefix + PROGRESS_BUCKET
     subject = KV_PRE_TEMPLATE.format(bucket=bucket_name) + result_key(job_id)
     try:
@@ -500,7 +501,6 @@ class LongRunning(WorkerHooks):
 
 
 async def _request(core: Core, subject: str, body: bytes, headers: dict[str, str], timeout: float) -> Reply:
-    assert core.nc is not None
     try:
         msg = await core.nc.request(subject, body, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError:
@@ -534,7 +534,6 @@ async def check_request_subjects(core: Core, subjects: Mapping[str, str]) -> Non
 
 async def _capturing_streams(core: Core, subject: str) -> list[str]:
     """The names of the streams whose subjects match `subject` (the server's `$JS.API.STREAM.NAMES` filter)."""
-    assert core.nc is not None
     names: list[str] = []
     while True:
         request = json.dumps({"subject": subject, "offset": len(names)}).encode()

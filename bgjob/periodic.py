@@ -126,7 +126,7 @@ def _err_code(exc: BaseException | None) -> int | None:
     """The JetStream error code of `exc` or of the error it wraps (a bgjob error raised from a nats-py one)."""
     seen = 0
     while exc is not None and seen < 5:
-        code = getattr(exc, "err_code", None)
+        code: int | None = getattr(exc, "err_code", None)
         if code is not None:
             return code
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
@@ -173,6 +173,7 @@ async def list_schedules(core: Core, queue: str | None) -> list[PeriodicJob]:
             except nats.js.errors.NotFoundError:
                 break
             headers = raw.headers or {}
+            assert raw.subject is not None and raw.seq is not None  # nats-py types them Optional; a stored one has them
             found.append(PeriodicJob(
                 name=headers.get(HEADER_SCHEDULE, raw.subject.rsplit(".", 1)[-1]),
                 queue=q,

@@ -213,7 +213,6 @@ async def unserved_routes(core: Core, queue: str) -> list[str]:
     has neither a pull request waiting nor a job out. Requests: two stream infos, then one consumer info per
     partition or group with jobs waiting. (Claims have target_timeout and the no_target sweep.)"""
     topology = core.topology
-    assert core.js is not None
     stream = topology.queue_stream(queue)
     found = []
     for kind, start in (("partition", f"{topology.prefix}.{queue}.part."),
@@ -271,7 +270,6 @@ class UntakenSweep:
         (bounded). Raises nats-py's and bgjob's errors (the caller logs them and sweeps again later)."""
         core, queue = self.core, self.queue
         topology = core.topology
-        assert core.js is not None
         stream = topology.queue_stream(queue)
         if time.monotonic() >= self._next_unserved_check:
             self._next_unserved_check = time.monotonic() + UNSERVED_CHECK_INTERVAL

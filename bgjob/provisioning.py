@@ -162,7 +162,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamCon
         # 10058: the name is in use with another configuration; the server may also refuse the config itself
         # (10074: replicas > 1 on a single server) before noticing that the stream exists.
         try:
-            return (await js.stream_info(config.name)).config
+            return (await js.stream_info(config.name or "")).config  # add_stream refused a nameless one first
         except nats.js.errors.NotFoundError:
             raise exc from None
 
@@ -187,7 +187,8 @@ async def consumer_request(
     response = json.loads(msg.data)
     if "error" in response:
         nats.js.errors.APIError.from_error(response["error"])  # raises
-    return ConsumerInfo.from_response(response).config
+    info: ConsumerInfo = ConsumerInfo.from_response(response)
+    return info.config
 
 
 async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig, timeout: float) -> ConsumerConfig:
@@ -201,7 +202,9 @@ async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig, timeout
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10148:  # consumer already exists (with another configuration)
             raise
-    return (await nc.jetstream(timeout=timeout).consumer_info(stream, config.durable_name)).config
+    assert config.durable_name is not None  # bgjob's consumers are durable
+    info: ConsumerInfo = await nc.jetstream(timeout=timeout).consumer_info(stream, config.durable_name)
+    return info.config
 
 
 def unusable_consumer(actual: ConsumerConfig, wanted: ConsumerConfig) -> list[str]:

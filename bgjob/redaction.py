@@ -17,7 +17,7 @@ import fnmatch
 import json
 import re
 import urllib.parse
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 #: what a masked value shows, as Django's debug page does.
@@ -123,7 +123,7 @@ def quoted_forms(text: str) -> set[str]:
     return forms
 
 
-_ESCAPES = (
+_ESCAPES: tuple[Callable[[str], str], ...] = (
     lambda text: repr(text)[1:-1],
     lambda text: ascii(text)[1:-1],
     # repr picks its quote by what the whole text holds: inside a larger string either quote may be escaped.

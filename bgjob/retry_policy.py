@@ -65,14 +65,14 @@ class RetryPolicy:
             if isinstance(delays, (str, bytes)) or not isinstance(delays, Sequence) or not delays:
                 raise InvalidResult(f"RetryPolicy delays must be a non-empty list of seconds, e.g. [1, 5, 30], "
                                     f"got {reprlib.repr(delays)}")  # fmt: skip
-            delays = [d.total_seconds() if isinstance(d, timedelta) else d for d in delays]  # seconds or timedelta
-            for index, delay in enumerate(delays):
+            seconds = [d.total_seconds() if isinstance(d, timedelta) else d for d in delays]  # seconds or timedelta
+            for index, delay in enumerate(seconds):
                 _check_number(f"delays[{index}]", delay, 0, MAX_DELAY_SECONDS)
             both = [name for name, default in _EXPONENTIAL.items() if getattr(self, name) != default]
             if both:
                 raise InvalidResult(f"RetryPolicy: give delays or {'/'.join(_EXPONENTIAL)}, not both "
                                     f"(got delays and {', '.join(both)})")  # fmt: skip
-            object.__setattr__(self, "delays", tuple(float(d) for d in delays))
+            object.__setattr__(self, "delays", tuple(float(d) for d in seconds))
         kinds = self.non_retryable
         if isinstance(kinds, type):
             kinds = (kinds,)
@@ -87,6 +87,7 @@ class RetryPolicy:
         past the list's end), else the exponential formula capped at max_delay; plus or minus its jitter."""
         if self.delays is not None:
             delay = self.delays[min(max(0, attempt - 1), len(self.delays) - 1)]
+            assert not isinstance(delay, timedelta)  # __post_init__ made them seconds
         else:
             try:
                 raw = self.base_delay * self.multiplier ** max(0, attempt - 1)

@@ -17,7 +17,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 log = logging.getLogger("bgjob.runtime")
@@ -177,12 +177,14 @@ class LogHandoff:
             if logger.disabled:
                 return False
             try:
-                return logger._cache[level]  # type: ignore[attr-defined]
+                cached: bool = logger._cache[level]  # type: ignore[attr-defined]  # private: not in typeshed
+                return cached
             except KeyError:  # computed without the (patched) module lock, and not cached: that needs the lock
                 return logger.manager.disable < level and level >= logger.getEffectiveLevel()
 
-        logging.Logger.callHandlers = handed_off_call_handlers  # type: ignore[method-assign]
-        logging.Logger.isEnabledFor = lock_free_is_enabled_for  # type: ignore[method-assign]
+        # patching the stdlib's methods on purpose (see above): mypy refuses any assignment to a method
+        logging.Logger.callHandlers = handed_off_call_handlers  # type: ignore[method-assign,assignment]
+        logging.Logger.isEnabledFor = lock_free_is_enabled_for  # type: ignore[method-assign,assignment]
         os.register_at_fork(after_in_child=self._runtime_threads.clear)
         atexit.register(self.flush)  # what is still queued at exit (before logging.shutdown, registered earlier)
 
@@ -223,19 +225,19 @@ class LogHandoff:
             self._draining = False
 
 
-class Call:
+class Call(Generic[T]):
     """A coroutine submitted from another thread, and its outcome."""
 
     __slots__ = ("coro", "error", "result", "task", "waiter")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
         self.coro = coro
         self.waiter = new_waiter()
-        self.result: Any = None
+        self.result: T | None = None
         self.error: BaseException | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Task[T] | None = None
 
-    def _finish(self, task: asyncio.Task[Any]) -> None:
+    def _finish(self, task: asyncio.Task[T]) -> None:
         if task.cancelled():
             self.error = asyncio.CancelledError()
         elif (exc := task.exception()) is not None:
@@ -247,10 +249,10 @@ class Call:
     def wait(self, timeout: float | None = None) -> bool:
         return self.waiter.wait(timeout)
 
-    def value(self) -> Any:
+    def value(self) -> T:
         if self.error is not None:
             raise self.error
-        return self.result
+        return cast(T, self.result)  # _finish set it: the coroutine returned
 
 
 class Runtime:
@@ -262,7 +264,7 @@ class Runtime:
         # Under gevent the loop must not run on gevent's selector: take the stdlib's own.
         selector_cls = original("selectors", "DefaultSelector") if gevent_patched() else selectors.DefaultSelector
         self.loop = asyncio.SelectorEventLoop(selector_cls())
-        self._inbox: collections.deque[Call] = collections.deque()
+        self._inbox: collections.deque[Call[Any]] = collections.deque()
         self._wakeup_pending = False
         self._wakeup_hooks: list[Callable[[], None]] = [self._start_submitted]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -300,9 +302,9 @@ class Runtime:
         return self.pid == os.getpid() and not self.loop.is_closed() and self._ident is not None
 
     def in_loop_thread(self) -> bool:
-        return original("_thread", "get_ident")() == self._ident
+        return bool(original("_thread", "get_ident")() == self._ident)
 
-    def start_call(self, coro: Coroutine[Any, Any, T]) -> Call:
+    def start_call(self, coro: Coroutine[Any, Any, T]) -> Call[T]:
         """Schedule `coro` on the loop from any thread or greenlet; wait on the returned Call.
 
         Many callers submitting at once share one wake-up of the loop.

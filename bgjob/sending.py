@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import job_results, unique
 from .codec import DEFAULT_MAX_PAYLOAD, PreparedJob, check_size, prepared_job, spec_of
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .settings import Settings
 
+T = TypeVar("T")
 
 class Sending:
     """The producing methods of `bgjob.Client` (documented there, each below). They use the client's connection
@@ -39,6 +40,15 @@ class Sending:
     _publisher: Publisher | None
     _runtime: Runtime | None
     _core: Core | None
+
+    if TYPE_CHECKING:  # defined by Client (bgjob/client.py), declared here for the type checker
+
+        def _ensure(self) -> tuple[Runtime, Core]: ...
+
+        def _call(self, runtime: Runtime, coro: Coroutine[Any, Any, T], timeout: float | None = None,
+                  job_ids: tuple[str, ...] = (), publishing: bool = False) -> T: ...  # fmt: skip
+
+        def _bound(self) -> float: ...
     def send_job(
         self,
         job_type: str,
@@ -195,7 +205,7 @@ class Sending:
     def _connected_max_payload(self) -> int | None:
         """The connected server's max_payload (bytes), None when this client is not connected."""
         runtime, core = self._runtime, self._core
-        if runtime is not None and runtime.alive and core is not None and core.nc is not None and core.nc.is_connected:
+        if runtime is not None and runtime.alive and core is not None and core.connected:
             return core.max_payload
         return None
 
@@ -307,7 +317,8 @@ class Sending:
 
     def _publish_one(self, runtime: Runtime, job: PreparedJob) -> None:
         """Publish one job and wait for its PubAck; SendJobsError (as `_publish_pipelined`'s) if not stored."""
-        batch = self._publisher.submit([Outgoing(job.subject, job.body, job.headers, job.queue)])  # type: ignore[union-attr]
+        assert self._publisher is not None  # _ensure() made it
+        batch = self._publisher.submit([Outgoing(job.subject, job.body, job.headers, job.queue)])
         runtime.wait_batch(batch, max(0.0, batch.deadline - time.monotonic()) + self._bound())
         if batch.settled[0] and batch.errors[0] is None:
             return

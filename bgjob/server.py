@@ -254,7 +254,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _read_info(host: str, port: int, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -454,7 +455,7 @@ def _serves(pid: int, data_dir: pathlib.Path) -> bool:
 
 def _read_state(data_dir: pathlib.Path) -> dict[str, Any] | None:
     try:
-        state = json.loads(_read_private(data_dir / _STATE_FILE))
+        state: dict[str, Any] = json.loads(_read_private(data_dir / _STATE_FILE))
         int(state["pid"]), int(state["port"]), str(state["url"])
     except ConfigurationError:
         raise  # a planted or symlinked state file: refused, never silently replaced

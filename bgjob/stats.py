@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -64,7 +65,7 @@ async def count_matching(core: Core, stream: str, subject: str, *, after: int | 
                 raise  # 10100: "filtered consumer not unique on workqueue stream"
             await asyncio.sleep(random.uniform(0.01, 0.1))
     try:
-        return counter.num_pending
+        return counter.num_pending or 0  # nats-py types it Optional; the server always sends it
     finally:
         try:
             await core.js.delete_consumer(stream, counter.name)
@@ -140,10 +141,10 @@ async def list_queues(core: Core) -> list[str]:
     return sorted(names)
 
 
-async def _stream_configs(core: Core, subject: str) -> list[dict]:
+async def _stream_configs(core: Core, subject: str) -> list[dict[str, Any]]:
     """The configs of the streams whose subjects overlap `subject`, filtered by the server and read page by page
     (it answers at most 256 streams a request: an account with many streams has several pages)."""
-    configs: list[dict] = []
+    configs: list[dict[str, Any]] = []
     while True:
         request = json.dumps({"offset": len(configs), "subject": subject}).encode()
         reply = await core.nc.request(f"{core.js._prefix}.STREAM.LIST", request, timeout=core.settings.request_timeout)

@@ -198,7 +198,7 @@ def _name_part(text: str) -> str:
     return safe if safe == text else f"{safe}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def lane_consumer_config(name: str, filter_subject: str, settings: Settings, *, max_ack_pending: int,
+def lane_consumer_config(name: str, filter_subject: str, settings: Settings, *, max_ack_pending: int | None,
                          description: str) -> ConsumerConfig:  # fmt: skip
     """A placement consumer (bgjob.placement): a singleton type's (`max_ack_pending=1`) or a claim's."""
     return ConsumerConfig(

@@ -575,7 +575,6 @@ async def _arrive(core: Core, kv: KeyValue, run: str, at: str, name: str, needed
         await kv.create(f"{run}.in.{at}.{name}", b"1")
     except nats.js.errors.KeyWrongLastSequenceError:
         pass  # arrived before (a redelivered step)
-    assert core.js is not None
     prefix = f"$KV.{core.topology.workflows_bucket}.{run}.in.{at}."
     info = await core.js.stream_info(f"KV_{core.topology.workflows_bucket}", subjects_filter=prefix + "*")
     arrived = {subject[len(prefix) :] for subject in (info.state.subjects or {})}
@@ -1026,7 +1025,6 @@ async def _list_runs(core: Core, limit: int) -> list[dict[str, Any]]:
     can come before values already delivered (it counts what its callback has handled), which listed no
     runs at all now and then."""
     kv = await _bucket(core)
-    assert core.js is not None
     bucket = core.topology.workflows_bucket
     prefix = f"$KV.{bucket}."
     info = await core.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + "*.run")

@@ -82,7 +82,7 @@ class GeventPool:
 
         self._size = size
         self._spawn = gevent.spawn
-        self._incoming: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._incoming: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._tasks: SimpleQueue = SimpleQueue()
         self._greenlets = 0
         self._idle = 0  # idle greenlets minus tasks queued for them (as ThreadPool counts)

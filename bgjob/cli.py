@@ -716,7 +716,7 @@ def progress_fraction(value: Any) -> tuple[float, float] | None:
     if not isinstance(value, dict):
         return None
     done, total = value.get("done"), value.get("total")
-    if not all(isinstance(n, int | float) and not isinstance(n, bool) for n in (done, total)):
+    if not isinstance(done, int | float) or not isinstance(total, int | float) or bool in (type(done), type(total)):
         return None
     try:
         fits = total > 0 and math.isfinite(done) and math.isfinite(done * 100 / total)
@@ -877,7 +877,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # an unknown level, or a bad BGJOB_LOG_FORMAT
         parser.error(str(exc))
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except BgjobError as exc:
         print(f"bgjob: error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from . import job_results
 from .codec import PreparedJob, periodic_message, prepare_job
 from .core import Core, QueueConfig, as_bgjob_error, is_transient
 from .encryption import cipher_for
-from .errors import BgjobError, ConfigurationError, InvalidJob, ResultNotFound
+from .errors import BgjobError, ConfigurationError, InvalidJob, InvalidSchedule, ResultNotFound
 from .job import JobSpec
 from .job_results import JobResult
 from .provisioning import validate_queue_changes
@@ -44,8 +44,8 @@ T = TypeVar("T")
 log = logging.getLogger("bgjob.client")
 
 # Re-exported: Core and prepare_job are what integrations (bgjob_django) build on.
-__all__ = ["Client", "Core", "PreparedJob", "QueueStats", "connect", "default_client", "is_transient", "prepare_job",
-           "send_job", "send_jobs", "signer_for"]  # fmt: skip
+__all__ = ["Client", "Core", "PreparedJob", "QueueConfig", "QueueStats", "connect", "default_client", "is_transient",
+           "prepare_job", "send_job", "send_jobs", "signer_for"]  # fmt: skip
 
 
 def _resolve_url(settings: Settings) -> str:
@@ -115,7 +115,7 @@ class Client(Sending):
                     raise
                 self._publisher = publisher
                 self._runtime, self._core = runtime, core
-            return self._runtime, self._core  # type: ignore[return-value]
+            return self._runtime, self._core
 
     def _publish(self, jobs: list[PreparedJob], window: int) -> list[str]:
         """Sending's publish, or in immediate mode (Settings.immediate) each job run inline instead
@@ -463,7 +463,7 @@ class Client(Sending):
         if queue is not None:
             jobmod.validate_queue(queue)
         elif revision is not None:
-            raise periodic.InvalidSchedule("unschedule(..., revision=) needs the queue the revision was read from")
+            raise InvalidSchedule("unschedule(..., revision=) needs the queue the revision was read from")
         return self.run(periodic.remove, name, queue, revision)
 
     def schedules(self, queue: str | None = None) -> list[PeriodicJob]:

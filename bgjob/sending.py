@@ -250,8 +250,9 @@ class Sending:
             by_queue.setdefault(job.queue, []).append(job.job_id)
         if core.must_admit(set(by_queue)):  # a queue with max_entries: QueueFull, nothing sent, if it is full
             self._call(runtime, core.admit(by_queue))
-        uniques = [(job.job_id, job.queue, job.unique_for, job.reservation_token) for job in jobs
-                   if job.unique_for is not None]
+        uniques: list[tuple[str, str, int, str | None]] = [
+            (job.job_id, job.queue, job.unique_for, job.reservation_token) for job in jobs if job.unique_for is not None
+        ]
         held: dict[str, unique.Reservation | None] = {}
         publish = jobs
         if uniques:

@@ -246,15 +246,15 @@ class _Spec:
         # Sensitive parameters travel as keywords (`{"kwargs": {"card": ...}}`), where their key marks them.
         self.keywords_from: int | None = None
         for key in sensitive:
-            param = self.by_keyword.get(key)
-            if param is None:
+            named = self.by_keyword.get(key)
+            if named is None:
                 continue  # a key inside a value (a dataclass field): matched at any depth as it is
-            if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            if named.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
                 if self.var_args is not None:
                     raise HandlerError(f"@mux.job {name!r}: sensitive parameter {key!r} can be passed positionally "
                                        "and the function has *args, so it cannot always be sent by name (where "
                                        "its key marks it): make it keyword-only (after a *)")  # fmt: skip
-                index = self.positional.index(param)
+                index = self.positional.index(named)
                 self.keywords_from = index if self.keywords_from is None else min(self.keywords_from, index)
 
     def bind(self, label: str, args: Sequence[Any], kwargs: Mapping[str, Any], convert: str,
@@ -277,14 +277,15 @@ class _Spec:
                 param = self.positional[j]
                 where = f"argument {param.name!r}"
             else:
-                param = self.var_args  # type: ignore[assignment]
+                assert self.var_args is not None  # more values than positional parameters: refused above without it
+                param = self.var_args
                 where = f"argument {param.name!r}[{j - len(self.positional)}]"
             out_args.append(getattr(param, convert)(value, f"{label}() {where}"))
         given = {p.name for p in self.positional[:count]}
         out_kwargs = {}
         for key, value in kwargs.items():
-            param = self.by_keyword.get(key)  # type: ignore[assignment]
-            if param is None:
+            found = self.by_keyword.get(key)
+            if found is None:
                 if self.var_kwargs is None or not isinstance(key, str):
                     known = [*self.by_keyword]
                     close = difflib.get_close_matches(str(key), known, n=1)
@@ -292,13 +293,13 @@ class _Spec:
                         f"; did you mean {close[0]!r}?" if close else f" (its keywords: {', '.join(known) or 'none'})"
                     )
                     raise _CallError(f"{label}() got an unexpected keyword argument {reprlib.repr(key)}{hint}")
-                param = self.var_kwargs
+                found = self.var_kwargs
                 where = f"keyword argument {key!r}"
             elif key in given:
                 raise _CallError(f"{label}() got multiple values for argument {key!r}")
             else:
                 where = f"argument {key!r}"
-            out_kwargs[key] = getattr(param, convert)(value, f"{label}() {where}")
+            out_kwargs[key] = getattr(found, convert)(value, f"{label}() {where}")
         for param in self.required:
             if param.name not in given and param.name not in kwargs:
                 raise _CallError(f"{label}() missing required argument {param.name!r}")
@@ -334,7 +335,7 @@ class TypedJob(Generic[P, R]):
         self._sensitive = sensitive
         self._send_options = dict(send_options)
         self._client = client
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<TypedJob {self.name}{' ' + repr(self._send_options) if self._send_options else ''}>"
@@ -346,7 +347,8 @@ class TypedJob(Generic[P, R]):
     @property
     def queue(self) -> str:
         """The queue `send` publishes to."""
-        return self._send_options.get("queue", "default")
+        queue: str = self._send_options.get("queue", "default")
+        return queue
 
     # -- producing ---------------------------------------------------------------------------------
     def options(self, *, client: Client | None = None, **options: Any) -> TypedJob[P, R]:
@@ -440,6 +442,7 @@ class TypedJob(Generic[P, R]):
                 f"whose first argument is the previous step's result ({step_error})"
             ) from None
         arg = complete if complete is not None else partial
+        assert arg is not None  # one of them fits (raised above otherwise)
         takes_previous = None if complete is not None and partial is not None else partial is not None
         return Signature(self.name, tuple(arg["args"]), arg["kwargs"], {"queue": self.queue, **self._send_options},
                          takes_previous=takes_previous)  # fmt: skip
@@ -448,6 +451,8 @@ class TypedJob(Generic[P, R]):
     def decode(self, arg: Any) -> tuple[list[Any], dict[str, Any]]:
         """The typed `(args, kwargs)` of a wire-format arg (JSON values decoded into their parameters' types).
         Raises InvalidJob naming the parameter."""
+        args: Any
+        kwargs: Any
         if arg is None:
             args, kwargs = [], {}
         elif isinstance(arg, dict) and set(arg) <= {"args", "kwargs"}:
@@ -494,7 +499,8 @@ class TypedJob(Generic[P, R]):
         from pydantic import ValidationError
 
         try:
-            return self._spec.returns.validate_python(value)
+            decoded: R = self._spec.returns.validate_python(value)
+            return decoded
         except ValidationError as exc:
             raise InvalidResult(f"the stored result of {self.name} does not decode as its return type: "
                                 f"{_describe(exc, value, self._spec.return_hint)}") from None  # fmt: skip

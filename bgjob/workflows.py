@@ -247,17 +247,17 @@ class Workflow:
             state[root] = 1
             while stack:
                 node, deps = stack[-1]
-                dep = next(deps, None)
-                if dep is None:
+                prior = next(deps, None)
+                if prior is None:
                     state[node] = 2
                     stack.pop()
-                elif state.get(dep) == 1:
+                elif state.get(prior) == 1:
                     path = [n for n, _ in stack]
-                    cycle = [*path[path.index(dep) :], dep]
+                    cycle = [*path[path.index(prior) :], prior]
                     raise WorkflowCycle(f"the steps form a cycle: {' -> '.join(reversed(cycle))}", cycle)
-                elif not state.get(dep):
-                    state[dep] = 1
-                    stack.append((dep, iter(self._steps[dep].after)))
+                elif not state.get(prior):
+                    state[prior] = 1
+                    stack.append((prior, iter(self._steps[prior].after)))
 
     def definition(self) -> dict[str, Any]:
         """The run's stored definition (checked first, see `check`): steps in order, with their successors."""
@@ -327,7 +327,7 @@ def group(*items: Signature | Chain | Group | Iterable[Signature | Chain | Group
     """A group: `group(a.s(1), b.s(2))` or `group(sig for ...)`; raises WorkflowError when empty."""
     if len(items) == 1 and not isinstance(items[0], (Signature, _Canvas)):
         return Group(items[0])
-    return Group(items)  # type: ignore[arg-type]
+    return Group(items)  # type: ignore[arg-type]  # several items: each one a step (Group refuses others)
 
 
 def _compile(wf: Workflow, node: Signature | _Canvas, prefix: str, after: tuple[str, ...],
@@ -338,14 +338,18 @@ def _compile(wf: Workflow, node: Signature | _Canvas, prefix: str, after: tuple[
         _check_options(name, node)
         wf._steps[name] = _Step(name, node, after, inp)
         return {"s": name}, (name,)
-    name = lambda i: str(i) if not prefix else f"{prefix}-{i}"  # noqa: E731
+
+    def child_name(i: int) -> str:
+        return str(i) if not prefix else f"{prefix}-{i}"
+
     if isinstance(node, Chain):
         for i, child in enumerate(node.items):
-            inp, after = _compile(wf, child, name(i), after, inp)
+            inp, after = _compile(wf, child, child_name(i), after, inp)
         return inp, after
-    outs, exits = [], []
+    outs: list[Any] = []
+    exits: list[str] = []
     for i, child in enumerate(node.items):
-        out, ex = _compile(wf, child, name(i), after, inp)
+        out, ex = _compile(wf, child, child_name(i), after, inp)
         outs.append(out)
         exits.extend(ex)
     return {"l": outs}, tuple(exits)
@@ -403,7 +407,8 @@ def _encode_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "sensitive" and value is not None:
             value = list(value)
         out[key] = value
-    return _jsonable(name, out)
+    encoded: dict[str, Any] = _jsonable(name, out)
+    return encoded
 
 
 def _decode_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -498,7 +503,7 @@ class _Defs:
         record, _ = await _get(kv, _run_key(run))
         if record is None:
             return None
-        definition = record["def"]
+        definition: dict[str, Any] = record["def"]
         self._cache[run] = definition
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
@@ -699,13 +704,13 @@ async def _complete(core: Core, run: str, step: str, value: Any,
     assert record is not None
     if record.get("state") != "succeeded":  # failed before (a dead letter retried by hand): the run moved on
         return []
-    known = {step: record.get("result")}
+    inputs = {step: record.get("result")}
     starts: list[_Start] = []
     for nxt in definition["steps"][step]["next"]:
         needed = definition["steps"][nxt]["after"]
         if len(needed) > 1 and not await _arrive(core, kv, run, nxt, step, needed):
             continue
-        claimed = await _claim(kv, run, definition, nxt, known)
+        claimed = await _claim(kv, run, definition, nxt, inputs)
         if claimed is not None:
             starts.append(claimed)
     if not definition["steps"][step]["next"] and await _arrive(core, kv, run, "=end", step, definition["sinks"]):

@@ -207,7 +207,8 @@ def _metrics_only(registry: CollectorRegistry) -> Any:
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         if environ.get("PATH_INFO") == METRICS_PATH:
-            return metrics_app(environ, start_response)
+            body: list[bytes] = metrics_app(environ, start_response)
+            return body
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [f"not found: the metrics are at {METRICS_PATH}\n".encode()]
 

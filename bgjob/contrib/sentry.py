@@ -43,9 +43,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     import sentry_sdk
@@ -59,6 +60,9 @@ from ..hooks import Failure, Fate, FateKind, WorkerHooks, exception_of, is_unhan
 from ..job import Job
 from ..redaction import MASK, mask_arg, scrub_text, secret_texts
 from ..result import Result
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import Event, Hint
 
 log = logging.getLogger("bgjob.sentry")
 
@@ -123,9 +127,9 @@ class SentryHooks(WorkerHooks):
             scope.add_event_processor(_masker(job))
             context = _describe_job(scope, job)
             headers = {k.lower(): v for k, v in job.headers.items()}
-            transaction = sentry_sdk.continue_trace(headers, op="queue.process", name=job.type, source="task",
-                                                    origin=BgjobIntegration.origin)  # fmt: skip
-            transaction = sentry_sdk.start_transaction(transaction, custom_sampling_context={"bgjob_job": job})
+            continued = sentry_sdk.continue_trace(headers, op="queue.process", name=job.type, source="task",
+                                                  origin=BgjobIntegration.origin)  # fmt: skip
+            transaction = sentry_sdk.start_transaction(continued, custom_sampling_context={"bgjob_job": job})
             _describe_span(transaction, job)
             current = sentry_sdk.get_current_scope()
             current.span = transaction  # the handler's spans nest in it
@@ -203,7 +207,7 @@ def _describe_span(span: Any, job: Job) -> None:
         span.set_data("messaging.message.receive.latency", max(0, int(latency)))
 
 
-def _drop_duplicate_dead_letter_log(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+def _drop_duplicate_dead_letter_log(event: Event, hint: Hint) -> Event | None:
     """The worker logs an error when a job goes to the DLQ; with Sentry's logging integration that would be a
     second event for a failure this integration already reported (or chose not to, per `capture`). The record's
     `bgjob_handler_ran` field says whether a handler ran; for jobs that never reached one (unknown type,
@@ -222,7 +226,8 @@ def _masker(job: Job) -> Any:
     def mask(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         if secrets or keys:
             with capture_internal_exceptions():
-                return _masked(event, secrets, keys)  # type: ignore[no-any-return]
+                masked: dict[str, Any] = _masked(event, secrets, keys)
+                return masked
         return event
 
     return mask
@@ -239,7 +244,7 @@ def _masked(value: Any, secrets: list[str], keys: frozenset[str]) -> Any:
     return value
 
 
-def _drop_bgjob_frame_variables(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def _drop_bgjob_frame_variables(event: Event, hint: Hint) -> Event:
     """bgjob's own frames hold messages, bodies, headers and args in local variables: drop them (a handler's
     frames, the user's code, keep theirs, masked by the job's scope)."""
     if sentry_sdk.get_client().get_integration(BgjobIntegration) is None:
@@ -253,7 +258,7 @@ def _drop_bgjob_frame_variables(event: dict[str, Any], hint: dict[str, Any]) -> 
     return event
 
 
-def _frame_lists(event: dict[str, Any]) -> list[list[dict[str, Any]]]:
+def _frame_lists(event: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
     found = []
     for section in ("exception", "threads"):
         for value in (event.get(section) or {}).get("values") or []:

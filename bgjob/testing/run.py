@@ -137,7 +137,7 @@ class _CallerWorker(Worker):
 
     caller_pool: _CallerPool
 
-    def _make_pool(self, kind: str, size: int, name: str) -> _CallerPool:  # type: ignore[override]
+    def _make_pool(self, kind: str, size: int, name: str) -> _CallerPool:
         return self.caller_pool
 
 
@@ -193,9 +193,12 @@ def run_jobs(
                     break
                 continue
             fn(*args)  # the worker's _run_job: the handler, in this thread; then the loop settles it
+
+            def progressed(before: int = done) -> bool:
+                return len(collector.outcomes) > before or not worker.in_flight
+
             with collector.settled:
-                collector.settled.wait_for(lambda before=done: len(collector.outcomes) > before or not worker.in_flight,
-                                           timeout=max(0.0, deadline - time.monotonic()))  # fmt: skip
+                collector.settled.wait_for(progressed, timeout=max(0.0, deadline - time.monotonic()))
     finally:
         worker.stop()
         thread.join(timeout=max(5.0, deadline - time.monotonic()))

@@ -97,7 +97,7 @@ class Settler:
     """Applies outcomes for one queue's worker and reports each fate to the hooks."""
 
     def __init__(self, core: Core, queue: str, retry_policy: RetryPolicy, hooks: HookSet,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task]) -> None:  # fmt: skip
+                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:  # fmt: skip
         self.core = core
         self.spawn = spawn
         self.queue = queue
@@ -140,7 +140,11 @@ class Settler:
                 finished(item)
             else:
                 task = self.spawn(self.settle(item))
-                task.add_done_callback(lambda _t, item=item: finished(item))
+
+                def settled(_task: asyncio.Task[Any], item: Delivery = item) -> None:
+                    finished(item)
+
+                task.add_done_callback(settled)
 
     # -- every outcome -------------------------------------------------------------------------------------------
     async def settle(self, item: Delivery) -> Fate:

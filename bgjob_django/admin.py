@@ -6,7 +6,7 @@ JetStream (`admin_views`), wrapped by the admin site (staff login, CSRF, permiss
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.http import HttpRequest
@@ -15,8 +15,13 @@ from django.urls import URLPattern, path
 from .admin_views import DeadLetterViews, QueueViews, WorkflowRunViews
 from .models import DeadLetter, Queue, WorkflowRun
 
+if TYPE_CHECKING:  # django-stubs makes ModelAdmin generic in its model; Django's class takes no subscript
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = admin.ModelAdmin
 
-class _NoTableAdmin(admin.ModelAdmin):
+
+class _NoTableAdmin(_ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

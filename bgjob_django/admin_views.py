@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
 import django
@@ -77,7 +77,7 @@ def _unavailable_on_nats_errors(view: Callable[..., HttpResponse]) -> Callable[.
 
 
 class _Views:
-    def __init__(self, model_admin: ModelAdmin) -> None:
+    def __init__(self, model_admin: ModelAdmin[Any]) -> None:
         self.model_admin = model_admin
         self.opts = model_admin.model._meta
 
@@ -484,13 +484,13 @@ class DeadLetterViews(_Views):
 
     def _log_purge(self, request: HttpRequest, purged: int, described: str) -> None:
         """One history entry for a purge, named for what it removed (it has no single object)."""
-        LogEntry.objects.create(user_id=request.user.pk, content_type_id=_content_type_id(DeadLetter),
+        LogEntry.objects.create(user_id=_user_id(request), content_type_id=_content_type_id(DeadLetter),
                                 object_id=None, object_repr=f"Purge of {dead_letters(purged)} ({described})"[:200],
                                 action_flag=DELETION, change_message=f"Purged {dead_letters(purged)} ({described}).")
 
     def _log(self, request: HttpRequest, ids: list[str], flag: int, message: str) -> None:
         if ids:
-            LogEntry.objects.log_actions(user_id=request.user.pk, queryset=[DeadLetter(id=i) for i in ids],
+            LogEntry.objects.log_actions(user_id=_user_id(request), queryset=[DeadLetter(id=i) for i in ids],
                                          action_flag=flag, change_message=message)  # fmt: skip
 
 
@@ -607,7 +607,7 @@ class WorkflowRunViews(_Views):
             messages.error(request, f"Workflow run {object_id} was not cancelled: its stored record is malformed.")
             return HttpResponseRedirect(self.url("changelist"))
         if cancelled:
-            LogEntry.objects.log_actions(user_id=request.user.pk, queryset=[WorkflowRun(id=object_id)],
+            LogEntry.objects.log_actions(user_id=_user_id(request), queryset=[WorkflowRun(id=object_id)],
                                          action_flag=CHANGE, change_message="Cancelled.")  # fmt: skip
             messages.success(request, f"Workflow run {object_id} was cancelled: no step that has not started will "
                                       "start.")  # fmt: skip
@@ -661,7 +661,22 @@ def _find_job(client: bgjob.Client, job_id: str, *, unmasked: bool = False) -> d
             "job_progress": job_progress(status, masked=not unmasked, sensitive=sensitive)}  # fmt: skip
 
 
-def _api(filters: dict[str, str]) -> dict[str, str | None]:
+class _DlqFilter(TypedDict):
+    """The filter keywords of client.dlq's list, count, find and erase."""
+
+    queue: str | None
+    job_type: str | None
+    reason: str | None
+
+
+def _user_id(request: HttpRequest) -> int:
+    """The id of the admin's user: these views are served only to logged-in staff (admin_view)."""
+    pk = request.user.pk
+    assert pk is not None
+    return pk
+
+
+def _api(filters: dict[str, str]) -> _DlqFilter:
     return {"queue": filters["queue"] or None, "job_type": filters["type"] or None, "reason": filters["reason"] or None}
 
 

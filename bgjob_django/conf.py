@@ -18,7 +18,7 @@ import threading
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -132,6 +132,8 @@ def _queue_entries(entries: Any, problem: Any) -> tuple[list[str], dict[str, dic
     names: list[str] = []
     configs: dict[str, dict[str, Any]] = {}
     keys = ", ".join(QUEUE_OPTIONS)
+    name: Any  # as written: validated below
+    options: dict[str, Any]
     for entry in entries:
         name, options = (entry.get("name"), {k: v for k, v in entry.items() if k != "name"}) \
             if isinstance(entry, dict) else (entry, {})  # fmt: skip
@@ -430,7 +432,7 @@ def _load_middleware(path: Any) -> bgjob.Middleware:
                                        f"{exc}") from exc
     if not callable(obj):
         raise ImproperlyConfigured(f"BGJOB['MIDDLEWARE'] entry {path!r} is not callable")
-    return obj
+    return cast("bgjob.Middleware", obj)  # a callable named by the setting: called as (job, call_next)
 
 
 # -- the process-wide config and client ------------------------------------------------------------

@@ -31,7 +31,7 @@ class RequestIdMiddleware:
 
     def _request_id(self, request: HttpRequest) -> str:
         request_id = clean_request_id(request.headers.get(self.header)) or new_request_id()
-        request.request_id = request_id  # type: ignore[attr-defined]
+        request.request_id = request_id  # type: ignore[attr-defined]  # bgjob's documented addition to the request
         return request_id
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
@@ -39,13 +39,13 @@ class RequestIdMiddleware:
             return self.__acall__(request)
         request_id = self._request_id(request)
         with request_id_context(request_id):
-            response = self.get_response(request)
+            response: HttpResponse = self.get_response(request)
         response.headers[self.header] = request_id
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         request_id = self._request_id(request)
         with request_id_context(request_id):
-            response = await self.get_response(request)
+            response: HttpResponse = await self.get_response(request)
         response.headers[self.header] = request_id
         return response

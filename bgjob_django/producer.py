@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, transaction
 
@@ -25,11 +25,14 @@ from . import outbox as outbox_table
 from .conf import get_client, get_config
 from .request_id import get_request_id
 
+if TYPE_CHECKING:
+    from .testing import CapturedJobs
+
 log = logging.getLogger("bgjob_django.producer")
 
 #: the recorders of bgjob_django.testing.captured_jobs() (the innermost last): while one is open, send_job and
 #: send_jobs validate and prepare jobs as usual and hand them to it instead of sending them.
-_captures: list[Any] = []
+_captures: list[CapturedJobs] = []
 
 
 def send_job(

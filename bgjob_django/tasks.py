@@ -58,8 +58,7 @@ from django.utils.module_loading import autodiscover_modules
 
 import bgjob
 from bgjob import job as jobmod
-from bgjob.errors import describe_error
-from bgjob.job_results import ResultTooLarge
+from bgjob.errors import ResultTooLarge, describe_error
 
 from .conf import get_client, get_config, raw_setting
 from .producer import send_job
@@ -85,7 +84,7 @@ class BgjobBackend(BaseTaskBackend):
     supports_priority = True
 
     def __init__(self, alias: str, params: Mapping[str, Any]) -> None:
-        super().__init__(alias, params)
+        super().__init__(alias, dict(params))
         self._problems: list[str] = []
         self.priority_queues = self._parse_bands(self.options.get("PRIORITY_QUEUES", DEFAULT_PRIORITY_QUEUES))
         self.max_attempts = self._positive("MAX_ATTEMPTS", 1, int)
@@ -123,7 +122,9 @@ class BgjobBackend(BaseTaskBackend):
         return bands
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        found = [checks.Error(f"TASKS[{self.alias!r}]: {p}", id="bgjob_django.E020") for p in self._problems]
+        found: list[checks.CheckMessage] = [
+            checks.Error(f"TASKS[{self.alias!r}]: {p}", id="bgjob_django.E020") for p in self._problems
+        ]
         for queue in self.bgjob_queues():
             if not _valid_queue(queue):
                 found.append(checks.Error(
@@ -140,7 +141,7 @@ class BgjobBackend(BaseTaskBackend):
             ))  # fmt: skip
         return found
 
-    def queue_for(self, task: Task) -> str:
+    def queue_for(self, task: Task[Any, Any]) -> str:
         """The bgjob queue of a task: its queue_name, suffixed by its priority band if it has one."""
         for band, (lo, hi) in self.priority_queues.items():
             if lo <= task.priority <= hi:
@@ -151,7 +152,7 @@ class BgjobBackend(BaseTaskBackend):
         """Every bgjob queue this backend's tasks can go to (none if any queue_name is allowed)."""
         return [q for name in sorted(self.queues) for q in [name, *(f"{name}-{b}" for b in self.priority_queues)]]
 
-    def validate_task(self, task: Task) -> None:
+    def validate_task(self, task: Task[Any, Any]) -> None:
         super().validate_task(task)
         if self._problems:
             raise InvalidTask(f"TASKS[{self.alias!r}] is misconfigured: {self._problems[0]}")
@@ -163,9 +164,9 @@ class BgjobBackend(BaseTaskBackend):
         return ResultStore(get_client(), self.result_ttl)
 
     # -- the API -------------------------------------------------------------------------------------
-    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+    def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any, Any]:
         self.validate_task(task)
-        result = TaskResult(
+        result: TaskResult[Any, Any] = TaskResult(
             task=task, id=jobmod.new_job_id(), status=TaskResultStatus.READY, enqueued_at=timezone.now(),
             started_at=None, finished_at=None, last_attempted_at=None, args=list(args), kwargs=dict(kwargs),
             backend=self.alias, errors=[], worker_ids=[],
@@ -193,7 +194,7 @@ class BgjobBackend(BaseTaskBackend):
         task_enqueued.send(type(self), task_result=result)
         return result
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> TaskResult[Any, Any]:
         record = self.store().get(result_id)
         if record is None:
             raise TaskResultDoesNotExist(result_id)
@@ -201,7 +202,7 @@ class BgjobBackend(BaseTaskBackend):
 
 
 # -- records -----------------------------------------------------------------------------------------
-def _record(result: TaskResult, return_value: Any = None) -> dict[str, Any]:
+def _record(result: TaskResult[Any, Any], return_value: Any = None) -> dict[str, Any]:
     task = result.task
     return {
         "task": task.module_path, "priority": task.priority, "queue_name": task.queue_name, "backend": result.backend,
@@ -213,12 +214,12 @@ def _record(result: TaskResult, return_value: Any = None) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _task_result(result_id: str, record: Mapping[str, Any]) -> TaskResult:
+def _task_result(result_id: str, record: Mapping[str, Any]) -> TaskResult[Any, Any]:
     task = _load_task(record["task"]).using(
         priority=record["priority"], queue_name=record["queue_name"], backend=record["backend"],
         run_after=_parse_time(record.get("run_after")),
     )  # fmt: skip
-    result = TaskResult(
+    result: TaskResult[Any, Any] = TaskResult(
         task=task, id=result_id, status=TaskResultStatus(record["status"]),
         enqueued_at=_parse_time(record["enqueued_at"]), started_at=_parse_time(record["started_at"]),
         finished_at=_parse_time(record["finished_at"]), last_attempted_at=_parse_time(record["last_attempted_at"]),
@@ -248,7 +249,7 @@ def discover_tasks() -> None:
             _discovered = True
 
 
-def _load_task(path: str) -> Task:
+def _load_task(path: str) -> Task[Any, Any]:
     """The Task at module path `path`, found WITHOUT importing anything `path` names (see the module docstring).
 
     Raises InvalidTask when the module is not imported (after `discover_tasks`), or the name there is no Task.
@@ -272,7 +273,7 @@ def _load_task(path: str) -> Task:
     return task
 
 
-def _record_enqueued(store: ResultStore, result: TaskResult) -> None:
+def _record_enqueued(store: ResultStore, result: TaskResult[Any, Any]) -> None:
     """The READY record of a task enqueued in a transaction, written at its commit unless a worker wrote one."""
     try:
         store.add(result.id, _record(result))
@@ -386,7 +387,7 @@ def run_task(job: bgjob.Job) -> bgjob.Result:
     return bgjob.Complete(value)
 
 
-def _save(store: ResultStore, job: bgjob.Job, result: TaskResult, value: Any = None) -> ResultTooLarge | None:
+def _save(store: ResultStore, job: bgjob.Job, result: TaskResult[Any, Any], value: Any = None) -> ResultTooLarge | None:
     """Store the result of an attempt that has run; never raises, so a failed write never runs the task again.
 
     Returns the ResultTooLarge refusing `value` (the caller records the failure instead); any other
@@ -435,6 +436,6 @@ def _load_backend(alias: str) -> BgjobBackend | None:
     return backend if isinstance(backend, BgjobBackend) else None
 
 
-def _set(result: TaskResult, **changes: Any) -> None:
+def _set(result: TaskResult[Any, Any], **changes: Any) -> None:
     for name, value in changes.items():
         object.__setattr__(result, name, value)

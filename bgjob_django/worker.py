@@ -69,9 +69,10 @@ def serve_tasks(mux: Registry) -> None:
         mux.add_resolver(tasks.TASK_PREFIX, tasks.task_handler)
 
 
-def middleware(config: Config, extra: Sequence[bgjob.Middleware] = ()) -> list[bgjob.Middleware]:
+def middleware(config: Config, extra: Sequence[bgjob.Middleware] = ()) -> list[Any]:
     """The chain around every handler, outermost first: DB-connection hygiene; bgjob's Recovery, RequestId and
-    LogJobs (as `bgjob worker` has them); `extra` (metrics); then BGJOB["MIDDLEWARE"]."""
+    LogJobs (as `bgjob worker` has them); `extra` (metrics); then BGJOB["MIDDLEWARE"]. Middleware and hooks:
+    LogJobs is a WorkerHooks, which Worker(middleware=) takes too (bgjob.middleware.chain skips it)."""
     return [CloseOldConnections(), bgjob.Recovery(), bgjob.RequestId(), LogJobs(), *extra, *config.load_middleware()]
 
 

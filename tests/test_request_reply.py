@@ -1,5 +1,5 @@
 """Request-reply handlers (`mux.request_reply`, bgjob.request_reply) against a real Node.js service (tests/node,
-the npm `nats` client) and a real nats-server: every reply mapping of README's "Request-reply handlers"."""
+the npm `nats` client) and a real nats-server: every reply mapping of docs/delegated.md's "Request-reply handlers"."""
 
 from __future__ import annotations
 
@@ -373,12 +373,12 @@ def test_a_value_that_only_looks_like_an_acknowledgement_completes(body) -> None
     assert reply_result("s", json.dumps(body).encode(), {}) == bgjob.Complete(body)
 
 
-README = ROOT / "README.md"
+DELEGATED_DOC = ROOT / "docs" / "delegated.md"
 
 
 def readme_node_example() -> str:
-    """The Node.js service of README's "Request-reply handlers" section, as printed."""
-    text = README.read_text()
+    """The Node.js service of the docs' "Request-reply handlers" section (docs/delegated.md), as printed."""
+    text = DELEGATED_DOC.read_text()
     start = text.index("```js\n// thumbnail-service.js") + len("```js\n")
     return text[start : text.index("```", start)]
 
@@ -399,7 +399,7 @@ def test_the_readme_node_example_serves_the_dev_server_from_the_url_in_server_js
                                                                                    prefix) -> None:  # fmt: skip
     if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "nats").is_dir():
         pytest.skip("needs node and tests/node/node_modules (`npm ci --prefix tests/node`)")
-    url = json.loads((dev_server / "server.json").read_text())["url"]  # where README says the URL is
+    url = json.loads((dev_server / "server.json").read_text())["url"]  # where docs/delegated.md says the URL is
     assert "@" in url, "the development server requires a token"
     script = tmp_path / "thumbnail-service.js"
     script.write_text(readme_node_example())

@@ -2,7 +2,7 @@
 
 `Mux.external_process(job_type, argv, ...)` registers an `ExternalProcess`. Each job runs `argv` as a child
 process, never through a shell, in a session (and process group) of its own; the job reaches it only as one JSON
-object on stdin, never in its arguments or environment. The contract (README, "External-process handlers"):
+object on stdin, never in its arguments or environment. The contract (docs/delegated.md, "External-process handlers"):
 
 - stdin: `{"id", "type", "queue", "arg", "arg_encoding", "attempt", "request_id", "deadline", "timeout"}`, then
   EOF. `arg` is the job's JSON arg; a bytes arg is base64 text with `"arg_encoding": "base64"` (else `"json"`).

@@ -238,7 +238,7 @@ class Mux:
                       group: str | None = None) -> None:  # fmt: skip
         """Register a request-reply handler for `job_type` (from choria asyncjobs): each job is sent as one NATS
         request to `subject`, where a service in any language answers it (bgjob.request_reply; the contract is
-        README's "Request-reply handlers" section).
+        docs/delegated.md's "Request-reply handlers").
 
         - `subject`: the service's NATS subject, exact (no `*` or `>` wildcards, no empty tokens or spaces), not
           one of NATS's own (`$JS.`, `$KV.`, `$SYS.`, any `$...`, `_INBOX.`). A Worker refuses to start

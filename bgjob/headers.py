@@ -50,7 +50,7 @@ TARGET_UNTIL = "Bgjob-Target-Until"
 #: the key of a partitioned job (`send_job(..., partition_key=)`): jobs of one key run one at a time, in order.
 PARTITION_KEY = "Bgjob-Partition-Key"
 
-# -- a request-reply handler's request and its reply (bgjob.request_reply; README "Request-reply handlers") ---
+# -- a request-reply handler's request and its reply (bgjob.request_reply; docs/delegated.md) ---
 #: the request's attempt number (1 on the first delivery), decimal; the request also carries HEADER_ID,
 #: HEADER_TYPE, HEADER_REQUEST_ID, CONTENT_TYPE and DEADLINE (there: when the worker stops waiting for the reply).
 ATTEMPT = "Bgjob-Attempt"

@@ -4,7 +4,7 @@
 worker sends each job of the type as one NATS request to `subject`, on its own connection (through the
 `LongRunning` services the worker installs in the handler's thread, `bgjob.job.worker_services`), blocking that
 pool thread (never the event loop) until the reply, and turns the reply into the job's Result. The contract a
-service implements is README.md's "Request-reply handlers" section:
+service implements is the "Request-reply handlers" section of docs/delegated.md:
 
 The request: the body is the job's arg (compact JSON, or the raw bytes of a bytes arg, `Content-Type` saying
 which), with headers `Bgjob-Id`, `Bgjob-Type`, `Bgjob-Queue`, `Bgjob-Attempt` (1 on the first delivery),
@@ -207,7 +207,7 @@ class RequestReplyHandler:
 
 
 def request_headers(job: jobmod.Job, content_type: str, deadline: datetime) -> dict[str, str]:
-    """The headers of `job`'s request (README "Request-reply handlers"); `deadline`: when the worker stops
+    """The headers of `job`'s request (docs/delegated.md, "Request-reply handlers"); `deadline`: when the worker stops
     waiting for the reply."""
     headers = {HEADER_ID: job.id, HEADER_TYPE: job.type, QUEUE: job.queue, ATTEMPT: str(job.attempt),
                CONTENT_TYPE: content_type, DEADLINE: jobmod.format_time(deadline)}  # fmt: skip

@@ -355,7 +355,7 @@ class TypedJob(Generic[P, R]):
         """This job with send options: `queue`, `delay` (seconds or timedelta), `at`, `deadline` (aware datetime or
         timedelta), `job_id` (idempotent sends), `max_attempts`, `request_id`, `headers`, `unique_for`, `target`
         (a placement claim, from ebind), `target_timeout` (seconds > 0 or a timedelta: dead-lettered `no_target`
-        when no worker holds the claim by then) and `partition_key` (from dagnats; see the README's Routing), as
+        when no worker holds the claim by then) and `partition_key` (from dagnats; see docs/routing.md), as
         `Client.send_job` takes them (checked when sending; `queue`, `target`, `target_timeout` and
         `partition_key` here already), and `client` (default: `bgjob.default_client()`). Returns a copy
         (chainable: `.options(queue="a").options(delay=5)`); the registered job is unchanged. Raises InvalidJob

@@ -24,7 +24,7 @@ The engine runs in every Worker (`WorkflowHooks`), on the hooks of the settle pa
   by its job id (`reconcile`) and record it. A dead letter of a step that had succeeded (a redelivery past its
   attempts) changes nothing. A step whose value is too large for its record, or one of whose successors is
   refused for good (InvalidJob, JobTooLarge, QueueFull), is recorded failed (that successor, for a refusal)
-  in `on_job_end`; a ConnectionError there is only logged (the step is acked; see README: Workflows);
+  in `on_job_end`; a ConnectionError there is only logged (the step is acked; see docs/workflows.md);
 - a job is a step only if its header names the step AND its id is the step's `wf-<run>-<step>` (`step_of`):
   a forged or forwarded header alone touches nothing. `_mark_running` also checks that the run has the step,
   so a job naming a run that does not exist (or has expired) creates no key.

@@ -66,7 +66,7 @@ def send_job(
     `deadline`) and `max_attempts` (this job's attempt limit, winning over the handler's and BGJOB's). `target` (a
     placement claim such as "primary" or "region/eu", from ebind: only a worker holding it runs the job) and
     `partition_key` (a printable str, from dagnats: jobs with one key run one at a time in send order on
-    `partitioned=True` handlers) route the job as bgjob's send_job does; not both (see the README's Routing).
+    `partitioned=True` handlers) route the job as bgjob's send_job does; not both (see docs/routing.md).
     `target_timeout` (seconds > 0 or a timedelta, with `target`; default Settings.target_timeout): when no worker
     holds the claim that long after the job is due, it is dead-lettered, reason `no_target` (counted from when it
     is due, not from the commit or the relay's publish; the outbox row keeps its Bgjob-Target-Until header).

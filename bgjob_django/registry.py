@@ -117,7 +117,7 @@ def handler(job_type: str, *, mux: Registry | None = None, sensitive: Collection
     or stores the job), `retry_policy` (a bgjob.RetryPolicy for this type instead of the worker's),
     `middleware` (a list of middleware around this handler only, inside the worker's), `time_limit`
     (seconds > 0 or a timedelta), `singleton`, `partitioned` and `group` (the worker group whose workers alone
-    run it: `manage.py bgjob_worker --group NAME`; see the README's Routing section). Raises
+    run it: `manage.py bgjob_worker --group NAME`; see docs/routing.md). Raises
     InvalidJob for a bad job type, HandlerError for a bad option (when the decorator is applied) or a duplicate
     type.
     """

@@ -3,7 +3,7 @@ pytest plugin's fixtures (`pytest_bgjob`, loaded by pytest through the `pytest11
 immediate mode (`Settings(immediate=True)`: `send_job` runs the handler inline, no server at all).
 
 The peers' equivalents: Celery's `task_always_eager`, RQ's `Queue(is_async=False)`, Dramatiq's `StubBroker` and
-`join()`, Huey's `immediate=True`, Django's `ImmediateBackend`/`DummyBackend`. See README "Testing".
+`join()`, Huey's `immediate=True`, Django's `ImmediateBackend`/`DummyBackend`. See docs/testing.md.
 """
 
 from __future__ import annotations

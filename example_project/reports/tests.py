@@ -2,7 +2,7 @@
 
 - `captured_jobs()` asserts which jobs a view sent, like `django.core.mail.outbox` for mail.
 - `BGJOB["IMMEDIATE"]` runs the handlers inline, to test what a job does end to end.
-(With a real server, the pytest plugin's `run_jobs` fixture runs them through a real worker: see the README.)
+(With a real server, the pytest plugin's `run_jobs` fixture runs them through a real worker: see docs/testing.md.)
 """
 
 from django.conf import settings

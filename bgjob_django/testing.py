@@ -22,9 +22,13 @@ sent, as when it would have been sent:
   then. Until then they wait in `jobs.pending`; callbacks that never run (the transaction rolled back, or a
   TestCase's callbacks were never executed) leave them there, never in `jobs`, as such jobs would never be sent.
   Outside a transaction (autocommit) Django runs the callback at once: recorded at the call.
-- `outbox=True`: at the call (the outbox row would be written in the caller's transaction; none is written).
+- `outbox=True`: at the call, even if the caller's transaction later rolls back (no outbox row is written, so
+  there is nothing to roll back; in production the rollback would drop the row and the job would never be sent).
+  Assert on outbox jobs of a transaction that commits, or check the transaction's outcome yourself.
 
-Blocks nest (the innermost records). Jobs sent by other threads while the block is open are recorded too.
+Scope: process-wide, like `django.core.mail.outbox`. Blocks nest, the innermost open one records; jobs sent by
+other threads (a view served by `LiveServerTestCase`'s thread, a thread pool) while a block is open are recorded
+too. Each block's exit (also by an exception) unregisters its own recorder, whatever order blocks end in.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from bgjob.headers import ENCRYPTION
 
 from . import producer
 
-__all__ = ["CapturedJob", "CapturedJobs", "captured_jobs"]
+__all__ = ["CaptureStackError", "CapturedJob", "CapturedJobs", "captured_jobs"]
 
 
 @dataclass(frozen=True)
@@ -127,13 +131,34 @@ def _captured(spec: bgjob.JobSpec, job: bgjob.PreparedJob, mode: str, using: str
                        using=using, prepared=job)  # fmt: skip
 
 
+class CaptureStackError(bgjob.BgjobError, RuntimeError):
+    """A `captured_jobs()` block ended but its recorder was no longer registered (something outside the block
+    emptied or replaced `bgjob_django.producer._captures`): jobs sent in the block may have been sent for real."""
+
+
+_captures_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def captured_jobs() -> Iterator[CapturedJobs]:
     """Record the jobs `bgjob_django.send_job`/`send_jobs` send inside the block instead of sending them; yields
-    the `CapturedJobs` list (see the module docstring for when on_commit jobs appear in it)."""
+    the `CapturedJobs` list (see the module docstring for when on_commit jobs appear in it, and for its scope:
+    process-wide, the innermost open block records).
+
+    On exit (normal or by an exception) the block's own recorder is unregistered, found by identity, whatever
+    order blocks end in; sending is back to normal once no block is open. Raises CaptureStackError on exit when
+    its recorder was no longer registered (nothing is left registered either way)."""
     recorder = CapturedJobs()
-    producer._captures.append(recorder)
+    with _captures_lock:
+        producer._captures.append(recorder)
     try:
         yield recorder
     finally:
-        producer._captures.remove(recorder)
+        with _captures_lock:
+            found = [index for index, each in enumerate(producer._captures) if each is recorder]
+            for index in reversed(found):
+                del producer._captures[index]
+        if not found:
+            raise CaptureStackError("captured_jobs(): this block's recorder was no longer registered when it ended "
+                                    "(bgjob_django.producer._captures was changed from outside); jobs sent in the "
+                                    "block may have been sent")  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.test import TestCase
 from django.test import utils as test_utils
@@ -11,7 +13,8 @@ import bgjob
 from bgjob.testing import immediate_log
 from bgjob_django import get_client, send_job, send_jobs
 from bgjob_django.models import OutboxMessage
-from bgjob_django.testing import captured_jobs
+from bgjob_django import producer
+from bgjob_django.testing import CapturedJobs, CaptureStackError, captured_jobs
 
 from .testapp.models import Marker
 
@@ -59,6 +62,51 @@ def test_direct_and_outbox_jobs_recorded_at_the_call_and_never_sent(bgjob_client
     assert bgjob_client.queue_stats("default").pending == 0
     with captured_jobs(), pytest.raises(bgjob.InvalidJob):  # validated at the call, as when sending
         send_job("report", {"bad": {1, 2}})
+
+
+@pytest.mark.django_db
+def test_nested_blocks_end_cleanly_and_sending_is_normal_afterwards(bgjob_client: bgjob.Client) -> None:
+    """Two empty recorders compare equal: exits remove their own recorder by identity, so an inner exit never takes
+    the outer's, and nothing stays registered to swallow later sends."""
+    with captured_jobs() as outer:
+        with captured_jobs() as inner:
+            pass
+        send_job("mark", "outer")
+    assert outer.types() == ["mark"] and inner == [] and producer._captures == []
+    with pytest.raises(ZeroDivisionError), captured_jobs(), captured_jobs():
+        1 / 0  # an exception inside nested blocks
+    assert producer._captures == []
+    send_job("mark", "sent")  # really sent
+    assert bgjob_client.queue_stats("default").pending == 1
+
+
+def test_blocks_ending_out_of_order_in_threads() -> None:
+    """Process-wide scope (like mail.outbox): a block opened in another thread records this thread's sends while it
+    is the innermost; blocks ending in any order each remove their own recorder."""
+    opened, close = threading.Event(), threading.Event()
+    held: list[CapturedJobs] = []
+
+    def other() -> None:
+        with captured_jobs() as theirs:
+            held.append(theirs)
+            opened.set()
+            close.wait(timeout=30)
+
+    with captured_jobs() as mine:
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert opened.wait(timeout=30)
+        send_job("mark", "while-both-open")  # the innermost open block (the other thread's) records it
+    assert [id(each) for each in producer._captures] == [id(held[0])]  # this thread's outer block ended first: the other's stays, alone
+    close.set()
+    thread.join(timeout=30)
+    assert producer._captures == [] and mine == [] and held[0].types() == ["mark"]
+
+
+def test_a_corrupted_stack_is_a_named_error_and_leaves_nothing_registered() -> None:
+    with pytest.raises(CaptureStackError), captured_jobs():
+        producer._captures.clear()  # from outside the block
+    assert producer._captures == []
 
 
 @pytest.mark.django_db

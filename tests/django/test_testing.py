@@ -11,9 +11,8 @@ from django.urls import reverse
 
 import bgjob
 from bgjob.testing import immediate_log
-from bgjob_django import get_client, send_job, send_jobs
+from bgjob_django import get_client, producer, send_job, send_jobs
 from bgjob_django.models import OutboxMessage
-from bgjob_django import producer
 from bgjob_django.testing import CapturedJobs, CaptureStackError, captured_jobs
 
 from .testapp.models import Marker
@@ -74,7 +73,7 @@ def test_nested_blocks_end_cleanly_and_sending_is_normal_afterwards(bgjob_client
         send_job("mark", "outer")
     assert outer.types() == ["mark"] and inner == [] and producer._captures == []
     with pytest.raises(ZeroDivisionError), captured_jobs(), captured_jobs():
-        1 / 0  # an exception inside nested blocks
+        raise ZeroDivisionError  # an exception inside nested blocks
     assert producer._captures == []
     send_job("mark", "sent")  # really sent
     assert bgjob_client.queue_stats("default").pending == 1
@@ -97,7 +96,8 @@ def test_blocks_ending_out_of_order_in_threads() -> None:
         thread.start()
         assert opened.wait(timeout=30)
         send_job("mark", "while-both-open")  # the innermost open block (the other thread's) records it
-    assert [id(each) for each in producer._captures] == [id(held[0])]  # this thread's outer block ended first: the other's stays, alone
+    # this thread's outer block ended first: the other thread's stays, alone
+    assert [id(each) for each in producer._captures] == [id(held[0])]
     close.set()
     thread.join(timeout=30)
     assert producer._captures == [] and mine == [] and held[0].types() == ["mark"]

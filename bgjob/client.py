@@ -71,6 +71,10 @@ class Client(Sending):
                         "than the environment's; build it with bgjob.Settings.from_env(...) to take the "
                         "environment's prefix", env_prefix, settings.prefix)  # fmt: skip
         cipher_for(self.settings.encryption_keys)  # unusable keys, or no cryptography: ConfigurationError now
+        if self.settings.immediate:  # test-only: refused under a production BGJOB_URL, else one WARNING per client
+            from .testing.immediate import announce_immediate
+
+            announce_immediate(self)
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
         self._core: Core | None = None

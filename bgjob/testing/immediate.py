@@ -18,6 +18,13 @@ middleware, its time limit is not enforced, the process-wide hooks see it (`on_j
   a dead letter in `immediate_log(client).dead_letters` (in memory only).
 - `Reschedule` and `Pause`: recorded (fate `rescheduled`, or `handed_back` reason `pause`), not run again.
 
+Jobs sent from inside a handler run in immediate mode (a chain, a fan-out) are not run inside that send_job: they
+join a per-thread FIFO queue and run after the sending job's run ends (its immediate retries included), in the
+order sent — breadth-first, as a worker draining a queue would take them — so chains of any length run without
+recursion; the outermost send_job returns once that queue is empty. Error texts (`MoveToDlq`'s,
+`Retry(error=...)`'s, an exception's) are scrubbed as the worker's settle path scrubs them (`HookSet.scrub`: the
+job's sensitive values, then the hooks' `scrub`) before they are logged or reported in the Fate.
+
 What differs from production: jobs run synchronously inside `send_job` (an exception-free call returns after
 the handler), so inside the caller's transaction and before `on_commit` (bgjob_django runs them at commit as
 usual); `delay`/`at` are ignored; no serialization round trip through a server (the arg is encoded and decoded
@@ -25,14 +32,18 @@ as usual, so a non-JSON arg still fails); `unique_for` reserves nothing; no work
 `Metrics`, ...), no signatures checked, no placement (`target`, `partition_key`, singletons run inline too);
 `client.result()`, `client.dlq` and every other call that needs a server raise ConfigurationError.
 
-It refuses to start (ConfigurationError) under a production-looking configuration: a `url` (or BGJOB_URL) naming a
-host that is not loopback; in Django, also `DEBUG = False` outside Django's test environment.
+It refuses to start (ConfigurationError) under a production-looking configuration: a `url`, or a BGJOB_URL in the
+environment (whatever the Settings' url), naming a host that is not loopback; in Django, also `DEBUG = False`
+outside Django's test environment. Every client in immediate mode logs a WARNING once, when it is built
+(logger `bgjob.testing`), so a production process that has it on by mistake shows it.
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
+import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -49,6 +60,7 @@ from ..job import Job
 from ..result import Complete, MoveToDlq, Pause, Reschedule, Retry
 from ..retry_policy import RetryPolicy
 from ..topology import Topology
+from ..worker.settle import error_text
 from .run import JobOutcome
 
 if TYPE_CHECKING:
@@ -67,6 +79,8 @@ _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _process_mux: Mux | None = None
 _logs: weakref.WeakKeyDictionary[Any, ImmediateLog] = weakref.WeakKeyDictionary()
 _logs_lock = threading.Lock()
+#: per thread: the FIFO of jobs sent while an immediate handler runs in this thread (None: none is running).
+_trampoline = threading.local()
 
 
 @dataclass
@@ -128,16 +142,37 @@ def refuse_production_url(url: str) -> None:
                                  "production, or the URL in tests")  # fmt: skip
 
 
+def announce_immediate(client: Client) -> None:
+    """Called by `Client.__init__` for a client in immediate mode: ConfigurationError when BGJOB_URL in the
+    environment names a host that is not loopback (see refuse_production_url), else one WARNING for this client."""
+    env_url = os.environ.get("BGJOB_URL")
+    if env_url:
+        refuse_production_url(env_url)
+    log.warning("bgjob client in immediate mode (test-only: Settings.immediate / BGJOB_IMMEDIATE / "
+                "BGJOB['IMMEDIATE']): send_job runs handlers inline in the caller and sends nothing to NATS; "
+                "turn it off outside tests")  # fmt: skip
+
+
 def run_immediately(client: Client, jobs: list[PreparedJob]) -> list[str]:
     """Run each prepared job now with the client's handlers (Client._publish in immediate mode); returns their
-    ids. Raises ConfigurationError when no Mux is known."""
+    ids. Called from inside an immediate handler (in this thread), the jobs are queued instead and run after
+    the current job's run ends, in order (a FIFO, not recursion). Raises ConfigurationError when no Mux is known."""
     mux = getattr(client, "immediate_mux", None) or _process_mux
     if mux is None:
         raise ConfigurationError("immediate mode needs the handlers to run: set client.immediate_mux = mux or "
                                  "call bgjob.testing.set_immediate_mux(mux)")  # fmt: skip
     record = immediate_log(client)
-    for prepared in jobs:
-        _run(client, mux, prepared, record)
+    pending: collections.deque[tuple[Client, Mux, PreparedJob, ImmediateLog]] | None
+    pending = getattr(_trampoline, "pending", None)
+    if pending is not None:  # sent by a handler this thread is running: after it, in order
+        pending.extend((client, mux, prepared, record) for prepared in jobs)
+        return [prepared.job_id for prepared in jobs]
+    pending = _trampoline.pending = collections.deque((client, mux, prepared, record) for prepared in jobs)
+    try:
+        while pending:
+            _run(*pending.popleft())
+    finally:
+        _trampoline.pending = None
     return [prepared.job_id for prepared in jobs]
 
 
@@ -170,7 +205,7 @@ def _run(client: Client, mux: Mux, prepared: PreparedJob, record: ImmediateLog) 
             fate = Fate.dead_lettered("deadline", outcome.error)
         else:
             outcome = dispatcher.call(handler, job)
-            fate = _fate(outcome, attempt, policy)
+            fate = _fate(outcome, attempt, policy, hooks, job)
         done = JobOutcome(job, outcome, fate)
         record.outcomes.append(done)
         hooks.call("on_settled", job, outcome, fate)
@@ -185,18 +220,20 @@ def _run(client: Client, mux: Mux, prepared: PreparedJob, record: ImmediateLog) 
         attempt += 1
 
 
-def _fate(outcome: Any, attempt: int, policy: RetryPolicy) -> Fate:
-    """What immediate mode does with one run's outcome (the worker's settle table, without JetStream)."""
+def _fate(outcome: Any, attempt: int, policy: RetryPolicy, hooks: HookSet, job: Job) -> Fate:
+    """What immediate mode does with one run's outcome (the worker's settle table, without JetStream); error
+    texts scrubbed as the settle path scrubs them (a Failure's were scrubbed by dispatch when it was made)."""
     if isinstance(outcome, Complete):
         return Fate.acked()
-    if isinstance(outcome, MoveToDlq):
-        return Fate.dead_lettered(outcome.reason, _text(outcome.error), outcome.traceback)
     if isinstance(outcome, Reschedule):
         return Fate.rescheduled(outcome.by.next_run(datetime.now(UTC)))
     if isinstance(outcome, Pause):
         return Fate.handed_back("pause")
-    error = outcome.error if isinstance(outcome, Failure) else _text(getattr(outcome, "error", None))
-    trace = getattr(outcome, "traceback", None)
+    error, trace = error_text(outcome)
+    if not isinstance(outcome, Failure):
+        error, trace = hooks.scrub(error, job) or None, hooks.scrub(trace, job)
+    if isinstance(outcome, MoveToDlq):
+        return Fate.dead_lettered(outcome.reason, error, trace)
     exc = outcome.exception if isinstance(outcome, Failure) else getattr(outcome, "error", None)
     if isinstance(exc, BaseException) and policy.gives_up_on(exc):
         return Fate.dead_lettered("handler", error, trace)
@@ -205,9 +242,3 @@ def _fate(outcome: Any, attempt: int, policy: RetryPolicy) -> Fate:
     delay = outcome.delay_seconds() if isinstance(outcome, Retry) else None
     return Fate.retry_scheduled(delay if delay is not None else policy.delay_for(attempt), error=error,
                                 traceback=trace)  # fmt: skip
-
-
-def _text(error: Any) -> str | None:
-    if error is None or isinstance(error, str):
-        return error
-    return f"{type(error).__name__}: {error}"

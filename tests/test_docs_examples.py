@@ -132,7 +132,7 @@ def test_every_python_block_is_marked_or_runs() -> None:
         for block in blocks(page.read_text()):
             total[block.kind] += 1
             assert block.kind != "skip" or block.reason.strip(), f"{page.name}:{block.line}: a skip needs a reason"
-    assert total["run"] + total["module"] > 50, total
+    assert total["run"] + total["module"] >= 40, total
 
 
 def _page_id(page: Path) -> str:
@@ -142,11 +142,12 @@ def _page_id(page: Path) -> str:
 if "pytest" in sys.modules:
     import pytest
 
-    @pytest.mark.parametrize("page", PAGES, ids=_page_id)
+    # pages with something to run (the others' skipped blocks are checked above)
+    RUNNABLE = [page for page in PAGES if any(b.kind != "skip" for b in blocks(page.read_text()))]
+
+    @pytest.mark.parametrize("page", RUNNABLE, ids=_page_id)
     def test_page_examples_run(page: Path, nats_server: object, prefix: str, tmp_path: Path,
                                record_property: object) -> None:  # fmt: skip
-        if not any(b.kind != "skip" for b in blocks(page.read_text())):
-            pytest.skip(f"{_page_id(page)} has no block to run")
         env = {**os.environ, "BGJOB_URL": nats_server.url, "BGJOB_PREFIX": prefix}  # type: ignore[attr-defined]
         env.pop("DJANGO_SETTINGS_MODULE", None)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -442,7 +442,7 @@ def job_id_of(msg: Msg) -> str:
     headers = msg.headers or {}
     raw_id = headers.get(jobmod.HEADER_ID)
     if jobmod.is_valid_job_id(raw_id):
-        return raw_id  # type: ignore[return-value]
+        return raw_id
     schedule = headers.get(SCHEDULE_NAME)
     return f"{schedule if jobmod.is_valid_job_id(schedule) else 'seq'}-{msg.metadata.sequence.stream}"
 

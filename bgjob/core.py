@@ -449,7 +449,7 @@ class Core:
                     "send again (same job id) once workers have drained the queue, or raise the limit with `bgjob "
                     f"queue configure {queue} --max-entries N`", job_ids=job_ids,
                 )  # fmt: skip
-                error.queue, error.max_entries = queue, max_entries  # type: ignore[attr-defined]
+                error.queue, error.max_entries = queue, max_entries  # type: ignore[attr-defined]  # QueueFull's extras
                 raise error
 
     async def delivery_limits(self, queue: str, consumer: ConsumerConfig) -> tuple[float | None, int | None]:

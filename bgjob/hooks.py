@@ -133,7 +133,7 @@ def mark_unhandled(exc: BaseException) -> BaseException:
     The worker does this for the Failure it makes of a raise, and Recovery for the Retry it makes of one, so
     error reporters can tell a crash from an error the handler chose to return."""
     try:
-        exc.__bgjob_unhandled__ = True  # type: ignore[attr-defined]
+        exc.__bgjob_unhandled__ = True  # type: ignore[attr-defined]  # a mark set on the exception object
     except AttributeError:  # an exception type without a __dict__: it then counts as handled
         pass
     return exc

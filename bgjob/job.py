@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InvalidJob
 from .headers import (  # noqa: F401
@@ -249,7 +249,7 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
-def is_valid_job_id(job_id: object) -> bool:
+def is_valid_job_id(job_id: object) -> TypeGuard[str]:
     return isinstance(job_id, str) and bool(_JOB_ID.fullmatch(job_id))
 
 

@@ -55,6 +55,7 @@ from .topology import CHECKPOINTS_BUCKET, PROGRESS_BUCKET, SIGNALS_BUCKET
 T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from .client import Client
     from .core import Core
 
 __all__ = ["LongRunning", "PauseRequested", "SignalTimeout", "StoredProgress", "validate_signal_name"]
@@ -339,7 +340,7 @@ class LongRunning(WorkerHooks):
     `runner` is the worker's `bgjob.Client`. Per job it remembers only the checkpoint keys it saw written or
     read (a dict entry, dropped when the job settles), so jobs that never checkpoint cost nothing."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Client) -> None:
         self.runner = runner
         #: the worker's default time limit in seconds (None: none), set by the Worker: what bounds a request-reply
         #: handler's wait when its type has no time limit of its own (bgjob.request_reply).
@@ -394,7 +395,7 @@ class LongRunning(WorkerHooks):
         if pause:
             return self._wait_pausing(job, name, key, seconds, _seconds(recheck, "wait_for_signal recheck"))
         until = time.monotonic() + seconds
-        beat = max(0.5, self.runner.settings.ack_wait / 3)  # type: ignore[attr-defined]
+        beat = max(0.5, self.runner.settings.ack_wait / 3)
         while True:
             left = until - time.monotonic()
             data = self.runner.run(take_or_wait, key, max(0.0, min(left, beat)), timeout=min(left, beat) + 30.0)
@@ -428,7 +429,7 @@ class LongRunning(WorkerHooks):
         """See `Job.report_progress`: stored now when the job's last store is `progress_interval` old, else kept
         as pending and stored by a timer on the event loop when the interval is over (never blocking here)."""
         encoded = encode_value(data, "progress")
-        interval = self.runner.settings.progress_interval  # type: ignore[attr-defined]
+        interval = self.runner.settings.progress_interval
         with self._lock:
             state = self._progress.get(job.id)
             if state is None:
@@ -444,7 +445,7 @@ class LongRunning(WorkerHooks):
         self._store_progress(job, encoded)
 
     def _flush_later(self, job: Job, state: _Progress, delay: float) -> None:
-        runtime, core = self.runner._ensure()  # type: ignore[attr-defined]
+        runtime, core = self.runner._ensure()
 
         async def flush() -> None:
             await asyncio.sleep(delay)
@@ -496,7 +497,7 @@ class LongRunning(WorkerHooks):
             keys = (keys or set()) | {result_key(job.id)}
         elif kind is not FateKind.ACKED or not keys:
             return
-        runtime, core = self.runner._ensure()  # type: ignore[attr-defined]
+        runtime, core = self.runner._ensure()
         runtime.spawn(_delete_quietly(core, job.id, sorted(keys)))
 
 

@@ -336,4 +336,4 @@ def _init(self: Settings, *args: Any, **kwargs: Any) -> None:
     _generated_init(self, *args, **kwargs)
 
 
-Settings.__init__ = _init  # type: ignore[method-assign]
+Settings.__init__ = _init  # type: ignore[method-assign]  # wraps the dataclass's generated __init__ on purpose

@@ -31,7 +31,7 @@ def _nacl() -> object:
 
 def generate_keypair() -> tuple[str, str]:
     """A new (signing_key, verify_key) pair, base64-encoded, for Settings(signing_key=, verify_keys=)."""
-    signing = _nacl().SigningKey.generate()  # type: ignore[attr-defined]
+    signing = _nacl().SigningKey.generate()  # type: ignore[attr-defined]  # nacl.signing, imported lazily (optional)
     return _b64(bytes(signing)), _b64(bytes(signing.verify_key))
 
 
@@ -66,7 +66,7 @@ class Signer:
     """Signs outgoing jobs with one ed25519 key."""
 
     def __init__(self, signing_key: str) -> None:
-        self._key = _nacl().SigningKey(_key(signing_key, "signing_key"))  # type: ignore[attr-defined]
+        self._key = _nacl().SigningKey(_key(signing_key, "signing_key"))  # type: ignore[attr-defined]  # nacl.signing, imported lazily (optional)
 
     def sign(self, queue: str, headers: dict[str, str], body: bytes) -> None:
         headers.pop(HEADER_SIGNATURE, None)
@@ -79,7 +79,7 @@ class Verifier:
 
     def __init__(self, verify_keys: Sequence[str]) -> None:
         signing = _nacl()
-        self._keys = [signing.VerifyKey(_key(k, "verify key")) for k in verify_keys]  # type: ignore[attr-defined]
+        self._keys = [signing.VerifyKey(_key(k, "verify key")) for k in verify_keys]  # type: ignore[attr-defined]  # nacl.signing, imported lazily (optional)
 
     def check(self, queue: str, headers: Mapping[str, str], body: bytes) -> str | None:
         """None if a key verifies the job's signature, else why not."""

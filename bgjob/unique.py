@@ -160,7 +160,7 @@ async def reserve_many(core: Core, jobs: list[tuple[str, str, int, str | None]])
         if isinstance(error, (ConnectionError, PublishError)):
             error.job_ids = tuple(job[0] for job in distinct)  # none of the batch was published
         raise error
-    return {job[0]: outcome for job, outcome in zip(distinct, outcomes, strict=True)}  # type: ignore[misc]
+    return {job[0]: outcome for job, outcome in zip(distinct, outcomes, strict=True)}  # type: ignore[misc]  # mypy cannot unpack job[0] of tuple[...]s zipped with outcomes
 
 
 _PUBLISHED = ".published"

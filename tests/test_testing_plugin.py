@@ -8,6 +8,7 @@ import pytest
 
 import bgjob
 from bgjob.testing import run_jobs
+from bgjob.testing.run import MAX_TIMEOUT
 
 from .conftest import wait_until
 
@@ -122,6 +123,14 @@ def test_run_jobs_max_jobs_and_attempts(client: bgjob.Client) -> None:
     assert threads and all(t is threading.current_thread() for t in threads)
     with pytest.raises(ValueError):
         run_jobs(client, mux, max_jobs=0)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 1e300, 10**400, MAX_TIMEOUT + 1, 0, -1, True, "5"])
+def test_run_jobs_refuses_a_non_finite_or_huge_timeout(client: bgjob.Client, timeout: object) -> None:
+    """A named ValueError before anything starts (timeout=inf was an OverflowError from a thread join)."""
+    client.send_job("ping", 1)
+    with pytest.raises(ValueError, match="timeout must be finite seconds"):
+        run_jobs(client, bgjob.Mux(), timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_loading_the_plugin_imports_nothing_of_bgjob() -> None:

@@ -15,6 +15,7 @@ jobs run on their own consumers, which run_jobs does not serve.
 from __future__ import annotations
 
 import contextlib
+import math
 import queue as queue_module
 import threading
 import time
@@ -34,7 +35,10 @@ from ..result import Result
 from ..retry_policy import RetryPolicy
 from ..worker import Worker
 
-__all__ = ["JobOutcome", "RunJobsTimeout", "run_jobs"]
+__all__ = ["MAX_TIMEOUT", "JobOutcome", "RunJobsTimeout", "run_jobs"]
+
+#: the longest `run_jobs(timeout=)`, in seconds (a day).
+MAX_TIMEOUT = 86400.0
 
 
 class RunJobsTimeout(BgjobError, TimeoutError):
@@ -159,16 +163,26 @@ def run_jobs(
 
     Returns when the queue holds no job the server has not delivered and none is in flight, or once `max_jobs`
     (an int >= 1; None: no limit) deliveries were settled; jobs fetched but not run are handed back without
-    using an attempt. `timeout` (seconds) bounds the wait for jobs: past it RunJobsTimeout (with the outcomes so
-    far); a handler that never returns is not interrupted unless `time_limit` is given. `middleware`, `hooks`,
-    `retry_policy` and `time_limit` are the Worker's (defaults: none, none, `RetryPolicy()`, none). Raises
-    ValueError for a bad max_jobs or timeout, and what `Worker.run` raises (ConnectionError, ...). Dramatiq's
-    `Worker` + `join()` in tests is the model; see the module docstring for what it skips.
+    using an attempt. `timeout` (seconds, finite, > 0 and at most MAX_TIMEOUT, a day) bounds the wait for jobs:
+    past it RunJobsTimeout (with the outcomes so far). `middleware`, `hooks`, `retry_policy` and `time_limit` are
+    the Worker's (defaults: none, none, `RetryPolicy()`, none).
+
+    Handlers run in this thread, so `timeout` is checked only between jobs: it never stops a running handler.
+    `time_limit` raises `bgjob.TimeLimitExceeded` inside a handler still running at its limit, but only while
+    it runs Python code: a handler blocked in C (`time.sleep(3600)`, a socket read or a database query without
+    a timeout, a lock wait) is stopped by neither, and run_jobs returns only when that call does. So: give
+    `time_limit` for handlers looping in Python, and keep the handlers' blocking calls bounded (timeouts on
+    network and database calls, no unbounded sleeps); a per-test timeout (pytest-timeout) is the backstop.
+
+    Raises ValueError for a bad max_jobs or timeout (not a number, <= 0, NaN, infinite, over MAX_TIMEOUT) or
+    time_limit, and what `Worker.run` raises (ConnectionError, ...). Dramatiq's `Worker` + `join()` in tests is
+    the model; see the module docstring for what it skips.
     """
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
         raise ValueError(f"max_jobs must be an int >= 1 or None, got {max_jobs!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be seconds > 0, got {timeout!r}")
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT
+            or not math.isfinite(timeout)):  # fmt: skip
+        raise ValueError(f"timeout must be finite seconds > 0 and at most {MAX_TIMEOUT:g}, got {timeout!r}")
     deadline = time.monotonic() + timeout
     collector = _Collector()
     worker = _CallerWorker(client, mux, queue=queue, concurrency=1, max_batch=1, fetch_timeout=0.25, grace_period=0,

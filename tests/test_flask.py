@@ -205,3 +205,122 @@ def test_example_flask_app_counts_a_visit(nats_server, prefix, tmp_path, monkeyp
             wait_until(lambda: http.get("/visits/ada").get_json()["count"] == 1, message="the visit counted")
     finally:
         bgjob_ext.state(app).close()  # the view's client; the worker's is the fixture's
+
+
+def _factory_app(ext: BgJob, name: str, **config: object) -> flask.Flask:
+    """An app factory's app: made after the handlers were registered, set up with `ext`."""
+    app = flask.Flask(name)
+    app.config.update(config)
+    ext.init_app(app)
+    return app
+
+
+def test_ext_handlers_get_the_app_context_of_their_app_under_run_jobs(nats_server, prefix, client) -> None:
+    from bgjob.testing import run_jobs
+
+    ext = BgJob()
+    seen: list[str] = []
+
+    @ext.handler("who")
+    def who(job: bgjob.Job) -> bgjob.Result:
+        seen.append(flask.current_app.name)  # "Working outside of application context" without one
+        return bgjob.Complete()
+
+    once = bgjob.RetryPolicy(max_attempts=1)
+    client.send_job("who")
+    [never] = run_jobs(client, ext.mux, retry_policy=once)  # init_app never called: a named error
+    assert never.kind is bgjob.FateKind.DEAD_LETTERED
+    assert "ConfigurationError" in never.outcome.error and "never set up for an app" in never.outcome.error
+
+    settings = {"BGJOB_URL": nats_server.url, "BGJOB_PREFIX": prefix}
+    _factory_app(ext, "first", **settings)  # an earlier app of the factory, dropped (a previous test's)
+    app = _factory_app(ext, "second", **settings)
+    torn_down: list[object] = []
+    app.teardown_appcontext(lambda exc: torn_down.append(exc))
+    with app.app_context():
+        ext.send_job("who")
+    torn_down.clear()
+    [done] = run_jobs(client, ext.mux)  # no app context here, no AppContext middleware: the handler's own
+    assert done.acked and seen == ["second"] and torn_down == [None]
+
+    other = _factory_app(ext, "third", **settings)  # two live apps: which one is the job's cannot be told
+    other.teardown_appcontext(lambda exc: torn_down.append(exc))
+    try:
+        with app.app_context():
+            ext.send_job("who")
+        [unclear] = run_jobs(client, ext.mux, retry_policy=once)
+        assert unclear.kind is bgjob.FateKind.DEAD_LETTERED and "several Flask apps" in unclear.outcome.error
+        with other.app_context():  # inside one of its apps' contexts: that app, no second context pushed
+            ext.send_job("who")
+            torn_down.clear()
+            [inside] = run_jobs(client, ext.mux)
+            assert inside.acked and seen == ["second", "third"] and torn_down == []
+    finally:
+        ext.close(other)
+        ext.close(app)
+    assert ext.state(app)._client is None  # closed; the next send would connect a new client
+
+
+def test_immediate_mode_runs_the_ext_handlers_with_max_attempts_only_in_testing_or_debug() -> None:
+    from bgjob.testing import immediate_log
+
+    ext = BgJob()
+    runs: list[tuple[str, int]] = []
+
+    @ext.handler("flaky")
+    def flaky(job: bgjob.Job) -> bgjob.Result:
+        runs.append((flask.current_app.name, job.attempt))
+        raise RuntimeError("always")
+
+    app = _factory_app(ext, "immediate", TESTING=True, BGJOB_IMMEDIATE=True, BGJOB_MAX_ATTEMPTS=2)
+
+    @app.post("/go")
+    def go() -> object:
+        return {"id": ext.send_job("flaky")}
+
+    with app.test_client() as http:
+        job_id = http.post("/go").get_json()["id"]
+    log = immediate_log(ext.client(app))
+    assert runs == [("immediate", 1), ("immediate", 2)]  # BGJOB_MAX_ATTEMPTS, not RetryPolicy()'s 10
+    assert [o.id for o in log.dead_letters] == [job_id] and log.dead_letters[0].fate.reason == "max_attempts"
+    with app.app_context():  # outside a request too: the handler gets the app's context
+        ext.send_job("flaky")
+    assert len(runs) == 4
+
+    production = _factory_app(ext, "production", BGJOB_IMMEDIATE=True)
+    with production.app_context(), pytest.raises(bgjob.ConfigurationError, match="test-only"):
+        ext.send_job("flaky")
+    _factory_app(ext, "debugging", DEBUG=True, BGJOB_IMMEDIATE=True, BGJOB_MAX_ATTEMPTS=1)
+    assert len(runs) == 4
+
+
+def test_django_only_keys_say_what_to_do_instead_in_a_sentence() -> None:
+    from bgjob.contrib.flask import INSTEAD
+
+    expected = {
+        "BGJOB_OUTBOX": "bgjob_django's outbox needs Django's ORM; send the job after your transaction commits "
+        "instead.",
+        "BGJOB_SCHEDULES": "declare periodic jobs with client.schedule(...) (bgjob.periodic) instead.",
+    }
+    assert {"BGJOB_ON_COMMIT", "BGJOB_OUTBOX", "BGJOB_SCHEDULES", "BGJOB_SIGNING", "BGJOB_METRICS"} <= set(INSTEAD)
+    for key in INSTEAD:
+        with pytest.raises(bgjob.ConfigurationError) as raised:
+            FlaskConfig.from_config({key: True})
+        message = str(raised.value)
+        head = f"app.config[{key!r}] is a bgjob_django setting with no meaning in Flask: "
+        assert message.startswith(head) and message.endswith("."), message
+        remedy = message[len(head) :]
+        assert remedy == expected.get(key, remedy)
+        first, second = remedy.split()[:2]
+        # a verb telling what to do, or a statement; never "use" before something that is not a setting name
+        assert first in {"use", "declare", "send", "call", "Flask", "bgjob_django's"}, message
+        assert first != "use" or second.startswith("BGJOB_"), message
+
+
+def test_flask_bgjob_dlq_without_a_subcommand_prints_click_help() -> None:
+    app = _app({"BGJOB_URL": "nats://127.0.0.1:1"})
+    BgJob(app)
+    result = app.test_cli_runner().invoke(args=["bgjob", "dlq"])
+    assert result.exit_code in (0, 2)  # click's groups: 2 since click 8.2
+    assert "Usage: " in result.output and "usage:" not in result.output  # click's, not argparse's
+    assert "list    dead letters, newest first" in result.output

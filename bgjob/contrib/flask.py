@@ -9,7 +9,8 @@ A Flask extension in the usual shape (like Flask-SQLAlchemy; Celery's "Flask pat
     bgjob_ext = BgJob()
 
     @bgjob_ext.handler("report")
-    def report(job):                     # runs inside app.app_context(): current_app, db.session work
+    def report(job):                     # runs inside app.app_context() whatever worker runs it: current_app,
+                                         # db.session work
         ...
         return bgjob.Complete()
 
@@ -35,9 +36,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import gc
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +57,7 @@ from ..handler import Mux, time_limit_seconds
 from ..job import Job, validate_queue
 from ..middleware.base import Handler, Middleware
 from ..result import Result
+from ..retry_policy import RetryPolicy
 from ..settings import Settings
 
 __all__ = ["AppContext", "BgJob", "FlaskConfig", "get_request_id", "send_job", "send_jobs"]
@@ -73,13 +77,14 @@ APP_DEFAULTS: dict[str, Any] = {
     "BGJOB_TIME_LIMIT": None,  # seconds a handler may run (then TimeLimitExceeded is raised in it)
     "BGJOB_METRICS_PORT": None,  # Prometheus /metrics port of the worker (--metrics-port overrides)
 }
-#: bgjob_django keys with no meaning in Flask, and what to do instead.
+#: bgjob_django keys with no meaning in Flask, and what to do instead (each a sentence, ending the error message).
 INSTEAD = {
-    "BGJOB_ON_COMMIT": "send after your transaction commits (Flask has no transaction.on_commit)",
-    "BGJOB_OUTBOX": "bgjob_django's outbox needs Django's ORM; send after commit instead",
-    "BGJOB_SCHEDULES": "declare periodic jobs with client.schedule(...) (bgjob.periodic)",
-    "BGJOB_SIGNING": "BGJOB_SIGNING_KEY (and BGJOB_VERIFY_KEYS on workers)",
-    "BGJOB_METRICS": "BGJOB_METRICS_PORT (or flask bgjob worker --metrics-port)",
+    "BGJOB_ON_COMMIT": "Flask has no transaction.on_commit; send the job after your transaction commits.",
+    "BGJOB_OUTBOX": "bgjob_django's outbox needs Django's ORM; send the job after your transaction commits instead.",
+    "BGJOB_SCHEDULES": "declare periodic jobs with client.schedule(...) (bgjob.periodic) instead.",
+    "BGJOB_SIGNING": "use BGJOB_SIGNING_KEY (and BGJOB_VERIFY_KEYS on workers) instead.",
+    "BGJOB_METRICS": "use BGJOB_METRICS_PORT (or flask bgjob worker --metrics-port) instead.",
+    "BGJOB_SENTRY": "call sentry_sdk.init(..., integrations=[bgjob.contrib.sentry.BgjobIntegration()]) instead.",
 }
 KNOWN_KEYS = frozenset(CLIENT_KEYS) | frozenset(APP_DEFAULTS)
 #: The response (and request) header carrying the request id.
@@ -111,7 +116,8 @@ class FlaskConfig:
         given = {k: v for k, v in config.items() if isinstance(k, str) and k.startswith("BGJOB_")}
         for key in given:
             if key in INSTEAD:
-                raise ConfigurationError(f"app.config[{key!r}] is not a bgjob Flask setting: use {INSTEAD[key]}")
+                raise ConfigurationError(f"app.config[{key!r}] is a bgjob_django setting with no meaning in Flask: "
+                                         f"{INSTEAD[key]}")  # fmt: skip
             if key not in KNOWN_KEYS:
                 close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=2)
                 hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
@@ -204,12 +210,33 @@ class AppContext:
             return call_next(job)
 
 
+class _ExtensionAppContext:
+    """The per-handler middleware of `@ext.handler`: the handler runs inside the app context of the app `ext`
+    was set up for, whatever worker runs it (`run_jobs`, a Worker without `AppContext`, immediate mode).
+
+    Already inside an app context of one of the extension's apps (`flask bgjob worker`'s `AppContext`, a view in
+    immediate mode, a test's `with app.app_context()`) it adds nothing; else it pushes the context of the app,
+    found at call time (so an app factory's app, made after the handlers were registered, is found). Raises
+    ConfigurationError (the job's failure) when init_app was never called, or when the extension serves several
+    live apps and nothing says which one this job is for."""
+
+    def __init__(self, ext: BgJob) -> None:
+        self.ext = ext
+
+    def __call__(self, job: Job, call_next: Handler) -> Result:
+        if has_app_context() and self.ext._serves(current_app._get_current_object()):  # type: ignore[attr-defined]
+            return call_next(job)
+        with self.ext._app_for(job).app_context():
+            return call_next(job)
+
+
 class _State:
     """What an app's `app.extensions["bgjob"]` holds: its config and its client (made on first use)."""
 
-    def __init__(self, ext: BgJob, config: FlaskConfig) -> None:
+    def __init__(self, ext: BgJob, config: FlaskConfig, app: Flask) -> None:
         self.ext = ext
         self.config = config
+        self._app = weakref.ref(app)
         self._client: Client | None = None
         self._lock = threading.Lock()
 
@@ -219,8 +246,24 @@ class _State:
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = Client(self.config.settings)
+                    self._client = self._new_client()
                 client = self._client
+        return client
+
+    def _new_client(self) -> Client:
+        """The app's client; in immediate mode (BGJOB_IMMEDIATE, test-only) one running the extension's handlers
+        inline with BGJOB_MAX_ATTEMPTS, refused (ConfigurationError) unless the app is in testing or debug mode."""
+        settings = self.config.settings
+        if not settings.immediate:
+            return Client(settings)
+        app = self._app()
+        if app is not None and not (app.testing or app.debug):
+            raise ConfigurationError(f"app.config['BGJOB_IMMEDIATE'] is a test-only setting: it is refused unless "
+                                     f"app.testing or app.debug is true (Flask app {app.name!r}); remove it from "
+                                     "production config")  # fmt: skip
+        client = Client(settings)
+        client.immediate_mux = self.ext.mux
+        client.immediate_retry_policy = RetryPolicy(max_attempts=self.config.max_attempts)
         return client
 
     def close(self) -> None:
@@ -237,18 +280,25 @@ class BgJob:
     app's state in `app.extensions["bgjob"]`, installs the X-Request-ID handling (unless `request_ids=False`) and
     adds the `flask bgjob` command group. One extension may serve several apps; each has its own client, the
     handlers (`ext.mux`) are shared.
+
+    With `BGJOB_IMMEDIATE = True` (test-only; refused unless `app.testing` or `app.debug`), the app's client runs
+    the extension's handlers inline in `send_job` (bgjob.testing.immediate), retrying up to BGJOB_MAX_ATTEMPTS.
     """
 
     def __init__(self, app: Flask | None = None, *, mux: Mux | None = None, request_ids: bool = True) -> None:
         #: the handlers `@ext.handler` registers, run by `flask bgjob worker`.
         self.mux = mux if mux is not None else Mux()
         self.request_ids = request_ids
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._apps_lock = threading.Lock()
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
         """Set bgjob up for `app` (see the class). Raises ConfigurationError for a bad `BGJOB_*` key."""
-        app.extensions["bgjob"] = _State(self, FlaskConfig.from_config(app.config, app.root_path))
+        app.extensions["bgjob"] = _State(self, FlaskConfig.from_config(app.config, app.root_path), app)
+        with self._apps_lock:
+            self._apps.add(app)
         if self.request_ids:
             app.before_request(_take_request_id)
             app.after_request(_echo_request_id)
@@ -257,15 +307,44 @@ class BgJob:
 
     def handler(self, job_type: str, **options: Any) -> Callable[[Callable[[Job], Result]], Callable[[Job], Result]]:
         """Register a function as the handler of `job_type` on `ext.mux`: the options of `Mux.handle`
-        (time_limit, retry_policy, middleware, sensitive_arg_keys, ...). It runs inside the app's app context
-        (`AppContext`) when a `flask bgjob worker` runs it. Raises what Mux.handle raises (InvalidJob,
-        ConfigurationError)."""
+        (time_limit, retry_policy, middleware, sensitive, ...). It runs inside the app context of the app this
+        extension was set up for, whatever worker runs it (`flask bgjob worker`, `bgjob.testing.run_jobs`, your
+        own Worker, immediate mode): a per-handler middleware, outermost of the handler's own, pushes it unless
+        the job already runs in one of the extension's apps' contexts (`AppContext`). A job whose app cannot be
+        told (init_app never called; several live apps and no app context) fails with ConfigurationError.
+        Raises what Mux.handle raises (InvalidJob, ConfigurationError)."""
+        middleware = [_ExtensionAppContext(self), *(options.pop("middleware", None) or ())]
 
         def register(fn: Callable[[Job], Result]) -> Callable[[Job], Result]:
-            self.mux.handle(job_type, fn, **options)
+            self.mux.handle(job_type, fn, middleware=middleware, **options)
             return fn
 
         return register
+
+    def _serves(self, app: Flask) -> bool:
+        """Whether `app` is set up with this extension (its `app.extensions["bgjob"]` is ours)."""
+        state = app.extensions.get("bgjob")
+        return isinstance(state, _State) and state.ext is self
+
+    def _app_for(self, job: Job) -> Flask:
+        """The one live app set up with this extension, for a job run outside any of its app contexts; raises
+        ConfigurationError when there is none or several."""
+        with self._apps_lock:
+            apps = [app for app in self._apps if self._serves(app)]
+        if len(apps) > 1:  # an app factory's earlier apps (a previous test's) may only wait for the collector
+            gc.collect()
+            with self._apps_lock:
+                apps = [app for app in self._apps if self._serves(app)]
+        if not apps:
+            raise ConfigurationError(f"job {job.id} ({job.type}): the handler needs a Flask app context, but this "
+                                     "BgJob extension was never set up for an app: call BgJob(app) or "
+                                     "ext.init_app(app) in the process that runs the jobs")  # fmt: skip
+        if len(apps) > 1:
+            names = ", ".join(sorted(repr(app.name) for app in apps))
+            raise ConfigurationError(f"job {job.id} ({job.type}): this BgJob extension serves several Flask apps "
+                                     f"({names}) and the job cannot tell which one to run in: give the worker "
+                                     "AppContext(app) middleware, or run them in `with app.app_context()`")  # fmt: skip
+        return apps[0]
 
     def state(self, app: Flask | None = None) -> _State:
         """The `app.extensions["bgjob"]` state of `app` (default: current_app). Raises BgjobError when bgjob was
@@ -280,8 +359,15 @@ class BgJob:
         return state
 
     def client(self, app: Flask | None = None) -> Client:
-        """The app's bgjob Client (connected lazily, on first use; thread-safe, fork-safe)."""
+        """The app's bgjob Client (connected lazily, on first use; thread-safe, fork-safe); in immediate mode the
+        one to give `bgjob.testing.immediate_log`. Raises BgjobError as `state` does, ConfigurationError for
+        BGJOB_IMMEDIATE outside testing/debug."""
         return self.state(app).client
+
+    def close(self, app: Flask | None = None) -> None:
+        """Close the bgjob client of `app` (default: current_app), e.g. after a test, before its server stops;
+        the next send connects a new one. Raises BgjobError as `state` does; never a NATS error."""
+        self.state(app).close()
 
     def send_job(self, job_type: str, arg: Any = None, **options: Any) -> str:
         """`Client.send_job` through the current app's client: returns the job id once JetStream stored it.
@@ -500,10 +586,27 @@ def status_command() -> None:
 @bgjob_group.command("dlq", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                               "help_option_names": []})  # fmt: skip
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
 @with_appcontext
-def dlq_command(args: tuple[str, ...]) -> None:
-    """The dead-letter queue: list|show|retry|delete|purge|find|erase, exactly as `bgjob dlq` (see
-    `flask bgjob dlq --help`), through the app's settings. Dead letters are shown masked."""
+def dlq_command(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """The dead-letter queue, exactly as `bgjob dlq`, through the app's settings. Dead letters are shown masked.
+
+    \b
+    Subcommands (`flask bgjob dlq SUBCOMMAND --help` for their options):
+      list    dead letters, newest first
+      show    one dead letter as JSON, masked
+      retry   send dead letters back to their queues
+      delete  delete dead letters
+      purge   delete all dead letters (matching the filters)
+      find    dead letters whose arg matches --match PATH=VALUE, masked
+      erase   delete the dead letters whose arg matches (a data-subject request)
+    """
+    if not args:  # as click's groups do: the help, on stderr, exit status 2
+        no_args_is_help = getattr(click.exceptions, "NoArgsIsHelpError", None)
+        if no_args_is_help is not None:
+            raise no_args_is_help(ctx)
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     parser = argparse.ArgumentParser(prog="flask bgjob dlq", description="the dead-letter queue (as `bgjob dlq`)")
     bgjob_cli.add_dlq_arguments(parser)
     options = parser.parse_args(args)

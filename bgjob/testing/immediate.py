@@ -229,6 +229,7 @@ def _fate(outcome: Any, attempt: int, policy: RetryPolicy, hooks: HookSet, job: 
         return Fate.rescheduled(outcome.by.next_run(datetime.now(UTC)))
     if isinstance(outcome, Pause):
         return Fate.handed_back("pause")
+    error: str | None
     error, trace = error_text(outcome)
     if not isinstance(outcome, Failure):
         error, trace = hooks.scrub(error, job) or None, hooks.scrub(trace, job)

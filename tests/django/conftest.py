@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_django
 
 import bgjob
 from bgjob.server import EmbeddedServer
@@ -42,6 +43,18 @@ def pytest_configure(config: pytest.Config) -> None:
         django.setup()
     else:
         _setup_django(config)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_features_known(django_db_setup: None, django_db_blocker: pytest_django.DjangoDbBlocker) -> None:
+    """Django's system checks read database features (Django 6.1's JSONField check asks the connection whether it
+    supports JSON fields, a query the first time): asked once here, so a check test that runs before any database
+    test in its process (any order, any pytest-xdist worker) is not refused database access."""
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            _ = connection.features.supports_json_field
 
 
 @pytest.fixture(autouse=True)

@@ -293,7 +293,8 @@ class Core:
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=5)
-            except Exception:  # noqa: BLE001 - closing anyway
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing anyway (a drain cut short by the
+                # connection dropping ends in nats-py's own CancelledError)
                 await self._nc.close()
 
     async def ensure_queue(self, queue: str, *, deadline: float | None = None) -> None:

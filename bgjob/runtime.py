@@ -19,6 +19,8 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar, cast
 
+from .errors import ConnectionError
+
 T = TypeVar("T")
 log = logging.getLogger("bgjob.runtime")
 
@@ -324,7 +326,14 @@ class Runtime:
             call.waiter.close()
             self.loop.call_soon_threadsafe(lambda: call.task.cancel() if call.task else None)
             raise TimeoutError(f"bgjob: no answer within {timeout}s")
-        return call.value()
+        try:
+            return call.value()
+        except asyncio.CancelledError:
+            # Nothing cancelled the caller: a task of nats-py's under the call was cancelled (the connection closed
+            # or dropped while it ran, seen in nc.drain()). A BaseException would get past every `except Exception`
+            # of a public call: it leaves as bgjob's own error.
+            raise ConnectionError("bgjob: the call was cancelled on bgjob's event loop (the connection closed or "
+                                  "dropped while it ran)") from None  # fmt: skip
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Start a task on the loop (call on the loop) and keep it referenced until it is done."""

@@ -101,3 +101,33 @@ print(os.waitstatus_to_exitcode(status))
     assert proc.returncode == 0 and out.strip() == "0", err
     with bgjob.Client(bgjob.Settings(url=nats_server.url, prefix=prefix)) as client:
         assert client.queue_stats().pending == 3
+
+
+def test_a_call_cancelled_on_the_loop_leaves_as_a_bgjob_error_and_close_still_closes(make_client) -> None:
+    """A task of nats-py's cancelled under a call (the connection dropping during nc.drain(), seen in CI when a
+    client was closed) ended the call's task cancelled; its CancelledError, a BaseException, got past the
+    `except Exception` of Client.close() and out of it."""
+    import asyncio
+
+    from bgjob.runtime import Runtime
+
+    runtime = Runtime("test-cancelled")
+    try:
+
+        async def cancelled_inside() -> None:
+            raise asyncio.CancelledError()
+
+        with pytest.raises(bgjob.ConnectionError, match="cancelled on bgjob's event loop"):
+            runtime.run(cancelled_inside(), 10)
+    finally:
+        runtime.stop()
+    client = make_client()
+    client.queue_stats("default")  # connected
+
+    async def drain_cancelled() -> None:
+        raise asyncio.CancelledError()
+
+    client._core._nc.drain = drain_cancelled  # what nats-py's drain did when the connection dropped under it
+    client.close()  # returns, closed
+    with pytest.raises(bgjob.BgjobError):
+        client.send_job("t", None)

@@ -33,7 +33,6 @@ import atexit
 import base64
 import json
 import logging
-import math
 import os
 import reprlib
 import selectors
@@ -52,7 +51,7 @@ from .errors import BgjobError, HandlerError
 from .handler import time_limit_seconds
 from .hard_exit import before_hard_exit
 from .hooks import Fate, FateKind, WorkerHooks, register_hooks
-from .job import Job, format_time, validate_type
+from .job import Job, format_time, positive_seconds, validate_type
 from .result import Complete, MoveToDlq, Result, Retry
 
 if TYPE_CHECKING:
@@ -517,17 +516,10 @@ def _argv(job_type: str, argv: Sequence[str]) -> tuple[str, ...]:
 
 
 def _timeout(job_type: str, value: float | timedelta) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise HandlerError(f"external process for {job_type!r}: timeout must be seconds (an int or float) or a "
-                           f"timedelta, got {reprlib.repr(value)}")  # fmt: skip
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise HandlerError(f"external process for {job_type!r}: timeout must be a finite number of seconds > 0, got "
-                           f"{reprlib.repr(value)}")  # fmt: skip
-    return seconds
+    try:
+        return positive_seconds("timeout", value)
+    except ValueError as exc:
+        raise HandlerError(f"external process for {job_type!r}: {exc}") from None
 
 
 def _env(job_type: str, env: Mapping[str, str] | None) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import reprlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -10,7 +9,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import HandlerError, InvalidJob
-from .job import Job, validate_claim, validate_sensitive, validate_type
+from .job import Job, positive_seconds, validate_claim, validate_sensitive, validate_type
 from .request_reply import RequestReplyHandler
 from .result import Result
 from .retry_policy import RetryPolicy
@@ -119,21 +118,7 @@ def time_limit_seconds(value: float | timedelta | None) -> float | None:
     of a time limit (handlers, workers, the CLI, Django's TIME_LIMIT).
 
     Raises ValueError for anything else (0, a negative, NaN, infinity, a bool, a str)."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int too large for a float
-            seconds = math.inf
-    else:
-        raise ValueError(f"time_limit must be seconds (an int or float) or a timedelta, got {type(value).__name__} "
-                         f"{reprlib.repr(value)}")  # fmt: skip
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"time_limit must be a finite number of seconds > 0, got {reprlib.repr(value)}")
-    return seconds
+    return None if value is None else positive_seconds("time_limit", value)
 
 
 def _time_limit(job_type: str, value: float | timedelta | None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
@@ -198,6 +199,27 @@ def validate_claim(claim: str) -> str:
         raise InvalidJob(f"invalid claim {claim!r}: use letters, digits, '_', '-', ':', '/' and '=' "
                          "(e.g. 'primary' or 'region/eu'), at most 100 characters, no dots")  # fmt: skip
     return claim
+
+
+def positive_seconds(name: str, value: float | timedelta) -> float:
+    """`value` as seconds: an int or float > 0 (finite), or a timedelta. The one reading of a handler's duration
+    options (`time_limit`, a request-reply handler's and an external program's `timeout`).
+
+    Raises ValueError naming `name` for anything else (0, a negative, NaN, infinity, an int too large for a float,
+    a bool, a str, None)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+    else:
+        raise ValueError(f"{name} must be seconds (an int or float) or a timedelta, got {type(value).__name__} "
+                         f"{reprlib.repr(value)}")  # fmt: skip
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {reprlib.repr(value)}")
+    return seconds
 
 
 def validate_target_timeout(timeout: timedelta | float | None) -> float | None:

@@ -37,7 +37,6 @@ Subjects a service cannot own are refused at registration (`validate_subject`: `
 from __future__ import annotations
 
 import json
-import math
 import re
 import reprlib
 import time
@@ -61,6 +60,7 @@ from .headers import (
     SERVICE_ERROR,
     SERVICE_ERROR_CODE,
 )
+from .job import positive_seconds
 from .result import Complete, MoveToDlq, Result, Retry
 from .schedule import MAX_DELAY_SECONDS
 
@@ -126,19 +126,7 @@ def validate_subject(subject: str) -> str:
 def validate_timeout(timeout: float | timedelta) -> float:
     """A request's timeout in seconds: an int or float > 0 (finite), or a timedelta; returns it as a float.
     Raises ValueError for anything else (0, a negative, NaN, infinity, a bool, a str, None)."""
-    if isinstance(timeout, timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        try:
-            seconds = float(timeout)
-        except OverflowError:
-            seconds = math.inf
-    else:
-        raise ValueError(f"timeout must be seconds (an int or float) or a timedelta, got {type(timeout).__name__} "
-                         f"{reprlib.repr(timeout)}")  # fmt: skip
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"timeout must be a finite number of seconds > 0, got {reprlib.repr(timeout)}")
-    return seconds
+    return positive_seconds("timeout", timeout)
 
 
 class RequestReplyHandler:

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -509,14 +509,39 @@ def default_client() -> Client:
         return _default
 
 
-def send_job(job_type: str, arg: Any = None, **kwargs: Any) -> str:
-    """`default_client().send_job(...)`."""
-    return default_client().send_job(job_type, arg, **kwargs)
+def send_job(
+    job_type: str,
+    arg: Any = None,
+    *,
+    queue: str = "default",
+    delay: timedelta | float | None = None,
+    at: datetime | None = None,
+    job_id: str | None = None,
+    request_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    store_result: bool | None = None,
+    unique_for: timedelta | float | None = None,
+    sensitive: Collection[str] | None = None,
+    deadline: datetime | timedelta | float | None = None,
+    max_attempts: int | None = None,
+    target: str | None = None,
+    partition_key: str | None = None,
+    target_timeout: timedelta | float | None = None,
+) -> str:
+    """`default_client().send_job(...)`: the same parameters (documented at `Client.send_job`; `delay`,
+    `unique_for`, `target_timeout` and `deadline` take seconds or a timedelta), the same return value (the job's
+    id once JetStream has stored it) and errors (InvalidJob, ConnectionError)."""
+    return default_client().send_job(job_type, arg, queue=queue, delay=delay, at=at, job_id=job_id,
+                                     request_id=request_id, headers=headers, store_result=store_result,
+                                     unique_for=unique_for, sensitive=sensitive, deadline=deadline,
+                                     max_attempts=max_attempts, target=target, partition_key=partition_key,
+                                     target_timeout=target_timeout)  # fmt: skip
 
 
-def send_jobs(jobs: Iterable[JobSpec | tuple[str, Any]], **kwargs: Any) -> list[str]:
-    """`default_client().send_jobs(...)`."""
-    return default_client().send_jobs(jobs, **kwargs)
+def send_jobs(jobs: Iterable[JobSpec | tuple[str, Any]], *, queue: str = "default", window: int = 2000) -> list[str]:
+    """`default_client().send_jobs(...)`: the same parameters (documented at `Client.send_jobs`; `window`: the
+    most publishes in flight), return value (the ids, in order) and errors (InvalidJob, SendJobsError)."""
+    return default_client().send_jobs(jobs, queue=queue, window=window)
 
 
 def _after_fork_in_child() -> None:

@@ -6,7 +6,7 @@ import reprlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from .errors import HandlerError, InvalidJob
 from .job import Job, positive_seconds, validate_claim, validate_sensitive, validate_type
@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # bgjob.middleware imports this module (Recovery uses not_a_r
 
     from .external_process import ExternalProcess
     from .middleware.base import Middleware
+    from .typed import TypedJob
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: A plain function handler.
 HandlerFunc = Callable[[Job], Result]
@@ -246,13 +250,28 @@ class Mux:
         self.handle(job_type, handler, sensitive=sensitive, retry_policy=retry_policy, middleware=middleware,
                     time_limit=time_limit, singleton=singleton, partitioned=partitioned, group=group)  # fmt: skip
 
-    def job(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+    @overload
+    def job(self, fn: Callable[P, R], /, *, name: str | None = None,
             aliases: Collection[str] = (), queue: str | None = None, retry_policy: RetryPolicy | None = None,
             time_limit: float | timedelta | None = None, sensitive: Collection[str] | None = None,
-            middleware: Sequence[Middleware] | None = None) -> Any:  # fmt: skip
+            middleware: Sequence[Middleware] | None = None) -> TypedJob[P, R]: ...  # fmt: skip
+
+    @overload
+    def job(self, fn: None = None, /, *, name: str | None = None,
+            aliases: Collection[str] = (), queue: str | None = None, retry_policy: RetryPolicy | None = None,
+            time_limit: float | timedelta | None = None, sensitive: Collection[str] | None = None,
+            middleware: Sequence[Middleware] | None = None,
+            ) -> Callable[[Callable[P, R]], TypedJob[P, R]]: ...  # fmt: skip
+
+    def job(self, fn: Callable[P, R] | None = None, /, *, name: str | None = None,
+            aliases: Collection[str] = (), queue: str | None = None, retry_policy: RetryPolicy | None = None,
+            time_limit: float | timedelta | None = None, sensitive: Collection[str] | None = None,
+            middleware: Sequence[Middleware] | None = None,
+            ) -> TypedJob[P, R] | Callable[[Callable[P, R]], TypedJob[P, R]]:  # fmt: skip
         """Register a plain function as a typed job (`bgjob.typed`): `@mux.job` or `@mux.job(name=..., ...)`.
 
-        Returns a `bgjob.typed.TypedJob`: calling it runs the function here; `fn.send(*args, **kwargs)` checks the
+        Returns a `bgjob.typed.TypedJob[P, R]` of the function's parameters and return type (`@mux.job(...)`: a
+        decorator returning one): calling it runs the function here; `fn.send(*args, **kwargs)` checks the
         call against the signature and type hints (InvalidJob naming the parameter, nothing published) and
         returns a `JobHandle`; `fn.options(queue=, delay=, deadline=, job_id=, max_attempts=, ...)` sets send
         options; `fn.s(...)` builds a workflow step. The worker decodes the arguments, calls the function and
@@ -270,7 +289,7 @@ class Mux:
         """
         from .typed import register  # the one upward import: a TypedJob sends through the client (ARCHITECTURE)
 
-        def decorate(function: Callable[..., Any]) -> Any:
+        def decorate(function: Callable[P, R]) -> TypedJob[P, R]:
             return register(self, function, name=name, aliases=aliases, queue=queue, retry_policy=retry_policy,
                             time_limit=time_limit, sensitive=sensitive, middleware=middleware)  # fmt: skip
 

@@ -164,8 +164,8 @@ class JobSpec:
     unique_for: timedelta | float | None = None
     #: arg keys whose values are sensitive (at any depth): masked wherever the job is shown.
     sensitive: Collection[str] | None = None
-    #: an aware datetime, or a timedelta from now: delivered after it, the job is dead-lettered unrun.
-    deadline: datetime | timedelta | None = None
+    #: an aware datetime, or a timedelta or seconds from now: delivered after it, the job is dead-lettered unrun.
+    deadline: datetime | timedelta | float | None = None
     #: this job's attempt limit (an int >= 1), winning over its handler's and worker's retry policies.
     max_attempts: int | None = None
     #: a placement claim (e.g. "primary", "region/eu"): only a worker holding it runs the job (bgjob.placement).

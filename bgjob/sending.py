@@ -63,7 +63,7 @@ class Sending:
         store_result: bool | None = None,
         unique_for: timedelta | float | None = None,
         sensitive: Collection[str] | None = None,
-        deadline: datetime | timedelta | None = None,
+        deadline: datetime | timedelta | float | None = None,
         max_attempts: int | None = None,
         target: str | None = None,
         partition_key: str | None = None,
@@ -86,10 +86,11 @@ class Sending:
         (its handler sees the real arg). The keys travel in the `Bgjob-Sensitive` header; the worker adds the
         handler's own (`Mux.handler(..., sensitive=)`). A lone str or a key with ',' or a space is InvalidJob.
 
-        `deadline` (an aware datetime, or a timedelta from now; choria asyncjobs' and ebind's task deadline): when
-        the job stops being worth running. A worker that receives it later dead-letters it with reason `deadline`
-        without running its handler, and never schedules a retry that would run after it; handlers see it as
-        `job.deadline`. A naive datetime, a deadline already passed, or a delay/`at` not before it is InvalidJob.
+        `deadline` (an aware datetime, or a timedelta or seconds from now; choria asyncjobs' and ebind's task
+        deadline): when the job stops being worth running. A worker that receives it later dead-letters it with
+        reason `deadline` without running its handler, and never schedules a retry that would run after it;
+        handlers see it as `job.deadline`. A naive datetime, a deadline already passed, or a delay/`at` not before
+        it is InvalidJob.
 
         `max_attempts` (an int >= 1): this job's attempt limit, winning over its handler's retry policy and the
         worker's (`job.max_attempts` shows the effective one). Both travel in headers (Bgjob-Deadline,

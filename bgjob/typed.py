@@ -50,8 +50,8 @@ import time
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
 from . import job as jobmod
 from .errors import ConfigurationError, HandlerError, InvalidJob, InvalidResult, JobFailed, NonRetryable
@@ -71,9 +71,28 @@ __all__ = ["JobHandle", "TypedJob", "register"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+class SendOptions(TypedDict, total=False):
+    """The `send_job` keyword options `fn.options(...)` takes (besides `client`), typed as `Client.send_job` takes
+    them (seconds or a timedelta for the durations, `deadline` also an aware datetime); store_result is always
+    on, `sensitive` is the registration's."""
+
+    queue: str
+    delay: timedelta | float | None
+    at: datetime | None
+    deadline: datetime | timedelta | float | None
+    job_id: str | None
+    max_attempts: int | None
+    request_id: str | None
+    headers: Mapping[str, str] | None
+    unique_for: timedelta | float | None
+    target: str | None
+    partition_key: str | None
+    target_timeout: timedelta | float | None
+
+
 #: the `send_job` keyword options `fn.options(...)` takes (besides `client`); store_result is always on.
-SEND_OPTIONS = frozenset({"queue", "delay", "at", "deadline", "job_id", "max_attempts", "request_id", "headers",
-                          "unique_for", "target", "partition_key", "target_timeout"})  # fmt: skip
+SEND_OPTIONS = frozenset(SendOptions.__optional_keys__)
 _VALUE_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -351,11 +370,12 @@ class TypedJob(Generic[P, R]):
         return queue
 
     # -- producing ---------------------------------------------------------------------------------
-    def options(self, *, client: Client | None = None, **options: Any) -> TypedJob[P, R]:
-        """This job with send options: `queue`, `delay` (seconds or timedelta), `at`, `deadline` (aware datetime or
-        timedelta), `job_id` (idempotent sends), `max_attempts`, `request_id`, `headers`, `unique_for`, `target`
-        (a placement claim, from ebind), `target_timeout` (seconds > 0 or a timedelta: dead-lettered `no_target`
-        when no worker holds the claim by then) and `partition_key` (from dagnats; see docs/routing.md), as
+    def options(self, *, client: Client | None = None, **options: Unpack[SendOptions]) -> TypedJob[P, R]:
+        """This job with send options: `queue`, `delay` (seconds or timedelta), `at`, `deadline` (aware datetime,
+        timedelta or seconds from now), `job_id` (idempotent sends), `max_attempts`, `request_id`, `headers`,
+        `unique_for`, `target` (a placement claim, from ebind), `target_timeout` (seconds > 0 or a timedelta:
+        dead-lettered `no_target` when no worker holds the claim by then) and `partition_key` (from dagnats; see
+        docs/routing.md), as
         `Client.send_job` takes them (checked when sending; `queue`, `target`, `target_timeout` and
         `partition_key` here already), and `client` (default: `bgjob.default_client()`). Returns a copy
         (chainable: `.options(queue="a").options(delay=5)`); the registered job is unchanged. Raises InvalidJob
@@ -370,10 +390,11 @@ class TypedJob(Generic[P, R]):
         if "queue" in options:
             jobmod.validate_queue(options["queue"])
         merged = {**self._send_options, **options}
-        if options.get("target") is not None:
-            jobmod.validate_claim(options["target"])
-        if options.get("partition_key") is not None:
-            jobmod.validate_partition_key(options["partition_key"])
+        target, partition_key = options.get("target"), options.get("partition_key")
+        if target is not None:
+            jobmod.validate_claim(target)
+        if partition_key is not None:
+            jobmod.validate_partition_key(partition_key)
             if not self.partitioned:
                 raise InvalidJob(f"{self.name}.options(): partition_key needs a partitioned handler, and this "
                                  "typed job's is not (partitioned=False): no worker would run the job")  # fmt: skip
@@ -417,6 +438,7 @@ class TypedJob(Generic[P, R]):
                                  **self._send_options)  # fmt: skip
         return JobHandle(job_id, self, client)
 
+    # Not `P.args`/`P.kwargs`: a chain step may leave out the first argument (the previous step's result).
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A workflow step (`bgjob.Signature`) calling this job with `args`/`kwargs` (their JSON forms) and this
         job's send options (its queue included). A chain step gets the previous step's result as its first

@@ -48,7 +48,7 @@ def send_job(
     store_result: bool | None = None,
     unique_for: timedelta | float | None = None,
     sensitive: Collection[str] | None = None,
-    deadline: datetime | timedelta | None = None,
+    deadline: datetime | timedelta | float | None = None,
     max_attempts: int | None = None,
     target: str | None = None,
     partition_key: str | None = None,
@@ -62,9 +62,9 @@ def send_job(
     The job carries the current request id (RequestIdMiddleware, or the job being handled) unless one is given;
     `store_result` keeps its outcome for `get_client().result(job_id)`; `unique_for` (with `job_id`) and
     `sensitive` (arg key names whose values are masked) are bgjob's send_job options, and so are `deadline` (an
-    aware datetime or a timedelta from this call: delivered later, the job is dead-lettered unrun, reason
-    `deadline`) and `max_attempts` (this job's attempt limit, winning over the handler's and BGJOB's). `target` (a
-    placement claim such as "primary" or "region/eu", from ebind: only a worker holding it runs the job) and
+    aware datetime, or a timedelta or seconds from this call: delivered later, the job is dead-lettered unrun,
+    reason `deadline`) and `max_attempts` (this job's attempt limit, winning over the handler's and BGJOB's).
+    `target` (a placement claim such as "primary" or "region/eu", from ebind: only a worker holding it runs the job) and
     `partition_key` (a printable str, from dagnats: jobs with one key run one at a time in send order on
     `partitioned=True` handlers) route the job as bgjob's send_job does; not both (see docs/routing.md).
     `target_timeout` (seconds > 0 or a timedelta, with `target`; default Settings.target_timeout): when no worker

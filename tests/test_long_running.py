@@ -286,3 +286,70 @@ def test_outside_a_worker_the_methods_say_so() -> None:
     job.report_progress({"done": 1})  # a no-op, as heartbeat()
     with pytest.raises(bgjob.InvalidResult):
         bgjob.Pause(-1)
+
+
+def test_a_checkpoint_survives_retries_and_a_pause_until_a_datetime_and_lives_in_a_bucket_with_its_ttl(
+    make_client, start_worker
+) -> None:
+    """Issue 18: the state survives retries (a Retry result and a raised exception), a Pause until an aware
+    datetime brings the job back with it, and the bucket's max age is Settings.checkpoint_ttl."""
+    from datetime import datetime, timedelta, timezone
+
+    client = make_client(checkpoint_ttl=3600.0)
+    runs: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    @mux.handler("steps", retry_policy=bgjob.RetryPolicy(max_attempts=3, base_delay=0.05, jitter=0))
+    def steps(job: bgjob.Job) -> bgjob.Result:
+        state = job.load_checkpoint()
+        runs.put((job.attempt, state))
+        if state is None:
+            job.checkpoint({"step": 1})
+            return bgjob.Retry(0.05)
+        if state == {"step": 1}:
+            job.checkpoint({"step": 2})
+            raise RuntimeError("fails after saving")
+        if state == {"step": 2}:
+            return bgjob.Pause(datetime.now(timezone.utc) + timedelta(seconds=0.3), checkpoint={"step": 3})
+        return bgjob.Complete(state)
+
+    start_worker(client, mux)
+    job_id = client.send_job("steps", None)
+    assert drain(runs, 4) == [(1, None), (2, {"step": 1}), (3, {"step": 2}), (3, {"step": 3})]
+
+    async def max_age(core) -> float:
+        info = await core.js.stream_info(f"KV_{core.topology.stream_prefix}{CHECKPOINTS_BUCKET}")
+        return info.config.max_age
+
+    assert client.run(max_age) == 3600.0
+    wait_until(lambda: _checkpoint(client, job_id) is None, message="the checkpoint deleted after success")
+    assert client.dlq.count() == 0
+
+
+def test_a_pausing_wait_times_out_at_its_first_calls_deadline(client, start_worker) -> None:
+    """wait_for_signal(..., pause=True): the deadline is remembered across pauses; when it passes the wait
+    raises SignalTimeout (caught here: the job completes) and its stored deadline is deleted."""
+    runs: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    @mux.handler("approval")
+    def approval(job: bgjob.Job) -> bgjob.Result:
+        runs.put(("run", job.attempt))
+        try:
+            job.wait_for_signal("approved", 1.0, pause=True, recheck=0.2)
+        except bgjob.SignalTimeout as exc:
+            runs.put(("timeout", str(exc)))
+            return bgjob.Complete()
+        runs.put(("approved", None))
+        return bgjob.Complete()
+
+    start_worker(client, mux)
+    job_id = client.send_job("approval", None, max_attempts=1)
+    seen = [drain(runs, 1, timeout=30)[0]]
+    while seen[-1][0] == "run" and len(seen) < 30:  # about 1.0 / 0.2 looks; a deadline reset each run: for ever
+        seen.append(drain(runs, 1, timeout=30)[0])
+    assert seen[-1][0] == "timeout" and "no signal 'approved' within 1s (pausing)" in seen[-1][1]
+    # paused and looked again (each run's attempt 1), then timed out at the first call's deadline
+    assert 3 <= len(seen) < 30 and all(item == ("run", 1) for item in seen[:-1])
+    assert client.run(long_running.get, CHECKPOINTS_BUCKET, long_running.wait_key(job_id, "approved")) is None
+    assert client.dlq.count() == 0

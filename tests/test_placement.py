@@ -306,3 +306,26 @@ def test_a_partitioned_type_sent_without_a_partition_key_runs_and_is_warned_abou
     warned = [r.getMessage() for r in caplog.records if "no partition_key" in r.getMessage()]
     assert warned == [f"job type 'ordered' is partitioned but job {first} has no partition_key: it runs unordered; "
                       "send it with partition_key= (logged once per type)"] and keyed != first  # fmt: skip
+
+
+def test_a_partitioned_job_that_keeps_failing_blocks_its_key_until_it_is_dead_lettered(client, start_worker) -> None:
+    """Issue 18: a failing job blocks its key until it succeeds or is dead-lettered; then the key goes on, in send
+    order. Its retries are naks (never republished behind the next job of its key)."""
+    runs: queue.Queue = queue.Queue()
+    mux = bgjob.Mux()
+
+    def handler(job: bgjob.Job) -> bgjob.Result:
+        runs.put((job.arg, job.attempt))
+        if job.arg == 2:
+            raise RuntimeError("always fails")
+        return bgjob.Complete()
+
+    mux.handle("ordered", handler, partitioned=True)
+    failing = None
+    for n in range(5):
+        job_id = client.send_job("ordered", n, partition_key="customer-7")
+        failing = job_id if n == 2 else failing
+    start_worker(client, mux, concurrency=4)  # retry policy: 3 attempts, 0.05 s apart
+    assert drain(runs, 7) == [(0, 1), (1, 1), (2, 1), (2, 2), (2, 3), (3, 1), (4, 1)]
+    entry = wait_until(lambda: next(iter(client.dlq.list(limit=5)), None), message="the dead letter")
+    assert (entry.id, entry.attempts) == (failing, 3)

@@ -13,6 +13,7 @@ import bgjob
 from bgjob_django import send_job
 
 from ..conftest import wait_until
+from .conftest import manage
 
 
 def run(*args: str) -> str:
@@ -128,3 +129,27 @@ def test_queue_shows_and_configures_a_queue_like_bgjob_queue(bgjob_client) -> No
         run("bgjob_queue", "configure", "default")
     with pytest.raises(CommandError, match="queue 'nosuch' does not exist yet"):
         run("bgjob_queue", "show", "nosuch")
+
+
+@pytest.mark.parametrize("command", ["bgjob_dlq", "bgjob_queue"])
+def test_django_options_are_taken_after_the_sub_command_too(command) -> None:
+    """`manage.py bgjob_dlq list --settings=X` was refused (unrecognized arguments): argparse looked for Django's
+    options only before the sub-command. Given before it, an option keeps its value."""
+    from django.core.management import load_command_class
+
+    parser = load_command_class("bgjob_django", command).create_parser("manage.py", command)
+    sub = "list" if command == "bgjob_dlq" else "show"
+    after = vars(parser.parse_args([sub, "--settings=a.b", "--pythonpath=/p", "-v", "0", "--traceback", "--no-color"]))
+    assert after["settings"] == "a.b" and after["pythonpath"] == "/p" and after["verbosity"] == 0
+    assert after["traceback"] and after["no_color"]
+    before = vars(parser.parse_args(["--settings=a.b", "-v", "2", sub]))
+    assert before["settings"] == "a.b" and before["verbosity"] == 2 and not before["traceback"]
+
+
+def test_manage_py_bgjob_dlq_list_with_settings_after_the_sub_command(worker_env, dead_letters) -> None:
+    env = {k: v for k, v in worker_env.items() if k != "DJANGO_SETTINGS_MODULE"}  # only --settings names them
+    done = manage(env, "bgjob_dlq", "list", "--limit", "1", "--settings=tests.django.settings")
+    assert done.returncode == 0, done.stderr
+    assert dead_letters[3] in done.stdout and "(1 shown of 4" in done.stdout
+    done = manage(env, "bgjob_queue", "show", "default", "--settings=tests.django.settings")
+    assert done.returncode == 0 and "default" in done.stdout, done.stderr

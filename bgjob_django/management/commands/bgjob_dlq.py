@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 import bgjob
 from bgjob.cli import add_dlq_arguments, dlq_command
 from bgjob_django.conf import interactive_client
+from bgjob_django.management.subcommands import common_options_after_subcommands
 
 
 class Command(BaseCommand):
@@ -20,6 +21,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_dlq_arguments(parser)
+        common_options_after_subcommands(parser)  # manage.py bgjob_dlq list --settings=X
 
     def handle(self, *args: Any, **options: Any) -> None:
         problems: list[str] = []

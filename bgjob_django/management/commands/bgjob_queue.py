@@ -12,6 +12,7 @@ import bgjob
 from bgjob.cli import add_queue_arguments, queue_command
 from bgjob.provisioning import QUEUE_OPTIONS, show_value
 from bgjob_django.conf import get_client, get_config
+from bgjob_django.management.subcommands import common_options_after_subcommands
 
 
 class Command(BaseCommand):
@@ -26,6 +27,7 @@ class Command(BaseCommand):
         add_queue_arguments(parser, from_settings="apply the configuration of each BGJOB['QUEUES'] entry that "
                             'carries one ({"name": "mail", "max_entries": 10000, "max_age": 3600}); nothing '
                             "else ever applies them")  # fmt: skip
+        common_options_after_subcommands(parser)  # manage.py bgjob_queue show --settings=X
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

@@ -44,9 +44,14 @@ def _drain(ctx: Context, jobs: int, *, partitioned: bool) -> Measurement:
     """Send `jobs` jobs to a fresh queue, then time `WORKERS` workers draining them (jobs/s)."""
     queue = ctx.queue("part" if partitioned else "plain")
     done = threading.Semaphore(0)
+    order: dict[int, list[int]] = {}  # key -> the n of each job run for it, in run order
+    order_lock = threading.Lock()
 
     def work(job: bgjob.Job) -> bgjob.Result:
         time.sleep(WORK_SECONDS)
+        n = job.arg["n"]
+        with order_lock:
+            order.setdefault(n % KEYS, []).append(n)
         done.release()
         return bgjob.Complete()
 
@@ -61,8 +66,10 @@ def _drain(ctx: Context, jobs: int, *, partitioned: bool) -> Measurement:
     workers = [bgjob.Worker(c, mux, queue=queue, concurrency=CONCURRENCY, fetch_timeout=0.5) for c in clients]
     start = time.perf_counter()
     threads = [w.start() for w in workers]
-    for _ in range(jobs):
-        done.acquire(timeout=120)
+    deadline = time.monotonic() + 120
+    for ran in range(jobs):
+        if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise RuntimeError(f"partitions: only {ran} of {jobs} jobs ran within 120 s")
     elapsed = time.perf_counter() - start
     for w in workers:
         w.stop()
@@ -76,4 +83,8 @@ def _drain(ctx: Context, jobs: int, *, partitioned: bool) -> Measurement:
     producer.run(delete)
     for c in [producer, *clients]:
         c.close()
+    if partitioned:  # the rate only counts if the order it pays for was kept
+        for key, ran_order in order.items():
+            if ran_order != sorted(ran_order):
+                raise RuntimeError(f"partitions: key-{key} ran out of send order")
     return Measurement(rate=jobs / elapsed)

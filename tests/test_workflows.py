@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import bgjob
+from bgjob.core import Core
 from bgjob.workflows import list_runs
 
 from .conftest import python_process, wait_until
@@ -243,6 +244,7 @@ def test_fan_in_race_starts_the_successor_once(make_client: Callable[..., bgjob.
     start_worker(right, mux, queue="qb", concurrency=32)
     start_worker(joiner, mux, concurrency=8)
     producer = make_client()
+    _keep_every_write(producer)
     runs = []
     for _batch in range(10):
         started = []
@@ -257,6 +259,45 @@ def test_fan_in_race_starts_the_successor_once(make_client: Callable[..., bgjob.
         runs.extend(run for run, _ in started)
     assert len(runs) == 200
     assert {run.id: joins[run.id] for run in runs} == {run.id: 1 for run in runs}
+    # One claim each, by compare-and-swap: the queue's duplicate window alone would also hide a second start of a
+    # race's loser (same job id), but not one sent after the window (a step rerun after a crash, long after).
+    claims = _claims(producer, "join")
+    assert {run.id: claims[run.id] for run in runs} == {run.id: 1 for run in runs}
+
+
+def _keep_every_write(client: bgjob.Client) -> None:
+    """Create the workflows bucket (as bgjob.workflows would) keeping 64 revisions of each key instead of one, so
+    that a test can read every write a run's keys got (none gets that many)."""
+    from nats.js.api import StorageType
+
+    from bgjob.workflows import BUCKET_SUFFIX, RUN_TTL
+
+    async def create(core: Core) -> None:
+        await core.bucket(BUCKET_SUFFIX, ttl=RUN_TTL, storage=StorageType.FILE,
+                          description="bgjob workflow runs (every revision kept)", history=64)  # fmt: skip
+
+    client.run(create)
+
+
+def _claims(client: bgjob.Client, step: str) -> collections.Counter[str]:
+    """Per run, the stored writes of `step`'s key that claimed it (state `starting`), read from the bucket's
+    stream (a refused compare-and-swap is not stored, so not counted). Needs _keep_every_write first."""
+    import nats.js.errors
+
+    async def read(core: Core) -> collections.Counter[str]:
+        bucket = core.topology.workflows_bucket
+        found: collections.Counter[str] = collections.Counter()
+        seq = 1
+        while True:
+            try:
+                msg = await core.js.get_msg(f"KV_{bucket}", seq=seq, subject=f"$KV.{bucket}.*.s.{step}", next=True)
+            except nats.js.errors.NotFoundError:
+                return found
+            if json.loads(msg.data or b"{}").get("state") == "starting":
+                found[msg.subject.split(".")[-3]] += 1
+            seq = msg.seq + 1
+
+    return client.run(read)
 
 
 CRASHING_WORKER = r"""

@@ -62,6 +62,17 @@ def gives_up(n: int) -> int:
     return n
 
 
+ticks: list[int] = []
+
+
+@mux.job(name="tick")
+def tick(n: int) -> int | bgjob.Reschedule:
+    ticks.append(n)
+    if n < 2:  # the next run's arg in the wire format, checked as send() checks it
+        return bgjob.Reschedule(bgjob.ByAfterTime(0.05), arg=tick.encode(n + 1))
+    return n * 10
+
+
 @mux.job(name="charge", sensitive=["card"])
 def charge(amount: int, card: str) -> int:
     return amount
@@ -254,6 +265,15 @@ def test_a_typed_job_may_return_a_retry_or_move_to_dlq(client, start_worker) -> 
     with pytest.raises(bgjob.JobFailed, match="negative"):
         moved.result(timeout=15)
     assert wait_until(lambda: client.dlq.list(reason="negative"), message="dead letter")[0].id == moved.id
+
+
+def test_a_typed_job_may_return_a_reschedule_with_its_next_arg(client, start_worker) -> None:
+    start_worker(client, mux)
+    handle = tick.options(client=client).send(0)
+    wait_until(lambda: ticks == [0, 1, 2], message="three runs, each with the arg the previous one gave")
+    assert handle.result(timeout=15) == 20
+    with pytest.raises(bgjob.InvalidJob, match="argument 'n': expected int, got a str"):
+        tick.encode("3")
 
 
 def test_a_producer_with_only_the_name_sends_the_wire_format(client, start_worker) -> None:

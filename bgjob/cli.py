@@ -527,7 +527,7 @@ def _queue_lines(config: QueueConfig) -> list[str]:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    client = _client()
+    client = _client(interactive=True)
     try:
         print("\n".join(queue_command(client, vars(args))))
     finally:

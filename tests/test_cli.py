@@ -205,13 +205,13 @@ def test_dlq_list_json_has_iso_dates_and_retry_all(cli_env, client, start_worker
     assert out.returncode == 0 and "retried 1 dead letter" in out.stdout
 
 
-def test_status_and_dlq_fail_at_once_when_nats_is_unreachable(cli_env) -> None:
+def test_status_dlq_and_queue_fail_at_once_when_nats_is_unreachable(cli_env) -> None:
     import time
 
     from bgjob.server import free_port
 
     env = {**cli_env, "BGJOB_URL": f"nats://127.0.0.1:{free_port()}"}  # retry_for: 15 s
-    for args in (("status",), ("dlq", "list")):
+    for args in (("status",), ("dlq", "list"), ("queue", "show"), ("queue", "configure", "default", "--ack-wait", "9")):
         started = time.monotonic()
         out = bgjob_cli(env, *args)
         took = time.monotonic() - started

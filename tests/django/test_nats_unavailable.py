@@ -43,8 +43,15 @@ def test_admin_pages_answer_503_at_once_when_nats_is_unreachable(unreachable, dj
 
 
 @pytest.mark.django_db
-def test_bgjob_status_and_bgjob_dlq_fail_at_once_with_one_message(unreachable, caplog, capsys) -> None:
-    for command in (("bgjob_status",), ("bgjob_dlq", "list")):
+def test_bgjob_status_dlq_and_queue_fail_at_once_with_one_message(unreachable, settings, caplog, capsys) -> None:
+    settings.BGJOB = {**settings.BGJOB, "QUEUES": ["default", {"name": "mail", "max_entries": 100}]}  # --from-settings
+    for command in (
+        ("bgjob_status",),
+        ("bgjob_dlq", "list"),
+        ("bgjob_queue", "show"),
+        ("bgjob_queue", "configure", "default", "--ack-wait", "9"),
+        ("bgjob_queue", "configure", "--from-settings"),
+    ):
         caplog.clear()
         started = time.monotonic()
         with caplog.at_level(logging.DEBUG), pytest.raises(CommandError, match="cannot connect to NATS"):

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 import bgjob
 from bgjob.cli import add_queue_arguments, queue_command
 from bgjob.provisioning import QUEUE_OPTIONS, show_value
-from bgjob_django.conf import get_client, get_config
+from bgjob_django.conf import get_config, interactive_client
 from bgjob_django.management.subcommands import common_options_after_subcommands
 
 
@@ -37,7 +37,7 @@ class Command(BaseCommand):
                 for line in self._from_settings():
                     self.stdout.write(line)
                 return
-            for line in queue_command(get_client(), options):
+            for line in queue_command(interactive_client(), options):
                 self.stdout.write(line)
         except bgjob.BgjobError as exc:
             raise CommandError(str(exc)) from exc
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         configs = get_config().queue_configs
         if not configs:
             return ["no BGJOB['QUEUES'] entry carries a configuration: nothing to apply"]
-        client, lines = get_client(), []
+        client, lines = interactive_client(), []
         for queue, changes in configs:
             changed = client.configure_queue(queue, **changes)
             lines += [f"queue {queue}: {name} {show_value(old)} -> {show_value(new)}"

@@ -354,23 +354,25 @@ def test_many_jobs_finishing_around_their_limit_are_either_done_or_stopped_insid
     client, start_worker
 ) -> None:
     """Jobs whose handlers return just before or just after the limit: each is acked, or dead-lettered with
-    reason time_limit after TimeLimitExceeded was raised inside its own handler at or past its limit; none fails
+    reason time_limit after TimeLimitExceeded was raised inside its own handler, for its own run; none fails
     otherwise, and the worker serves them all."""
     limit = 0.05
     mux = bgjob.Mux()
-    early: list[tuple[str, float]] = []
+    foreign: list[tuple[str, str]] = []
     rng = random.Random(16)
 
     @mux.handler("near", time_limit=limit)
     def near(job: bgjob.Job) -> bgjob.Result:
-        started = time.monotonic()
-        until = started + limit * rng.uniform(0.6, 1.4)
+        until = time.monotonic() + limit * rng.uniform(0.6, 1.4)
         try:
             while time.monotonic() < until:
                 pass
-        except bgjob.TimeLimitExceeded:
-            if time.monotonic() - started < limit:  # an exception meant for another job
-                early.append((job.id, time.monotonic() - started))
+        except bgjob.TimeLimitExceeded as exc:
+            # The exception names the run it was set for: another job's is one that leaked into this handler.
+            # (Not a clock check: the limit is armed before the handler starts, so under load a handler may be
+            # stopped less than `limit` after its own first line.)
+            if f"job {job.id} " not in str(exc) or exc.time_limit != limit:
+                foreign.append((job.id, str(exc)))
             raise
         return bgjob.Complete()
 
@@ -386,7 +388,7 @@ def test_many_jobs_finishing_around_their_limit_are_either_done_or_stopped_insid
         if fate.reason == "time_limit":
             assert ", in near\n" in (fate.traceback or "")  # raised inside the handler
     assert set(kinds) <= {"acked", "dead_lettered:time_limit"}, kinds
-    assert early == [] and fates.internal == []
+    assert foreign == [] and fates.internal == []
 
 
 CLI_HANDLERS = """

@@ -160,6 +160,12 @@ def test_redirects_have_no_stray_question_mark(admin_client, bgjob_client, worke
     assert response["Location"] == DLQ
     filtered = admin_client.post(DLQ + "?queue=default", {"action": "retry_selected", "_selected_action": ["gone"]})
     assert filtered["Location"] == DLQ + "?queue=default"
+    wait_until(lambda: bgjob_client.dlq.count() == 1, message="the retried job dead-lettered again")
+    oldest = bgjob_client.dlq.list()[-1].seq
+    links = admin_client.get(DLQ, {"before": oldest}).content.decode()  # past the oldest: it links the newest
+    for link in (f'href="{DLQ}purge/" class="deletelink"', f'href="{DLQ}erase/" class="deletelink"',
+                 f'href="{DLQ}" id="bgjob-newest"'):  # fmt: skip
+        assert link in links, link
 
 
 @pytest.mark.django_db

@@ -94,7 +94,8 @@ class JobState(enum.StrEnum):
 
     #: sent with a delay or `at` (or rescheduled), not due yet.
     SCHEDULED = "scheduled"
-    #: in its queue, waiting for a worker (or handed back, or a delayed job past its due time).
+    #: in its queue, waiting for a worker (or handed back, or a delayed, retried or rescheduled job past its due
+    #: time that no worker has started yet).
     READY = "ready"
     #: a worker started it and has not settled it yet (also after that worker died mid-job, until the job is
     #: delivered again: then it is `running` again, with the next attempt).
@@ -108,6 +109,7 @@ class JobState(enum.StrEnum):
 
 
 _STATE_OF = {
+    EventKind.ENQUEUED: JobState.SCHEDULED,  # until its due time (state_of)
     EventKind.STARTED: JobState.RUNNING,
     EventKind.SUCCEEDED: JobState.SUCCEEDED,
     EventKind.RETRY_SCHEDULED: JobState.RETRY_SCHEDULED,
@@ -223,15 +225,21 @@ def event_body(kind: EventKind, job_id: str, job_type: str, queue: str, attempt:
     return (text + "}").encode()
 
 
+#: the kinds of event after which a job waits for its `due` time, then is `ready` (in its queue for a worker).
+_WAITS_FOR_DUE = (EventKind.ENQUEUED, EventKind.RETRY_SCHEDULED, EventKind.RESCHEDULED)
+
+
 def state_of(event: Event | None, now: datetime | None = None) -> JobState:
     """The state a job is in when `event` is its last one: an `enqueued` event is `scheduled` until its `due`
-    time (`now`: the current time), then `ready`."""
+    time (`now`: the current time), then `ready`; likewise a `retry_scheduled` one is `retry_scheduled` and a
+    `rescheduled` one `scheduled` until their `due`, then `ready` (due, and no worker has started it yet)."""
     if event is None:
         return JobState.UNKNOWN
-    if event.kind is EventKind.ENQUEUED:
-        if event.due is not None and event.due > (now or datetime.now(timezone.utc)):
-            return JobState.SCHEDULED
-        return JobState.READY
+    if event.kind in _WAITS_FOR_DUE:
+        if event.due is None:  # sent without a delay (a retry or reschedule always has its due time)
+            return JobState.READY if event.kind is EventKind.ENQUEUED else _STATE_OF[event.kind]
+        if event.due <= (now or datetime.now(timezone.utc)):
+            return JobState.READY
     return _STATE_OF[event.kind]
 
 

@@ -382,6 +382,40 @@ def test_an_enqueued_job_is_scheduled_until_it_is_due_then_ready() -> None:
         assert state_of(Event(kind, "j", "t", "q", 1, now)) is job_state
 
 
+def test_a_retry_or_reschedule_past_its_due_time_is_ready() -> None:
+    """Like a delayed job, a job waiting for a retry or a reschedule is no longer waiting once its due time has
+    passed: it is in its queue for a worker (`ready`), not `retry_scheduled`/`scheduled` at a time gone by."""
+    from datetime import datetime, timezone
+
+    from bgjob.events import Event, state_of
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    due = now + timedelta(seconds=60)
+    for kind, waiting in ((EventKind.RETRY_SCHEDULED, JobState.RETRY_SCHEDULED),
+                          (EventKind.RESCHEDULED, JobState.SCHEDULED)):  # fmt: skip
+        event = Event(kind, "j", "t", "q", 1, now, due=due)
+        assert state_of(event, now) is waiting
+        assert state_of(event, due - timedelta(microseconds=1)) is waiting
+        assert state_of(event, due) is JobState.READY
+        assert state_of(event, due + timedelta(days=1)) is JobState.READY
+
+
+def test_job_status_of_a_retry_nobody_took_after_its_due_time_is_ready(make_client, start_worker) -> None:
+    client = make_client(events=True)
+    mux = bgjob.Mux()
+    mux.handle("later", lambda job: bgjob.Complete() if job.attempt > 1 else bgjob.Retry(2, error="not yet"))
+    first = start_worker(client, mux)
+    job_id = client.send_job("later", None)
+    wait_until(lambda: state(client, job_id) is JobState.RETRY_SCHEDULED, message="retry scheduled")
+    first.stop()  # no worker left to take the retry when it is due
+    due = client.job_status(job_id).due
+    wait_until(lambda: datetime.now(UTC) > due, message="the retry's due time")
+    status = client.job_status(job_id)
+    assert (status.state, status.event.kind, status.attempt) == (JobState.READY, EventKind.RETRY_SCHEDULED, 1)
+    start_worker(client, mux)
+    wait_until(lambda: state(client, job_id) is JobState.SUCCEEDED, message="the retry run by another worker")
+
+
 def test_the_events_stream_is_capped_in_bytes_so_events_never_starve_the_queues(make_client) -> None:
     """Attacker review: with only a max age, events at a high job rate filled the server's storage until sends
     failed with StorageFull. The stream holds at most events_max_bytes; the oldest events go first."""

@@ -6,8 +6,8 @@ seconds, created on first use):
 
 | kind               | published by                         | when                                               |
 |--------------------|--------------------------------------|----------------------------------------------------|
-| `enqueued`         | the producer (send_job, send_jobs,   | the job's PubAck came back (`due` set for a        |
-|                    | publish_prepared)                    | delayed job)                                       |
+| `enqueued`         | the producer (send_job, send_jobs,   | just before the job is published (`due` set for a  |
+|                    | publish_prepared)                    | delayed job); withdrawn if the server refuses it   |
 | `started`          | the worker, `on_job_start`           | its handler chain is about to run                  |
 | `succeeded`        | the worker, `on_settled`             | acked (Complete)                                   |
 | `retry_scheduled`  | the worker, `on_settled`             | nak'ed with a delay or held by a retry schedule    |

@@ -1,6 +1,6 @@
 """Scenario: events. What lifecycle events (`Settings(events=True)`, bgjob.events) cost, in one run: `send_job`
 from one thread and a worker process draining a queue, each with events off and on (ratios on/off), and the
-latency of `Client.job_status` (one server request)."""
+latency of `Client.job_status` (two server requests sent together: the job's last event and its progress)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def run(ctx: Context, plan: Plan) -> list[Row]:
                         f"{ratio:.2f}x the rate without events"))  # fmt: skip
     status = combine(reps["status"])
     rows.append(Row(SCENARIO, f"job_status(id), {STATUS_CALLS} calls over a stream of every event of this run",
-                    "bgjob+events", status, note="one request: the last message on the job's subject"))  # fmt: skip
+                    "bgjob+events", status, note="two requests at once: last event, progress"))  # fmt: skip
     return rows
 
 

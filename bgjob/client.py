@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import job as jobmod
 from . import job_results
 from .codec import PreparedJob, periodic_message, prepare_job
-from .core import Core, QueueConfig, as_bgjob_error, is_transient
+from .core import Core, QueueConfig, as_bgjob_error, is_transient, queue_config_changes
 from .encryption import cipher_for
 from .errors import BgjobError, ConfigurationError, InvalidJob, InvalidSchedule, ResultNotFound
 from .job import JobSpec
@@ -366,6 +366,7 @@ class Client(Sending):
     def configure_queue(
         self,
         queue: str = "default",
+        config: QueueConfig | None = None,
         *,
         ack_wait: float | timedelta | None = None,
         max_ack_pending: int | None = None,
@@ -391,15 +392,24 @@ class Client(Sending):
         metadata. A missing stream is created from Settings; a missing consumer only when one of its fields is
         given. Running workers read ack_wait, max_age and max_deliveries when they start: restart them after a
         change; producers read max_entries within 30 s (this client at once).
+        `config`, a `QueueConfig` (as `queue_config` returns it; e.g. `dataclasses.replace(client.queue_config("a"),
+        max_entries=1000)`), gives the queue that configuration: its limits as they are (a limit None in it is
+        removed), its ack_wait, max_ack_pending, replicas, duplicate_window and allow_msg_schedules where they are
+        set (None keeps the queue's); its queue, stream and consumer names are not used, so one read from another
+        queue copies that queue's configuration. A keyword given beside it wins over its field.
         Returns {field: (old, new)} for what changed (old None: the consumer was created, or no limit was set).
-        Raises ConfigurationError for a bad value or one the server refuses, naming it.
+        Raises ConfigurationError for a bad value or one the server refuses, naming it, and for a `config` that is
+        not a QueueConfig.
         """
         jobmod.validate_queue(queue)
-        changes = validate_queue_changes(
-            ack_wait=ack_wait, max_ack_pending=max_ack_pending, replicas=replicas,
-            duplicate_window=duplicate_window, allow_msg_schedules=allow_msg_schedules,
-            max_entries=max_entries, max_age=max_age, max_deliveries=max_deliveries,
-        )  # fmt: skip
+        given: dict[str, Any] = {
+            "ack_wait": ack_wait, "max_ack_pending": max_ack_pending, "replicas": replicas,
+            "duplicate_window": duplicate_window, "allow_msg_schedules": allow_msg_schedules,
+            "max_entries": max_entries, "max_age": max_age, "max_deliveries": max_deliveries,
+        }  # fmt: skip
+        if config is not None:
+            given = {**queue_config_changes(config), **{k: v for k, v in given.items() if v is not None}}
+        changes = validate_queue_changes(**given)
         return self.run(Core.configure_queue, queue, changes) if changes else {}
 
     def queue_config(self, queue: str = "default") -> QueueConfig | None:

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .provisioning import (
     CONSUMER_FIELDS,
+    NO_LIMIT,
     STREAM_FIELDS,
     Difference,
     asked_for,
@@ -120,6 +121,26 @@ class QueueConfig:
     #: the server's cap on deliveries of one message; the worker dead-letters the last one unrun (reason
     #: "max_deliveries"). None: no cap (or no consumer yet).
     max_deliveries: int | None = None
+
+
+def queue_config_changes(config: QueueConfig) -> dict[str, Any]:
+    """The keyword arguments of `provisioning.validate_queue_changes` that give a queue `config` (see
+    Client.configure_queue): its limits as they are (None: NO_LIMIT, removed), the other fields where set.
+    Raises ConfigurationError for anything but a QueueConfig."""
+    if not isinstance(config, QueueConfig):
+        raise ConfigurationError(
+            f"config must be a bgjob.QueueConfig (as queue_config returns), not {type(config).__name__}"
+        )
+    changes: dict[str, Any] = {
+        "max_entries": NO_LIMIT if config.max_entries is None else config.max_entries,
+        "max_age": NO_LIMIT if config.max_age is None else config.max_age,
+        "max_deliveries": NO_LIMIT if config.max_deliveries is None else config.max_deliveries,
+        "ack_wait": config.ack_wait, "max_ack_pending": config.max_ack_pending, "replicas": config.replicas,
+        "duplicate_window": config.duplicate_window,
+        # message schedules can only be switched on: a config without them asks for nothing
+        "allow_msg_schedules": True if config.allow_msg_schedules else None,
+    }  # fmt: skip
+    return changes
 
 
 @dataclass

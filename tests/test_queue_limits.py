@@ -237,3 +237,42 @@ def test_bgjob_queue_configure_and_show_the_limits(nats_server, prefix, monkeypa
     with pytest.raises(SystemExit):
         cli_main(["queue", "configure", "mail", "--max-entries", "lots"])
     assert "not a number or 'none'" in capsys.readouterr().err
+
+
+# -- configure_queue(name, config) --------------------------------------------------------------------------------
+def test_configure_queue_takes_a_queue_config_and_keywords_win_over_its_fields(client) -> None:
+    import dataclasses
+
+    client.configure_queue("a", max_entries=7, max_age=60, max_deliveries=4, ack_wait=20)
+    copied = client.queue_config("a")
+    assert client.configure_queue("b", copied) == {"max_entries": (None, 7), "max_age": (None, 60.0),
+                                                   "max_deliveries": (None, 4), "ack_wait": (None, 20.0),
+                                                   "max_ack_pending": (None, copied.max_ack_pending)}  # fmt: skip
+    got = client.queue_config("b")
+    assert (got.max_entries, got.max_age, got.max_deliveries, got.ack_wait) == (7, 60.0, 4, 20.0)
+
+    # a limit None in the config is removed; a keyword beside it wins over its field
+    lowered = dataclasses.replace(got, max_entries=None, max_age=120.0)
+    assert client.configure_queue("b", lowered, max_age=90) == {"max_entries": (7, None), "max_age": (60.0, 90.0)}
+    got = client.queue_config("b")
+    assert (got.max_entries, got.max_age, got.max_deliveries) == (None, 90.0, 4)
+    assert client.configure_queue("b", got) == {}, "giving a queue its own configuration changes nothing"
+
+
+def test_configure_queue_refuses_a_config_that_is_not_a_queue_config_and_changes_nothing(client) -> None:
+    client.configure_queue("default", max_entries=100)
+    before = client.queue_config()
+    for bad in ({"max_entries": 3}, "max_entries=3", 3):
+        with pytest.raises(bgjob.ConfigurationError, match=r"config must be a bgjob\.QueueConfig"):
+            client.configure_queue("default", bad)  # type: ignore[arg-type]
+    assert client.queue_config() == before
+    bad_value = dataclasses_replace(before, max_entries=-1)
+    with pytest.raises(bgjob.ConfigurationError, match="max_entries"):
+        client.configure_queue("default", bad_value)
+    assert client.queue_config() == before
+
+
+def dataclasses_replace(config: bgjob.QueueConfig, **changes: object) -> bgjob.QueueConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]

@@ -6,10 +6,17 @@ on Redis and on RabbitMQ, in one run, same machine, same no-op steps, one worker
 - groups of 100 no-op steps: G groups started from one thread, the clock stopped when every step ran (groups
   per second).
 
+The plain path of the same run is the baseline of bgjob's workflow rows ("bgjob, plain jobs"): the same worker
+(same process, 16 threads) where a chain is 3 plain jobs, each handler but the last sending the next one with
+`client.send_job` (what an application does without the workflow engine), and a group is 100 independent jobs
+sent with one `client.send_jobs`. Its ratio, workflow/plain, is what the engine (its bucket writes, its step
+records) costs on top of the jobs themselves.
+
 Completion is seen the same way for every system: the last step of a chain (every step of a group) appends a
 line to a file the bench counts, so no result backend is needed (Celery runs with `task_ignore_result=True` and
 `task_acks_late=True`, as in the peers scenario). bgjob's engine still records every step's value in its
-`<PREFIX>_WORKFLOWS` bucket, as it always does. Ratios are bgjob's rate over each Celery's."""
+`<PREFIX>_WORKFLOWS` bucket, as it always does. Ratios on Celery's rows are bgjob's rate over each Celery's.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from .common import Plan, log
 SCENARIO = "workflows"
 CONCURRENCY = 16
 GROUP_SIZE = 100
+PLAIN = "bgjob, plain jobs"
 
 BGJOB_WORKER = r"""
 import os, sys
@@ -42,6 +50,33 @@ def step(job):
     return bgjob.Complete(1)
 
 @mux.handler("wf.last")
+def last(job):
+    os.write(fd, b".\n")
+    return bgjob.Complete(1)
+
+open(done + ".ready", "w").close()
+bgjob.Worker(client, mux, queue=queue, concurrency=int(sys.argv[5]), fetch_timeout=0.5).run()
+"""
+
+BGJOB_PLAIN_WORKER = r"""
+import os, sys
+import bgjob
+url, prefix, queue, done = sys.argv[1:5]
+client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix))
+mux = bgjob.Mux()
+fd = os.open(done, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+@mux.handler("wfp.first")
+def first(job):
+    client.send_job("wfp.second", 1, queue=queue)
+    return bgjob.Complete(1)
+
+@mux.handler("wfp.second")
+def second(job):
+    client.send_job("wfp.last", 1, queue=queue)
+    return bgjob.Complete(1)
+
+@mux.handler("wfp.last")
 def last(job):
     os.write(fd, b".\n")
     return bgjob.Complete(1)
@@ -144,6 +179,21 @@ class _Bgjob(_Peer):
         self.client.close()
 
 
+class _BgjobPlain(_Bgjob):
+    """The plain path: a chain as 3 jobs each sending the next with send_job, a group as one send_jobs."""
+
+    name = PLAIN
+
+    def argv(self) -> list[str]:
+        return [BGJOB_PLAIN_WORKER, *super().argv()[1:]]
+
+    def chain(self) -> None:
+        self.client.send_job("wfp.first", 0, queue=self.queue)
+
+    def group(self) -> None:
+        self.client.send_jobs([("wfp.last", i) for i in range(GROUP_SIZE)], queue=self.queue)
+
+
 class _Celery(_Peer):
     def __init__(self, ctx: Context, queue: str, done: pathlib.Path, broker: str) -> None:
         super().__init__(ctx, queue, done)
@@ -224,7 +274,7 @@ def run(ctx: Context, plan: Plan) -> list[Row]:
     reps: dict[tuple[str, str], list[Measurement]] = {}
     skipped: dict[str, str] = {}
     makers: list[tuple[str, Callable[[str, pathlib.Path], _Peer]]] = [
-        ("bgjob", lambda q, d: _Bgjob(ctx, q, d))]  # fmt: skip
+        (PLAIN, lambda q, d: _BgjobPlain(ctx, q, d)), ("bgjob", lambda q, d: _Bgjob(ctx, q, d))]  # fmt: skip
     if redis_url:
         makers.append(("celery-redis", lambda q, d: _make_celery("celery-redis", ctx, q, d, redis_url)))
     else:
@@ -261,16 +311,25 @@ def run(ctx: Context, plan: Plan) -> list[Row]:
              "group": f"groups of {GROUP_SIZE} no-op steps ({groups}, groups/s)"}  # fmt: skip
     for what, case in cases.items():
         mine = combine(reps[("bgjob", what)]) if ("bgjob", what) in reps else None
+        plain = combine(reps[(PLAIN, what)]) if (PLAIN, what) in reps else None
         for name, _ in makers:
             if (name, what) not in reps:
                 continue
             m = combine(reps[(name, what)])
-            if name == "bgjob" or mine is None:
-                rows.append(Row(SCENARIO, case, name, m, note="baseline of the ratios"))
-                continue
-            ratio = mine.rate / m.rate
-            rows.append(Row(SCENARIO, case, name, m, "bgjob", ratio, f"bgjob is {ratio:.2f}x {name}'s rate"))
-            log(f"workflows: {case}: bgjob {mine.rate:.1f}/s, {name} {m.rate:.1f}/s: ratio {ratio:.2f}")
+            if name == PLAIN:
+                how = ("3 jobs, each handler sending the next with send_job" if what == "chain"
+                       else f"{GROUP_SIZE} jobs sent with one send_jobs")  # fmt: skip
+                rows.append(Row(SCENARIO, case, name, m, note=f"baseline of bgjob's ratio: the plain path, {how}"))
+            elif name == "bgjob":
+                ratio = m.rate / plain.rate if plain is not None and plain.rate and m.rate else None
+                rows.append(Row(SCENARIO, case, name, m, PLAIN if ratio else "", ratio,
+                                "workflow engine; baseline of the Celery rows' ratios"))  # fmt: skip
+            elif mine is not None and mine.rate and m.rate:
+                ratio = mine.rate / m.rate
+                rows.append(Row(SCENARIO, case, name, m, "bgjob", ratio, f"bgjob is {ratio:.2f}x {name}'s rate"))
+                log(f"workflows: {case}: bgjob {mine.rate:.1f}/s, {name} {m.rate:.1f}/s: ratio {ratio:.2f}")
+            else:
+                rows.append(Row(SCENARIO, case, name, m))
     for name, why in skipped.items():
         log(f"workflows: skipped {name}: {why}")
     return rows

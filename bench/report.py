@@ -123,8 +123,15 @@ def peers_table(rows: Sequence[Row]) -> str:
 
 
 def targets_table(targets: Sequence[Target]) -> str:
+    """The goals: "goal N" rows are issue 21's goal N, "kept" rows older goals still checked; each met or missed
+    (or for information), with the ratio of this run."""
     mark = {True: "met", False: "**missed**", None: "(for information)"}
-    return markdown_table(["target", "goal", "this run", ""], [[t.name, t.goal, t.value, mark[t.met]] for t in targets])
+    lines = [[t.name, t.goal, t.value, mark[t.met]] for t in targets]
+    table = markdown_table(["target", "goal", "this run", ""], lines)
+    return (
+        "\"goal N\" rows are issue 21's goals (performance round 2), \"kept\" rows older goals still checked; "
+        "ratios are of figures measured in this run.\n\n" + table
+    )
 
 
 def console(rows: Sequence[Row], targets: Sequence[Target]) -> str:
@@ -142,9 +149,13 @@ def console(rows: Sequence[Row], targets: Sequence[Target]) -> str:
             f"{fmt_ms(r.m.max):>8}  {fmt_ratio(r)}{'  ' + note if note else ''}"
         )
     if targets:
-        out.append("\n== targets ==")
+        out.append("\n== targets (goal N: issue 21's goal N; kept: older goals) ==")
+        name_w = max(len(t.name) for t in targets)
+        goal_w = min(48, max(len(t.goal) for t in targets))
+        value_w = max(len(t.value) for t in targets)
         for t in targets:
-            out.append(f"{t.name:52} {t.goal:28} {t.value:40} {'met' if t.met else 'MISSED' if t.met is False else ''}")
+            mark = "met" if t.met else "MISSED" if t.met is False else ""
+            out.append(f"{t.name:{name_w}}  {t.goal[:goal_w]:{goal_w}}  {t.value:{value_w}}  {mark}")
     return "\n".join(out)
 
 

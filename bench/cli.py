@@ -92,6 +92,11 @@ def targets(rows: list[Row]) -> list[Target]:
         goal_text = f"report, vs {row.baseline}" if info else f">= {goal}x {row.baseline}"
         add(name, goal_text, value, None if info else row.ratio >= goal)
 
+    # The machine's speed, so that figures from different machines can be compared (issue 21, "Done when").
+    speed = find(rows, "enqueue", "publish, sequential acked (asyncio)", "nats-py")
+    if speed is not None and speed.m.rate:
+        add("machine speed: raw nats-py sequential publish", "report", f"{report.fmt_rate(speed.m.rate)}/s", None)
+
     # Goal 1: the worker at concurrency 16, rate and CPU per job against raw nats-py fetch(256)+ack.
     raw = find(rows, "process", "pull fetch(256) + ack loop", "nats-py")
     c16 = find(rows, "process", "Worker, concurrency 16")
@@ -250,7 +255,7 @@ def services(ctx: Context, need_brokers: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small counts, one repetition (~2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition (~5-10 minutes)")
     parser.add_argument("--only", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
     parser.add_argument("--peers", help=f"comma-separated peers for the peers scenario: {', '.join(SYSTEMS)}")
     parser.add_argument("--reps", type=int, help="repetitions per case (default 3, --quick 1)")
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, meta = load_rows(saved)
         write_results(out_dir, rows, meta, Context())
         return 0
-    _watchdog(args.timeout or (300 if args.quick else 1500))
+    _watchdog(args.timeout or (900 if args.quick else 3600))  # against hangs: a busy machine runs slowly
 
     OUT_DIR.mkdir(exist_ok=True)
     work_dir = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=OUT_DIR))

@@ -10,7 +10,7 @@ from .stats import Measurement, Row, Target
 
 
 def fmt_rate(rate: float | None) -> str:
-    return f"{rate:,.0f}" if rate else "-"
+    return "-" if not rate else f"{rate:.1f}" if rate < 10 else f"{rate:,.0f}"
 
 
 def fmt_ms(seconds: float | None) -> str:
@@ -21,7 +21,7 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 def fmt_ratio(row: Row) -> str:
-    if row.scenario == "peers" and row.ratio is not None:
+    if row.ratio is not None and (row.scenario == "peers" or (row.scenario == "workflows" and row.baseline == "bgjob")):
         return f"bgjob/peer {row.ratio:.2f}"
     return f"{row.ratio:.2f}x {row.baseline}" if row.ratio is not None else ""
 
@@ -151,7 +151,7 @@ def console(rows: Sequence[Row], targets: Sequence[Target]) -> str:
     if targets:
         out.append("\n== targets (goal N: issue 21's goal N; kept: older goals) ==")
         name_w = max(len(t.name) for t in targets)
-        goal_w = min(48, max(len(t.goal) for t in targets))
+        goal_w = min(64, max(len(t.goal) for t in targets))
         value_w = max(len(t.value) for t in targets)
         for t in targets:
             mark = "met" if t.met else "MISSED" if t.met is False else ""
@@ -216,7 +216,7 @@ def results_markdown(
         "```sh",
         'pip install -e ".[dev,bench]"',
         "python -m bench            # everything, ~15 minutes; writes bench/RESULTS.md and bench/results.png",
-        "python -m bench --quick    # ~2 minutes, small counts, one repetition; writes bench/out/",
+        "python -m bench --quick    # ~5 minutes, small counts, one repetition; writes bench/out/",
         "python -m bench --rev HEAD # measure bgjob as committed, not the working tree",
         "python -m bench --only peers --peers bgjob,celery-redis,huey-redis",
         "python -m bench --profile  # py-spy profiles of send_job and of a worker, into bench/out/profile/",

@@ -4,6 +4,7 @@ returned; what cannot be interrupted is reported."""
 
 from __future__ import annotations
 
+import ast
 import random
 import subprocess
 import threading
@@ -273,7 +274,13 @@ def test_gevent_limits_stop_greenlets_and_report_what_blocks_the_hub() -> None:
     assert lines["endless"] == "TimeLimitExceeded 0.3 True", (out, err)
     assert lines["neighbour"] == "neighbour"
     assert lines["near"] == "0 0 200", out
-    assert lines["cpu"] == "cpu ['g-3']", out  # reported while it blocked the hub; its result then stands
+    # g-3 is reported while it blocks the hub, and its result then stands. On a loaded machine the process can be
+    # descheduled for longer than report_after while one of the short "near" runs is current: it is reported too
+    # (truly, the hub did not run), so only those may join g-3.
+    value, reported = lines["cpu"].split(" ", 1)
+    assert value == "cpu", out
+    reported_ids = ast.literal_eval(reported)
+    assert "g-3" in reported_ids and all(i == "g-3" or i.startswith("g-n") for i in reported_ids), out
     assert lines["thread"] == "True TimeLimitExceeded", (out, err)
 
 

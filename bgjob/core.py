@@ -64,14 +64,19 @@ _NO_MESSAGE = 10057
 #: err_codes that are answers, not outages, although some come with code 503: retrying them within retry_for only
 #: delays the named error (too large, storage exhausted, account limits, a store failure such as a stream limit).
 _ANSWERS = {10002, 10023, 10028, 10047, 10054, 10077, 10097}
+#: err_code of "no suitable peers for placement": a replicated stream or consumer cannot be placed while fewer
+#: cluster nodes than its replicas are up (a node restarting, a cluster still forming), so it is retried within
+#: retry_for; for a cluster that stays too small the call then fails naming the error (bgjob.ConnectionError).
+NO_SUITABLE_PEERS = 10005
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: the server is restarting, failing over or briefly unreachable, or (err 10158) a
-    publish with the same id is being stored."""
+    """Errors worth retrying: the server is restarting, failing over or briefly unreachable, (err 10005) a
+    replicated stream cannot be placed until enough cluster nodes are up, or (err 10158) a publish with the same
+    id is being stored."""
     if isinstance(exc, nats.js.errors.APIError):
         err_code = getattr(exc, "err_code", None)
-        if err_code == DUPLICATE_IN_PROCESS:
+        if err_code in (DUPLICATE_IN_PROCESS, NO_SUITABLE_PEERS):
             return True
         if err_code in _ANSWERS:
             return False

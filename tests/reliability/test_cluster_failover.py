@@ -11,7 +11,7 @@ import pytest
 import bgjob
 
 from ..conftest import wait_until
-from .support import Scenario, consumer_counts, done_ids, nats_call, scale, stream_name, wait_for_completion
+from .support import Cluster, Scenario, consumer_counts, done_ids, nats_call, scale, stream_name, wait_for_completion
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -81,3 +81,46 @@ def test_a_process_with_default_replicas_does_not_downgrade_a_replicated_queue(c
     finally:
         careless.close()
         replicated.close()
+
+
+
+@pytest.mark.timeout(180)
+def test_a_replicated_queue_is_created_once_a_missing_node_is_up_within_retry_for(tmp_path, prefix) -> None:
+    """A CI run failed creating an R3 queue on a cluster whose third node was not yet a peer: the server answers
+    'no suitable peers for placement' (err 10005) while fewer nodes than replicas are up, which bgjob took as a
+    final refusal. It is now retried within retry_for, so a node starting late (or restarting) delays the call
+    instead of failing it; a cluster that stays too small is still refused once retry_for has passed."""
+    cluster = Cluster(tmp_path / "cluster")
+    late = cluster.nodes[2]
+    try:
+        for node in cluster.nodes[:2]:  # two of three: a meta leader, but only two peers to place replicas on
+            node.start(timeout=30)
+        wait_until(cluster._meta_leader, timeout=60, message="a JetStream meta leader")
+        client = bgjob.Client(bgjob.Settings(url=cluster.url, prefix=prefix, replicas=3, retry_for=60)).connect()
+        outcome: dict[str, object] = {}
+
+        def ensure() -> None:
+            try:
+                client.ensure_queue()
+                outcome["ok"] = True
+            except Exception as exc:  # noqa: BLE001 - reported below
+                outcome["error"] = exc
+
+        caller = threading.Thread(target=ensure, daemon=True)
+        caller.start()
+        try:
+            caller.join(3)  # refused at once before the fix; now it keeps trying while the third node is missing
+            assert caller.is_alive(), f"ensure_queue ended with two of three nodes up: {outcome}"
+            late.start(timeout=30)
+            caller.join(90)
+            assert not caller.is_alive(), "ensure_queue hangs"
+            assert outcome == {"ok": True}, outcome
+
+            async def replicas(_nc: object, js: object) -> int:
+                return (await js.stream_info(stream_name(prefix))).config.num_replicas  # type: ignore[attr-defined]
+
+            assert nats_call(cluster.url, replicas) == 3
+        finally:
+            client.close()
+    finally:
+        cluster.stop()

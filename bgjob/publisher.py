@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import json
@@ -77,18 +78,21 @@ class PublishBatch:
 class Publisher:
     """Puts messages from any thread on the wire without waiting for earlier PubAcks.
 
-    Each message gets a reply subject on one shared inbox; a timer per pump round bounds the wait for
-    PubAcks. A transient error (a 503, err 10158: the same id being stored) or a missing PubAck sends that
-    message down Core.publish's retrying path (same Nats-Msg-Id, so a message the server did store is not
-    stored twice) until the batch's deadline; any other error reply settles it at once with its bgjob name
-    (errors.publish_refusal). Every item's fate is a bgjob error or None.
+    Each message gets a reply subject on one shared inbox; one timer at a time, armed for the oldest pending
+    message's expiry (its publish plus request_timeout), bounds the wait for PubAcks. A transient error (a 503,
+    err 10158: the same id being stored) or a missing PubAck sends that message down Core.publish's retrying path
+    (same Nats-Msg-Id, so a message the server did store is not stored twice) until the batch's deadline; any
+    other error reply settles it at once with its bgjob name (errors.publish_refusal). Every item's fate is a
+    bgjob error or None.
     """
 
     def __init__(self, core: Core, runtime: Runtime) -> None:
         self._core = core
         self._runtime = runtime
         self._outbox: collections.deque[PublishBatch] = collections.deque()
-        self._pending: dict[str, tuple[PublishBatch, int]] = {}
+        #: token -> (batch, index, expiry): in publish order, so in expiry order (one request_timeout each).
+        self._pending: dict[str, tuple[PublishBatch, int, float]] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._tokens = itertools.count()
         self._prefix = ""
         self._pumping = False
@@ -118,11 +122,11 @@ class Publisher:
             self._runtime.spawn(self._pump())
 
     async def _pump(self) -> None:
-        core, outbox, pending, loop = self._core, self._outbox, self._pending, self._runtime.loop
+        core, outbox, pending = self._core, self._outbox, self._pending
+        timeout, clock = core.settings.request_timeout, time.monotonic
         try:
             while outbox:
                 batch = outbox.popleft()
-                sent = []
                 for index, item in enumerate(batch.items):
                     token = str(next(self._tokens))
                     if item.queue is not None and item.queue not in core._provisioned:
@@ -136,14 +140,13 @@ class Publisher:
                             self._retry(batch, index, TimeoutError("the queue's stream was not confirmed in time"))
                             continue
                     try:
-                        pending[token] = (batch, index)
+                        pending[token] = (batch, index, clock() + timeout)
                         await core.nc.publish(item.subject, item.body, reply=self._prefix + token, headers=item.headers)
-                        sent.append(token)
                     except Exception as exc:  # noqa: BLE001 - the retrying path decides
                         pending.pop(token, None)
                         self._retry(batch, index, exc)
-                if sent:
-                    loop.call_later(core.settings.request_timeout, self._expire, sent)
+                if pending and self._sweep_timer is None:
+                    self._arm_sweep()
         finally:
             self._pumping = False
         if outbox:  # filled while we were finishing
@@ -153,7 +156,7 @@ class Publisher:
         entry = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if entry is None:
             return  # already given up on (timer) and retried
-        batch, index = entry
+        batch, index, _ = entry
         if msg.headers and msg.headers.get(STATUS) == StatusCode.SERVICE_UNAVAILABLE:
             self._retry(batch, index, nats.js.errors.NoStreamResponseError())
             return
@@ -176,11 +179,26 @@ class Publisher:
         else:
             batch.settle(index, refusal)
 
-    def _expire(self, tokens: list[str]) -> None:
-        for token in tokens:
-            entry = self._pending.pop(token, None)
+    def _arm_sweep(self) -> None:
+        """Time the sweep for the oldest pending message's expiry (the first in `_pending`: publish order)."""
+        expiry = next(iter(self._pending.values()))[2]
+        self._sweep_timer = self._runtime.loop.call_later(max(0.0, expiry - time.monotonic()), self._sweep)
+
+    def _sweep(self) -> None:
+        """Retry every message whose PubAck is overdue (request_timeout after its publish), then re-arm."""
+        self._sweep_timer = None
+        pending, now = self._pending, time.monotonic()
+        overdue = []
+        for token, (_, _, expiry) in pending.items():
+            if expiry > now:
+                break
+            overdue.append(token)
+        for token in overdue:
+            entry = pending.pop(token, None)
             if entry is not None:
-                self._retry(*entry, TimeoutError("no PubAck in time"))
+                self._retry(entry[0], entry[1], TimeoutError("no PubAck in time"))
+        if pending and self._sweep_timer is None:
+            self._arm_sweep()
 
     def _retry(self, batch: PublishBatch, index: int, exc: BaseException | None) -> None:
         """Publish item `index` again through Core.publish's retrying path (exc None: a transient answer)."""

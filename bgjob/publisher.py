@@ -8,6 +8,8 @@ import itertools
 import json
 import logging
 import time
+import types
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -117,9 +119,20 @@ class Publisher:
         return batch
 
     def _start_pump(self) -> None:
-        if self._outbox and not self._pumping:
-            self._pumping = True
-            self._runtime.spawn(self._pump())
+        """Run the pump now, in this wake-up of the loop; a task takes over only if it has to wait (a queue to
+        provision, nats-py's full outgoing buffer): a task per round cost a loop iteration before each publish."""
+        if not self._outbox or self._pumping:
+            return
+        self._pumping = True
+        pump = self._pump()
+        try:
+            awaited = pump.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the pump catches every error of a publish: a bug, never to stop the wake-up's hooks
+            log.exception("bgjob: the publisher's pump failed")
+            return
+        self._runtime.spawn(_resumed(pump, awaited))
 
     async def _pump(self) -> None:
         core, outbox, pending = self._core, self._outbox, self._pending
@@ -157,11 +170,16 @@ class Publisher:
         if entry is None:
             return  # already given up on (timer) and retried
         batch, index, _ = entry
-        if msg.headers and msg.headers.get(STATUS) == StatusCode.SERVICE_UNAVAILABLE:
-            self._retry(batch, index, nats.js.errors.NoStreamResponseError())
+        data = msg.data
+        if msg.headers:
+            if msg.headers.get(STATUS) == StatusCode.SERVICE_UNAVAILABLE:
+                self._retry(batch, index, nats.js.errors.NoStreamResponseError())
+                return
+        elif data.startswith(b'{"stream":') and data.endswith(b"}") and b'"error"' not in data:
+            batch.settle(index, None)  # a PubAck (the stream, the sequence): stored, nothing more to read
             return
         try:
-            reply = json.loads(msg.data)
+            reply = json.loads(data)
         except ValueError as exc:
             self._retry(batch, index, exc)
             return
@@ -226,6 +244,33 @@ class Publisher:
             batch.settle(index, error)
 
         task.add_done_callback(done)
+
+
+async def _resumed(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """Finish, as a task, a coroutine already started by hand that is waiting on `awaited`."""
+    await _continue(coro, awaited)
+
+
+@types.coroutine
+def _continue(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
+    # What `await` does for a coroutine already started: hand on what it waits for and feed back what the task
+    # sends or throws, until it returns.
+    while True:
+        try:
+            value = yield awaited
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the task's cancellation, thrown on to the coroutine
+            try:
+                awaited = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = coro.send(value)
+            except StopIteration:
+                return
 
 
 def _ids(batch: PublishBatch, index: int) -> tuple[str, ...]:

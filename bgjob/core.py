@@ -31,6 +31,7 @@ from .errors import (
     ServerRefused,
     publish_refusal,
 )
+from .headers import parse_header_lines
 from .provisioning import (
     CONSUMER_FIELDS,
     NO_LIMIT,
@@ -245,6 +246,7 @@ class Core:
             raise ConnectionError(f"cannot connect to NATS at {mask_url(self.url)}: {exc}") from exc
         nc = self._nc
         assert nc is not None  # the loop above either connected or raised
+        nc._parse_header_lines = parse_header_lines  # type: ignore[method-assign]  # same result, faster
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         self._outage = False  # connected: the next disconnect is worth a warning again

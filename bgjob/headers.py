@@ -228,3 +228,43 @@ def derived_msg_id(kind: str, job_id: str, msg: Msg) -> str:
         raise ValueError(f"kind must be a non-empty word without ':', got {kind!r}")
     meta = msg.metadata
     return f"{kind}:{job_id}:{meta.stream}:{meta.sequence.stream}:{stored_timestamp_ns(msg)}"
+
+
+# -- reading a received header block --------------------------------------------------------------------------
+#: what bytes.strip() strips (str.strip() strips \x1c-\x1f too).
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's `Client._parse_header_lines`, the same dict for every input, ~3x faster on an ASCII block (every
+    block bgjob writes): the whole block decoded at once, not line by line. Core.connect puts it on its
+    connection: the worker's event loop parses every delivery's headers, and that was a tenth of its time."""
+    if not raw.isascii():
+        return _parse_header_lines_bytes(raw)
+    out: dict[str, str] = {}
+    for line in raw.decode("ascii").split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip(_ASCII_SPACE)
+            if key and key.split() != [key]:  # whitespace inside a name: skipped, as nats-py does
+                continue
+            out[key] = value.strip(_ASCII_SPACE)
+    return out
+
+
+def _parse_header_lines_bytes(raw: bytes) -> dict[str, str]:
+    """nats-py's parse, for a block with non-ASCII bytes: names that are not ASCII are skipped, values decoded
+    as UTF-8 with U+FFFD for what is not."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if key and key.split() != [key]:
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out

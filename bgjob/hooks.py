@@ -185,6 +185,8 @@ class WorkerHooks:
 
 
 _global_hooks: list[WorkerHooks] = []
+#: bumped by register_hooks and unregister_hooks: a HookSet's per-method lists are made again after a change.
+_global_generation = 0
 
 
 def register_hooks(hooks: WorkerHooks) -> None:
@@ -194,13 +196,17 @@ def register_hooks(hooks: WorkerHooks) -> None:
     """
     if not isinstance(hooks, WorkerHooks):
         raise TypeError(f"register_hooks needs a bgjob.WorkerHooks instance, got {hooks!r}")
+    global _global_generation
     if not any(h is hooks for h in _global_hooks):
         _global_hooks.append(hooks)
+        _global_generation += 1
 
 
 def unregister_hooks(hooks: WorkerHooks) -> None:
     """Remove hooks added with register_hooks (nothing happens if they were not)."""
+    global _global_generation
     _global_hooks[:] = [h for h in _global_hooks if h is not hooks]
+    _global_generation += 1
 
 
 class HookSet:
@@ -210,6 +216,10 @@ class HookSet:
         self._own = [h for h in hooks if isinstance(h, WorkerHooks)]
         #: Settings.sensitive_headers: header names (or globs) whose values the default scrub masks too.
         self.sensitive_headers = tuple(sensitive_headers)
+        #: per hook method name, the (hooks, bound method) pairs that do something (see `_callees`), and the
+        #: generation of the process-wide hooks they were made for.
+        self._callees: dict[str, tuple[tuple[WorkerHooks, Any], ...]] = {}
+        self._generation = -1
 
     def __iter__(self) -> Iterator[WorkerHooks]:
         yield from self._own
@@ -245,12 +255,29 @@ class HookSet:
             text = scrubbed
         return text
 
+    def _callees_of(self, name: str) -> tuple[tuple[WorkerHooks, Any], ...]:
+        """The hooks whose `name` method is their own (WorkerHooks' default does nothing), with that method bound;
+        made once per method and again when process-wide hooks were registered or unregistered since."""
+        if self._generation != _global_generation:
+            self._callees, self._generation = {}, _global_generation
+        callees = self._callees.get(name)
+        if callees is None:
+            default = getattr(WorkerHooks, name, None)
+            callees = self._callees[name] = tuple(
+                (hooks, getattr(hooks, name)) for hooks in self
+                if name in getattr(hooks, "__dict__", ()) or getattr(type(hooks), name, None) is not default
+            )  # fmt: skip
+        return callees
+
     def call(self, name: str, *args: Any) -> None:
-        if not self._own and not _global_hooks:  # the hot path of a worker without hooks: nothing to call
-            return
-        for hooks in self:
+        """Call every hooks object's `name(*args)`: those that override it (the hot path of a worker whose hooks
+        do nothing there calls nothing)."""
+        callees = self._callees.get(name) if self._generation == _global_generation else None
+        if callees is None:
+            callees = self._callees_of(name)
+        for hooks, method in callees:
             try:
-                getattr(hooks, name)(*args)
+                method(*args)
             except BaseException:
                 # loop (a SystemExit or KeyboardInterrupt raised on it would end the whole runtime)
                 log.exception("bgjob hook %s.%s failed", type(hooks).__name__, name)

@@ -1,0 +1,49 @@
+"""The worker's hot path uses faster equivalents of some general code; they must give the same results."""
+
+from __future__ import annotations
+
+import random
+
+from nats.aio.client import Client as NATS
+
+from bgjob.headers import parse_header_lines
+from bgjob.hooks import HookSet, WorkerHooks, register_hooks, unregister_hooks
+
+
+def test_parse_header_lines_gives_what_nats_py_gives_for_any_block() -> None:
+    rnd = random.Random(21)
+    pieces = [b"a", b"B", b":", b" ", b"\t", b"\r\n", b"\x1c", b"\xff", b"\xc3\xa9", b"-", b"\x0b", b"\n", b"\r"]
+    blocks = [b"Nats-Msg-Id: 1\r\nBgjob-Type: noop\r\nContent-Type: application/json\r\n\r\n", b"", b"\r\n"]
+    blocks += [b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 14))) for _ in range(20000)]
+    for block in blocks:
+        assert parse_header_lines(block) == NATS._parse_header_lines(block), block
+
+
+class _Starts(WorkerHooks):
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def on_job_start(self, job) -> None:  # type: ignore[no-untyped-def]
+        self.started.append(job)
+
+
+def test_hookset_calls_hooks_registered_or_unregistered_after_its_first_call() -> None:
+    own, late = _Starts(), _Starts()
+    hooks = HookSet([own, WorkerHooks()])
+    hooks.call("on_job_start", "a")
+    register_hooks(late)
+    try:
+        hooks.call("on_job_start", "b")
+    finally:
+        unregister_hooks(late)
+    hooks.call("on_job_start", "c")
+    hooks.call("on_job_end", "d", None)  # nobody overrides it: nothing is called, nothing fails
+    assert own.started == ["a", "b", "c"] and late.started == ["b"]
+
+
+def test_hookset_calls_a_hook_method_set_on_the_instance() -> None:
+    seen: list[str] = []
+    plain = WorkerHooks()
+    plain.on_job_start = seen.append  # type: ignore[method-assign]
+    HookSet([plain]).call("on_job_start", "x")
+    assert seen == ["x"]

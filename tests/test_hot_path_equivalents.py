@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 
 from bgjob.headers import parse_header_lines
 from bgjob.hooks import HookSet, WorkerHooks, register_hooks, unregister_hooks
+from bgjob.worker.dispatch import ack_metadata
 
 
 def test_parse_header_lines_gives_what_nats_py_gives_for_any_block() -> None:
@@ -47,3 +51,13 @@ def test_hookset_calls_a_hook_method_set_on_the_instance() -> None:
     plain.on_job_start = seen.append  # type: ignore[method-assign]
     HookSet([plain]).call("on_job_start", "x")
     assert seen == ["x"]
+
+
+def test_ack_metadata_is_what_nats_py_reads_from_the_ack_subject() -> None:
+    for reply in ("$JS.ACK.BGJOB_Q.bgjob.3.123456.99.1732970000123456789.5000",
+                  "$JS.ACK.hub.ACCHASH.S.C.1.10.5.1732970000123456789.7.x",
+                  "$JS.ACK.hub.ACCHASH.S.C.1.10.5.1732970000123456789.7"):  # fmt: skip
+        mine, theirs = ack_metadata(reply), Msg.Metadata._from_reply(reply)
+        assert mine == theirs and repr(mine) == repr(theirs) and hash(mine) == hash(theirs)
+    with pytest.raises(NotJSMessageError):
+        ack_metadata("_INBOX.abc")

@@ -80,7 +80,10 @@ class Delivery:
         Done in the pool thread (parsing the ack subject is work the event loop, a worker's bottleneck, should
         not do), or by a hand-back of a delivery never dispatched."""
         if not self.attempt:
-            self.attempt = attempts_used(self.msg.headers or {}) + self.msg.metadata.num_delivered
+            msg = self.msg
+            if msg._metadata is None:  # nats-py's memo of msg.metadata, filled in faster (same value)
+                msg._metadata = ack_metadata(msg.reply)
+            self.attempt = attempts_used(msg.headers or {}) + msg.metadata.num_delivered
         return self.attempt
 
     def __repr__(self) -> str:
@@ -281,6 +284,26 @@ class Dispatcher:
         finally:
             jobmod.worker_services.reset(services)
             current_job.reset(token)
+
+
+_METADATA, _SEQUENCE_PAIR = Msg.Metadata, Msg.Metadata.SequencePair
+_new = object.__new__
+
+
+def ack_metadata(reply: str) -> Msg.Metadata:
+    """`Msg.Metadata._from_reply(reply)`, the same value, in half the time for the ack subject of a server without
+    a JetStream domain (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`):
+    nats-py's frozen dataclasses set each field through object.__setattr__, a pool thread's cost for every job."""
+    tokens = reply.split(".")
+    if len(tokens) != 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return _METADATA._from_reply(reply)  # the domain form, or no ack subject (it raises as msg.metadata does)
+    pair = _new(_SEQUENCE_PAIR)
+    pair.__dict__.update(consumer=int(tokens[6]), stream=int(tokens[5]))
+    metadata = _new(_METADATA)
+    metadata.__dict__.update(sequence=pair, num_pending=int(tokens[8]), num_delivered=int(tokens[4]),
+                             timestamp=datetime.fromtimestamp(int(tokens[7]) / 1_000_000_000.0, UTC),
+                             stream=tokens[2], consumer=tokens[3], domain=None)  # fmt: skip
+    return metadata
 
 
 def _waited_past(msg: Msg, max_age: float | None) -> float | None:

@@ -40,13 +40,16 @@ class PullRequests:
         self._nc = core.nc
         self._subject = f"{core.js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._expires = expires
+        self._bodies: dict[int, bytes] = {}  # per batch size: the request's body (one per size, made once)
         self.requested = 0
         self.deadline = 0.0
         #: set by a status that calls for more than another request; the fetch loop clears it.
         self.trouble: PullTrouble | None = None
 
     async def request(self, batch: int, inbox: str) -> None:
-        body = json.dumps({"batch": batch, "expires": int(self._expires * 1e9)}).encode()
+        body = self._bodies.get(batch)
+        if body is None:
+            body = self._bodies[batch] = json.dumps({"batch": batch, "expires": int(self._expires * 1e9)}).encode()
         await self._nc.publish(self._subject, body, reply=inbox)
         self.requested += batch
         self.deadline = time.monotonic() + self._expires + 1.0

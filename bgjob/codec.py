@@ -467,7 +467,11 @@ def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, m
     declared = headers.get(jobmod.HEADER_TYPE)
     if declared is not None and declared != job_type:
         raise jobmod.DecodeError(f"header {jobmod.HEADER_TYPE} {declared!r} disagrees with subject {msg.subject!r}")
-    return Job(
+    # Job(...) with every field given, built without its frozen __init__ (which sets each of them through
+    # object.__setattr__): a pool thread does this for every job. tests/test_hot_path_equivalents checks it is
+    # the Job that __init__ makes.
+    job = _new(Job)
+    job.__dict__.update(
         id=job_id,
         type=job_type,
         arg=jobmod.decode_arg(decrypt_body(msg.data or b"", headers, cipher), headers.get(jobmod.CONTENT_TYPE)),
@@ -482,6 +486,10 @@ def decode_job(msg: Msg, queue: str, job_type: str, job_id: str, attempt: int, m
         deadline=deadline,
         _heartbeat=heartbeat,
     )
+    return job
+
+
+_new = object.__new__
 
 
 def next_run_message(

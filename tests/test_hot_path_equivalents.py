@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -9,6 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
+from bgjob.codec import decode_job
 from bgjob.headers import parse_header_lines
 from bgjob.hooks import HookSet, WorkerHooks, register_hooks, unregister_hooks
 from bgjob.worker.dispatch import ack_metadata
@@ -61,3 +63,14 @@ def test_ack_metadata_is_what_nats_py_reads_from_the_ack_subject() -> None:
         assert mine == theirs and repr(mine) == repr(theirs) and hash(mine) == hash(theirs)
     with pytest.raises(NotJSMessageError):
         ack_metadata("_INBOX.abc")
+
+
+def test_decode_job_makes_the_job_that_jobs_init_makes() -> None:
+    headers = {"Bgjob-Id": "j1", "Bgjob-Type": "t", "Content-Type": "application/json",
+               "Bgjob-Enqueued-At": "2026-11-30T15:04:31.123456Z", "X-Tenant": "7"}  # fmt: skip
+    msg = Msg(_client=None, subject="bgjob.q.job.t", reply="$JS.ACK.S.C.1.10.5.1732970000123456789.7",  # type: ignore[arg-type]
+              data=b'{"n": 1}', headers=headers)  # fmt: skip
+    job = decode_job(msg, "q", "t", "j1", 2, 5, heartbeat=print)
+    again = dataclasses.replace(job)  # through Job.__init__: fails on a field the fast path left out
+    assert vars(job) == vars(again) and job == again and repr(job) == repr(again)
+    assert job.arg == {"n": 1} and job.headers == {"X-Tenant": "7"} and job.attempt == 2 and job.max_attempts == 5

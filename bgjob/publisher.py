@@ -8,8 +8,6 @@ import itertools
 import json
 import logging
 import time
-import types
-from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,20 +117,11 @@ class Publisher:
         return batch
 
     def _start_pump(self) -> None:
-        """Run the pump now, in this wake-up of the loop; a task takes over only if it has to wait (a queue to
-        provision, nats-py's full outgoing buffer): a task per round cost a loop iteration before each publish."""
-        if not self._outbox or self._pumping:
-            return
-        self._pumping = True
-        pump = self._pump()
-        try:
-            awaited = pump.send(None)
-        except StopIteration:
-            return
-        except Exception:  # the pump catches every error of a publish: a bug, never to stop the wake-up's hooks
-            log.exception("bgjob: the publisher's pump failed")
-            return
-        self._runtime.spawn(_resumed(pump, awaited))
+        # A task, not the coroutine driven by hand in this wake-up: what the pump awaits may need a current task
+        # (Python 3.12's asyncio.wait_for and asyncio.timeout refuse to run outside one).
+        if self._outbox and not self._pumping:
+            self._pumping = True
+            self._runtime.spawn(self._pump())
 
     async def _pump(self) -> None:
         core, outbox, pending = self._core, self._outbox, self._pending
@@ -244,33 +233,6 @@ class Publisher:
             batch.settle(index, error)
 
         task.add_done_callback(done)
-
-
-async def _resumed(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """Finish, as a task, a coroutine already started by hand that is waiting on `awaited`."""
-    await _continue(coro, awaited)
-
-
-@types.coroutine
-def _continue(coro: Coroutine[Any, Any, None], awaited: Any) -> Generator[Any, Any, None]:
-    # What `await` does for a coroutine already started: hand on what it waits for and feed back what the task
-    # sends or throws, until it returns.
-    while True:
-        try:
-            value = yield awaited
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the task's cancellation, thrown on to the coroutine
-            try:
-                awaited = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                awaited = coro.send(value)
-            except StopIteration:
-                return
 
 
 def _ids(batch: PublishBatch, index: int) -> tuple[str, ...]:

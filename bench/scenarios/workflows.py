@@ -37,6 +37,8 @@ CONCURRENCY = 16
 GROUP_SIZE = 100
 PLAIN = "bgjob, plain jobs"
 
+# One worker script for both bgjob cases: the workflow steps (wf.*) and the same work as plain jobs (wfp.*: each
+# handler sends the next job with send_job), so the two differ only in what the driver starts.
 BGJOB_WORKER = r"""
 import os, sys
 import bgjob
@@ -45,41 +47,21 @@ client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix))
 mux = bgjob.Mux()
 fd = os.open(done, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
-@mux.handler("wf.step")
-def step(job):
-    return bgjob.Complete(1)
-
-@mux.handler("wf.last")
-def last(job):
+def finished(job):
     os.write(fd, b".\n")
     return bgjob.Complete(1)
 
-open(done + ".ready", "w").close()
-bgjob.Worker(client, mux, queue=queue, concurrency=int(sys.argv[5]), fetch_timeout=0.5).run()
-"""
+mux.handle("wf.step", lambda job: bgjob.Complete(1))
+mux.handle("wf.last", finished)
+def sends(next_type):
+    def handler(job):
+        client.send_job(next_type, 1, queue=queue)
+        return bgjob.Complete(1)
+    return handler
 
-BGJOB_PLAIN_WORKER = r"""
-import os, sys
-import bgjob
-url, prefix, queue, done = sys.argv[1:5]
-client = bgjob.Client(bgjob.Settings(url=url, prefix=prefix))
-mux = bgjob.Mux()
-fd = os.open(done, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-
-@mux.handler("wfp.first")
-def first(job):
-    client.send_job("wfp.second", 1, queue=queue)
-    return bgjob.Complete(1)
-
-@mux.handler("wfp.second")
-def second(job):
-    client.send_job("wfp.last", 1, queue=queue)
-    return bgjob.Complete(1)
-
-@mux.handler("wfp.last")
-def last(job):
-    os.write(fd, b".\n")
-    return bgjob.Complete(1)
+mux.handle("wfp.first", sends("wfp.second"))
+mux.handle("wfp.second", sends("wfp.last"))
+mux.handle("wfp.last", finished)
 
 open(done + ".ready", "w").close()
 bgjob.Worker(client, mux, queue=queue, concurrency=int(sys.argv[5]), fetch_timeout=0.5).run()
@@ -183,9 +165,6 @@ class _BgjobPlain(_Bgjob):
     """The plain path: a chain as 3 jobs each sending the next with send_job, a group as one send_jobs."""
 
     name = PLAIN
-
-    def argv(self) -> list[str]:
-        return [BGJOB_PLAIN_WORKER, *super().argv()[1:]]
 
     def chain(self) -> None:
         self.client.send_job("wfp.first", 0, queue=self.queue)

@@ -5,6 +5,7 @@ strands a message, and none of them is undone by a process starting with default
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 from datetime import UTC, datetime, timedelta
 
@@ -241,8 +242,6 @@ def test_bgjob_queue_configure_and_show_the_limits(nats_server, prefix, monkeypa
 
 # -- configure_queue(name, config) --------------------------------------------------------------------------------
 def test_configure_queue_takes_a_queue_config_and_keywords_win_over_its_fields(client) -> None:
-    import dataclasses
-
     client.configure_queue("a", max_entries=7, max_age=60, max_deliveries=4, ack_wait=20)
     copied = client.queue_config("a")
     assert client.configure_queue("b", copied) == {"max_entries": (None, 7), "max_age": (None, 60.0),
@@ -266,13 +265,8 @@ def test_configure_queue_refuses_a_config_that_is_not_a_queue_config_and_changes
         with pytest.raises(bgjob.ConfigurationError, match=r"config must be a bgjob\.QueueConfig"):
             client.configure_queue("default", bad)  # type: ignore[arg-type]
     assert client.queue_config() == before
-    bad_value = dataclasses_replace(before, max_entries=-1)
+    bad_value = dataclasses.replace(before, max_entries=-1)
     with pytest.raises(bgjob.ConfigurationError, match="max_entries"):
         client.configure_queue("default", bad_value)
     assert client.queue_config() == before
 
-
-def dataclasses_replace(config: bgjob.QueueConfig, **changes: object) -> bgjob.QueueConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]

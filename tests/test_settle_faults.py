@@ -19,7 +19,7 @@ from bgjob.headers import ATTEMPTS_USED as HEADER_ATTEMPTS_USED
 from .conftest import drain, python_process, wait_until
 
 POISON_WORKER = r"""
-import json, os, signal, sys, time
+import ctypes, json, os, signal, sys, time
 import bgjob
 
 url, prefix, log, how = sys.argv[1:5]
@@ -40,7 +40,7 @@ def poison(job):
     if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)   # as the OOM killer would
     elif how == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
+        ctypes.string_at(0)                    # a real segfault, in this thread (a kill() would let it run on)
     else:
         os._exit(3)                            # a C extension calling exit()
 

@@ -1,4 +1,5 @@
-"""`python -m bench --profile`: py-spy profiles of send_job (1 and 8 threads) and of a worker draining a queue.
+"""`python -m bench --profile`: py-spy profiles of send_job (1 and 8 threads) and of a worker draining a queue, and
+where the end-to-end latency goes at a steady rate (`bench.breakdown`).
 
 Writes py-spy's collapsed stacks (`*.txt`, open them with speedscope or flamegraph.pl) and a summary of
 the functions that use the most CPU into bench/out/profile/.
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import time
 
+from . import breakdown
 from .env import OUT_DIR, Context, WorkerProcess
 from .scenarios.common import Plan, log, send_from_threads
 from .systems import load_system
@@ -110,7 +112,10 @@ def run(ctx: Context, plan: Plan) -> None:
         bg.cleanup(queue)
         outputs.append(path)
     bg.close()
-    summary = "\n".join(summarize(p) for p in outputs if p.exists())
+    log(f"profile: end-to-end latency breakdown at {breakdown.RATE:.0f} jobs/s")
+    timings = breakdown.measure(ctx)
+    (PROFILE_DIR / "e2e-breakdown.txt").write_text(timings)
+    summary = "\n".join(summarize(p) for p in outputs if p.exists()) + "\n" + timings
     (PROFILE_DIR / "summary.txt").write_text(summary)
     print(summary)
     log(f"profiles in {PROFILE_DIR}")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
+import uuid
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NotJSMessageError
+from nats.errors import ConnectionClosedError, MsgAlreadyAckdError, NotJSMessageError
+from nats.js.api import ConsumerConfig
 
 from bgjob.codec import decode_job
 from bgjob.headers import parse_header_lines
 from bgjob.hooks import HookSet, WorkerHooks, register_hooks, unregister_hooks
 from bgjob.worker.dispatch import ack_metadata
+from bgjob.worker.settle import ack_all
 
 
 def test_parse_header_lines_gives_what_nats_py_gives_for_any_block() -> None:
@@ -74,3 +79,33 @@ def test_decode_job_makes_the_job_that_jobs_init_makes() -> None:
     again = dataclasses.replace(job)  # through Job.__init__: fails on a field the fast path left out
     assert vars(job) == vars(again) and job == again and repr(job) == repr(again)
     assert job.arg == {"n": 1} and job.headers == {"X-Tenant": "7"} and job.attempt == 2 and job.max_attempts == 5
+
+
+def test_ack_all_acks_every_message_as_msg_ack_does(nats_server) -> None:
+    """The worker's batched ack (one buffer write for many deliveries) leaves the consumer as Msg.ack does: every
+    message acked, none pending or redelivered; each one counts as acked in nats-py too."""
+
+    async def check() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        stream = f"ACKALL{uuid.uuid4().hex[:8].upper()}"
+        await js.add_stream(name=stream, subjects=[f"{stream}.jobs"])
+        for i in range(7):
+            await js.publish(f"{stream}.jobs", str(i).encode())
+        sub = await js.pull_subscribe(f"{stream}.jobs", durable="w", config=ConsumerConfig(ack_wait=30))
+        msgs = await sub.fetch(7, timeout=5)
+        await ack_all(nc, msgs[:6])  # several at once: one write
+        await ack_all(nc, msgs[6:])  # one: through Msg.ack
+        await nc.flush()
+        info = await js.consumer_info(stream, "w")
+        assert (info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq) == (0, 0, 7)
+        with pytest.raises(MsgAlreadyAckdError):
+            await msgs[0].ack()
+        await js.publish(f"{stream}.jobs", b"late")
+        late = await sub.fetch(2, timeout=5)
+        await nc.close()
+        with pytest.raises(ConnectionClosedError):  # nothing acked: redelivered after ack_wait, as with Msg.ack
+            await ack_all(nc, late + late)
+        assert [m.data for m in late] == [b"late"]  # nothing earlier came back
+
+    asyncio.run(check())

@@ -55,7 +55,10 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from .. import job_results
 from ..codec import carried_first_failure, handed_back_message, next_run_message
@@ -93,6 +96,27 @@ LAST_RETRY_FIRST, LAST_RETRY_MOST = 0.5, 30.0
 _REFUSED = frozenset({"decode", "signature", "unknown_handler", "internal_error"})
 
 
+async def ack_all(nc: NATS, msgs: list[Msg]) -> None:
+    """Ack JetStream deliveries (`msgs`, each with its reply subject, none acked yet) in one write to nats-py's
+    outgoing buffer: the same `PUB <reply> 0` commands `Msg.ack` sends one publish at a time, without a publish
+    call, a flush future and a flush-queue put per message (the worker's hot path). While the connection is
+    down (nats-py then buffers within its pending limit) each message goes through `Msg.ack`. Raises what
+    nats-py's publish raises: ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError."""
+    if not nc.is_connected or len(msgs) == 1:
+        for msg in msgs:
+            await msg.ack()
+        return
+    if nc.is_draining_pubs:
+        raise nats.errors.ConnectionDrainingError
+    commands = b"".join([b"PUB %s 0\r\n\r\n" % msg.reply.encode() for msg in msgs])
+    await nc._send_command(commands)
+    nc.stats["out_msgs"] += len(msgs)
+    for msg in msgs:
+        msg._ackd = True
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
+
+
 class Settler:
     """Applies outcomes for one queue's worker and reports each fate to the hooks."""
 
@@ -128,16 +152,10 @@ class Settler:
         round trip, no task); every other outcome is settled in a task of its own. This is the event loop's hot
         path: one coroutine per batch, and no hook call when no hooks are registered."""
         double_ack, report = self.core.settings.double_ack, bool(self.hooks)
+        plain: list[Delivery] = []
         for item in batch:
             if type(item.outcome) is Complete and item.result is None and not double_ack and item.lease_lapsed is None:
-                try:
-                    await item.msg.ack()
-                except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: a duplicate, not a loss
-                    self._settle_failed(item, exc)
-                else:
-                    if report:
-                        self._report(item, _ACKED)
-                finished(item)
+                plain.append(item)
             else:
                 task = self.spawn(self.settle(item))
 
@@ -145,6 +163,19 @@ class Settler:
                     finished(item)
 
                 task.add_done_callback(settled)
+        if not plain:
+            return
+        try:
+            await ack_all(self.core.nc, [item.msg for item in plain])
+        except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: duplicates, not losses
+            for item in plain:
+                self._settle_failed(item, exc)
+                finished(item)
+            return
+        for item in plain:
+            if report:
+                self._report(item, _ACKED)
+            finished(item)
 
     # -- every outcome -------------------------------------------------------------------------------------------
     async def settle(self, item: Delivery) -> Fate:

@@ -101,7 +101,8 @@ async def ack_all(nc: NATS, msgs: list[Msg]) -> None:
     outgoing buffer: the same `PUB <reply> 0` commands `Msg.ack` sends one publish at a time, without a publish
     call, a flush future and a flush-queue put per message (the worker's hot path). While the connection is
     down (nats-py then buffers within its pending limit) each message goes through `Msg.ack`. Raises what
-    nats-py's publish raises: ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError."""
+    nats-py's publish raises: ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError; then
+    the messages acked before it (buffered: `Msg.is_acked`) stay acked, the rest are not."""
     if not nc.is_connected or len(msgs) == 1:
         for msg in msgs:
             await msg.ack()
@@ -168,8 +169,14 @@ class Settler:
         try:
             await ack_all(self.core.nc, [item.msg for item in plain])
         except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: duplicates, not losses
+            # While disconnected ack_all acks one message at a time, and nats-py may buffer the first acks of a
+            # batch before refusing the next (its pending limit): those are acked (sent on reconnect).
             for item in plain:
-                self._settle_failed(item, exc)
+                if item.msg.is_acked:
+                    if report:
+                        self._report(item, _ACKED)
+                else:
+                    self._settle_failed(item, exc)
                 finished(item)
             return
         for item in plain:

@@ -176,8 +176,8 @@ def results_markdown(
         "end to end": "3. End to end",
         "delay": "4. Delay accuracy (lateness)",
         "backlog": "5. Backlog scale",
-        "peers": "6. Peers",
-        "memory": "7. Memory",
+        "memory": "6. Memory",
+        "peers": "7. Peers",
     }
     parts = [
         "# bgjob benchmark results",
@@ -220,7 +220,10 @@ def results_markdown(
         "python -m bench --quick    # ~5-10 minutes, small counts, one repetition; writes bench/out/",
         "python -m bench --rev HEAD # measure bgjob as committed, not the working tree",
         "python -m bench --only peers --peers bgjob,celery-redis,huey-redis",
-        "python -m bench --profile  # py-spy profiles of send_job and of a worker, into bench/out/profile/",
+        "python -m bench --profile  # py-spy profiles of send_job and of a worker, and the end-to-end latency",
+        "                           # breakdown at 500 jobs/s, into bench/out/profile/",
+        "python -m bench.breakdown  # that breakdown alone: send, PubAck, delivery, handler start",
+        "python -m bench.ack_cost   # CPU per ack: Msg.ack one at a time against the worker's batched ack",
         "```",
         "",
         f"Plan of this run: `{meta['plan']}`.",

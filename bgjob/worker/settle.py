@@ -166,22 +166,19 @@ class Settler:
                 task.add_done_callback(settled)
         if not plain:
             return
+        failure: Exception | None = None
         try:
             await ack_all(self.core.nc, [item.msg for item in plain])
         except Exception as exc:  # noqa: BLE001 - redelivered after ack_wait: duplicates, not losses
+            failure = exc
+        for item in plain:
             # While disconnected ack_all acks one message at a time, and nats-py may buffer the first acks of a
             # batch before refusing the next (its pending limit): those are acked (sent on reconnect).
-            for item in plain:
-                if item.msg.is_acked:
-                    if report:
-                        self._report(item, _ACKED)
-                else:
-                    self._settle_failed(item, exc)
-                finished(item)
-            return
-        for item in plain:
-            if report:
-                self._report(item, _ACKED)
+            if item.msg.is_acked:
+                if report:
+                    self._report(item, _ACKED)
+            else:
+                self._settle_failed(item, failure or RuntimeError("not acked"))
             finished(item)
 
     # -- every outcome -------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from .env import BENCH_DIR, Context
 RATE, SECONDS, CONCURRENCY = 500.0, 6.0, 16
 
 _WORKER = r"""
-import json, sys, time
+import json, os, sys, time
 from bench.env import Context
 ctx = Context.from_env()
 ctx.use_bgjob_snapshot()
@@ -45,8 +45,9 @@ rows = []
 def timed(job):
     rows.append((job.id, job.arg["t"], arrived.get(job.id, 0.0), time.time()))
     if len(rows) == expect:
-        with open(out, "w") as f:
+        with open(out + ".part", "w") as f:
             json.dump(rows, f)
+        os.replace(out + ".part", out)  # whole or absent: the driver reads it once it exists
     return bgjob.Complete()
 
 print("ready", flush=True)
@@ -86,11 +87,10 @@ def measure(ctx: Context, rate: float = RATE, seconds: float = SECONDS, concurre
             job_id = client.send_job("timed", {"i": i, "t": time.time()}, queue=queue)
             returned[job_id] = time.time()
         deadline = time.monotonic() + 60
-        while not out.exists() or not out.stat().st_size:
+        while not out.exists():
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("the breakdown worker did not run every job")
             time.sleep(0.1)
-        time.sleep(0.2)  # the file is written in one go; let it close
         rows = json.loads(out.read_text())
     finally:
         worker.kill()

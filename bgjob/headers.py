@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
@@ -239,8 +240,8 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     """nats-py's `Client._parse_header_lines`, the same dict for every input, ~3x faster on an ASCII block (every
     block bgjob writes): the whole block decoded at once, not line by line. Core.connect puts it on its
     connection: the worker's event loop parses every delivery's headers, and that was a tenth of its time."""
-    if not raw.isascii():
-        return _parse_header_lines_bytes(raw)
+    if not raw.isascii():  # nats-py's own parse (the class's: Core.connect replaces only its connection's)
+        return NATS._parse_header_lines(raw)
     out: dict[str, str] = {}
     for line in raw.decode("ascii").split("\r\n"):
         name, sep, value = line.partition(":")
@@ -249,22 +250,4 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
             if key and key.split() != [key]:  # whitespace inside a name: skipped, as nats-py does
                 continue
             out[key] = value.strip(_ASCII_SPACE)
-    return out
-
-
-def _parse_header_lines_bytes(raw: bytes) -> dict[str, str]:
-    """nats-py's parse, for a block with non-ASCII bytes: names that are not ASCII are skipped, values decoded
-    as UTF-8 with U+FFFD for what is not."""
-    out: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if key and key.split() != [key]:
-            continue
-        out[key] = value.strip().decode("utf-8", "replace")
     return out

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from .env import BENCH_DIR, Context
+from .stats import percentile
 
 RATE, SECONDS, CONCURRENCY = 500.0, 6.0, 16
 
@@ -56,12 +57,8 @@ bgjob.Worker(client, mux, queue=queue, concurrency=int(sys.argv[4])).run()
 
 
 def _percentiles(values: list[float]) -> str:
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return f"p50 {at(0.5):6.3f}  p90 {at(0.9):6.3f}  p99 {at(0.99):6.3f}  max {ordered[-1]:7.2f} ms"
+    p50, p90, p99 = (percentile(values, pct) for pct in (50, 90, 99))
+    return f"p50 {p50:6.3f}  p90 {p90:6.3f}  p99 {p99:6.3f}  max {max(values):7.2f} ms"
 
 
 def measure(ctx: Context, rate: float = RATE, seconds: float = SECONDS, concurrency: int = CONCURRENCY) -> str:
